@@ -1,0 +1,209 @@
+//! DesiredState: "this Git state must hold here".
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::RemediationAction;
+
+/// The desired state: which sources, and what to do with drift.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "driftwarden.io",
+    version = "v1alpha1",
+    kind = "DesiredState",
+    doc = "The state declared in Git that must hold in this namespace. The operator watches the objects the sources declare, reports every difference and, depending on `remediation` and on approved access windows, puts them back.",
+    namespaced,
+    status = "DesiredStateStatus",
+    shortname = "dst",
+    category = "driftwarden",
+    printcolumn(name = "Revision", type_ = "string", json_path = ".status.revision"),
+    printcolumn(name = "Managed", type_ = "integer", json_path = ".status.managed"),
+    printcolumn(name = "Drifted", type_ = "integer", json_path = ".status.drifted"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredStateSpec {
+    /// ConfigMaps in this namespace that carry the manifests, by name or by
+    /// label selector. Every key holds YAML (several documents allowed) or
+    /// JSON, optionally gzip-compressed in binaryData. The Git commit is read
+    /// from the `driftwarden.io/revision` annotation.
+    #[schemars(length(min = 1, max = 64))]
+    pub sources: Vec<SourceRef>,
+
+    /// What to do with drift.
+    #[serde(default)]
+    pub remediation: Remediation,
+
+    /// Fields that are never drift.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub ignore: Vec<IgnoreRule>,
+
+    /// Stop watching and remediating; the last status stays as it was.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Report what would be reverted without changing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One source ConfigMap, or a set of them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.name) != has(self.selector)").message("set exactly one of name and selector"))]
+pub struct SourceRef {
+    /// Name of a ConfigMap in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+    /// Label selector for ConfigMaps in this namespace; all that match are
+    /// merged into one state (a large state may be split this way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Remediation per class of drift.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Remediation {
+    /// Drift that no approved access window covers: `Revert` it at once
+    /// (default) or only `Report` it.
+    #[serde(default)]
+    pub unauthorized: RemediationAction,
+    /// Drift made inside an approved access window, once that window has
+    /// ended: `Revert` it to Git (default) or keep reporting it.
+    #[serde(default)]
+    pub window_end: RemediationAction,
+}
+
+/// Fields to leave out of the comparison.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("size(self.jsonPointers) > 0 || size(self.fieldManagers) > 0").message("name at least one JSON pointer or field manager"))]
+pub struct IgnoreRule {
+    /// JSON pointers (RFC 6901) to ignore, e.g. `/spec/replicas`. With
+    /// `fieldManagers`, they are ignored only where one of those managers
+    /// owns them.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024), regex(pattern = "^/")))]
+    pub json_pointers: Vec<String>,
+    /// Field managers (as in `metadata.managedFields`) whose fields are not
+    /// drift, e.g. `horizontal-pod-autoscaler`. Without `jsonPointers`,
+    /// every field they own is ignored.
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
+    pub field_managers: Vec<String>,
+    /// Only objects of this kind (e.g. `Deployment`); all kinds when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: Option<String>,
+    /// Only objects with this name; all names when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+}
+
+/// What the operator last observed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredStateStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The Git commit of the sources this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// How many objects the sources declare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<i64>,
+    /// How many of them match Git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_sync: Option<i64>,
+    /// How many of them differ from Git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drifted: Option<i64>,
+    /// Drifted objects by class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_counts: Option<DriftCounts>,
+    /// The drifted objects, oldest first (bounded; see `drifted` for the total).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drifted_objects: Vec<DriftedObject>,
+    /// The last revert the operator made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_revert: Option<RevertRecord>,
+    /// `Ready`, `Drifted` and `SourceValid`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Drifted objects by class.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftCounts {
+    /// Changed with no approved access window behind the change.
+    pub unauthorized: i64,
+    /// Changed by a grantee inside an active window (attributed by audit log).
+    pub authorized: i64,
+    /// Changed while an active window covered the scope, without audit data.
+    pub authorized_by_scope: i64,
+    /// Changed in a window that has since ended.
+    pub window_ended: i64,
+}
+
+/// One object that differs from Git.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftedObject {
+    /// The object.
+    pub object: ObjectRef,
+    /// When the drift was first seen.
+    pub since: Time,
+    /// Why it is (or is not) allowed.
+    pub class: DriftClass,
+    /// JSON pointers of the fields that differ (values are never shown here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+    /// The AccessRequest the change is attributed to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_request: Option<String>,
+}
+
+/// Class of a drifted object.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum DriftClass {
+    Unauthorized,
+    Authorized,
+    AuthorizedByScope,
+    WindowEnded,
+}
+
+/// A reference to a managed object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// API version, e.g. `apps/v1`.
+    pub api_version: String,
+    /// Kind, e.g. `Deployment`.
+    pub kind: String,
+    /// Namespace; unset for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+/// A revert the operator made.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevertRecord {
+    /// The object.
+    pub object: ObjectRef,
+    /// When it was reverted.
+    pub at: Time,
+    /// Which class of drift was reverted.
+    pub class: DriftClass,
+}

@@ -1,0 +1,149 @@
+//! The driftwarden.io/v1alpha1 API: the custom resources users write and the
+//! operator reconciles. Types only; behaviour lives in `core` and `operator`.
+//!
+//! `///` comments on these types become the descriptions `kubectl explain`
+//! shows, so they are written for users. Invariants the API server can check
+//! on its own are CEL rules (`x_kube(validation)`), so a bad object is
+//! rejected at `kubectl apply` time, before any controller sees it.
+
+mod access_policy;
+mod access_request;
+mod access_review;
+mod desired_state;
+mod validation;
+
+pub use access_policy::{AccessPolicy, AccessPolicySpec, AccessPolicyStatus, Approvers, WindowStart};
+pub use access_request::{
+    AccessPhase, AccessRequest, AccessRequestSpec, AccessRequestStatus, AccessTarget, ActivityEntry,
+    Approval, IgnoredReview,
+};
+pub use access_review::{AccessReview, AccessReviewSpec, AccessReviewStatus, ReviewDecision};
+pub use desired_state::{
+    DesiredState, DesiredStateSpec, DesiredStateStatus, DriftClass, DriftCounts, DriftedObject, IgnoreRule,
+    ObjectRef, Remediation, RevertRecord, SourceRef,
+};
+pub use validation::MAX_ACCESS_DURATION;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// The API group of every driftwarden resource.
+pub const GROUP: &str = "driftwarden.io";
+/// The API version of every driftwarden resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// A Role or ClusterRole that a request asks for and a policy allows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleRef {
+    /// Kind of the role: `Role` (in the request's namespace) or `ClusterRole`
+    /// (bound only in the request's namespace, through a RoleBinding).
+    pub kind: RoleKind,
+    /// Name of the role. Wildcards are never allowed.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = validation::no_wildcard())]
+    pub name: String,
+}
+
+/// Kind of a role reference.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum RoleKind {
+    Role,
+    ClusterRole,
+}
+
+/// What the operator does with a drifted object.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum RemediationAction {
+    /// Put the object back to what Git declares.
+    #[default]
+    Revert,
+    /// Leave the object alone; report the drift in status, Events and metrics.
+    Report,
+}
+
+/// Every CustomResourceDefinition driftwarden serves, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![DesiredState::crd(), AccessRequest::crd(), AccessReview::crd(), AccessPolicy::crd()]
+}
+
+/// The CRDs as YAML documents, one `(file name, YAML)` pair each. This is
+/// what `driftwarden crds` prints and what `crds/` holds.
+pub fn crd_documents() -> Vec<(String, String)> {
+    crds()
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let yaml = serde_yaml_ng::to_string(&crd).expect("a CRD always serializes to YAML");
+            (format!("{name}.yaml"), yaml)
+        })
+        .collect()
+}
+
+/// All CRDs as one multi-document YAML stream.
+pub fn crds_yaml() -> String {
+    crd_documents().into_iter().map(|(_, yaml)| format!("---\n{yaml}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/` is generated; this fails when it is stale.
+    #[test]
+    fn committed_crds_match_the_rust_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        let mut expected_files = Vec::new();
+        for (file, yaml) in crd_documents() {
+            let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+            assert!(committed == yaml, "crds/{file} is stale: run `cargo run -- crds --dir crds` and commit the result");
+            expected_files.push(file);
+        }
+        let mut present: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        present.sort();
+        expected_files.sort();
+        assert_eq!(present, expected_files, "crds/ holds files the binary does not generate");
+    }
+
+    #[test]
+    fn every_crd_has_status_printer_columns_and_a_short_name() {
+        for crd in crds() {
+            let name = crd.metadata.name.clone().unwrap();
+            let version = &crd.spec.versions[0];
+            assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{name}: no status subresource");
+            assert!(!version.additional_printer_columns.as_deref().unwrap_or_default().is_empty(), "{name}: no printer columns");
+            assert!(!crd.spec.names.short_names.as_deref().unwrap_or_default().is_empty(), "{name}: no short name");
+        }
+    }
+
+    /// Every field needs a description: it is what `kubectl explain` shows.
+    #[test]
+    fn every_field_is_documented() {
+        fn walk(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+            if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+                for (name, child) in props {
+                    let child_path = format!("{path}.{name}");
+                    // metadata/apiVersion/kind are the API machinery's, documented upstream.
+                    if path.is_empty() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
+                        continue;
+                    }
+                    if child.get("description").is_none() {
+                        missing.push(child_path.clone());
+                    }
+                    walk(&child_path, child, missing);
+                }
+            }
+            if let Some(items) = schema.get("items") {
+                walk(&format!("{path}[]"), items, missing);
+            }
+        }
+        for crd in crds() {
+            let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+            let mut missing = Vec::new();
+            walk("", &schema["openAPIV3Schema"], &mut missing);
+            assert!(missing.is_empty(), "{}: undocumented fields {missing:?}", crd.metadata.name.unwrap());
+        }
+    }
+}

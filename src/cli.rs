@@ -1,0 +1,126 @@
+//! Command-line interface. Every flag has an environment fallback so the
+//! same binary is configured by flags on a laptop and by env in a Pod.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// driftwarden keeps a cluster on its Git state and hands out temporary,
+/// approved access; changes made with that access are held until the window
+/// ends, changes made without it are reverted at once.
+#[derive(Debug, Parser)]
+#[command(name = "driftwarden", version, propagate_version = true)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, env = "DRIFTWARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator against the cluster of the current kubeconfig (or
+    /// the in-cluster service account).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML, or write one file per
+    /// CRD into a directory.
+    Crds(CrdsArgs),
+    /// Try driftwarden locally: start a local control plane (unless
+    /// --kubeconfig or KUBECONFIG names a cluster), install the CRDs, apply
+    /// the examples and run the operator until Ctrl-C.
+    Quickstart(QuickstartArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig file; defaults to KUBECONFIG, ~/.kube/config or the
+    /// in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to use instead of the current one.
+    #[arg(long, env = "DRIFTWARDEN_CONTEXT")]
+    pub context: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OperatorArgs {
+    /// Address of the HTTP server for /healthz and /readyz.
+    #[arg(long, env = "DRIFTWARDEN_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// The operator's own namespace. DesiredStates here may manage other
+    /// namespaces and cluster-scoped objects; all others only their own.
+    #[arg(long, env = "DRIFTWARDEN_NAMESPACE", default_value = "driftwarden-system")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Write `<plural>.<group>.yaml` files into this directory instead of
+    /// printing them.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Manifests to apply once the CRDs are installed (a file or a
+    /// directory of .yaml files).
+    #[arg(long, default_value = "examples/platform")]
+    pub examples: PathBuf,
+
+    /// Where the local control plane keeps its certificates, kubeconfigs
+    /// and logs.
+    #[arg(long, default_value = ".driftwarden/quickstart")]
+    pub dir: PathBuf,
+
+    /// Use the cluster of this kubeconfig instead of a local control plane.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_bad_flag_is_an_error_not_a_panic() {
+        let err = Cli::try_parse_from(["driftwarden", "run", "--http-addr", "not-an-address"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let err = Cli::try_parse_from(["driftwarden", "frobnicate"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidSubcommand);
+    }
+
+    #[test]
+    fn log_format_is_global() {
+        let cli = Cli::try_parse_from(["driftwarden", "crds", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+    }
+}

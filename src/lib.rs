@@ -1,0 +1,18 @@
+//! driftwarden: a Kubernetes operator that keeps live objects on their Git
+//! state and hands out time-bound, approved access.
+//!
+//! Layout:
+//! - [`api`]: the custom resources (types and their CRDs).
+//! - [`pki`]: certificates, as pure functions.
+//! - [`operator`]: the I/O shell that talks to the API server.
+//! - [`controlplane`]: a local etcd + kube-apiserver for tests and the quickstart.
+//! - [`cli`], [`commands`], [`quickstart`], [`telemetry`]: the binary's wiring.
+
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod controlplane;
+pub mod operator;
+pub mod pki;
+pub mod quickstart;
+pub mod telemetry;

@@ -1,0 +1,24 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use driftwarden::cli::Cli;
+
+fn main() -> ExitCode {
+    // clap prints a clear message and exits with status 2 on bad arguments.
+    let cli = Cli::parse();
+    driftwarden::telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(driftwarden::commands::dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

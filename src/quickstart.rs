@@ -1,0 +1,102 @@
+//! `driftwarden quickstart`: everything a newcomer needs to see the operator
+//! work, with one command and no cluster of their own.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::discovery::{Discovery, Scope};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use tracing::info;
+
+use crate::cli::QuickstartArgs;
+use crate::controlplane::{self, ControlPlane, User};
+
+const FIELD_MANAGER: &str = "driftwarden-quickstart";
+
+pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
+    // An explicitly named cluster is used as is; otherwise a throwaway local
+    // one, never whatever ~/.kube/config happens to point at.
+    let (client, control_plane) = match &args.kubeconfig {
+        Some(path) => {
+            let config = crate::commands::kubeconfig_file(path, &Default::default()).await?;
+            (Client::try_from(config)?, None)
+        }
+        None => {
+            let dir = std::path::absolute(&args.dir)?;
+            info!(dir = %dir.display(), "no cluster configured: starting a local control plane");
+            let _ = std::fs::remove_dir_all(dir.join("etcd-data"));
+            let options = controlplane::Options { controller_manager: true, dir: Some(dir), ..Default::default() };
+            let control_plane = ControlPlane::start(options).await.context("starting the local control plane")?;
+            (control_plane.client(User::Admin).await?, Some(control_plane))
+        }
+    };
+    if let Some(cp) = &control_plane {
+        info!(server = %cp.server_url(), "local control plane is ready");
+        for user in [User::Admin, User::Alice, User::Carol, User::Mallory] {
+            info!("  as {:<8} kubectl --kubeconfig {}", user.name(), cp.kubeconfig(user).display());
+        }
+    }
+
+    crate::operator::crds::install(&client, Duration::from_secs(60)).await?;
+    info!("CRDs installed");
+    let applied = apply_manifests(&client, &args.examples).await?;
+    info!(objects = applied, from = %args.examples.display(), "examples applied");
+
+    let result = crate::operator::run(client, args.operator, crate::commands::shutdown_signal()).await;
+    drop(control_plane);
+    Ok(result?)
+}
+
+/// Server-side applies every object in a YAML file or a directory of them;
+/// Namespaces go first so that the objects in them can follow.
+pub async fn apply_manifests(client: &Client, path: &Path) -> anyhow::Result<usize> {
+    let mut objects = Vec::new();
+    for file in yaml_files(path)? {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            let value = serde_json::Value::deserialize(document)
+                .with_context(|| format!("{}: document {index} is not valid YAML", file.display()))?;
+            if value.is_null() {
+                continue;
+            }
+            let object: DynamicObject = serde_json::from_value(value)
+                .with_context(|| format!("{}: document {index} is not a Kubernetes object", file.display()))?;
+            objects.push((file.clone(), object));
+        }
+    }
+    objects.sort_by_key(|(_, object)| object.types.as_ref().is_none_or(|t| t.kind != "Namespace"));
+
+    let discovery = Discovery::new(client.clone()).run().await.context("discovering the API server's resources")?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for (file, object) in &objects {
+        let Some(types) = &object.types else { bail!("{}: an object has no apiVersion/kind", file.display()) };
+        let gvk = kube::api::GroupVersionKind::try_from(types).with_context(|| format!("{}: bad apiVersion", file.display()))?;
+        let Some((resource, capabilities)) = discovery.resolve_gvk(&gvk) else {
+            bail!("{}: the cluster does not serve {}/{}", file.display(), types.api_version, types.kind)
+        };
+        let api: Api<DynamicObject> = match capabilities.scope {
+            Scope::Namespaced => Api::namespaced_with(client.clone(), &object.namespace().unwrap_or_else(|| "default".into()), &resource),
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(&object.name_any(), &params, &Patch::Apply(object))
+            .await
+            .with_context(|| format!("{}: applying {} {}", file.display(), types.kind, object.name_any()))?;
+    }
+    Ok(objects.len())
+}
+
+fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
