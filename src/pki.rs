@@ -87,10 +87,11 @@ impl CertificateAuthority {
     }
 }
 
-/// A fresh ECDSA P-256 private key in PKCS#8 PEM, e.g. for signing
-/// service-account tokens.
-pub fn generate_private_key_pem() -> Result<String, Error> {
-    Ok(KeyPair::generate()?.serialize_pem())
+/// A fresh ECDSA P-256 key pair as `(private PKCS#8 PEM, public PEM)`, e.g.
+/// for signing and verifying service-account tokens.
+pub fn generate_key_pair_pem() -> Result<(String, String), Error> {
+    let key = KeyPair::generate()?;
+    Ok((key.serialize_pem(), key.public_key_pem()))
 }
 
 #[cfg(test)]

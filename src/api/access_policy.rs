@@ -53,7 +53,7 @@ pub struct AccessPolicySpec {
 
     /// How long a request may wait for approval before it is denied.
     #[serde(default = "one_hour")]
-    #[schemars(length(min = 2, max = 32))]
+    #[schemars(length(min = 2, max = 32), extend("default" = "1h"))]
     #[x_kube(validation = validation::go_duration_format())]
     #[x_kube(validation = validation::positive_duration())]
     pub pending_timeout: Duration,

@@ -70,13 +70,13 @@ pub fn apiserver(layout: &Layout, audit: Option<&AuditWebhook>) -> Vec<String> {
         format!("--token-auth-file={}", s(layout.path("tokens.csv"))),
         "--authorization-mode=RBAC".into(),
         "--anonymous-auth=false".into(),
-        format!("--service-account-key-file={}", s(layout.path("sa.key"))),
+        format!("--service-account-key-file={}", s(layout.path("sa.pub"))),
         format!("--service-account-signing-key-file={}", s(layout.path("sa.key"))),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
         "--service-cluster-ip-range=10.96.0.0/16".into(),
         "--allow-privileged=true".into(),
         "--profiling=false".into(),
-        "--v=1".into(),
+        "--v=0".into(),
     ];
     if audit.is_some() {
         args.push(format!("--audit-policy-file={}", s(layout.path("audit-policy.yaml"))));
@@ -101,7 +101,7 @@ pub fn controller_manager(layout: &Layout) -> Vec<String> {
         "--use-service-account-credentials=false".into(),
         "--leader-elect=false".into(),
         "--secure-port=0".into(),
-        "--v=1".into(),
+        "--v=0".into(),
     ]
 }
 

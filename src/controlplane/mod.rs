@@ -232,11 +232,13 @@ fn write_files(
         &["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"],
     )?;
     let ca_file = layout.path("ca.crt");
+    let (sa_private, sa_public) = crate::pki::generate_key_pair_pem()?;
     let mut files = vec![
         ("ca.crt".to_owned(), ca.cert_pem().to_owned()),
         ("apiserver.crt".to_owned(), serving.cert_pem),
         ("apiserver.key".to_owned(), serving.key_pem),
-        ("sa.key".to_owned(), crate::pki::generate_private_key_pem()?),
+        ("sa.key".to_owned(), sa_private),
+        ("sa.pub".to_owned(), sa_public),
         ("tokens.csv".to_owned(), users::token_file(&tokens.iter().map(|(u, t)| (*u, t.clone())).collect::<Vec<_>>())),
     ];
     for (user, token) in tokens {

@@ -1,0 +1,13 @@
+//! Integration tests against a real etcd + kube-apiserver +
+//! kube-controller-manager on 127.0.0.1 (see `support`). One binary, so the
+//! control plane starts once; one module per behaviour; one namespace per test.
+
+mod support;
+
+mod access_request_rbac;
+mod crd_install;
+mod crd_validation;
+mod garbage_collection;
+mod no_orphan_processes;
+mod operator_probes;
+mod server_version;
