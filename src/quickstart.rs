@@ -73,12 +73,15 @@ pub async fn apply_manifests(client: &Client, path: &Path) -> anyhow::Result<usi
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for (file, object) in &objects {
         let Some(types) = &object.types else { bail!("{}: an object has no apiVersion/kind", file.display()) };
-        let gvk = kube::api::GroupVersionKind::try_from(types).with_context(|| format!("{}: bad apiVersion", file.display()))?;
+        let gvk = kube::api::GroupVersionKind::try_from(types)
+            .with_context(|| format!("{}: bad apiVersion", file.display()))?;
         let Some((resource, capabilities)) = discovery.resolve_gvk(&gvk) else {
             bail!("{}: the cluster does not serve {}/{}", file.display(), types.api_version, types.kind)
         };
         let api: Api<DynamicObject> = match capabilities.scope {
-            Scope::Namespaced => Api::namespaced_with(client.clone(), &object.namespace().unwrap_or_else(|| "default".into()), &resource),
+            Scope::Namespaced => {
+                Api::namespaced_with(client.clone(), &object.namespace().unwrap_or_else(|| "default".into()), &resource)
+            }
             Scope::Cluster => Api::all_with(client.clone(), &resource),
         };
         api.patch(&object.name_any(), &params, &Patch::Apply(object))

@@ -6,6 +6,10 @@
 //! on its own are CEL rules (`x_kube(validation)`), so a bad object is
 //! rejected at `kubectl apply` time, before any controller sees it.
 
+// `printcolumn(...)` repeated in `#[kube(...)]` is how kube-derive takes
+// several columns; clippy mistakes the repetition for a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
 mod access_policy;
 mod access_request;
 mod access_review;
@@ -14,13 +18,13 @@ mod validation;
 
 pub use access_policy::{AccessPolicy, AccessPolicySpec, AccessPolicyStatus, Approvers, WindowStart};
 pub use access_request::{
-    AccessPhase, AccessRequest, AccessRequestSpec, AccessRequestStatus, AccessTarget, ActivityEntry,
-    Approval, IgnoredReview,
+    AccessPhase, AccessRequest, AccessRequestSpec, AccessRequestStatus, AccessTarget, ActivityEntry, Approval,
+    IgnoredReview,
 };
 pub use access_review::{AccessReview, AccessReviewSpec, AccessReviewStatus, ReviewDecision};
 pub use desired_state::{
-    DesiredState, DesiredStateSpec, DesiredStateStatus, DriftClass, DriftCounts, DriftedObject, IgnoreRule,
-    ObjectRef, Remediation, RevertRecord, SourceRef,
+    DesiredState, DesiredStateSpec, DesiredStateStatus, DriftClass, DriftCounts, DriftedObject, IgnoreRule, ObjectRef,
+    Remediation, RevertRecord, SourceRef,
 };
 pub use validation::MAX_ACCESS_DURATION;
 
@@ -97,7 +101,10 @@ mod tests {
         let mut expected_files = Vec::new();
         for (file, yaml) in crd_documents() {
             let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
-            assert!(committed == yaml, "crds/{file} is stale: run `cargo run -- crds --dir crds` and commit the result");
+            assert!(
+                committed == yaml,
+                "crds/{file} is stale: run `cargo run -- crds --dir crds` and commit the result"
+            );
             expected_files.push(file);
         }
         let mut present: Vec<String> =
@@ -112,8 +119,14 @@ mod tests {
         for crd in crds() {
             let name = crd.metadata.name.clone().unwrap();
             let version = &crd.spec.versions[0];
-            assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{name}: no status subresource");
-            assert!(!version.additional_printer_columns.as_deref().unwrap_or_default().is_empty(), "{name}: no printer columns");
+            assert!(
+                version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+                "{name}: no status subresource"
+            );
+            assert!(
+                !version.additional_printer_columns.as_deref().unwrap_or_default().is_empty(),
+                "{name}: no printer columns"
+            );
             assert!(!crd.spec.names.short_names.as_deref().unwrap_or_default().is_empty(), "{name}: no short name");
         }
     }

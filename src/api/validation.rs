@@ -23,10 +23,8 @@ pub(crate) fn positive_duration() -> Rule {
 }
 
 pub(crate) fn duration_ceiling() -> Rule {
-    Rule::new(format!(
-        "!self.matches('{GO_DURATION}') || duration(self) <= duration('{MAX_ACCESS_DURATION}')"
-    ))
-    .message(Message::Message(format!("must be at most {MAX_ACCESS_DURATION}")))
+    Rule::new(format!("!self.matches('{GO_DURATION}') || duration(self) <= duration('{MAX_ACCESS_DURATION}')"))
+        .message(Message::Message(format!("must be at most {MAX_ACCESS_DURATION}")))
 }
 
 pub(crate) fn no_wildcard() -> Rule {
@@ -38,6 +36,5 @@ pub(crate) fn immutable(what: &str) -> Rule {
 }
 
 pub(crate) fn non_trivial_reason() -> Rule {
-    Rule::new("self.trim().size() >= 10")
-        .message("must explain why, in at least 10 characters")
+    Rule::new("self.trim().size() >= 10").message("must explain why, in at least 10 characters")
 }

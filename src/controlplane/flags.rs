@@ -89,7 +89,8 @@ pub fn apiserver(layout: &Layout, audit: Option<&AuditWebhook>) -> Vec<String> {
 
 /// The controllers the tests rely on: garbage collection of owned objects,
 /// namespace deletion, and default service accounts with their tokens.
-pub const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller";
+pub const CONTROLLERS: &str =
+    "garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller";
 
 /// kube-controller-manager with just [`CONTROLLERS`].
 pub fn controller_manager(layout: &Layout) -> Vec<String> {
@@ -173,7 +174,11 @@ mod tests {
 
     #[test]
     fn audit_flags_only_when_a_receiver_is_configured() {
-        let audit = AuditWebhook { url: "https://127.0.0.1:9443/audit".into(), ca_file: "/cp/ca.crt".into(), token: "t".into() };
+        let audit = AuditWebhook {
+            url: "https://127.0.0.1:9443/audit".into(),
+            ca_file: "/cp/ca.crt".into(),
+            token: "t".into(),
+        };
         let args = apiserver(&layout(), Some(&audit));
         assert!(args.contains(&"--audit-webhook-config-file=/cp/audit-webhook.kubeconfig".to_string()));
         assert!(args.contains(&"--audit-webhook-mode=batch".to_string()));

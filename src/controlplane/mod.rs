@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use tracing::instrument::WithSubscriber as _;
 
 use crate::pki::CertificateAuthority;
 use flags::Layout;
@@ -78,9 +79,8 @@ impl ControlPlane {
     /// Builds the binaries if needed, writes certificates and credentials,
     /// starts the components and waits until the API server is ready.
     pub async fn start(options: Options) -> Result<Self, Error> {
-        let bin_dir = tokio::task::spawn_blocking(binaries::ensure)
-            .await
-            .map_err(|e| Error::Build(e.to_string()))??;
+        let bin_dir =
+            tokio::task::spawn_blocking(binaries::ensure).await.map_err(|e| Error::Build(e.to_string()))??;
         let (dir, temp_dir) = match &options.dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
@@ -99,11 +99,18 @@ impl ControlPlane {
         let layout = Layout { dir, etcd_client_port, etcd_peer_port, apiserver_port };
 
         let ca = CertificateAuthority::generate("driftwarden-local-ca")?;
-        let tokens: BTreeMap<User, String> = User::ALL.iter().map(|u| Ok((*u, random_token()?))).collect::<Result<_, Error>>()?;
+        let tokens: BTreeMap<User, String> =
+            User::ALL.iter().map(|u| Ok((*u, random_token()?))).collect::<Result<_, Error>>()?;
         write_files(&layout, &ca, &tokens, options.audit_webhook.as_ref())?;
 
-        let control_plane =
-            Self { layout, bin_dir, tokens, ca, supervisor: Supervisor::new().map_err(io("starting the supervisor"))?, _temp_dir: temp_dir };
+        let control_plane = Self {
+            layout,
+            bin_dir,
+            tokens,
+            ca,
+            supervisor: Supervisor::new().map_err(io("starting the supervisor"))?,
+            _temp_dir: temp_dir,
+        };
         control_plane.start_etcd().await?;
         control_plane.start_apiserver(options.audit_webhook.as_ref()).await?;
         if options.controller_manager {
@@ -125,7 +132,9 @@ impl ControlPlane {
             let admin = admin.clone();
             async move {
                 let request = http::Request::get("/readyz").body(Vec::new()).expect("static request");
-                matches!(admin.request_text(request).await, Ok(body) if body.trim() == "ok")
+                // Failures are expected until it is up; kube-client would log each one as an error.
+                let quiet = tracing::subscriber::NoSubscriber::default();
+                matches!(admin.request_text(request).with_subscriber(quiet).await, Ok(body) if body.trim() == "ok")
             }
         })
         .await
@@ -134,7 +143,9 @@ impl ControlPlane {
     fn spawn(&self, component: &'static str, args: Vec<String>) -> Result<(), Error> {
         let mut command = Command::new(self.bin_dir.join(component));
         command.args(args);
-        self.supervisor.spawn(component, command, self.log_file(component)).map_err(io(format!("starting {component}")))?;
+        self.supervisor
+            .spawn(component, command, self.log_file(component))
+            .map_err(io(format!("starting {component}")))?;
         Ok(())
     }
 
@@ -150,10 +161,20 @@ impl ControlPlane {
                 return Ok(());
             }
             if let Some(status) = self.supervisor.exited(component) {
-                return Err(Error::Exited { component, status, log: log.display().to_string(), tail: supervisor::tail(&log, 30) });
+                return Err(Error::Exited {
+                    component,
+                    status,
+                    log: log.display().to_string(),
+                    tail: supervisor::tail(&log, 30),
+                });
             }
             if start.elapsed() > READY_TIMEOUT {
-                return Err(Error::NotReady { component, timeout: READY_TIMEOUT, log: log.display().to_string(), tail: supervisor::tail(&log, 30) });
+                return Err(Error::NotReady {
+                    component,
+                    timeout: READY_TIMEOUT,
+                    log: log.display().to_string(),
+                    tail: supervisor::tail(&log, 30),
+                });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -229,7 +250,14 @@ fn write_files(
 ) -> Result<(), Error> {
     let serving = ca.issue_server(
         "kube-apiserver",
-        &["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"],
+        &[
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ],
     )?;
     let ca_file = layout.path("ca.crt");
     let (sa_private, sa_public) = crate::pki::generate_key_pair_pem()?;
@@ -275,11 +303,13 @@ fn random_token() -> Result<String, Error> {
 /// Ports the kernel considers free right now. All are held at once so the
 /// same port is not handed out twice.
 fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
+    let listeners: Vec<TcpListener> =
+        (0..N).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>().map_err(io("finding free ports"))?;
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
         .collect::<Result<_, _>>()
         .map_err(io("finding free ports"))?;
-    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>().map_err(io("finding free ports"))?;
     Ok(ports.try_into().expect("one port per listener"))
 }
 

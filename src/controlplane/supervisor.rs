@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 const GRACE: Duration = Duration::from_secs(10);
 
 enum Request {
-    Spawn { name: String, command: Command, log: PathBuf, reply: mpsc::Sender<io::Result<u32>> },
+    Spawn { name: String, command: Box<Command>, log: PathBuf, reply: mpsc::Sender<io::Result<u32>> },
     Exited { name: String, reply: mpsc::Sender<Option<ExitStatus>> },
     Stop { name: String, reply: mpsc::Sender<()> },
 }
@@ -40,7 +40,7 @@ impl Supervisor {
     /// Starts `command` under `name`, with stdout and stderr appended to `log`.
     /// Returns the child's pid.
     pub fn spawn(&self, name: &str, command: Command, log: PathBuf) -> io::Result<u32> {
-        self.ask(|reply| Request::Spawn { name: name.to_owned(), command, log, reply })?
+        self.ask(|reply| Request::Spawn { name: name.to_owned(), command: Box::new(command), log, reply })?
     }
 
     /// The exit status of `name` if it has exited (or was never started).
@@ -79,7 +79,7 @@ fn serve(inbox: mpsc::Receiver<Request>) {
     while let Ok(request) = inbox.recv() {
         match request {
             Request::Spawn { name, command, log, reply } => {
-                let result = start(command, &log).map(|child| {
+                let result = start(*command, &log).map(|child| {
                     let pid = child.id();
                     children.insert(next, (name, child));
                     next += 1;
@@ -151,7 +151,6 @@ pub fn tail(path: &std::path::Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
-
 
 #[cfg(test)]
 mod tests {

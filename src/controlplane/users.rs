@@ -106,11 +106,7 @@ mod tests {
 
     #[test]
     fn token_file_lists_groups_quoted_and_omits_them_for_mallory() {
-        let file = token_file(&[
-            (User::Admin, "t1".into()),
-            (User::Alice, "t2".into()),
-            (User::Mallory, "t3".into()),
-        ]);
+        let file = token_file(&[(User::Admin, "t1".into()), (User::Alice, "t2".into()), (User::Mallory, "t3".into())]);
         assert_eq!(file, "t1,admin,admin,\"system:masters\"\nt2,alice,alice,\"dev\"\nt3,mallory,mallory\n");
     }
 

@@ -27,7 +27,9 @@ pub async fn install(client: &Client, timeout: Duration) -> Result<(), Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for crd in crate::api::crds() {
         let name = crd.name_any();
-        api.patch(&name, &params, &Patch::Apply(&crd)).await.map_err(|source| Error::Apply { name: name.clone(), source })?;
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .map_err(|source| Error::Apply { name: name.clone(), source })?;
     }
     for crd in crate::api::crds() {
         let name = crd.name_any();

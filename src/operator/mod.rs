@@ -27,7 +27,11 @@ pub enum Error {
 }
 
 /// Runs until `shutdown` resolves.
-pub async fn run(client: Client, args: OperatorArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+pub async fn run(
+    client: Client,
+    args: OperatorArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let version = client.apiserver_version().await.map_err(Error::Connect)?;
     info!(server = %version.git_version, namespace = %args.namespace, "connected to the API server");
 

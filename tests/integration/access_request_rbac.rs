@@ -24,12 +24,14 @@ async fn alice_may_create_an_access_request_where_rbac_lets_her_and_mallory_is_f
 
     let reason = "investigate the failing checkout pods";
     let as_alice = env.raw_api::<AccessRequest>(User::Alice).await;
-    let created = as_alice.create(&PostParams::default(), &access_request("alice-view", None, "view", "1h", reason)).await;
+    let created =
+        as_alice.create(&PostParams::default(), &access_request("alice-view", None, "view", "1h", reason)).await;
     assert!(created.is_ok(), "alice (group dev) was refused: {created:?}");
 
     let as_mallory = env.raw_api::<AccessRequest>(User::Mallory).await;
-    let (code, message) =
-        api_error(as_mallory.create(&PostParams::default(), &access_request("mallory-view", None, "view", "1h", reason)).await);
+    let (code, message) = api_error(
+        as_mallory.create(&PostParams::default(), &access_request("mallory-view", None, "view", "1h", reason)).await,
+    );
     assert_eq!(code, 403, "{message}");
     assert!(message.contains("mallory"), "{message}");
 

@@ -66,7 +66,8 @@ async fn requester_role_duration_and_reason_are_immutable_and_revocation_is_fina
     }
 
     api.patch("r", &PatchParams::default(), &patch(serde_json::json!({"revoked": true}))).await.unwrap();
-    let (code, message) = api_error(api.patch("r", &PatchParams::default(), &patch(serde_json::json!({"revoked": false}))).await);
+    let (code, message) =
+        api_error(api.patch("r", &PatchParams::default(), &patch(serde_json::json!({"revoked": false}))).await);
     assert_eq!(code, 422);
     assert!(message.contains("cannot be reinstated"), "{message}");
 }
@@ -113,8 +114,14 @@ async fn access_policies_need_a_non_empty_wildcard_free_allow_list_and_approvers
     let edit = serde_json::json!([{"kind": "ClusterRole", "name": "edit"}]);
     let cases = [
         (policy(serde_json::json!([]), sre.clone(), "1h"), "should have at least 1 items"),
-        (policy(serde_json::json!([{"kind": "ClusterRole", "name": "*"}]), sre.clone(), "1h"), "wildcards (*) are not allowed"),
-        (policy(serde_json::json!([{"kind": "Secret", "name": "x"}]), sre.clone(), "1h"), "supported values: \"Role\", \"ClusterRole\""),
+        (
+            policy(serde_json::json!([{"kind": "ClusterRole", "name": "*"}]), sre.clone(), "1h"),
+            "wildcards (*) are not allowed",
+        ),
+        (
+            policy(serde_json::json!([{"kind": "Secret", "name": "x"}]), sre.clone(), "1h"),
+            "supported values: \"Role\", \"ClusterRole\"",
+        ),
         (policy(edit.clone(), serde_json::json!({}), "1h"), "name at least one approver user or group"),
         (policy(edit.clone(), sre.clone(), "48h"), "must be at most 24h"),
     ];

@@ -14,7 +14,10 @@ async fn a_role_binding_is_garbage_collected_after_its_access_request_is_deleted
     let env = TestEnv::new("owner-gc").await;
     let requests = env.raw_api::<AccessRequest>(User::Admin).await;
     let owner = requests
-        .create(&PostParams::default(), &access_request("grant", Some("alice"), "edit", "30m", "incident INC-7: scale the workers"))
+        .create(
+            &PostParams::default(),
+            &access_request("grant", Some("alice"), "edit", "30m", "incident INC-7: scale the workers"),
+        )
         .await
         .unwrap();
 

@@ -45,14 +45,16 @@ async fn run_connects_and_serves_healthz_and_readyz() {
         .unwrap();
     let mut operator = Operator(child);
 
-    let healthy = eventually(Duration::from_secs(30), || async { get(port, "/healthz").filter(|(s, _)| *s == 200) }).await;
+    let healthy =
+        eventually(Duration::from_secs(30), || async { get(port, "/healthz").filter(|(s, _)| *s == 200) }).await;
     assert_eq!(healthy.map(|(_, body)| body), Some("ok".to_string()), "/healthz never answered 200");
     let ready = eventually(Duration::from_secs(30), || async { get(port, "/readyz").filter(|(s, _)| *s == 200) }).await;
     assert!(ready.is_some(), "/readyz never answered 200 although the CRDs are installed");
 
     // SIGTERM stops it cleanly, as Kubernetes stops a Pod.
     unsafe { libc::kill(operator.0.id() as libc::pid_t, libc::SIGTERM) };
-    let status = tokio::task::spawn_blocking(move || operator.0.wait().map(|s| (s, operator))).await.unwrap().unwrap().0;
+    let status =
+        tokio::task::spawn_blocking(move || operator.0.wait().map(|s| (s, operator))).await.unwrap().unwrap().0;
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 

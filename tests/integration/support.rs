@@ -21,12 +21,15 @@ static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 pub fn control_plane() -> &'static ControlPlane {
     let started = CONTROL_PLANE.get_or_init(|| {
         std::thread::spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
             runtime.block_on(async {
                 let options = controlplane::Options { controller_manager: true, ..Default::default() };
                 let cp = ControlPlane::start(options).await.map_err(|e| e.to_string())?;
                 let admin = cp.client(User::Admin).await.map_err(|e| e.to_string())?;
-                driftwarden::operator::crds::install(&admin, Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
+                driftwarden::operator::crds::install(&admin, Duration::from_secs(60))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 eprintln!("control plane ready at {} (files and logs in {})", cp.server_url(), cp.dir().display());
                 Ok(cp)
             })
@@ -56,7 +59,10 @@ impl TestEnv {
         let mut ns = Namespace::default();
         ns.metadata.name = Some(namespace.clone());
         ns.metadata.labels = Some([("driftwarden.io/test".to_string(), "true".to_string())].into());
-        Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await.expect("creating the test namespace");
+        Api::<Namespace>::all(admin.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("creating the test namespace");
         Self { cp, namespace, admin }
     }
 
