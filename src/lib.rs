@@ -3,11 +3,13 @@
 //!
 //! Layout:
 //! - [`api`]: the custom resources (types and their CRDs).
+//! - [`access`]: access policy and the request state machine, pure.
 //! - [`pki`]: certificates, as pure functions.
 //! - [`operator`]: the I/O shell that talks to the API server.
 //! - [`controlplane`]: a local etcd + kube-apiserver for tests and the quickstart.
 //! - [`cli`], [`commands`], [`quickstart`], [`telemetry`]: the binary's wiring.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod commands;
