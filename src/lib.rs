@@ -4,8 +4,10 @@
 //! Layout:
 //! - [`api`]: the custom resources (types and their CRDs).
 //! - [`access`]: access policy and the request state machine, pure.
+//! - [`drift`]: source parsing, normalization and the apply-semantics diff, pure.
 //! - [`pki`]: certificates, as pure functions.
 //! - [`operator`]: the I/O shell that talks to the API server.
+//! - [`webhook`]: the admission webhooks' HTTPS server and its certificate.
 //! - [`controlplane`]: a local etcd + kube-apiserver for tests and the quickstart.
 //! - [`cli`], [`commands`], [`quickstart`], [`telemetry`]: the binary's wiring.
 
@@ -14,7 +16,9 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod controlplane;
+pub mod drift;
 pub mod operator;
 pub mod pki;
 pub mod quickstart;
 pub mod telemetry;
+pub mod webhook;

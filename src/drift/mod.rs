@@ -1,0 +1,26 @@
+//! The drift engine's pure core: parse source ConfigMaps into declared
+//! objects ([`source`]), normalize what the API server normalizes
+//! ([`normalize`]) and diff declared against live objects with apply
+//! semantics ([`diff`]).
+//!
+//! No Kubernetes client, no I/O, no async: the drift controller fetches the
+//! ConfigMaps and live objects, hands them over as `serde_json::Value`, and
+//! acts on what comes back.
+
+pub mod diff;
+pub mod normalize;
+pub mod source;
+
+#[cfg(test)]
+mod corpus_tests;
+#[cfg(test)]
+mod test_support;
+
+pub use diff::{
+    ChangeKind, DEFAULT_OWN_MANAGERS, DiffOptions, FieldChange, OPERATOR_MANAGER, ObjectDiff, SYSTEM_MANAGERS, diff,
+};
+pub use normalize::{Quantity, QuantityError, parse_quantity};
+pub use source::{
+    ConfigMapError, DeclaredObject, DocumentError, KeyError, KindResolver, ObjectKey, Origin, ParsedSources,
+    REVISION_ANNOTATION, RevisionError, Scope, SourceConfigMap, SourceError, SourceErrors, SourceScope, parse_sources,
+};
