@@ -62,6 +62,41 @@ pub struct OperatorArgs {
     /// namespaces and cluster-scoped objects; all others only their own.
     #[arg(long, env = "DRIFTWARDEN_NAMESPACE", default_value = "driftwarden-system")]
     pub namespace: String,
+
+    /// Address of the HTTPS server for admission webhooks.
+    #[arg(long, env = "DRIFTWARDEN_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+
+    /// How the API server reaches the webhooks from outside the cluster,
+    /// e.g. https://127.0.0.1:9443. Unset: through --webhook-service.
+    #[arg(long, env = "DRIFTWARDEN_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// The Service (in --namespace) in front of the webhook server.
+    #[arg(long, env = "DRIFTWARDEN_WEBHOOK_SERVICE", default_value = "driftwarden-webhook")]
+    pub webhook_service: String,
+
+    /// The port of --webhook-service.
+    #[arg(long, env = "DRIFTWARDEN_WEBHOOK_SERVICE_PORT", default_value_t = 443)]
+    pub webhook_service_port: u16,
+
+    /// The Secret (in --namespace) that holds the self-managed webhook certificate.
+    #[arg(long, env = "DRIFTWARDEN_WEBHOOK_SECRET", default_value = "driftwarden-webhook-tls")]
+    pub webhook_secret: String,
+
+    /// Serve tls.crt/tls.key from this directory (e.g. from cert-manager),
+    /// with ca.crt as the caBundle, instead of a self-managed certificate.
+    #[arg(long, env = "DRIFTWARDEN_WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<PathBuf>,
+
+    /// How often RoleBindings that no active AccessRequest accounts for are
+    /// looked for and removed, as a Go duration.
+    #[arg(long, env = "DRIFTWARDEN_SWEEP_INTERVAL", default_value = "60s")]
+    pub sweep_interval: kube::core::Duration,
+
+    /// This replica's name in Events (the Pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 #[derive(Debug, Args)]

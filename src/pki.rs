@@ -2,10 +2,14 @@
 //! API server's serving certificate, and the operator's webhook server will
 //! use it for its own TLS. Pure: keys and certificates are returned as PEM.
 
+use std::time::Duration;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,
 };
+
+use time::OffsetDateTime;
 
 pub use rcgen::Error;
 
@@ -30,10 +34,28 @@ pub struct CertificateAuthority {
 }
 
 impl CertificateAuthority {
-    /// A new CA with a fresh ECDSA P-256 key.
+    /// A new CA with a fresh ECDSA P-256 key that never expires (for
+    /// throwaway test clusters).
     pub fn generate(common_name: &str) -> Result<Self, Error> {
-        let key = KeyPair::generate()?;
+        Self::generate_params(common_name, CertificateParams::new(Vec::<String>::new())?)
+    }
+
+    /// A new CA valid from now for `validity`.
+    pub fn generate_valid_for(common_name: &str, validity: Duration) -> Result<Self, Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
+        (params.not_before, params.not_after) = validity_from_now(validity);
+        Self::generate_params(common_name, params)
+    }
+
+    /// A CA from its certificate and key, e.g. as stored in a Secret.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, KeyPair::from_pem(key_pem)?)?;
+        let cert = KeyedCert { cert_pem: cert_pem.to_owned(), key_pem: key_pem.to_owned() };
+        Ok(Self { issuer, cert })
+    }
+
+    fn generate_params(common_name: &str, mut params: CertificateParams) -> Result<Self, Error> {
+        let key = KeyPair::generate()?;
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages =
@@ -55,7 +77,27 @@ impl CertificateAuthority {
 
     /// A serving certificate for the given DNS names and IP addresses.
     pub fn issue_server(&self, common_name: &str, names: &[&str]) -> Result<KeyedCert, Error> {
+        self.issue_server_params(common_name, names, CertificateParams::new(Vec::<String>::new())?)
+    }
+
+    /// A serving certificate valid from now for `validity`.
+    pub fn issue_server_valid_for(
+        &self,
+        common_name: &str,
+        names: &[&str],
+        validity: Duration,
+    ) -> Result<KeyedCert, Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
+        (params.not_before, params.not_after) = validity_from_now(validity);
+        self.issue_server_params(common_name, names, params)
+    }
+
+    fn issue_server_params(
+        &self,
+        common_name: &str,
+        names: &[&str],
+        mut params: CertificateParams,
+    ) -> Result<KeyedCert, Error> {
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.subject_alt_names = names
             .iter()
@@ -88,6 +130,12 @@ impl CertificateAuthority {
     }
 }
 
+// Backdated a little, so a peer whose clock runs slightly behind accepts it.
+fn validity_from_now(validity: Duration) -> (OffsetDateTime, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    (now - Duration::from_secs(300), now + validity)
+}
+
 /// A fresh ECDSA P-256 key pair as `(private PKCS#8 PEM, public PEM)`, e.g.
 /// for signing and verifying service-account tokens.
 pub fn generate_key_pair_pem() -> Result<(String, String), Error> {
@@ -109,6 +157,15 @@ mod tests {
             assert!(cert.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
             assert!(!format!("{cert:?}").contains("PRIVATE KEY"));
         }
+    }
+
+    #[test]
+    fn a_ca_survives_a_round_trip_through_pem() {
+        let ca = CertificateAuthority::generate_valid_for("ca", Duration::from_secs(3600)).unwrap();
+        let again = CertificateAuthority::from_pem(&ca.keyed_cert().cert_pem, &ca.keyed_cert().key_pem).unwrap();
+        let leaf = again.issue_server_valid_for("svc", &["svc.ns.svc"], Duration::from_secs(60)).unwrap();
+        assert!(leaf.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert_eq!(again.cert_pem(), ca.cert_pem());
     }
 
     #[test]

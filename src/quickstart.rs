@@ -45,7 +45,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let applied = apply_manifests(&client, &args.examples).await?;
     info!(objects = applied, from = %args.examples.display(), "examples applied");
 
-    let result = crate::operator::run(client, args.operator, crate::commands::shutdown_signal()).await;
+    let mut operator = args.operator;
+    if control_plane.is_some() && operator.webhook_url.is_none() {
+        // The local API server reaches the webhooks on loopback.
+        operator.webhook_url = Some(format!("https://127.0.0.1:{}", operator.webhook_addr.port()));
+    }
+    let result = crate::operator::run(client, operator, crate::commands::shutdown_signal()).await;
     drop(control_plane);
     Ok(result?)
 }

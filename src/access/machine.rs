@@ -136,7 +136,12 @@ pub fn evaluate(
     decision
 }
 
-fn decide(request: &Request<'_>, reviews: &[Review<'_>], judge: Result<&Judge<'_>, &NoPolicy>, now: Timestamp) -> Decision {
+fn decide(
+    request: &Request<'_>,
+    reviews: &[Review<'_>],
+    judge: Result<&Judge<'_>, &NoPolicy>,
+    now: Timestamp,
+) -> Decision {
     let was_granted = matches!(request.previous.phase, Some(AccessPhase::Active | AccessPhase::Approved));
     // A grant that loses its footing is revoked; a request that never had one is denied.
     let refuse = |message: String| {
@@ -201,8 +206,12 @@ fn tally(requester: &str, reviews: &[Review<'_>], judge: &Judge<'_>) -> Tally {
         let reason = match (&tally.outcome, review.reviewer) {
             (Outcome::Approved { .. }, _) => Some("the request was already approved".to_owned()),
             (Outcome::Denied { .. }, _) => Some("the request was already denied".to_owned()),
-            (_, None) => Some("the review has no reviewer: it was not admitted through driftwarden's webhook".to_owned()),
-            (_, Some(reviewer)) if reviewer == requester => Some("requesters cannot review their own request".to_owned()),
+            (_, None) => {
+                Some("the review has no reviewer: it was not admitted through driftwarden's webhook".to_owned())
+            }
+            (_, Some(reviewer)) if reviewer == requester => {
+                Some("requesters cannot review their own request".to_owned())
+            }
             (_, Some(reviewer)) if !policy::is_approver(judge.spec, reviewer, review.groups) => {
                 Some(format!("{reviewer} is not an approver under AccessPolicy {}", judge.name))
             }
@@ -243,11 +252,16 @@ fn grant(request: &Request<'_>, judge: &Judge<'_>, approved_at: Timestamp, now: 
     let mut decision = if now >= window.expires_at {
         Decision::new(AccessPhase::Expired, format!("expired at {}", window.expires_at), Binding::Absent)
     } else if now >= window.starts_at {
-        let mut active = Decision::new(AccessPhase::Active, format!("active until {}", window.expires_at), Binding::Present);
+        let mut active =
+            Decision::new(AccessPhase::Active, format!("active until {}", window.expires_at), Binding::Present);
         active.wake_at = Some(window.expires_at);
         active
     } else {
-        let mut approved = Decision::new(AccessPhase::Approved, format!("approved; access starts at {}", window.starts_at), Binding::Absent);
+        let mut approved = Decision::new(
+            AccessPhase::Approved,
+            format!("approved; access starts at {}", window.starts_at),
+            Binding::Absent,
+        );
         approved.wake_at = Some(window.starts_at);
         approved
     };
@@ -315,12 +329,26 @@ mod tests {
     }
 
     static SRE: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| vec!["sre".to_string()]);
-    static DEV: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| vec!["dev".to_string(), "sre".to_string()]);
+    static DEV: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| vec!["dev".to_string(), "sre".to_string()]);
 
     fn review(name: &'static str, reviewer: &'static str, decision: ReviewDecision, offset: i64) -> Review<'static> {
         // alice is a developer who is also in sre: her own approval must still not count.
-        let groups: &'static [String] = if reviewer == "alice" { &DEV } else if reviewer == "mallory" { &[] } else { &SRE };
-        Review { name, reviewer: Some(reviewer), groups, decision, reason: "looked at the incident", created_at: at(offset) }
+        let groups: &'static [String] = if reviewer == "alice" {
+            &DEV
+        } else if reviewer == "mallory" {
+            &[]
+        } else {
+            &SRE
+        };
+        Review {
+            name,
+            reviewer: Some(reviewer),
+            groups,
+            decision,
+            reason: "looked at the incident",
+            created_at: at(offset),
+        }
     }
 
     fn approve(name: &'static str, reviewer: &'static str, offset: i64) -> Review<'static> {
@@ -337,6 +365,9 @@ mod tests {
         Window { starts_at: at(start), expires_at: at(start + minutes * MIN) }
     }
 
+    /// (case, request, reviews, required approvals, now, phase, binding, wake_at)
+    type Case<'a> = (&'a str, Request<'a>, Vec<Review<'a>>, i32, i64, AccessPhase, Binding, Option<i64>);
+
     #[test]
     fn phase_table() {
         let none = Previous::default();
@@ -347,26 +378,169 @@ mod tests {
         let too_long = Request { duration: Duration::from_secs(5 * 3600), ..request(none.clone()) };
         let trivial = Request { reason: "fix", ..request(none.clone()) };
 
-        // (case, request, reviews, required approvals, now, phase, binding, wake_at)
-        let cases: Vec<(&str, Request<'_>, Vec<Review<'_>>, i32, i64, AccessPhase, Binding, Option<i64>)> = vec![
+        let cases: Vec<Case<'_>> = vec![
             ("no reviews yet", request(none.clone()), vec![], 1, MIN, Pending, Binding::Absent, Some(60 * MIN)),
             ("pending times out", request(none.clone()), vec![], 1, 60 * MIN, Denied, Binding::Absent, None),
-            ("approved by an sre", request(none.clone()), vec![approve("r1", "carol", 5 * MIN)], 1, 6 * MIN, Active, Binding::Present, Some(35 * MIN)),
-            ("approved by a named user", request(none.clone()), vec![approve("r1", "erin", 5 * MIN)], 1, 6 * MIN, Active, Binding::Present, Some(35 * MIN)),
-            ("window over", request(none.clone()), vec![approve("r1", "carol", 5 * MIN)], 1, 35 * MIN, Expired, Binding::Absent, None),
-            ("operator was down past expiry", request(active.clone()), vec![approve("r1", "carol", 5 * MIN)], 1, 10 * 60 * MIN, Expired, Binding::Absent, None),
-            ("self approval ignored", request(none.clone()), vec![approve("r1", "alice", MIN)], 1, 2 * MIN, Pending, Binding::Absent, Some(60 * MIN)),
-            ("non-approver ignored", request(none.clone()), vec![approve("r1", "mallory", MIN)], 1, 2 * MIN, Pending, Binding::Absent, Some(60 * MIN)),
-            ("one of two approvals", request(none.clone()), vec![approve("r1", "carol", MIN)], 2, 2 * MIN, Pending, Binding::Absent, Some(60 * MIN)),
-            ("same approver twice", request(none.clone()), vec![approve("r1", "carol", MIN), approve("r2", "carol", 2 * MIN)], 2, 3 * MIN, Pending, Binding::Absent, Some(60 * MIN)),
-            ("two distinct approvers", request(none.clone()), vec![approve("r1", "carol", MIN), approve("r2", "dave", 2 * MIN)], 2, 3 * MIN, Active, Binding::Present, Some(32 * MIN)),
-            ("a deny denies", request(none.clone()), vec![approve("r1", "carol", MIN), review("r2", "dave", ReviewDecision::Deny, 2 * MIN)], 2, 3 * MIN, Denied, Binding::Absent, None),
-            ("deny by non-approver ignored", request(none.clone()), vec![review("r1", "mallory", ReviewDecision::Deny, MIN), approve("r2", "carol", 2 * MIN)], 1, 3 * MIN, Active, Binding::Present, Some(32 * MIN)),
-            ("deny after approval ignored", request(none.clone()), vec![approve("r1", "carol", MIN), review("r2", "dave", ReviewDecision::Deny, 2 * MIN)], 1, 3 * MIN, Active, Binding::Present, Some(31 * MIN)),
-            ("revoked while active", revoked_req, vec![approve("r1", "carol", 5 * MIN)], 1, 6 * MIN, Revoked, Binding::Absent, None),
-            ("deleted while active", deleting_req, vec![approve("r1", "carol", 5 * MIN)], 1, 6 * MIN, Revoked, Binding::Absent, None),
-            ("no requester fails closed", unstamped, vec![approve("r1", "carol", MIN)], 1, 2 * MIN, Denied, Binding::Absent, None),
-            ("over the policy maximum", too_long, vec![approve("r1", "carol", MIN)], 1, 2 * MIN, Denied, Binding::Absent, None),
+            (
+                "approved by an sre",
+                request(none.clone()),
+                vec![approve("r1", "carol", 5 * MIN)],
+                1,
+                6 * MIN,
+                Active,
+                Binding::Present,
+                Some(35 * MIN),
+            ),
+            (
+                "approved by a named user",
+                request(none.clone()),
+                vec![approve("r1", "erin", 5 * MIN)],
+                1,
+                6 * MIN,
+                Active,
+                Binding::Present,
+                Some(35 * MIN),
+            ),
+            (
+                "window over",
+                request(none.clone()),
+                vec![approve("r1", "carol", 5 * MIN)],
+                1,
+                35 * MIN,
+                Expired,
+                Binding::Absent,
+                None,
+            ),
+            (
+                "operator was down past expiry",
+                request(active.clone()),
+                vec![approve("r1", "carol", 5 * MIN)],
+                1,
+                10 * 60 * MIN,
+                Expired,
+                Binding::Absent,
+                None,
+            ),
+            (
+                "self approval ignored",
+                request(none.clone()),
+                vec![approve("r1", "alice", MIN)],
+                1,
+                2 * MIN,
+                Pending,
+                Binding::Absent,
+                Some(60 * MIN),
+            ),
+            (
+                "non-approver ignored",
+                request(none.clone()),
+                vec![approve("r1", "mallory", MIN)],
+                1,
+                2 * MIN,
+                Pending,
+                Binding::Absent,
+                Some(60 * MIN),
+            ),
+            (
+                "one of two approvals",
+                request(none.clone()),
+                vec![approve("r1", "carol", MIN)],
+                2,
+                2 * MIN,
+                Pending,
+                Binding::Absent,
+                Some(60 * MIN),
+            ),
+            (
+                "same approver twice",
+                request(none.clone()),
+                vec![approve("r1", "carol", MIN), approve("r2", "carol", 2 * MIN)],
+                2,
+                3 * MIN,
+                Pending,
+                Binding::Absent,
+                Some(60 * MIN),
+            ),
+            (
+                "two distinct approvers",
+                request(none.clone()),
+                vec![approve("r1", "carol", MIN), approve("r2", "dave", 2 * MIN)],
+                2,
+                3 * MIN,
+                Active,
+                Binding::Present,
+                Some(32 * MIN),
+            ),
+            (
+                "a deny denies",
+                request(none.clone()),
+                vec![approve("r1", "carol", MIN), review("r2", "dave", ReviewDecision::Deny, 2 * MIN)],
+                2,
+                3 * MIN,
+                Denied,
+                Binding::Absent,
+                None,
+            ),
+            (
+                "deny by non-approver ignored",
+                request(none.clone()),
+                vec![review("r1", "mallory", ReviewDecision::Deny, MIN), approve("r2", "carol", 2 * MIN)],
+                1,
+                3 * MIN,
+                Active,
+                Binding::Present,
+                Some(32 * MIN),
+            ),
+            (
+                "deny after approval ignored",
+                request(none.clone()),
+                vec![approve("r1", "carol", MIN), review("r2", "dave", ReviewDecision::Deny, 2 * MIN)],
+                1,
+                3 * MIN,
+                Active,
+                Binding::Present,
+                Some(31 * MIN),
+            ),
+            (
+                "revoked while active",
+                revoked_req,
+                vec![approve("r1", "carol", 5 * MIN)],
+                1,
+                6 * MIN,
+                Revoked,
+                Binding::Absent,
+                None,
+            ),
+            (
+                "deleted while active",
+                deleting_req,
+                vec![approve("r1", "carol", 5 * MIN)],
+                1,
+                6 * MIN,
+                Revoked,
+                Binding::Absent,
+                None,
+            ),
+            (
+                "no requester fails closed",
+                unstamped,
+                vec![approve("r1", "carol", MIN)],
+                1,
+                2 * MIN,
+                Denied,
+                Binding::Absent,
+                None,
+            ),
+            (
+                "over the policy maximum",
+                too_long,
+                vec![approve("r1", "carol", MIN)],
+                1,
+                2 * MIN,
+                Denied,
+                Binding::Absent,
+                None,
+            ),
             ("trivial reason", trivial, vec![], 1, MIN, Denied, Binding::Absent, None),
         ];
         for (case, req, reviews, required, now, phase, binding, wake) in cases {
@@ -414,7 +588,11 @@ mod tests {
                 ("again", "carol already approved; approvals must come from distinct approvers"),
             ]
         );
-        assert!(decision.message.starts_with("waiting for 1 more approval(s) from erin, group sre"), "{}", decision.message);
+        assert!(
+            decision.message.starts_with("waiting for 1 more approval(s) from erin, group sre"),
+            "{}",
+            decision.message
+        );
     }
 
     #[test]

@@ -222,7 +222,11 @@ mod tests {
         let cases: [(Duration, &str, Result<(), &str>); 6] = [
             (Duration::from_secs(4 * 3600), good, Ok(())),
             (Duration::from_secs(30 * 60), good, Ok(())),
-            (Duration::from_secs(4 * 3600 + 1), good, Err("duration 4h1s exceeds the maximum of 4h that AccessPolicy p allows")),
+            (
+                Duration::from_secs(4 * 3600 + 1),
+                good,
+                Err("duration 4h1s exceeds the maximum of 4h that AccessPolicy p allows"),
+            ),
             (Duration::ZERO, good, Err("duration must be longer than zero")),
             (Duration::from_secs(60), "fix", Err("reason is too short or trivial")),
             (Duration::from_secs(60), "aaaaaaaaaaaaaaaa", Err("reason is too short or trivial")),

@@ -21,7 +21,7 @@ use super::{RoleRef, validation};
     printcolumn(name = "Requester", type_ = "string", json_path = ".spec.requester"),
     printcolumn(name = "Role", type_ = "string", json_path = ".spec.role.name"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

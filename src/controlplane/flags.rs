@@ -88,7 +88,8 @@ pub fn apiserver(layout: &Layout, audit: Option<&AuditWebhook>) -> Vec<String> {
 }
 
 /// The controllers the tests rely on: garbage collection of owned objects,
-/// namespace deletion, and default service accounts with their tokens.
+/// namespace deletion, default service accounts with their tokens, and the
+/// aggregation that fills the built-in `admin`/`edit`/`view` ClusterRoles.
 pub const CONTROLLERS: &str =
     "garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller";
 

@@ -1,4 +1,5 @@
-//! /healthz (the process is alive) and /readyz (it can do its job).
+//! /healthz (the process is alive), /readyz (it can do its job) and
+//! /metrics (OpenMetrics).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
+
+use super::metrics::Metrics;
 
 #[derive(Default)]
 pub struct Health {
@@ -19,9 +23,15 @@ impl Health {
     }
 }
 
-pub fn router(health: Arc<Health>) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz)).with_state(health)
+pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+        .route("/metrics", get(move || async move { ([(CONTENT_TYPE, OPENMETRICS)], metrics.encode()) }))
 }
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
     if health.ready.load(Ordering::Relaxed) {

@@ -1,19 +1,25 @@
-//! The operator process: connects to the API server, checks that the API it
-//! serves is installed, and serves its probes. Controllers hang off `run`.
+//! The operator process: connects to the API server and runs, side by side,
+//! the probe and metrics server, the admission webhook server and the
+//! controllers. Any of them failing stops the others.
 
+pub mod access;
 pub mod crds;
 mod health;
+pub mod metrics;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{GROUP, VERSION};
 use crate::cli::OperatorArgs;
+use crate::webhook::{self, Endpoint};
 use health::Health;
+use metrics::Metrics;
 
 /// How often readiness re-checks the API server.
 const PROBE_INTERVAL: Duration = Duration::from_secs(10);
@@ -24,9 +30,11 @@ pub enum Error {
     Connect(#[source] kube::Error),
     #[error("cannot serve HTTP on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Webhook(#[from] webhook::Error),
 }
 
-/// Runs until `shutdown` resolves.
+/// Runs until `shutdown` resolves or a part fails.
 pub async fn run(
     client: Client,
     args: OperatorArgs,
@@ -35,17 +43,58 @@ pub async fn run(
     let version = client.apiserver_version().await.map_err(Error::Connect)?;
     info!(server = %version.git_version, namespace = %args.namespace, "connected to the API server");
 
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+
     let health = Arc::new(Health::default());
+    let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .map_err(|source| Error::Listen { addr: args.http_addr, source })?;
-    info!(addr = %args.http_addr, "serving /healthz and /readyz");
+    info!(addr = %args.http_addr, "serving /healthz, /readyz and /metrics");
+    let http = axum::serve(listener, health::router(health.clone(), metrics.clone()))
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
 
-    let probe = tokio::spawn(probe_api(client, health.clone()));
-    let served = axum::serve(listener, health::router(health)).with_graceful_shutdown(shutdown).await;
-    probe.abort();
+    let endpoint = match &args.webhook_url {
+        Some(url) => Endpoint::Url(url.clone()),
+        None => Endpoint::Service {
+            namespace: args.namespace.clone(),
+            name: args.webhook_service.clone(),
+            port: args.webhook_service_port,
+        },
+    };
+    let webhook_config = webhook::Config {
+        addr: args.webhook_addr,
+        endpoint,
+        secret_namespace: args.namespace.clone(),
+        secret_name: args.webhook_secret.clone(),
+        cert_dir: args.webhook_cert_dir.clone(),
+    };
+    let webhooks = webhook::serve(client.clone(), webhook_config, stop.clone().cancelled_owned());
+
+    let settings = access::Settings { sweep_interval: args.sweep_interval.into(), instance: args.pod_name.clone() };
+    let access = access::run(client.clone(), metrics.clone(), settings, stop.clone());
+    let probe = probe_api(client, health);
+
+    // Whichever part ends first (a failure, or shutdown) ends them all.
+    let result = tokio::select! {
+        served = http => served.map_err(|source| Error::Listen { addr: args.http_addr, source }),
+        served = webhooks => served.map_err(Error::from),
+        () = access => Ok(()),
+        () = probe => Ok(()),
+    };
+    stop.cancel();
+    if let Err(error) = &result {
+        warn!(%error, "stopping");
+    }
     info!("stopped");
-    served.map_err(|source| Error::Listen { addr: args.http_addr, source })
+    result
 }
 
 /// Ready means: the API server answers and serves driftwarden's API group.

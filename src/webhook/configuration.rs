@@ -1,0 +1,142 @@
+//! The Mutating- and ValidatingWebhookConfiguration that route our kinds
+//! to the operator, built here (pure) and applied by the operator so their
+//! caBundle always matches the certificate it serves.
+
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+/// Name of both configurations.
+pub const NAME: &str = "driftwarden";
+pub const MUTATE_PATH: &str = "/mutate";
+pub const VALIDATE_PATH: &str = "/validate";
+
+/// How the API server reaches the webhook server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// In the cluster: a Service in front of the operator's Pods.
+    Service { namespace: String, name: String, port: u16 },
+    /// Anywhere else, e.g. `https://127.0.0.1:9443` for a local control plane.
+    Url(String),
+}
+
+impl Endpoint {
+    /// The names the serving certificate must carry.
+    pub fn tls_names(&self) -> Vec<String> {
+        match self {
+            Endpoint::Service { namespace, name, .. } => {
+                vec![format!("{name}.{namespace}.svc"), format!("{name}.{namespace}.svc.cluster.local")]
+            }
+            Endpoint::Url(url) => {
+                let host = url.trim_start_matches("https://").split(['/', ':']).next().unwrap_or_default();
+                vec![host.to_owned()]
+            }
+        }
+    }
+
+    fn client_config(&self, path: &str, ca_pem: &str) -> Value {
+        let ca_bundle = k8s_openapi::ByteString(ca_pem.as_bytes().to_vec());
+        match self {
+            Endpoint::Service { namespace, name, port } => json!({
+                "service": {"namespace": namespace, "name": name, "path": path, "port": port},
+                "caBundle": ca_bundle,
+            }),
+            Endpoint::Url(url) => json!({"url": format!("{}{path}", url.trim_end_matches('/')), "caBundle": ca_bundle}),
+        }
+    }
+}
+
+fn rules(operations: &[&str], resources: &[&str]) -> Value {
+    json!([{"apiGroups": [crate::api::GROUP], "apiVersions": [crate::api::VERSION], "operations": operations,
+            "resources": resources, "scope": "Namespaced"}])
+}
+
+// Fail closed: without the webhook nobody's identity can be checked, so
+// nothing of ours is admitted. Only our own kinds are routed here, so an
+// operator outage never blocks anything else in the cluster.
+fn webhook(name: &str, endpoint: &Endpoint, path: &str, ca_pem: &str, rules: Value) -> Value {
+    json!({
+        "name": name,
+        "clientConfig": endpoint.client_config(path, ca_pem),
+        "rules": rules,
+        "failurePolicy": "Fail",
+        "matchPolicy": "Equivalent",
+        "sideEffects": "None",
+        "timeoutSeconds": 5,
+        "admissionReviewVersions": ["v1"],
+    })
+}
+
+pub fn mutating(endpoint: &Endpoint, ca_pem: &str) -> MutatingWebhookConfiguration {
+    let hook = webhook(
+        "identity.driftwarden.io",
+        endpoint,
+        MUTATE_PATH,
+        ca_pem,
+        rules(&["CREATE"], &["accessrequests", "accessreviews"]),
+    );
+    let mut hook = hook;
+    hook["reinvocationPolicy"] = "IfNeeded".into();
+    serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": NAME, "labels": {"app.kubernetes.io/managed-by": "driftwarden"}},
+        "webhooks": [hook],
+    }))
+    .expect("a well-formed MutatingWebhookConfiguration")
+}
+
+pub fn validating(endpoint: &Endpoint, ca_pem: &str) -> ValidatingWebhookConfiguration {
+    let mut all_rules = rules(&["CREATE", "UPDATE"], &["accessrequests"]);
+    if let (Some(list), Value::Array(more)) = (all_rules.as_array_mut(), rules(&["CREATE"], &["accessreviews"])) {
+        list.extend(more);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": NAME, "labels": {"app.kubernetes.io/managed-by": "driftwarden"}},
+        "webhooks": [webhook("policy.driftwarden.io", endpoint, VALIDATE_PATH, ca_pem, all_rules)],
+    }))
+    .expect("a well-formed ValidatingWebhookConfiguration")
+}
+
+/// Applies both configurations (server-side apply; a no-op when unchanged).
+pub async fn apply(client: &Client, endpoint: &Endpoint, ca_pem: &str) -> Result<(), kube::Error> {
+    let params = PatchParams::apply(crate::operator::crds::FIELD_MANAGER).force();
+    let mutating_api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    mutating_api.patch(NAME, &params, &Patch::Apply(mutating(endpoint, ca_pem))).await?;
+    let validating_api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    validating_api.patch(NAME, &params, &Patch::Apply(validating(endpoint, ca_pem))).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configurations_route_only_our_kinds_and_fail_closed() {
+        let endpoint = Endpoint::Url("https://127.0.0.1:9443".into());
+        let mutating = mutating(&endpoint, "CA");
+        let hook = &mutating.webhooks.as_ref().unwrap()[0];
+        assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(hook.client_config.url.as_deref(), Some("https://127.0.0.1:9443/mutate"));
+        assert_eq!(hook.client_config.ca_bundle.as_ref().unwrap().0, b"CA");
+        let rules = hook.rules.as_ref().unwrap();
+        assert_eq!(rules[0].api_groups.as_deref(), Some(&["driftwarden.io".to_string()][..]));
+
+        let validating = validating(&endpoint, "CA");
+        let rules = validating.webhooks.as_ref().unwrap()[0].rules.clone().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].operations.as_deref(), Some(&["CREATE".to_string(), "UPDATE".to_string()][..]));
+    }
+
+    #[test]
+    fn tls_names_follow_the_endpoint() {
+        let service = Endpoint::Service { namespace: "dw".into(), name: "hook".into(), port: 443 };
+        assert_eq!(service.tls_names(), ["hook.dw.svc", "hook.dw.svc.cluster.local"]);
+        assert_eq!(Endpoint::Url("https://127.0.0.1:9443/".into()).tls_names(), ["127.0.0.1"]);
+        let config = validating(&service, "CA");
+        let service_ref = config.webhooks.unwrap()[0].client_config.service.clone().unwrap();
+        assert_eq!((service_ref.name.as_str(), service_ref.port), ("hook", Some(443)));
+    }
+}

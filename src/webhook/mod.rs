@@ -1,0 +1,212 @@
+//! The operator's HTTPS server for admission webhooks: it stamps and checks
+//! identity on AccessRequests and AccessReviews and enforces AccessPolicy at
+//! `kubectl apply` time.
+
+pub mod admission;
+pub mod configuration;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use axum_server::tls_rustls::RustlsConfig;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, DynamicObject};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use tracing::{info, warn};
+
+use crate::api::{AccessPolicy, AccessRequest};
+use admission::{Facts, Kind};
+pub use configuration::Endpoint;
+
+/// How often the certificate's expiry is checked.
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// How the API server reaches us.
+    pub endpoint: Endpoint,
+    /// Namespace and name of the Secret that holds the self-managed certificate.
+    pub secret_namespace: String,
+    pub secret_name: String,
+    /// A directory with `tls.crt`, `tls.key` and `ca.crt` (e.g. from
+    /// cert-manager) to serve instead of a self-managed certificate.
+    pub cert_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    #[error("reading the webhook certificate from {dir}: {source}")]
+    CertDir { dir: String, source: std::io::Error },
+    #[error("applying the webhook configurations: {0}")]
+    Configure(#[source] kube::Error),
+    #[error("serving webhooks on {addr}: {source}")]
+    Serve { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Serves until `shutdown` resolves. The webhook configurations are applied
+/// once the server has its certificate, and again whenever the CA changes.
+pub async fn serve(
+    client: Client,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    // The one TLS provider this binary is built with (kube's client uses it too).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let names = config.endpoint.tls_names();
+    let serving = current_tls(&client, &config, &names).await?;
+    let rustls = RustlsConfig::from_pem(serving.cert_pem.clone().into_bytes(), serving.key_pem.clone().into_bytes())
+        .await
+        .map_err(|source| Error::Serve { addr: config.addr, source })?;
+    configuration::apply(&client, &config.endpoint, &serving.ca_pem).await.map_err(Error::Configure)?;
+
+    let handle = axum_server::Handle::new();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            shutdown.await;
+            handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        }
+    });
+    let renewal = tokio::spawn(keep_renewed(client.clone(), config.clone(), names, serving, rustls.clone()));
+
+    let router = Router::new()
+        .route(configuration::MUTATE_PATH, post(mutate))
+        .route(configuration::VALIDATE_PATH, post(validate))
+        .with_state(client);
+    info!(addr = %config.addr, endpoint = ?config.endpoint, "serving admission webhooks");
+    let served = axum_server::bind_rustls(config.addr, rustls).handle(handle).serve(router.into_make_service()).await;
+    renewal.abort();
+    served.map_err(|source| Error::Serve { addr: config.addr, source })
+}
+
+async fn current_tls(client: &Client, config: &Config, names: &[String]) -> Result<tls::ServingTls, Error> {
+    match &config.cert_dir {
+        Some(dir) => {
+            let read = |file: &str| {
+                std::fs::read_to_string(dir.join(file))
+                    .map_err(|source| Error::CertDir { dir: dir.display().to_string(), source })
+            };
+            Ok(tls::ServingTls {
+                ca_pem: read("ca.crt")?,
+                cert_pem: read("tls.crt")?,
+                key_pem: read("tls.key")?,
+                not_after: Timestamp::MAX,
+            })
+        }
+        None => {
+            Ok(tls::load_or_issue(client, &config.secret_namespace, &config.secret_name, names, Timestamp::now())
+                .await?)
+        }
+    }
+}
+
+/// Swaps in a renewed certificate without dropping connections, and updates
+/// the caBundle when the CA itself changed.
+async fn keep_renewed(
+    client: Client,
+    config: Config,
+    names: Vec<String>,
+    mut serving: tls::ServingTls,
+    rustls: RustlsConfig,
+) {
+    loop {
+        tokio::time::sleep(RENEWAL_CHECK).await;
+        let fresh = match current_tls(&client, &config, &names).await {
+            Ok(fresh) if fresh != serving => fresh,
+            Ok(_) => continue,
+            Err(error) => {
+                warn!(%error, "checking the webhook certificate failed; will retry");
+                continue;
+            }
+        };
+        if let Err(error) =
+            rustls.reload_from_pem(fresh.cert_pem.clone().into_bytes(), fresh.key_pem.clone().into_bytes()).await
+        {
+            warn!(%error, "loading the renewed webhook certificate failed; still serving the old one");
+            continue;
+        }
+        if fresh.ca_pem != serving.ca_pem
+            && let Err(error) = configuration::apply(&client, &config.endpoint, &fresh.ca_pem).await
+        {
+            warn!(%error, "updating the webhook caBundle failed; will retry");
+            continue;
+        }
+        info!(not_after = %fresh.not_after, "webhook certificate renewed");
+        serving = fresh;
+    }
+}
+
+fn into_request(
+    review: AdmissionReview<DynamicObject>,
+) -> Result<AdmissionRequest<DynamicObject>, Box<AdmissionResponse>> {
+    review.try_into().map_err(|err: kube::core::admission::ConvertAdmissionReviewError| {
+        Box::new(AdmissionResponse::invalid(err.to_string()))
+    })
+}
+
+async fn mutate(Json(review): Json<AdmissionReview<DynamicObject>>) -> Json<AdmissionReview<DynamicObject>> {
+    let response = match into_request(review) {
+        Ok(request) => admission::mutate(&request),
+        Err(invalid) => *invalid,
+    };
+    Json(response.into_review())
+}
+
+async fn validate(
+    State(client): State<Client>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let request = match into_request(review) {
+        Ok(request) => request,
+        Err(invalid) => return Json(invalid.into_review()),
+    };
+    let response = match facts(&client, &request).await {
+        Ok(facts) => admission::validate(&request, &facts),
+        // Fail closed: what cannot be checked is not admitted.
+        Err(error) => {
+            AdmissionResponse::from(&request).deny(format!("driftwarden could not check this request: {error}"))
+        }
+    };
+    if !response.allowed {
+        info!(user = ?request.user_info.username, kind = %request.kind.kind, name = %request.name,
+              reason = %response.result.message, "admission denied");
+    }
+    Json(response.into_review())
+}
+
+/// Looks up, fresh from the API server, what [`admission::validate`] needs.
+/// Admission is rare and must not act on a stale cache.
+async fn facts(client: &Client, request: &AdmissionRequest<DynamicObject>) -> Result<Facts, kube::Error> {
+    let Some(kind) = Kind::of(request) else { return Ok(Facts::default()) };
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let policies = Api::<AccessPolicy>::all(client.clone()).list(&Default::default()).await?.items;
+    let namespace_labels = Api::<Namespace>::all(client.clone())
+        .get_opt(&namespace)
+        .await?
+        .map(|ns| ns.metadata.labels.unwrap_or_default());
+    let reviewed_request = match kind {
+        Kind::AccessReview => {
+            let target =
+                request.object.as_ref().and_then(|o| o.data["spec"]["accessRequest"].as_str()).unwrap_or_default();
+            if target.is_empty() {
+                None
+            } else {
+                Api::<AccessRequest>::namespaced(client.clone(), &namespace).get_opt(target).await?
+            }
+        }
+        Kind::AccessRequest => None,
+    };
+    Ok(Facts { policies, namespace_labels, reviewed_request })
+}
