@@ -170,6 +170,9 @@ fn decide(
     let mut decision = match tally.outcome {
         Outcome::Denied { reviewer, reason } => refuse(format!("denied by {reviewer}: {reason}")),
         Outcome::Approved { at } => grant(request, judge, at, now),
+        // The approvals behind a grant are gone (an approver deleted a
+        // review): the grant loses its footing.
+        Outcome::Undecided if was_granted => refuse("the approvals behind this grant were withdrawn".into()),
         Outcome::Undecided => pending(request, judge, tally.approvals.len(), now),
     };
     decision.approvals = tally.approvals;
@@ -542,6 +545,7 @@ mod tests {
                 None,
             ),
             ("trivial reason", trivial, vec![], 1, MIN, Denied, Binding::Absent, None),
+            ("approval withdrawn", request(active.clone()), vec![], 1, 6 * MIN, Revoked, Binding::Absent, None),
         ];
         for (case, req, reviews, required, now, phase, binding, wake) in cases {
             let decision = run(&req, &reviews, required, now);

@@ -90,8 +90,8 @@ pub fn apiserver(layout: &Layout, audit: Option<&AuditWebhook>) -> Vec<String> {
 /// The controllers the tests rely on: garbage collection of owned objects,
 /// namespace deletion, default service accounts with their tokens, and the
 /// aggregation that fills the built-in `admin`/`edit`/`view` ClusterRoles.
-pub const CONTROLLERS: &str =
-    "garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller";
+pub const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,serviceaccount-controller,\
+serviceaccount-token-controller,clusterrole-aggregation-controller";
 
 /// kube-controller-manager with just [`CONTROLLERS`].
 pub fn controller_manager(layout: &Layout) -> Vec<String> {

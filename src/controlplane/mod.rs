@@ -5,11 +5,12 @@
 
 mod binaries;
 mod flags;
-mod supervisor;
+pub mod supervisor;
 mod users;
 
 pub use binaries::{BIN_DIR_ENV, KUBERNETES_VERSION};
 pub use flags::AuditWebhook;
+pub use supervisor::Supervisor;
 pub use users::User;
 
 use std::collections::BTreeMap;
@@ -25,7 +26,6 @@ use tracing::instrument::WithSubscriber as _;
 
 use crate::pki::CertificateAuthority;
 use flags::Layout;
-use supervisor::Supervisor;
 
 /// How long each component gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -203,6 +203,16 @@ impl ControlPlane {
     /// A kubeconfig file that authenticates as `user`.
     pub fn kubeconfig(&self, user: User) -> PathBuf {
         self.layout.path(&format!("{}.kubeconfig", user.file_stem()))
+    }
+
+    /// Writes a kubeconfig that authenticates with `token` (e.g. a
+    /// ServiceAccount's) and returns its path.
+    pub fn write_kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf, Error> {
+        let path = self.layout.path(&format!("{name}.kubeconfig"));
+        let ca_file = self.layout.path("ca.crt").display().to_string();
+        let content = users::kubeconfig_for(&self.server_url(), &ca_file, name, token);
+        write_private(&path, &content).map_err(io(format!("writing {}", path.display())))?;
+        Ok(path)
     }
 
     /// The bearer token of `user`.

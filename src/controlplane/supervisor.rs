@@ -21,7 +21,7 @@ const GRACE: Duration = Duration::from_secs(10);
 enum Request {
     Spawn { name: String, command: Box<Command>, log: PathBuf, reply: mpsc::Sender<io::Result<u32>> },
     Exited { name: String, reply: mpsc::Sender<Option<ExitStatus>> },
-    Stop { name: String, reply: mpsc::Sender<()> },
+    Stop { name: String, kill: bool, reply: mpsc::Sender<()> },
 }
 
 /// Owns a set of named child processes. Dropping it stops them all.
@@ -50,7 +50,12 @@ impl Supervisor {
 
     /// Stops `name`: SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&self, name: &str) {
-        let _ = self.ask(|reply| Request::Stop { name: name.to_owned(), reply });
+        let _ = self.ask(|reply| Request::Stop { name: name.to_owned(), kill: false, reply });
+    }
+
+    /// Kills `name` with SIGKILL at once, as a crash or an OOM kill would.
+    pub fn kill(&self, name: &str) {
+        let _ = self.ask(|reply| Request::Stop { name: name.to_owned(), kill: true, reply });
     }
 
     fn ask<T>(&self, request: impl FnOnce(mpsc::Sender<T>) -> Request) -> io::Result<T> {
@@ -94,9 +99,12 @@ fn serve(inbox: mpsc::Receiver<Request>) {
                 };
                 let _ = reply.send(status);
             }
-            Request::Stop { name, reply } => {
+            Request::Stop { name, kill, reply } => {
                 children.retain(|_, (n, child)| {
-                    if *n == name {
+                    if *n == name && kill {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    } else if *n == name {
                         terminate(child);
                     }
                     *n != name

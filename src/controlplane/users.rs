@@ -77,7 +77,11 @@ pub fn token_file(tokens: &[(User, String)]) -> String {
 /// A kubeconfig that reaches `server` as the user with `token`, trusting the
 /// CA in `ca_file`.
 pub fn kubeconfig(server: &str, ca_file: &str, user: User, token: &str) -> String {
-    let name = user.file_stem();
+    kubeconfig_for(server, ca_file, user.file_stem(), token)
+}
+
+/// A kubeconfig for any named credential.
+pub fn kubeconfig_for(server: &str, ca_file: &str, name: &str, token: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Config

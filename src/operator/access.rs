@@ -164,10 +164,13 @@ async fn reconcile(request: Arc<AccessRequest>, context: Arc<Context>) -> Result
     let name = request.name_any();
     let now = Timestamp::now();
 
-    // Fetch, from the watch caches. Deciding with a policy or namespace
-    // cache that has not listed yet would deny valid requests, so wait.
+    // Fetch, from the watch caches. Deciding before every cache has listed
+    // would act on a partial world (no reviews: a grant looks unapproved; no
+    // bindings: an expired one looks removed), so wait for all of them.
     let _ = context.policies.wait_until_ready().await;
     let _ = context.namespaces.wait_until_ready().await;
+    let _ = context.reviews.wait_until_ready().await;
+    let _ = context.bindings.wait_until_ready().await;
     let Some(namespace_object) = context.namespaces.get(&ObjectRef::new(&namespace)) else {
         // The namespace cache lags its creation; decide once it has caught up.
         return Ok(Action::requeue(Duration::from_millis(500)));
@@ -185,21 +188,18 @@ async fn reconcile(request: Arc<AccessRequest>, context: Arc<Context>) -> Result
     let judge = policy::select(&namespace, &labels, &request.spec.role, &policies);
     let decision = access::evaluate(&machine_request(&request), &machine_reviews(&reviews), judge.as_ref(), now);
 
-    // Apply. Status goes first when granting and last when removing, so a
-    // RoleBinding never exists without an Active request saying so.
+    // Apply: the binding first, then the status, so that a request that
+    // says Active really grants access, and one that says Expired no longer
+    // does. (The sweep leaves young bindings alone, so a binding whose
+    // status is a moment behind is not taken for an orphan.)
     let binding_name = binding_name(&name);
     let old_status = request.status.clone().unwrap_or_default();
     let status = next_status(&old_status, &decision, &binding_name, now);
     match decision.binding {
-        Binding::Present => {
-            write_status(&context, &request, &old_status, &status).await?;
-            ensure_binding(&context, &request, &binding_name).await?;
-        }
-        Binding::Absent => {
-            remove_binding(&context, &namespace, &binding_name, &decision, now).await?;
-            write_status(&context, &request, &old_status, &status).await?;
-        }
+        Binding::Present => ensure_binding(&context, &request, &binding_name).await?,
+        Binding::Absent => remove_binding(&context, &namespace, &binding_name, &decision, now).await?,
     }
+    write_status(&context, &request, &old_status, &status).await?;
 
     publish(&context, &request, &old_status, &decision).await;
     Ok(match decision.wake_at {
@@ -438,11 +438,17 @@ async fn publish(context: &Context, request: &AccessRequest, old: &AccessRequest
     for ignored in decision.ignored.iter().filter(|i| !old.ignored_reviews.iter().any(|o| o.review == i.review)) {
         context.metrics.access_reviews.get_or_create(&ReviewLabels { outcome: ReviewOutcome::Ignored }).inc();
         let reviewer = ignored.reviewer.as_deref().unwrap_or("<unknown>");
-        events.push((
-            EventType::Warning,
-            "ReviewIgnored",
-            format!("review {} by {reviewer} ignored: {}", ignored.review, ignored.reason),
-        ));
+        let note = format!("review {} by {reviewer} ignored: {}", ignored.review, ignored.reason);
+        // The review as related object keeps one Event per review instead
+        // of folding them into a series that shows only the first note.
+        let review = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(AccessReview::api_version(&()).into_owned()),
+            kind: Some(AccessReview::kind(&()).into_owned()),
+            name: Some(ignored.review.clone()),
+            namespace: request.namespace(),
+            ..Default::default()
+        };
+        events.push((EventType::Warning, "ReviewIgnored", note, Some(review)));
     }
 
     if old.phase != Some(decision.phase) {
@@ -488,15 +494,15 @@ async fn publish(context: &Context, request: &AccessRequest, old: &AccessRequest
         }
         info!(request = %request.name_any(), namespace = ?request.namespace(), %requester, approvers = ?approvers, %role,
               expires_at = %expires, phase = ?decision.phase, message = %decision.message, "access request {}", reason.to_lowercase());
-        events.push((kind, reason, note));
+        events.push((kind, reason, note, None));
     }
-    for (type_, reason, note) in events {
+    for (type_, reason, note, secondary) in events {
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(truncate(note, 1000)),
             action: "Reconcile".into(),
-            secondary: None,
+            secondary,
         };
         if let Err(error) = context.recorder.publish(&event, &reference).await {
             warn!(%error, reason, "publishing an event failed");

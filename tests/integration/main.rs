@@ -2,6 +2,7 @@
 //! kube-controller-manager on 127.0.0.1 (see `support`). One binary, so the
 //! control plane starts once; one module per behaviour; one namespace per test.
 
+#[path = "../support/mod.rs"]
 mod support;
 
 mod access_request_rbac;

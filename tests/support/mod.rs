@@ -1,5 +1,9 @@
 //! Test support: one control plane per test binary, a fresh namespace per
 //! test, clients and kubectl per user, logs pointed at when a test fails.
+//! Shared by the test binaries; each uses only part of it.
+#![allow(dead_code)]
+
+pub mod operator;
 
 use std::process::Command;
 use std::sync::OnceLock;
@@ -51,14 +55,26 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// Creates a namespace named after the test.
+    /// Creates a namespace named after the test on the shared control plane.
     pub async fn new(test: &str) -> Self {
-        let cp = control_plane();
+        Self::on(control_plane(), test).await
+    }
+
+    /// Creates a namespace named after the test on `cp`. Its labels include
+    /// `driftwarden.io/test-namespace=<name>`, so a test can aim a
+    /// cluster-scoped object (an AccessPolicy) at its namespace alone.
+    pub async fn on(cp: &'static ControlPlane, test: &str) -> Self {
         let admin = cp.client(User::Admin).await.expect("admin client");
         let namespace = unique_name(test);
         let mut ns = Namespace::default();
         ns.metadata.name = Some(namespace.clone());
-        ns.metadata.labels = Some([("driftwarden.io/test".to_string(), "true".to_string())].into());
+        ns.metadata.labels = Some(
+            [
+                ("driftwarden.io/test".to_string(), "true".to_string()),
+                ("driftwarden.io/test-namespace".to_string(), namespace.clone()),
+            ]
+            .into(),
+        );
         Api::<Namespace>::all(admin.clone())
             .create(&PostParams::default(), &ns)
             .await
@@ -165,4 +181,17 @@ pub fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, St
         Err(kube::Error::Api(status)) => (status.code, status.message),
         other => panic!("expected the API server to refuse, got {other:?}"),
     }
+}
+
+/// A plain HTTP/1.0 GET on loopback: `(status, body)`, or None if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Some((status, body))
 }

@@ -1,0 +1,160 @@
+//! What every access test sets up: a namespace of its own, an AccessPolicy
+//! aimed at it alone, and the requester/approver roles bound to the dev and
+//! sre groups there.
+
+use std::time::Duration;
+
+use driftwarden::api::{AccessPhase, AccessPolicy, AccessRequest, AccessReview};
+use driftwarden::controlplane::User;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::ApiResource;
+use serde_json::{Value, json};
+
+use crate::support::operator::{OPERATOR, OperatorEnv, operator_env};
+use crate::support::{TestEnv, access_request, eventually};
+
+pub const REASON: &str = "INC-4242: checkout pods crash-looping";
+
+pub struct AccessTest {
+    pub env: TestEnv,
+    pub operator: &'static OperatorEnv,
+    /// Keeps the operator running for this test; a test that stops the
+    /// operator gives this up first and takes the lock for writing.
+    pub running: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
+}
+
+/// `policy` is merged over a default policy: ClusterRole edit and view,
+/// at most 1h, one approval from group sre.
+pub async fn setup(test: &str, policy: Value) -> AccessTest {
+    let running = OPERATOR.read().await;
+    let operator = operator_env();
+    let env = TestEnv::on(&operator.cp, test).await;
+    for (role, group) in [("driftwarden-requester", "dev"), ("driftwarden-approver", "sre")] {
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": format!("{group}-{role}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
+        }))
+        .unwrap();
+        env.api::<RoleBinding>(User::Admin).await.create(&PostParams::default(), &binding).await.unwrap();
+    }
+    let mut spec = json!({
+        "namespaceSelector": {"matchLabels": {"driftwarden.io/test-namespace": env.namespace}},
+        "roles": [{"kind": "ClusterRole", "name": "edit"}, {"kind": "ClusterRole", "name": "view"}],
+        "maxDuration": "1h",
+        "approvers": {"groups": ["sre"]},
+    });
+    for (key, value) in policy.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    let policy: AccessPolicy =
+        serde_json::from_value(json!({"metadata": {"name": env.namespace}, "spec": spec})).unwrap();
+    Api::<AccessPolicy>::all(env.admin.clone()).create(&PostParams::default(), &policy).await.unwrap();
+    AccessTest { env, operator, running: Some(running) }
+}
+
+impl AccessTest {
+    /// `user` asks for ClusterRole `role` for `duration`.
+    pub async fn request(
+        &self,
+        user: User,
+        name: &str,
+        role: &str,
+        duration: &str,
+    ) -> Result<DynamicObject, kube::Error> {
+        let api = self.env.raw_api::<AccessRequest>(user).await;
+        api.create(&PostParams::default(), &access_request(name, None, role, duration, REASON)).await
+    }
+
+    /// `user` reviews `request` with `decision` (Approve or Deny).
+    pub async fn review(
+        &self,
+        user: User,
+        name: &str,
+        request: &str,
+        decision: &str,
+    ) -> Result<DynamicObject, kube::Error> {
+        let api = self.env.raw_api::<AccessReview>(user).await;
+        let review: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessReview", "metadata": {"name": name},
+            "spec": {"accessRequest": request, "decision": decision, "reason": "checked the incident ticket"},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &review).await
+    }
+
+    /// Waits for `request` to reach `phase`.
+    pub async fn wait_for_phase(&self, name: &str, phase: AccessPhase, timeout: Duration) -> AccessRequest {
+        let api = self.env.api::<AccessRequest>(User::Admin).await;
+        let reached = eventually(timeout, || async {
+            let request = api.get(name).await.ok()?;
+            (request.status.as_ref()?.phase? == phase).then_some(request)
+        })
+        .await;
+        match reached {
+            Some(request) => request,
+            None => {
+                let request = api.get(name).await.ok();
+                panic!(
+                    "{name} did not reach {phase:?} within {timeout:?}; status: {:#?}",
+                    request.and_then(|r| r.status)
+                );
+            }
+        }
+    }
+
+    pub async fn binding(&self, request: &str) -> Option<RoleBinding> {
+        let name = driftwarden::operator::access::binding_name(request);
+        self.env.api::<RoleBinding>(User::Admin).await.get_opt(&name).await.unwrap()
+    }
+
+    /// The Events recorded for `request`, as "Reason: note" lines.
+    pub async fn events(&self, request: &str) -> Vec<String> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.env.admin.clone(), &self.env.namespace);
+        let mut events: Vec<_> = api
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(request))
+            .collect();
+        events.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+        events
+            .into_iter()
+            .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    /// The Events of `request` once `done` says they are complete (they are
+    /// published just after the status is written), or after 10 s.
+    pub async fn events_until(&self, request: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.events(request).await;
+            if done(&events) || tokio::time::Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Can `user` create ConfigMaps here, according to the API server?
+    pub async fn can_create_configmaps(&self, user: User) -> bool {
+        let review: k8s_openapi::api::authorization::v1::SelfSubjectAccessReview = serde_json::from_value(json!({
+            "spec": {"resourceAttributes": {"namespace": self.env.namespace, "verb": "create", "resource": "configmaps"}}
+        }))
+        .unwrap();
+        let api: Api<k8s_openapi::api::authorization::v1::SelfSubjectAccessReview> =
+            Api::all(self.env.client(user).await);
+        let answer = api.create(&PostParams::default(), &review).await.unwrap();
+        answer.status.is_some_and(|s| s.allowed)
+    }
+}
+
+/// The untyped API of AccessRequests as `user`, for patches.
+pub async fn raw_requests(test: &AccessTest, user: User) -> Api<DynamicObject> {
+    Api::namespaced_with(test.env.client(user).await, &test.env.namespace, &ApiResource::erase::<AccessRequest>(&()))
+}

@@ -1,0 +1,15 @@
+//! The access lifecycle against a real control plane, with the operator
+//! running as a least-privileged ServiceAccount and its admission webhooks
+//! wired into the API server. People act through their own tokens.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod common;
+
+mod admission_rules;
+mod grant_lifecycle;
+mod identity;
+mod operator_probes;
+mod restart;
+mod revocation;

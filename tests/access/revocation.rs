@@ -1,0 +1,70 @@
+use std::time::Duration;
+
+use driftwarden::api::{AccessPhase, AccessRequest};
+use driftwarden::controlplane::User;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+
+use crate::common::{raw_requests, setup};
+use crate::support::{api_error, eventually};
+
+fn revoke() -> Patch<serde_json::Value> {
+    Patch::Merge(json!({"spec": {"revoked": true}}))
+}
+
+#[tokio::test]
+async fn the_requester_or_an_approver_can_revoke_and_nobody_else() {
+    let t = setup("revocation", json!({})).await;
+    for name in ["by-requester", "by-approver", "by-bystander"] {
+        t.request(User::Alice, name, "edit", "30m").await.unwrap();
+        t.review(User::Carol, &format!("{name}-ok"), name, "Approve").await.unwrap();
+        t.wait_for_phase(name, AccessPhase::Active, Duration::from_secs(10)).await;
+    }
+
+    raw_requests(&t, User::Alice).await.patch("by-requester", &PatchParams::default(), &revoke()).await.unwrap();
+    raw_requests(&t, User::Carol).await.patch("by-approver", &PatchParams::default(), &revoke()).await.unwrap();
+    let (_, message) =
+        api_error(raw_requests(&t, User::Bob).await.patch("by-bystander", &PatchParams::default(), &revoke()).await);
+    assert!(message.contains("only the requester (alice) or an approver may revoke"), "{message}");
+
+    for name in ["by-requester", "by-approver"] {
+        t.wait_for_phase(name, AccessPhase::Revoked, Duration::from_secs(10)).await;
+        assert!(t.binding(name).await.is_none(), "{name}: the RoleBinding outlived the revocation");
+    }
+    t.wait_for_phase("by-bystander", AccessPhase::Active, Duration::from_secs(1)).await;
+    assert!(t.binding("by-bystander").await.is_some());
+}
+
+#[tokio::test]
+async fn deleting_the_request_removes_the_binding() {
+    let t = setup("deletion", json!({})).await;
+    t.request(User::Alice, "short-lived", "view", "30m").await.unwrap();
+    t.review(User::Dave, "dave-ok", "short-lived", "Approve").await.unwrap();
+    t.wait_for_phase("short-lived", AccessPhase::Active, Duration::from_secs(10)).await;
+    t.env.api::<AccessRequest>(User::Admin).await.delete("short-lived", &DeleteParams::background()).await.unwrap();
+    let gone =
+        eventually(Duration::from_secs(60), || async { t.binding("short-lived").await.is_none().then_some(()) }).await;
+    assert!(gone.is_some(), "the RoleBinding outlived its deleted AccessRequest");
+}
+
+#[tokio::test]
+async fn a_binding_no_active_request_accounts_for_is_swept() {
+    let t = setup("sweep", json!({})).await;
+    t.request(User::Alice, "edited", "view", "30m").await.unwrap();
+    t.review(User::Dave, "dave-ok", "edited", "Approve").await.unwrap();
+    t.wait_for_phase("edited", AccessPhase::Active, Duration::from_secs(10)).await;
+    // Someone with write access to the status fakes an expiry: the operator's
+    // state machine keeps Expired final, and the sweep and reconcile both
+    // make sure no binding survives it.
+    let status = json!({"apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessRequest",
+        "status": {"phase": "Expired", "message": "tampered"}});
+    t.env
+        .api::<AccessRequest>(User::Admin)
+        .await
+        .patch_status("edited", &PatchParams::apply("tamper").force(), &Patch::Apply(status))
+        .await
+        .unwrap();
+    let gone =
+        eventually(Duration::from_secs(45), || async { t.binding("edited").await.is_none().then_some(()) }).await;
+    assert!(gone.is_some(), "a RoleBinding without an Active request survived");
+}
