@@ -94,6 +94,12 @@ pub struct OperatorArgs {
     #[arg(long, env = "DRIFTWARDEN_SWEEP_INTERVAL", default_value = "60s")]
     pub sweep_interval: kube::core::Duration,
 
+    /// Field managers whose fields are the declared state, besides
+    /// driftwarden's own and the usual IaC tools (kubectl apply, helm,
+    /// kustomize-controller, argocd); comma-separated.
+    #[arg(long, env = "DRIFTWARDEN_IAC_FIELD_MANAGERS", value_delimiter = ',')]
+    pub iac_field_managers: Vec<String>,
+
     /// This replica's name in Events (the Pod name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,

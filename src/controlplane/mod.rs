@@ -5,6 +5,7 @@
 
 mod binaries;
 mod flags;
+pub mod operator;
 pub mod supervisor;
 mod users;
 

@@ -39,6 +39,20 @@ pub struct PhaseLabels {
     pub phase: Phase,
 }
 
+/// Class of drift, as in DesiredState status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Class {
+    Unauthorized,
+    Authorized,
+    AuthorizedByScope,
+    WindowEnded,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: Class,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum ReviewOutcome {
     Approved,
@@ -74,6 +88,9 @@ pub struct Metrics {
     pub active_grants: Gauge,
     pub grant_expiry_lag: Histogram,
     pub access_reviews: Family<ReviewLabels, Counter>,
+    pub drifted_objects: Family<ClassLabels, Gauge>,
+    pub drift_detections: Counter,
+    pub drift_detection_latency: Histogram,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub leader: Gauge,
@@ -108,6 +125,17 @@ impl Default for Metrics {
             "AccessReviews by outcome (approved, denied, ignored)",
             access_reviews.clone(),
         );
+        let drifted_objects = Family::<ClassLabels, Gauge>::default();
+        registry.register("drifted_objects", "Managed objects that differ from Git, by class", drifted_objects.clone());
+        let drift_detections = Counter::default();
+        registry.register("drift_detections", "Objects seen to start drifting", drift_detections.clone());
+        let drift_detection_latency = seconds_buckets();
+        registry.register_with_unit(
+            "drift_detection_latency",
+            "Time from a watch event on a managed object to drift in DesiredState status",
+            Unit::Seconds,
+            drift_detection_latency.clone(),
+        );
         let reconcile_duration =
             Family::<ControllerLabels, Histogram>::new_with_constructor(seconds_buckets as fn() -> Histogram);
         registry.register_with_unit(
@@ -133,6 +161,9 @@ impl Default for Metrics {
             active_grants,
             grant_expiry_lag,
             access_reviews,
+            drifted_objects,
+            drift_detections,
+            drift_detection_latency,
             reconcile_duration,
             reconcile_errors,
             leader,

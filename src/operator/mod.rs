@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod crds;
+pub mod drift;
 mod health;
 pub mod metrics;
 
@@ -80,6 +81,12 @@ pub async fn run(
 
     let settings = access::Settings { sweep_interval: args.sweep_interval.into(), instance: args.pod_name.clone() };
     let access = access::run(client.clone(), metrics.clone(), settings, stop.clone());
+    let drift_settings = drift::Settings {
+        operator_namespace: args.namespace.clone(),
+        iac_field_managers: args.iac_field_managers.clone(),
+        instance: args.pod_name.clone(),
+    };
+    let drift = drift::run(client.clone(), metrics.clone(), drift_settings, stop.clone());
     let probe = probe_api(client, health);
 
     // Whichever part ends first (a failure, or shutdown) ends them all.
@@ -87,6 +94,7 @@ pub async fn run(
         served = http => served.map_err(|source| Error::Listen { addr: args.http_addr, source }),
         served = webhooks => served.map_err(Error::from),
         () = access => Ok(()),
+        () = drift => Ok(()),
         () = probe => Ok(()),
     };
     stop.cancel();

@@ -18,14 +18,14 @@ impl Outage {
     }
 
     fn end(self) {
-        self.0.start_operator();
+        self.0.start_operator().expect("restarting the operator");
         std::mem::forget(self);
     }
 }
 
 impl Drop for Outage {
     fn drop(&mut self) {
-        self.0.start_operator();
+        self.0.start_operator().expect("restarting the operator");
     }
 }
 

@@ -158,3 +158,87 @@ impl AccessTest {
 pub async fn raw_requests(test: &AccessTest, user: User) -> Api<DynamicObject> {
     Api::namespaced_with(test.env.client(user).await, &test.env.namespace, &ApiResource::erase::<AccessRequest>(&()))
 }
+
+/// A namespace of its own with the operator running, for drift tests.
+pub async fn drift_setup(test: &str) -> AccessTest {
+    setup(test, json!({})).await
+}
+
+impl AccessTest {
+    /// Creates a source ConfigMap holding `files` and a DesiredState reading it.
+    pub async fn desired_state(&self, name: &str, files: &[(&str, String)], ignore: Value) {
+        let data: serde_json::Map<String, Value> =
+            files.iter().map(|(k, v)| ((*k).to_owned(), Value::from(v.clone()))).collect();
+        let config_map: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": format!("{name}-source"), "annotations": {"driftwarden.io/revision": "0123abcd"}},
+            "data": data,
+        }))
+        .unwrap();
+        self.env
+            .api::<k8s_openapi::api::core::v1::ConfigMap>(User::Admin)
+            .await
+            .create(&PostParams::default(), &config_map)
+            .await
+            .unwrap();
+        let state: driftwarden::api::DesiredState = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"sources": [{"name": format!("{name}-source")}], "ignore": ignore},
+        }))
+        .unwrap();
+        self.env
+            .api::<driftwarden::api::DesiredState>(User::Admin)
+            .await
+            .create(&PostParams::default(), &state)
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the DesiredState's status satisfies `done`; fails with the status.
+    pub async fn wait_for_status(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&driftwarden::api::DesiredStateStatus) -> bool,
+    ) -> driftwarden::api::DesiredStateStatus {
+        let api = self.env.api::<driftwarden::api::DesiredState>(User::Admin).await;
+        let reached = eventually(timeout, || async {
+            let status = api.get(name).await.ok()?.status?;
+            done(&status).then_some(status)
+        })
+        .await;
+        match reached {
+            Some(status) => status,
+            None => {
+                let status = api.get(name).await.ok().and_then(|s| s.status);
+                panic!("DesiredState {name} did not reach the expected status within {timeout:?}: {status:#?}");
+            }
+        }
+    }
+
+    /// Runs kubectl as admin in this namespace with `args`, feeding `stdin`.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write as _;
+        let mut command = self.env.kubectl(User::Admin);
+        command
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The condition `type_` of a DesiredState status.
+pub fn condition<'a>(
+    status: &'a driftwarden::api::DesiredStateStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}

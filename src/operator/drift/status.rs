@@ -1,0 +1,267 @@
+//! DesiredState status from what a reconcile observed. Pure: the same
+//! observations give the same status, so an unchanged world writes nothing.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{DesiredStateStatus, DriftClass, DriftCounts, DriftedObject, ObjectRef};
+use crate::drift::{ChangeKind, ObjectDiff, SourceErrors};
+
+/// At most this many drifted objects are listed; `drifted` counts them all.
+pub const MAX_LISTED: usize = 50;
+/// At most this many field paths per object.
+pub const MAX_FIELDS: usize = 20;
+/// At most this many source errors in the condition message.
+const MAX_ERRORS: usize = 10;
+
+/// What one reconcile saw of one declared object.
+pub struct Observed<'a> {
+    pub object: ObjectRef,
+    pub diff: &'a ObjectDiff,
+}
+
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let fresh = Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(now),
+    };
+    // The transition time moves only when the condition does.
+    match old.iter().find(|c| c.type_ == type_) {
+        Some(previous)
+            if previous.status == fresh.status
+                && previous.reason == fresh.reason
+                && previous.message == fresh.message
+                && previous.observed_generation == generation =>
+        {
+            previous.clone()
+        }
+        _ => fresh,
+    }
+}
+
+fn describe(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Changed => "changed",
+        ChangeKind::Added => "added",
+        ChangeKind::Removed => "removed",
+        ChangeKind::ObjectMissing => "deleted",
+    }
+}
+
+/// The fields of a drifted object as status lists them: `path (kind)`.
+pub fn fields(diff: &ObjectDiff) -> Vec<String> {
+    diff.changes
+        .iter()
+        .take(MAX_FIELDS)
+        .map(
+            |c| {
+                if c.path.is_empty() {
+                    describe(c.kind).to_owned()
+                } else {
+                    format!("{} ({})", c.path, describe(c.kind))
+                }
+            },
+        )
+        .collect()
+}
+
+/// Status after a reconcile of valid sources.
+pub fn observed(
+    old: &DesiredStateStatus,
+    generation: Option<i64>,
+    revision: Option<String>,
+    observed: &[Observed<'_>],
+    now: Timestamp,
+) -> DesiredStateStatus {
+    let mut drifted: Vec<DriftedObject> = observed
+        .iter()
+        .filter(|o| !o.diff.in_sync())
+        .map(|o| {
+            // Drift keeps the time it was first seen for as long as it lasts.
+            let since =
+                old.drifted_objects.iter().find(|d| d.object == o.object).map(|d| d.since.clone()).unwrap_or(Time(now));
+            DriftedObject {
+                object: o.object.clone(),
+                since,
+                // Attribution to access sessions (the gate) decides the class;
+                // until it has, drift has no approved session behind it.
+                class: DriftClass::Unauthorized,
+                fields: fields(o.diff),
+                access_request: None,
+            }
+        })
+        .collect();
+    let total = i64::try_from(drifted.len()).unwrap_or(i64::MAX);
+    drifted.sort_by(|a, b| (a.since.0, &a.object).cmp(&(b.since.0, &b.object)));
+    drifted.truncate(MAX_LISTED);
+    let managed = i64::try_from(observed.len()).unwrap_or(i64::MAX);
+    let message = if total == 0 {
+        format!("all {managed} objects match Git")
+    } else {
+        format!("{total} of {managed} objects differ from Git")
+    };
+    let conditions = vec![
+        condition(&old.conditions, "Ready", true, "Reconciled", format!("watching {managed} objects"), generation, now),
+        condition(
+            &old.conditions,
+            "Drifted",
+            total > 0,
+            if total > 0 { "DriftDetected" } else { "InSync" },
+            message,
+            generation,
+            now,
+        ),
+        condition(
+            &old.conditions,
+            "SourceValid",
+            true,
+            "Parsed",
+            "the sources parse and stay in scope".into(),
+            generation,
+            now,
+        ),
+    ];
+    DesiredStateStatus {
+        observed_generation: generation,
+        revision,
+        managed: Some(managed),
+        in_sync: Some(managed - total),
+        drifted: Some(total),
+        drift_counts: Some(DriftCounts { unauthorized: total, ..Default::default() }),
+        drifted_objects: drifted,
+        last_revert: old.last_revert.clone(),
+        conditions,
+    }
+}
+
+/// Status when the sources are broken: says why, and otherwise keeps the
+/// last good observation (nothing is acted on until they parse again).
+pub fn invalid(
+    old: &DesiredStateStatus,
+    generation: Option<i64>,
+    errors: &SourceErrors,
+    now: Timestamp,
+) -> DesiredStateStatus {
+    let mut lines: Vec<String> = errors.0.iter().take(MAX_ERRORS).map(ToString::to_string).collect();
+    if errors.0.len() > MAX_ERRORS {
+        lines.push(format!("... and {} more", errors.0.len() - MAX_ERRORS));
+    }
+    let message = lines.join("; ");
+    let mut status = old.clone();
+    status.observed_generation = generation;
+    let drifted = old.drifted.unwrap_or(0) > 0;
+    status.conditions = vec![
+        condition(
+            &old.conditions,
+            "Ready",
+            false,
+            "SourceInvalid",
+            "the sources do not parse; nothing is changed until they do".into(),
+            generation,
+            now,
+        ),
+        condition(
+            &old.conditions,
+            "Drifted",
+            drifted,
+            old.conditions.iter().find(|c| c.type_ == "Drifted").map(|c| c.reason.as_str()).unwrap_or("Unknown"),
+            old.conditions.iter().find(|c| c.type_ == "Drifted").map(|c| c.message.clone()).unwrap_or_default(),
+            generation,
+            now,
+        ),
+        condition(&old.conditions, "SourceValid", false, "SourceInvalid", message, generation, now),
+    ];
+    status
+}
+
+/// Objects that started or stopped drifting between two statuses.
+pub fn transitions(old: &DesiredStateStatus, new: &DesiredStateStatus) -> (Vec<DriftedObject>, Vec<ObjectRef>) {
+    let started = new
+        .drifted_objects
+        .iter()
+        .filter(|n| !old.drifted_objects.iter().any(|o| o.object == n.object))
+        .cloned()
+        .collect();
+    let stopped = old
+        .drifted_objects
+        .iter()
+        .filter(|o| !new.drifted_objects.iter().any(|n| n.object == o.object))
+        .map(|o| o.object.clone())
+        .collect();
+    (started, stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::FieldChange;
+
+    fn object(name: &str) -> ObjectRef {
+        ObjectRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            namespace: Some("shop".into()),
+            name: name.into(),
+        }
+    }
+
+    fn drift(path: &str, kind: ChangeKind) -> ObjectDiff {
+        ObjectDiff { changes: vec![FieldChange { path: path.into(), kind }], unified: String::new() }
+    }
+
+    #[test]
+    fn counts_fields_conditions_and_a_stable_since() {
+        let in_sync = ObjectDiff::default();
+        let scaled = drift("/spec/replicas", ChangeKind::Changed);
+        let gone = drift("", ChangeKind::ObjectMissing);
+        let t1 = Timestamp::from_second(1_000).unwrap();
+        let t2 = Timestamp::from_second(2_000).unwrap();
+        let seen = [
+            Observed { object: object("a"), diff: &in_sync },
+            Observed { object: object("b"), diff: &scaled },
+            Observed { object: object("c"), diff: &gone },
+        ];
+        let first = observed(&DesiredStateStatus::default(), Some(1), Some("abc".into()), &seen, t1);
+        assert_eq!((first.managed, first.in_sync, first.drifted), (Some(3), Some(1), Some(2)));
+        assert_eq!(first.drifted_objects[0].fields, ["/spec/replicas (changed)"]);
+        assert_eq!(first.drifted_objects[1].fields, ["deleted"]);
+        let drifted = first.conditions.iter().find(|c| c.type_ == "Drifted").unwrap();
+        assert_eq!((drifted.status.as_str(), drifted.message.as_str()), ("True", "2 of 3 objects differ from Git"));
+
+        // The same world later: identical status (no write), same `since`.
+        let again = observed(&first, Some(1), Some("abc".into()), &seen, t2);
+        assert_eq!(again, first);
+        let (started, stopped) = transitions(&DesiredStateStatus::default(), &first);
+        assert_eq!((started.len(), stopped.len()), (2, 0));
+    }
+
+    #[test]
+    fn the_list_is_bounded_but_the_count_is_not() {
+        let scaled = drift("/spec/replicas", ChangeKind::Changed);
+        let names: Vec<String> = (0..120).map(|i| format!("d{i:03}")).collect();
+        let seen: Vec<Observed<'_>> = names.iter().map(|n| Observed { object: object(n), diff: &scaled }).collect();
+        let status = observed(&DesiredStateStatus::default(), None, None, &seen, Timestamp::from_second(1).unwrap());
+        assert_eq!(status.drifted, Some(120));
+        assert_eq!(status.drifted_objects.len(), MAX_LISTED);
+    }
+
+    #[test]
+    fn an_empty_source_manages_nothing_and_is_in_sync() {
+        let status = observed(&DesiredStateStatus::default(), None, None, &[], Timestamp::from_second(1).unwrap());
+        assert_eq!((status.managed, status.drifted), (Some(0), Some(0)));
+        assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    }
+}

@@ -1,0 +1,71 @@
+//! Bad sources are reported with the key, document and reason, and an empty
+//! source manages nothing.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::{condition, drift_setup};
+
+#[tokio::test]
+async fn a_malformed_source_is_reported_and_the_last_good_state_is_kept() {
+    let t = drift_setup("drift-bad-source").await;
+    let good = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n".to_string();
+    t.kubectl(&["apply", "-f", "-"], Some(&good));
+    t.desired_state("broken", &[("good.yaml", good.clone())], json!([])).await;
+    t.wait_for_status("broken", Duration::from_secs(30), |s| s.managed == Some(1) && s.drifted == Some(0)).await;
+
+    // Break the source: bad YAML in one key, another namespace in another.
+    let patch = json!({"data": {
+        "bad.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n",
+        "elsewhere.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: y, namespace: kube-system}\n",
+    }})
+    .to_string();
+    t.kubectl(&["patch", "configmap/broken-source", "-p", &patch], None);
+    let status = t
+        .wait_for_status("broken", Duration::from_secs(30), |s| {
+            condition(s, "SourceValid").is_some_and(|c| c.status == "False")
+        })
+        .await;
+    let message = &condition(&status, "SourceValid").unwrap().message;
+    assert!(message.contains("key bad.yaml document 0"), "{message}");
+    assert!(message.contains("key elsewhere.yaml document 0"), "{message}");
+    assert!(message.contains("kube-system"), "{message}");
+    assert_eq!(condition(&status, "Ready").unwrap().status, "False");
+    // The last good observation stays.
+    assert_eq!(status.managed, Some(1));
+
+    // Fixed again: valid.
+    t.kubectl(
+        &[
+            "patch",
+            "configmap/broken-source",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/data/bad.yaml"},{"op":"remove","path":"/data/elsewhere.yaml"}]"#,
+        ],
+        None,
+    );
+    t.wait_for_status("broken", Duration::from_secs(30), |s| {
+        condition(s, "SourceValid").is_some_and(|c| c.status == "True")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_empty_source_manages_nothing_and_a_missing_one_is_an_error() {
+    let t = drift_setup("drift-empty").await;
+    t.desired_state("empty", &[], json!([])).await;
+    let status = t.wait_for_status("empty", Duration::from_secs(30), |s| s.managed.is_some()).await;
+    assert_eq!((status.managed, status.drifted), (Some(0), Some(0)));
+    assert_eq!(condition(&status, "Ready").unwrap().status, "True");
+
+    t.kubectl(&["delete", "configmap/empty-source"], None);
+    let status = t
+        .wait_for_status("empty", Duration::from_secs(30), |s| {
+            condition(s, "SourceValid").is_some_and(|c| c.status == "False")
+        })
+        .await;
+    let message = &condition(&status, "SourceValid").unwrap().message;
+    assert!(message.contains("configmap empty-source: not found"), "{message}");
+}

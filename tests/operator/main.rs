@@ -1,0 +1,19 @@
+//! The operator against a real control plane: the access lifecycle and drift
+//! detection, with the operator running as a least-privileged ServiceAccount
+//! and its admission webhooks wired into the API server. People act through
+//! their own tokens.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod common;
+
+mod admission_rules;
+mod drift_corpus;
+mod drift_edits;
+mod drift_sources;
+mod grant_lifecycle;
+mod identity;
+mod operator_probes;
+mod restart;
+mod revocation;
