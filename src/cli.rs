@@ -28,6 +28,13 @@ pub enum Command {
     /// Print the CustomResourceDefinitions as YAML, or write one file per
     /// CRD into a directory.
     Crds(CrdsArgs),
+    /// Pack a directory of manifests (a Git checkout) into source ConfigMaps,
+    /// stamped with the current commit. Safe to re-run: writes only what
+    /// changed.
+    Publish(PublishArgs),
+    /// Show how the live cluster differs from a directory of manifests,
+    /// changing nothing. Exit code 0: no drift, 1: drift, 2: error.
+    Diff(DiffArgs),
     /// Try driftwarden locally: start a local control plane (unless
     /// --kubeconfig or KUBECONFIG names a cluster), install the CRDs, apply
     /// the examples and run the operator until Ctrl-C.
@@ -119,6 +126,35 @@ pub struct CrdsArgs {
     /// printing them.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The directory of manifests (.yaml, .yml, .json; hidden entries skipped).
+    pub dir: PathBuf,
+    /// Name of the ConfigMap (a large state continues in NAME-1, NAME-2, ...;
+    /// all carry the label driftwarden.io/source=NAME).
+    #[arg(long)]
+    pub configmap: String,
+    /// Namespace of the ConfigMaps; defaults to the kubeconfig's namespace.
+    #[arg(long, short)]
+    pub namespace: Option<String>,
+    /// The revision to stamp instead of the directory's Git HEAD.
+    #[arg(long)]
+    pub revision: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The directory of manifests to compare with the live cluster.
+    pub dir: PathBuf,
+    /// Namespace for objects that name none; defaults to the kubeconfig's.
+    #[arg(long, short)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Debug, Args)]

@@ -7,14 +7,82 @@ use anyhow::Context as _;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::cli::{ClusterArgs, Command, CrdsArgs, RunArgs};
+use crate::cli::{ClusterArgs, Command, CrdsArgs, PublishArgs, RunArgs};
 
-pub async fn dispatch(command: Command) -> anyhow::Result<()> {
+/// Runs a subcommand; the exit code is what it reports (`diff`: 1 on drift).
+pub async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    let done = std::process::ExitCode::SUCCESS;
     match command {
-        Command::Run(args) => run(args).await,
-        Command::Crds(args) => crds(args),
-        Command::Quickstart(args) => crate::quickstart::run(args).await,
+        Command::Run(args) => run(args).await.map(|()| done),
+        Command::Crds(args) => crds(args).map(|()| done),
+        Command::Publish(args) => publish(args).await.map(|()| done),
+        Command::Diff(args) => crate::local_diff::run(args).await,
+        Command::Quickstart(args) => crate::quickstart::run(args).await.map(|()| done),
     }
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    use crate::publish::{SOURCE_LABEL, pack, read_manifest_dir, unchanged};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+
+    let files = read_manifest_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
+    let revision = match args.revision {
+        Some(revision) => Some(revision),
+        None => git_revision(&args.dir),
+    };
+    if let Some(revision) = &revision {
+        crate::drift::source::validate_revision(revision).map_err(|e| anyhow::anyhow!("revision {revision:?}: {e}"))?;
+    }
+    let client = client(&args.cluster).await?;
+    let namespace = args.namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    let desired = pack(&files, &args.configmap, &namespace, revision.as_deref())?;
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let params = PatchParams::apply("driftwarden-publish").force();
+    let (mut applied, mut kept) = (0, 0);
+    for config_map in &desired {
+        let name = config_map.metadata.name.clone().unwrap_or_default();
+        match api.get_opt(&name).await? {
+            Some(live) if unchanged(&live, config_map) => kept += 1,
+            _ => {
+                let mut body = serde_json::to_value(config_map)?;
+                body["apiVersion"] = "v1".into();
+                body["kind"] = "ConfigMap".into();
+                api.patch(&name, &params, &Patch::Apply(body))
+                    .await
+                    .with_context(|| format!("applying ConfigMap {name}"))?;
+                applied += 1;
+            }
+        }
+    }
+    // Chunks a smaller state no longer needs.
+    let mut removed = 0;
+    let selector = format!("{SOURCE_LABEL}={}", args.configmap);
+    for stale in api.list(&ListParams::default().labels(&selector)).await?.items {
+        let name = stale.metadata.name.unwrap_or_default();
+        if !desired.iter().any(|d| d.metadata.name.as_deref() == Some(&name)) {
+            api.delete(&name, &DeleteParams::default()).await?;
+            removed += 1;
+        }
+    }
+    println!(
+        "published {} files from {} into {} ConfigMap(s) in {namespace} at revision {}: {applied} written, {kept} unchanged, {removed} removed",
+        files.len(),
+        args.dir.display(),
+        desired.len(),
+        revision.as_deref().unwrap_or("<none>")
+    );
+    Ok(())
+}
+
+/// The commit checked out in `dir`, if it is in a Git repository.
+fn git_revision(dir: &Path) -> Option<String> {
+    let out = std::process::Command::new("git").arg("-C").arg(dir).args(["rev-parse", "HEAD"]).output().ok()?;
+    if !out.status.success() {
+        tracing::warn!(dir = %dir.display(), "not a Git checkout; publishing without a revision");
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 //! - [`operator`]: the I/O shell that talks to the API server.
 //! - [`webhook`]: the admission webhooks' HTTPS server and its certificate.
 //! - [`controlplane`]: a local etcd + kube-apiserver for tests and the quickstart.
+//! - [`publish`], [`local_diff`]: the `publish` and `diff` commands.
 //! - [`cli`], [`commands`], [`quickstart`], [`telemetry`]: the binary's wiring.
 
 pub mod access;
@@ -17,8 +18,10 @@ pub mod cli;
 pub mod commands;
 pub mod controlplane;
 pub mod drift;
+pub mod local_diff;
 pub mod operator;
 pub mod pki;
+pub mod publish;
 pub mod quickstart;
 pub mod telemetry;
 pub mod webhook;

@@ -15,10 +15,11 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(driftwarden::commands::dispatch(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            // 2, like clap's usage errors: `diff` reserves 1 for "drift found".
+            ExitCode::from(2)
         }
     }
 }

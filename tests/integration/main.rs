@@ -11,4 +11,5 @@ mod crd_validation;
 mod garbage_collection;
 mod no_orphan_processes;
 mod operator_probes;
+mod publish_and_diff;
 mod server_version;

@@ -1,0 +1,257 @@
+//! `driftwarden publish`: packs a directory of manifests from a Git checkout
+//! into source ConfigMaps. Packing is pure (files in, ConfigMaps out); the
+//! command around it reads the directory and Git, and applies only what
+//! changed, so it is safe to re-run.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use crate::drift::REVISION_ANNOTATION;
+
+/// ConfigMaps are limited to 1 MiB in all; keep room for metadata.
+pub const MAX_CHUNK_BYTES: usize = 900 * 1024;
+/// Files larger than this are compressed when it saves at least a quarter.
+const COMPRESS_ABOVE: usize = 4 * 1024;
+/// The label that ties split ConfigMaps to one source; select them with it.
+pub const SOURCE_LABEL: &str = "driftwarden.io/source";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PackError {
+    #[error("{file}: {size} bytes even compressed, more than fits in a ConfigMap ({MAX_CHUNK_BYTES})")]
+    TooLarge { file: String, size: usize },
+    #[error("{first} and {second} map to the same ConfigMap key {key}; rename one")]
+    KeyClash { first: String, second: String, key: String },
+}
+
+/// A manifest file: its path relative to the directory, and its contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestFile {
+    pub path: String,
+    pub content: Vec<u8>,
+}
+
+/// The ConfigMap key for a relative path: `apps/web.yaml` -> `apps__web.yaml`
+/// (keys may hold only letters, digits, `-`, `_` and `.`).
+pub fn key_for(path: &str) -> String {
+    path.replace('/', "__")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .collect()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
+}
+
+enum Packed {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Packed {
+    fn len(&self) -> usize {
+        match self {
+            Packed::Text(text) => text.len(),
+            Packed::Binary(bytes) => bytes.len() * 4 / 3 + 4, // stored base64
+        }
+    }
+}
+
+/// Packs files into ConfigMaps `name`, `name-1`, `name-2`, ... in
+/// `namespace`, each labelled `driftwarden.io/source=<name>` and stamped
+/// with the revision. Files keep their order; large ones are gzipped when
+/// it helps; none is split across ConfigMaps.
+pub fn pack(
+    files: &[ManifestFile],
+    name: &str,
+    namespace: &str,
+    revision: Option<&str>,
+) -> Result<Vec<ConfigMap>, PackError> {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut chunks: Vec<Vec<(String, Packed)>> = vec![Vec::new()];
+    let mut chunk_size = 0;
+    for file in files {
+        let key = key_for(&file.path);
+        if let Some(first) = seen.insert(key.clone(), file.path.clone()) {
+            return Err(PackError::KeyClash { first, second: file.path.clone(), key });
+        }
+        let packed = match String::from_utf8(file.content.clone()) {
+            Ok(text) if text.len() <= COMPRESS_ABOVE => Packed::Text(text),
+            Ok(text) => {
+                let compressed = gzip(text.as_bytes());
+                if compressed.len() * 4 < text.len() * 3 { Packed::Binary(compressed) } else { Packed::Text(text) }
+            }
+            Err(_) => Packed::Binary(file.content.clone()),
+        };
+        let size = packed.len() + key.len();
+        if size > MAX_CHUNK_BYTES {
+            return Err(PackError::TooLarge { file: file.path.clone(), size });
+        }
+        if chunk_size + size > MAX_CHUNK_BYTES {
+            chunks.push(Vec::new());
+            chunk_size = 0;
+        }
+        chunk_size += size;
+        chunks.last_mut().expect("there is always a chunk").push((key, packed));
+    }
+    Ok(chunks
+        .into_iter()
+        .enumerate()
+        .map(|(index, entries)| {
+            let mut config_map = ConfigMap::default();
+            config_map.metadata.name = Some(if index == 0 { name.to_owned() } else { format!("{name}-{index}") });
+            config_map.metadata.namespace = Some(namespace.to_owned());
+            config_map.metadata.labels = Some([(SOURCE_LABEL.to_owned(), name.to_owned())].into());
+            config_map.metadata.annotations = revision.map(|r| [(REVISION_ANNOTATION.to_owned(), r.to_owned())].into());
+            let mut data = BTreeMap::new();
+            let mut binary = BTreeMap::new();
+            for (key, packed) in entries {
+                match packed {
+                    Packed::Text(text) => {
+                        data.insert(key, text);
+                    }
+                    Packed::Binary(bytes) => {
+                        binary.insert(key, ByteString(bytes));
+                    }
+                }
+            }
+            config_map.data = (!data.is_empty()).then_some(data);
+            config_map.binary_data = (!binary.is_empty()).then_some(binary);
+            config_map
+        })
+        .collect())
+}
+
+/// Every `.yaml`, `.yml` and `.json` file under `dir`, sorted by path,
+/// skipping hidden files and directories (`.git`).
+pub fn read_manifest_dir(dir: &Path) -> std::io::Result<Vec<ManifestFile>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut paths = Vec::new();
+    walk(dir, &mut paths)?;
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let relative = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+            Ok(ManifestFile { path: relative, content: std::fs::read(&path)? })
+        })
+        .collect()
+}
+
+/// Whether a live ConfigMap already holds what `desired` would write.
+pub fn unchanged(live: &ConfigMap, desired: &ConfigMap) -> bool {
+    let empty = BTreeMap::new();
+    live.data == desired.data
+        && live.binary_data == desired.binary_data
+        && desired
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap_or(&empty)
+            .iter()
+            .all(|(k, v)| live.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v))
+        && desired
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap_or(&empty)
+            .iter()
+            .all(|(k, v)| live.metadata.annotations.as_ref().and_then(|a| a.get(k)) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::{Scope, SourceConfigMap, SourceScope, parse_sources};
+
+    fn file(path: &str, content: &str) -> ManifestFile {
+        ManifestFile { path: path.into(), content: content.as_bytes().to_vec() }
+    }
+
+    fn config_map(name: &str, index: usize) -> String {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}-{index}\ndata:\n  payload: \"{}\"\n",
+            "x".repeat(20)
+        )
+    }
+
+    #[test]
+    fn keys_are_valid_configmap_keys() {
+        assert_eq!(key_for("apps/web.yaml"), "apps__web.yaml");
+        assert_eq!(key_for("team a/svc (1).yml"), "team_a__svc__1_.yml");
+    }
+
+    #[test]
+    fn a_key_clash_is_an_error() {
+        let files = [file("a/b.yaml", "x: 1"), file("a__b.yaml", "x: 2")];
+        assert!(matches!(pack(&files, "src", "ns", None), Err(PackError::KeyClash { .. })));
+    }
+
+    #[test]
+    fn large_states_are_compressed_split_and_still_parse_to_the_same_objects() {
+        // 3,000 small objects in 30 files: ~2.5 MB of YAML.
+        let files: Vec<ManifestFile> = (0..30)
+            .map(|f| {
+                let docs: Vec<String> = (0..100).map(|i| config_map(&format!("f{f}"), i)).collect();
+                ManifestFile { path: format!("dir{}/file{f}.yaml", f % 3), content: docs.join("---\n").into_bytes() }
+            })
+            .collect();
+        let packed = pack(&files, "state", "ns", Some("3f2a9c1")).unwrap();
+        assert!(packed.iter().all(|cm| serde_json::to_vec(cm).unwrap().len() < 1024 * 1024));
+        assert!(packed.iter().any(|cm| cm.binary_data.is_some()), "large repetitive files are gzipped");
+        let sources: Vec<SourceConfigMap> = packed.iter().map(SourceConfigMap::from_config_map).collect();
+        let resolver = |_: &str, _: &str| Some(Scope::Namespaced);
+        let parsed =
+            parse_sources(&sources, &SourceScope { namespace: "ns", operator_namespace: "x" }, &resolver).unwrap();
+        assert_eq!(parsed.objects.len(), 3000);
+        assert_eq!(parsed.revision.as_deref(), Some("3f2a9c1"));
+        assert!(packed.iter().all(|cm| cm.metadata.labels.as_ref().unwrap()[SOURCE_LABEL] == "state"));
+    }
+
+    #[test]
+    fn a_file_too_large_for_any_configmap_is_refused() {
+        // Pseudo-random letters (xorshift) do not compress below the limit.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let noise: String = (0..1_500_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + (state % 26) as u8)
+            })
+            .collect();
+        let err = pack(&[file("huge.yaml", &noise)], "src", "ns", None).unwrap_err();
+        assert!(matches!(err, PackError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn packing_is_deterministic_so_a_rerun_changes_nothing() {
+        let files = [file("a.yaml", &config_map("a", 1)), file("b.yaml", &config_map("b", 1))];
+        let first = pack(&files, "src", "ns", Some("abc")).unwrap();
+        let second = pack(&files, "src", "ns", Some("abc")).unwrap();
+        assert_eq!(first, second);
+        assert!(unchanged(&first[0], &second[0]));
+        let moved = pack(&files, "src", "ns", Some("def")).unwrap();
+        assert!(!unchanged(&first[0], &moved[0]), "a new revision is a change");
+    }
+}

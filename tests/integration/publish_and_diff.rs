@@ -1,0 +1,132 @@
+//! `driftwarden publish` and `driftwarden diff` against the real API server.
+
+use std::path::Path;
+use std::process::Command;
+
+use driftwarden::controlplane::User;
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use crate::support::{TestEnv, output};
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: \"nginx:1.27\"}]
+";
+const SECRET: &str = "apiVersion: v1
+kind: Secret
+metadata: {name: token}
+stringData: {token: s3cr3t-canary-91c2}
+";
+
+fn driftwarden(env: &TestEnv, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_driftwarden"))
+        .args(args)
+        .args(["--namespace", &env.namespace, "--kubeconfig"])
+        .arg(env.cp.kubeconfig(User::Admin))
+        .output()
+        .unwrap()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let mut command = Command::new("git");
+    command.arg("-C").arg(dir).args(["-c", "user.name=ci", "-c", "user.email=ci@example.com"]).args(args);
+    output(command).trim().to_owned()
+}
+
+#[tokio::test]
+async fn publish_stamps_the_commit_compresses_and_is_safe_to_rerun() {
+    let env = TestEnv::new("publish").await;
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir(repo.path().join("apps")).unwrap();
+    std::fs::write(repo.path().join("apps/web.yaml"), DEPLOYMENT).unwrap();
+    // A large, repetitive file is worth compressing.
+    let many: Vec<String> = (0..200)
+        .map(|i| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}}}\ndata: {{k: v}}\n"))
+        .collect();
+    std::fs::write(repo.path().join("many.yaml"), many.join("---\n")).unwrap();
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "state"]);
+    let head = git(repo.path(), &["rev-parse", "HEAD"]);
+
+    let dir = repo.path().to_str().unwrap();
+    let first = driftwarden(&env, &["publish", dir, "--configmap", "state"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("1 written, 0 unchanged"),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+
+    let api = env.api::<ConfigMap>(User::Admin).await;
+    let published = api.get("state").await.unwrap();
+    assert_eq!(published.metadata.annotations.as_ref().unwrap()["driftwarden.io/revision"], head);
+    assert_eq!(published.metadata.labels.as_ref().unwrap()["driftwarden.io/source"], "state");
+    assert!(published.data.as_ref().unwrap().contains_key("apps__web.yaml"));
+    assert!(published.binary_data.as_ref().unwrap().contains_key("many.yaml"), "the large file is gzipped");
+
+    // Re-running with nothing changed writes nothing.
+    let again = driftwarden(&env, &["publish", dir, "--configmap", "state"]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("0 written, 1 unchanged"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    let unchanged = api.get("state").await.unwrap();
+    assert_eq!(unchanged.metadata.resource_version, published.metadata.resource_version);
+}
+
+#[tokio::test]
+async fn diff_exits_0_when_in_sync_1_on_drift_and_2_on_bad_input() {
+    let env = TestEnv::new("local-diff").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), DEPLOYMENT).unwrap();
+    std::fs::write(dir.path().join("secret.yaml"), SECRET).unwrap();
+    let mut apply = env.kubectl(User::Admin);
+    apply.args(["apply", "-f"]).arg(dir.path());
+    output(apply);
+    let path = dir.path().to_str().unwrap();
+
+    let clean = driftwarden(&env, &["diff", path]);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&clean.stdout),
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("0 of 2 objects differ"));
+
+    let mut scale = env.kubectl(User::Admin);
+    scale.args(["scale", "deployment/web", "--replicas=4"]);
+    output(scale);
+    let mut edit = env.kubectl(User::Admin);
+    edit.args(["patch", "secret/token", "-p", r#"{"stringData":{"token":"n3w-canary-77aa"}}"#]);
+    output(edit);
+    let drifted = driftwarden(&env, &["diff", path]);
+    let stdout = String::from_utf8_lossy(&drifted.stdout);
+    assert_eq!(drifted.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("/spec/replicas (changed)"), "{stdout}");
+    assert!(stdout.contains("/data/token (changed)"), "{stdout}");
+    assert!(
+        !stdout.contains("s3cr3t-canary-91c2") && !stdout.contains("n3w-canary-77aa"),
+        "a Secret value was printed"
+    );
+
+    std::fs::write(dir.path().join("broken.yaml"), "kind: [unclosed\n").unwrap();
+    let broken = driftwarden(&env, &["diff", path]);
+    assert_eq!(broken.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&broken.stderr).contains("broken.yaml document 0"),
+        "{}",
+        String::from_utf8_lossy(&broken.stderr)
+    );
+}
