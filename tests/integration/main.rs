@@ -10,6 +10,6 @@ mod crd_install;
 mod crd_validation;
 mod garbage_collection;
 mod no_orphan_processes;
-mod operator_probes;
 mod publish_and_diff;
+mod run_errors;
 mod server_version;

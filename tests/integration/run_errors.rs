@@ -17,7 +17,7 @@ fn run_without_a_reachable_cluster_fails_with_a_clear_message() {
         .arg(&kubeconfig)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "errors exit 2 (1 means drift, for diff)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("error: cannot reach the API server"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
