@@ -60,6 +60,7 @@ pub struct Window {
 pub struct Counted {
     pub review: String,
     pub reviewer: String,
+    pub reason: String,
     pub at: Timestamp,
 }
 
@@ -233,7 +234,12 @@ fn tally(requester: &str, reviews: &[Review<'_>], judge: &Judge<'_>) -> Tally {
                 tally.outcome = Outcome::Denied { reviewer, reason: review.reason.to_owned() };
             }
             ReviewDecision::Approve => {
-                tally.approvals.push(Counted { review: review.name.to_owned(), reviewer, at: review.created_at });
+                tally.approvals.push(Counted {
+                    review: review.name.to_owned(),
+                    reviewer,
+                    reason: review.reason.to_owned(),
+                    at: review.created_at,
+                });
                 if tally.approvals.len() >= required {
                     tally.outcome = Outcome::Approved { at: review.created_at };
                 }

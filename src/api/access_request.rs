@@ -151,6 +151,9 @@ pub struct Approval {
     pub reviewer: String,
     /// The AccessReview that carried the approval.
     pub review: String,
+    /// The approver's reason.
+    #[serde(default)]
+    pub reason: String,
     /// When it was counted.
     pub at: Time,
 }

@@ -45,6 +45,19 @@ enum Bench {
         #[arg(long, default_value_t = 16)]
         parallel: usize,
     },
+    /// Drift detection latency: an edit's write response until the
+    /// DesiredState's status counts the object as drifted.
+    Detection {
+        /// How many managed objects (ConfigMaps) the DesiredState declares.
+        #[arg(long, default_value_t = 1000)]
+        objects: usize,
+        /// How many edits, one at a time, each to another random object.
+        #[arg(long, default_value_t = 200)]
+        edits: usize,
+        /// How many objects are created at once.
+        #[arg(long, default_value_t = 32)]
+        parallel: usize,
+    },
 }
 
 #[tokio::main]
@@ -54,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Expiry { grants, min_seconds, spread_seconds, parallel } => {
             expiry(grants, min_seconds, spread_seconds, parallel).await
         }
+        Bench::Detection { objects, edits, parallel } => detection(objects, edits, parallel).await,
     }
 }
 
@@ -202,4 +216,133 @@ async fn driftwarden_metrics(port: u16) -> anyhow::Result<String> {
         })
         .collect::<Vec<_>>()
         .join(", "))
+}
+
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (pick(0.5), pick(0.99), pick(1.0))
+}
+
+async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Result<()> {
+    use driftwarden::api::DesiredState;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+
+    eprintln!("starting a control plane and the operator...");
+    let env = OperatorEnv::start(operator_binary()?).await?;
+    let admin = env.cp.client(User::Admin).await?;
+    let namespace = "bench-drift";
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}}))?;
+    Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await?;
+
+    eprintln!("creating {objects} ConfigMaps...");
+    let started = Instant::now();
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), namespace);
+    let manifest = |i: usize| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: obj-{i:05}\n  labels: {{app: bench}}\ndata:\n  value: \"{i}\"\n"
+        )
+    };
+    stream::iter(0..objects)
+        .map(|i| {
+            let api = config_maps.clone();
+            async move {
+                let object: ConfigMap = serde_yaml_ng::from_str(&manifest(i))?;
+                api.create(&PostParams::default(), &object).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(parallel)
+        .try_collect::<Vec<()>>()
+        .await?;
+    eprintln!("created in {:.1}s; publishing the declarations...", started.elapsed().as_secs_f64());
+
+    // The declarations, packed the way `driftwarden publish` packs them.
+    let files: Vec<driftwarden::publish::ManifestFile> = (0..objects.div_ceil(500))
+        .map(|f| driftwarden::publish::ManifestFile {
+            path: format!("part{f:03}.yaml"),
+            content: (f * 500..((f + 1) * 500).min(objects))
+                .map(manifest)
+                .collect::<Vec<_>>()
+                .join("---\n")
+                .into_bytes(),
+        })
+        .collect();
+    for source in driftwarden::publish::pack(&files, "state", namespace, Some("bench0001"))? {
+        config_maps.create(&PostParams::default(), &source).await?;
+    }
+    let state: DesiredState = serde_json::from_value(json!({
+        "metadata": {"name": "bench"},
+        "spec": {"sources": [{"selector": {"matchLabels": {driftwarden::publish::SOURCE_LABEL: "state"}}}]},
+    }))?;
+    let states: Api<DesiredState> = Api::namespaced(admin.clone(), namespace);
+    states.create(&PostParams::default(), &state).await?;
+
+    // Status changes, as they arrive.
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, i64, Instant)>();
+    let watch = watcher(states.clone(), watcher::Config::default());
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watch);
+        while let Some(Ok(event)) = events.next().await {
+            if let watcher::Event::Apply(state) | watcher::Event::InitApply(state) = event
+                && let Some(status) = state.status
+            {
+                let _ = seen_tx.send((status.managed.unwrap_or(0), status.drifted.unwrap_or(0), Instant::now()));
+            }
+        }
+    });
+    let synced = Instant::now();
+    loop {
+        let (managed, drifted, _) = seen_rx.recv().await.context("status watch ended")?;
+        if managed == objects as i64 && drifted == 0 {
+            break;
+        }
+        anyhow::ensure!(synced.elapsed() < Duration::from_secs(600), "not in sync after 10 minutes");
+    }
+    eprintln!("in sync after {:.1}s; editing {edits} objects one at a time...", synced.elapsed().as_secs_f64());
+
+    let mut latencies = Vec::with_capacity(edits);
+    let mut random = 0x9e37_79b9_7f4a_7c15u64;
+    let mut edited = std::collections::BTreeSet::new();
+    while edited.len() < edits.min(objects) {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let target = (random % objects as u64) as usize;
+        if !edited.insert(target) {
+            continue;
+        }
+        let patch = json!({"data": {"value": "edited by hand"}});
+        config_maps.patch(&format!("obj-{target:05}"), &PatchParams::default(), &Patch::Merge(patch)).await?;
+        let written = Instant::now();
+        loop {
+            let (_, drifted, at) =
+                tokio::time::timeout(Duration::from_secs(30), seen_rx.recv()).await?.context("status watch ended")?;
+            if drifted >= edited.len() as i64 {
+                latencies.push(at.duration_since(written).as_secs_f64());
+                break;
+            }
+        }
+    }
+    let (p50, p99, max) = percentiles(latencies);
+    println!("| objects | edits | p50 | p99 | max |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!("| {objects} | {edits} | {p50:.3} s | {p99:.3} s | {max:.3} s |");
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", operator_pid(&env).unwrap_or(0))).unwrap_or_default();
+    if let Some(line) = rss.lines().find(|l| l.starts_with("VmRSS")) {
+        println!("operator {line}");
+    }
+    Ok(())
+}
+
+/// The operator's pid, found by the --http-addr on its command line.
+fn operator_pid(env: &OperatorEnv) -> Option<u32> {
+    let port = format!("127.0.0.1:{}", env.http_port);
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        (cmdline.contains("driftwarden") && cmdline.contains(&port))
+            .then(|| entry.file_name().to_str()?.parse().ok())?
+    })
 }

@@ -294,7 +294,12 @@ fn next_status(
         approvals: decision
             .approvals
             .iter()
-            .map(|a| Approval { reviewer: a.reviewer.clone(), review: a.review.clone(), at: Time(a.at) })
+            .map(|a| Approval {
+                reviewer: a.reviewer.clone(),
+                review: a.review.clone(),
+                reason: a.reason.clone(),
+                at: Time(a.at),
+            })
             .collect(),
         ignored_reviews: decision
             .ignored

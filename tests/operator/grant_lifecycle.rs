@@ -39,6 +39,7 @@ async fn an_approved_request_grants_the_role_until_it_expires() {
     assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("AccessRequest", "hotfix"));
     let status = active.status.unwrap();
     assert_eq!(status.approvals[0].reviewer, "carol");
+    assert_eq!(status.approvals[0].reason, "checked the incident ticket");
     assert_eq!(status.policy.as_deref(), Some(t.env.namespace.as_str()));
 
     // Expiry: the binding goes at expiresAt, by a timer, not a resync.

@@ -20,7 +20,7 @@ use kube::core::{ApiResource, GroupVersionKind, Selector, SelectorExt};
 use kube::discovery::{Discovery, Scope as DiscoveryScope};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,17 @@ struct Context {
     pending_since: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Instant>>>,
     /// Drifted objects per DesiredState, for the cluster-wide gauge.
     drifted: Mutex<HashMap<ObjectRef<DesiredState>, i64>>,
+    /// Metadata of every ConfigMap: which sources changed, without reading them.
+    source_meta: Store<PartialObjectMeta<ConfigMap>>,
+    /// The last good parse per DesiredState, reused while its sources are unchanged.
+    parsed: Mutex<HashMap<ObjectRef<DesiredState>, CachedParse>>,
+}
+
+/// A parse, and what it was parsed from: the DesiredState's generation and
+/// each source ConfigMap's resourceVersion.
+struct CachedParse {
+    fingerprint: (Option<i64>, Vec<(String, String)>),
+    sources: Arc<drift::ParsedSources>,
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -99,6 +110,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     let controller = Controller::new(Api::<DesiredState>::all(client.clone()), watcher::Config::default());
     let desired_states = controller.store();
     let reporter = Reporter { controller: "driftwarden".into(), instance: settings.instance.clone() };
+    let (source_meta, source_meta_writer) = reflector::store();
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -109,12 +121,15 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         discovery: tokio::sync::RwLock::new((Arc::new(discovery), Instant::now())),
         pending_since,
         drifted: Mutex::default(),
+        source_meta,
+        parsed: Mutex::default(),
     });
 
     // Source ConfigMaps by metadata only: their contents are read when a
     // DesiredState that uses them reconciles.
     let sources = watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .reflect(source_meta_writer)
         .touched_objects();
     let states = desired_states.clone();
     controller
@@ -169,6 +184,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let me = ObjectRef::from_obj(&*state);
     let triggered_at = context.pending_since.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
     forget_deleted(&context);
+    let _ = context.source_meta.wait_until_ready().await;
     if state.spec.suspend {
         context.watches.release(&me);
         return Ok(Action::await_change());
@@ -179,12 +195,33 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let old = state.status.clone().unwrap_or_default();
     let generation = state.metadata.generation;
 
-    // Fetch the sources and parse them (pure).
-    let (config_maps, missing) = read_sources(&context.client, &namespace, &state.spec.sources)
-        .await
-        .map_err(|source| Error::ReadSources { desired_state: format!("{namespace}/{name}"), source })?;
+    // Fetch the sources and parse them (pure), unless they are unchanged
+    // since the last good parse.
+    let fingerprint = (generation, source_fingerprint(&context.source_meta, &namespace, &state.spec.sources));
+    let cached = context
+        .parsed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&me)
+        .filter(|c| c.fingerprint == fingerprint)
+        .map(|c| c.sources.clone());
     let scope = SourceScope { namespace: &namespace, operator_namespace: &context.settings.operator_namespace };
-    let (parsed, resolver) = parse(&context, &config_maps, &scope).await?;
+    let (parsed, resolver, missing) = match cached {
+        Some(sources) => (Ok(sources), Resolver { discovery: context.discovery.read().await.0.clone() }, Vec::new()),
+        None => {
+            let (config_maps, missing) = read_sources(&context.client, &namespace, &state.spec.sources)
+                .await
+                .map_err(|source| Error::ReadSources { desired_state: format!("{namespace}/{name}"), source })?;
+            let (parsed, resolver) = parse(&context, &config_maps, &scope).await?;
+            let parsed = parsed.map(Arc::new);
+            if let (Ok(sources), true) = (&parsed, missing.is_empty()) {
+                let entry = CachedParse { fingerprint: fingerprint.clone(), sources: sources.clone() };
+                context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(me.clone(), entry);
+            }
+            (parsed, resolver, missing)
+        }
+    };
+
     let missing = missing.into_iter().map(|config_map| drift::SourceError::ConfigMap {
         config_map,
         reason: format!("not found in namespace {namespace}"),
@@ -310,6 +347,7 @@ fn forget_deleted(context: &Context) {
         if context.desired_states.get(&user).is_none() {
             context.watches.release(&user);
             context.drifted.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+            context.parsed.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
         }
     }
 }
@@ -320,6 +358,24 @@ fn record_drifted(context: &Context, me: &ObjectRef<DesiredState>, drifted: i64)
     let total: i64 = all.values().sum();
     let labels = super::metrics::ClassLabels { class: super::metrics::Class::Unauthorized };
     context.metrics.drifted_objects.get_or_create(&labels).set(total);
+}
+
+/// What the sources are, as far as the metadata cache knows: the name and
+/// resourceVersion of every ConfigMap they select, sorted.
+fn source_fingerprint(
+    meta: &Store<PartialObjectMeta<ConfigMap>>,
+    namespace: &str,
+    sources: &[SourceRef],
+) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = meta
+        .state()
+        .iter()
+        .filter(|cm| cm.namespace().as_deref() == Some(namespace))
+        .filter(|cm| sources.iter().any(|source| selects(source, &cm.name_any(), cm.labels())))
+        .map(|cm| (cm.name_any(), cm.resource_version().unwrap_or_default()))
+        .collect();
+    found.sort();
+    found
 }
 
 /// The source ConfigMaps, by name or selector, and the names of those that
