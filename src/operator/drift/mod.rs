@@ -87,6 +87,14 @@ struct Context {
     source_meta: Store<PartialObjectMeta<ConfigMap>>,
     /// The last good parse per DesiredState, reused while its sources are unchanged.
     parsed: Mutex<HashMap<ObjectRef<DesiredState>, CachedParse>>,
+    last_diffs: Mutex<HashMap<ObjectRef<DesiredState>, LastDiffs>>,
+}
+
+/// The diffs of the last reconcile, with the live resourceVersions they saw.
+struct LastDiffs {
+    sources: Arc<drift::ParsedSources>,
+    versions: Vec<Option<String>>,
+    diffs: Vec<drift::ObjectDiff>,
 }
 
 /// A parse, and what it was parsed from: the DesiredState's generation and
@@ -123,6 +131,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         drifted: Mutex::default(),
         source_meta,
         parsed: Mutex::default(),
+        last_diffs: Mutex::default(),
     });
 
     // Source ConfigMaps by metadata only: their contents are read when a
@@ -268,18 +277,34 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     // Diff (pure) against the caches.
     let mut options = DiffOptions::with_ignore(state.spec.ignore.clone());
     options.own_managers.extend(context.settings.iac_field_managers.iter().cloned());
+    // An object whose live resourceVersion is what it was at the last
+    // reconcile of the same parse has the same diff: only changed objects
+    // are diffed again, so one edit costs one diff, not one per object.
+    let previous = context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
+    let previous = previous.filter(|p| Arc::ptr_eq(&p.sources, &parsed));
+    let mut versions = Vec::with_capacity(parsed.objects.len());
     let diffs: Vec<drift::ObjectDiff> = parsed
         .objects
         .iter()
         .zip(&resources)
-        .map(|(declared, key)| {
+        .enumerate()
+        .map(|(index, (declared, key))| {
             let live = key.as_ref().and_then(|key| {
-                let store = stores.get(key)?;
                 let reference =
                     ObjectRef::new_with(&declared.key.name, key_resource(key)).within_opt(key.namespace.as_deref());
-                store.get(&reference).and_then(|object| serde_json::to_value(&*object).ok())
+                stores.get(key)?.get(&reference)
             });
-            drift::diff(&declared.object, live.as_ref(), &options)
+            let version = live.as_ref().and_then(|l| l.metadata.resource_version.clone());
+            let unchanged = previous.as_ref().and_then(|p| p.versions.get(index).zip(p.diffs.get(index)));
+            let diff = match unchanged {
+                Some((seen, diff)) if *seen == version && version.is_some() => diff.clone(),
+                _ => {
+                    let live = live.and_then(|object| serde_json::to_value(&*object).ok());
+                    drift::diff(&declared.object, live.as_ref(), &options)
+                }
+            };
+            versions.push(version);
+            diff
         })
         .collect();
     let observed: Vec<status::Observed<'_>> = parsed
@@ -314,6 +339,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         publish(&context, &state, EventType::Normal, "DriftResolved", format!("{object} matches Git again")).await;
     }
     record_drifted(&context, &me, status.drifted.unwrap_or(0));
+    let remembered = LastDiffs { sources: parsed.clone(), versions, diffs };
+    context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).insert(me, remembered);
     Ok(Action::await_change())
 }
 
@@ -348,6 +375,7 @@ fn forget_deleted(context: &Context) {
             context.watches.release(&user);
             context.drifted.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
             context.parsed.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+            context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
         }
     }
 }
