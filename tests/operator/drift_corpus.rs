@@ -63,10 +63,19 @@ async fn corpus_applied_client_side_and_server_side_shows_no_drift() {
         assert!(status.managed.unwrap() >= 20);
     }
     // ... and it stays in sync (no controller of the cluster writes fields
-    // that read as drift) for 30 s.
+    // that read as drift) for 30 s, with zero writes: the DesiredState's
+    // resourceVersion does not move.
+    let before = (resource_version(&client_side).await, resource_version(&server_side).await);
     tokio::time::sleep(Duration::from_secs(30)).await;
     for t in [&client_side, &server_side] {
         let status = t.wait_for_status("corpus", Duration::from_secs(5), |_| true).await;
         assert_eq!(status.drifted, Some(0), "{}: {:#?}", t.env.namespace, status.drifted_objects);
     }
+    let after = (resource_version(&client_side).await, resource_version(&server_side).await);
+    assert_eq!(before, after, "the operator wrote to an unchanged DesiredState");
+}
+
+async fn resource_version(t: &crate::common::AccessTest) -> Option<String> {
+    let api = t.env.api::<driftwarden::api::DesiredState>(driftwarden::controlplane::User::Admin).await;
+    api.get("corpus").await.unwrap().metadata.resource_version
 }

@@ -280,6 +280,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     // An object whose live resourceVersion is what it was at the last
     // reconcile of the same parse has the same diff: only changed objects
     // are diffed again, so one edit costs one diff, not one per object.
+    let kinds: HashMap<&WatchKey, ApiResource> = keys.iter().map(|key| (key, key_resource(key))).collect();
     let previous = context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
     let previous = previous.filter(|p| Arc::ptr_eq(&p.sources, &parsed));
     let mut versions = Vec::with_capacity(parsed.objects.len());
@@ -290,8 +291,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         .enumerate()
         .map(|(index, (declared, key))| {
             let live = key.as_ref().and_then(|key| {
-                let reference =
-                    ObjectRef::new_with(&declared.key.name, key_resource(key)).within_opt(key.namespace.as_deref());
+                let reference = ObjectRef::new_with(&declared.key.name, kinds.get(key)?.clone())
+                    .within_opt(key.namespace.as_deref());
                 stores.get(key)?.get(&reference)
             });
             let version = live.as_ref().and_then(|l| l.metadata.resource_version.clone());
@@ -395,11 +396,21 @@ fn source_fingerprint(
     namespace: &str,
     sources: &[SourceRef],
 ) -> Vec<(String, String)> {
+    // Selectors are parsed once here, not once per ConfigMap.
+    let names: Vec<&str> = sources.iter().filter_map(|s| s.name.as_deref()).collect();
+    let selectors: Vec<Selector> = sources
+        .iter()
+        .filter(|s| s.name.is_none())
+        .filter_map(|s| s.selector.clone().and_then(|sel| Selector::try_from(sel).ok()))
+        .collect();
     let mut found: Vec<(String, String)> = meta
         .state()
         .iter()
-        .filter(|cm| cm.namespace().as_deref() == Some(namespace))
-        .filter(|cm| sources.iter().any(|source| selects(source, &cm.name_any(), cm.labels())))
+        .filter(|cm| cm.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|cm| {
+            let name = cm.metadata.name.as_deref().unwrap_or_default();
+            names.contains(&name) || selectors.iter().any(|s| s.matches(cm.labels()))
+        })
         .map(|cm| (cm.name_any(), cm.resource_version().unwrap_or_default()))
         .collect();
     found.sort();
