@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
@@ -39,6 +39,17 @@ const REQUEST_ANNOTATION: &str = "driftwarden.io/access-request";
 /// A binding younger than this is never swept: the caches may not have
 /// caught up with the request that made it.
 const SWEEP_GRACE: Duration = Duration::from_secs(30);
+/// How long a reconcile waits for the caches it decides from.
+const CACHE_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether a cache has finished its first list.
+fn listed<K>(store: &Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -93,22 +104,26 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     let review_events = watcher(Api::<AccessReview>::all(client.clone()), config.clone())
         .default_backoff()
         .reflect(review_writer)
-        .touched_objects();
+        .touched_objects()
+        .inspect_err(|error| warn!(%error, "AccessReview watch failed; retrying"));
     let (policies, policy_writer) = reflector::store();
     let policy_events = watcher(Api::<AccessPolicy>::all(client.clone()), config.clone())
         .default_backoff()
         .reflect(policy_writer)
-        .touched_objects();
+        .touched_objects()
+        .inspect_err(|error| warn!(%error, "AccessPolicy watch failed; retrying"));
     let (namespaces, namespace_writer) = reflector::store();
     let namespace_events = watcher(Api::<Namespace>::all(client.clone()), config.clone())
         .default_backoff()
         .reflect(namespace_writer)
-        .touched_objects();
+        .touched_objects()
+        .inspect_err(|error| warn!(%error, "Namespace watch failed; retrying"));
     let (bindings, binding_writer) = reflector::store();
     let binding_events = watcher(Api::<RoleBinding>::all(client.clone()), managed)
         .default_backoff()
         .reflect(binding_writer)
-        .touched_objects();
+        .touched_objects()
+        .inspect_err(|error| warn!(%error, "RoleBinding watch failed; retrying"));
 
     let controller = Controller::new(Api::<AccessRequest>::all(client.clone()), config);
     let requests = controller.store();
@@ -164,13 +179,20 @@ async fn reconcile(request: Arc<AccessRequest>, context: Arc<Context>) -> Result
     let name = request.name_any();
     let now = Timestamp::now();
 
-    // Fetch, from the watch caches. Deciding before every cache has listed
-    // would act on a partial world (no reviews: a grant looks unapproved; no
-    // bindings: an expired one looks removed), so wait for all of them.
-    let _ = context.policies.wait_until_ready().await;
-    let _ = context.namespaces.wait_until_ready().await;
-    let _ = context.reviews.wait_until_ready().await;
-    let _ = context.bindings.wait_until_ready().await;
+    // Fetch, from the watch caches. Deciding before the policies, namespaces
+    // and reviews have listed would act on a partial world (no reviews: a
+    // grant looks unapproved), so wait for them, but not forever. The
+    // bindings cache only saves writes; until it has listed, the API server
+    // is asked directly.
+    let listed_all = async {
+        let _ = context.policies.wait_until_ready().await;
+        let _ = context.namespaces.wait_until_ready().await;
+        let _ = context.reviews.wait_until_ready().await;
+    };
+    if tokio::time::timeout(CACHE_WAIT, listed_all).await.is_err() {
+        warn!(request = %request.name_any(), "caches have not listed yet; deciding later");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let Some(namespace_object) = context.namespaces.get(&ObjectRef::new(&namespace)) else {
         // The namespace cache lags its creation; decide once it has caught up.
         return Ok(Action::requeue(Duration::from_millis(500)));
@@ -384,7 +406,7 @@ async fn ensure_binding(context: &Context, request: &AccessRequest, binding_name
     let namespace = request.namespace().unwrap_or_default();
     let desired = desired_binding(request, binding_name);
     let cached = context.bindings.get(&ObjectRef::new(binding_name).within(&namespace));
-    if cached.is_some_and(|live| same_binding(&live, &desired)) {
+    if listed(&context.bindings) && cached.is_some_and(|live| same_binding(&live, &desired)) {
         return Ok(());
     }
     let api: Api<RoleBinding> = Api::namespaced(context.client.clone(), &namespace);
@@ -403,13 +425,15 @@ async fn remove_binding(
     decision: &Decision,
     now: Timestamp,
 ) -> Result<(), Error> {
-    if context.bindings.get(&ObjectRef::new(binding_name).within(namespace)).is_none() {
+    // Until the cache has listed, ask the API server instead of trusting it.
+    if listed(&context.bindings) && context.bindings.get(&ObjectRef::new(binding_name).within(namespace)).is_none() {
         return Ok(());
     }
     let api: Api<RoleBinding> = Api::namespaced(context.client.clone(), namespace);
     match api.delete(binding_name, &DeleteParams::default()).await {
         Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        // Already gone: nothing was removed now.
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
         Err(source) => {
             return Err(Error::DeleteBinding { namespace: namespace.into(), name: binding_name.into(), source });
         }

@@ -54,7 +54,11 @@ async fn a_grant_that_expired_while_the_operator_was_down_is_removed_on_restart(
     outage.end();
     let deadline = restarted + Duration::from_secs(30);
     while t.binding("during-outage").await.is_some() {
-        assert!(Instant::now() < deadline, "the expired grant survived the restart");
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(t.operator.log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!("the expired grant survived the restart; operator log (newest first):\n{}", tail.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = restarted.elapsed();
