@@ -5,6 +5,7 @@
 //! - [`api`]: the custom resources (types and their CRDs).
 //! - [`access`]: access policy and the request state machine, pure.
 //! - [`drift`]: source parsing, normalization and the apply-semantics diff, pure.
+//! - [`gate`]: per drifted object, hold (inside an access window) or remediate, pure.
 //! - [`pki`]: certificates, as pure functions.
 //! - [`operator`]: the I/O shell that talks to the API server.
 //! - [`webhook`]: the admission webhooks' HTTPS server and its certificate.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod commands;
 pub mod controlplane;
 pub mod drift;
+pub mod gate;
 pub mod local_diff;
 pub mod operator;
 pub mod pki;
