@@ -529,7 +529,7 @@ async fn publish(context: &Context, request: &AccessRequest, old: &AccessRequest
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(truncate(note, 1000)),
+            note: Some(super::event_note(note)),
             action: "Reconcile".into(),
             secondary,
         };
@@ -537,17 +537,6 @@ async fn publish(context: &Context, request: &AccessRequest, old: &AccessRequest
             warn!(%error, reason, "publishing an event failed");
         }
     }
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
 }
 
 /// Defense in depth: delete every RoleBinding labelled as ours that no

@@ -123,3 +123,28 @@ async fn probe_api(client: Client, health: Arc<Health>) {
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }
+
+/// An Event's note, cut to the 1 kB the Events API accepts (on a character
+/// boundary, so a long object name never makes the Event invalid).
+pub fn event_note(mut text: String) -> String {
+    const MAX: usize = 1000;
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn event_notes_are_cut_on_a_character_boundary() {
+        assert_eq!(super::event_note("short".into()), "short");
+        let long = "é".repeat(600); // 1200 bytes
+        let cut = super::event_note(long);
+        assert!(cut.len() <= 1000 && cut.chars().all(|c| c == 'é'));
+    }
+}

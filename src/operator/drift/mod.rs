@@ -518,15 +518,13 @@ async fn write_status(
 }
 
 async fn publish(context: &Context, state: &DesiredState, type_: EventType, reason: &str, note: String) {
-    let mut note = note;
-    if note.len() > 1000 {
-        let mut cut = 1000;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-    }
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Diff".into(), secondary: None };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(super::event_note(note)),
+        action: "Diff".into(),
+        secondary: None,
+    };
     if let Err(error) = context.recorder.publish(&event, &state.object_ref(&())).await {
         warn!(%error, reason, "publishing an event failed");
     }
