@@ -14,6 +14,7 @@ mod access_policy;
 mod access_request;
 mod access_review;
 mod desired_state;
+pub mod identity;
 mod validation;
 
 pub use access_policy::{AccessPolicy, AccessPolicySpec, AccessPolicyStatus, Approvers, WindowStart};
@@ -72,17 +73,20 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![DesiredState::crd(), AccessRequest::crd(), AccessReview::crd(), AccessPolicy::crd()]
 }
 
-/// The CRDs as YAML documents, one `(file name, YAML)` pair each. This is
-/// what `driftwarden crds` prints and what `crds/` holds.
+/// The CRDs, and the admission policy that holds identity at the API
+/// server, as YAML documents, one `(file name, YAML)` pair each. This is what
+/// `driftwarden crds` prints and what `crds/` holds.
 pub fn crd_documents() -> Vec<(String, String)> {
-    crds()
+    fn yaml<T: Serialize>(value: &T) -> String {
+        serde_yaml_ng::to_string(value).expect("API objects serialize to YAML")
+    }
+    let mut documents: Vec<(String, String)> = crds()
         .into_iter()
-        .map(|crd| {
-            let name = crd.metadata.name.clone().unwrap_or_default();
-            let yaml = serde_yaml_ng::to_string(&crd).expect("a CRD always serializes to YAML");
-            (format!("{name}.yaml"), yaml)
-        })
-        .collect()
+        .map(|crd| (format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default()), yaml(&crd)))
+        .collect();
+    let identity = format!("{}---\n{}", yaml(&identity::policy()), yaml(&identity::binding()));
+    documents.push((format!("{}.yaml", identity::NAME), identity));
+    documents
 }
 
 /// All CRDs as one multi-document YAML stream.
@@ -112,6 +116,19 @@ mod tests {
         present.sort();
         expected_files.sort();
         assert_eq!(present, expected_files, "crds/ holds files the binary does not generate");
+    }
+
+    #[test]
+    fn the_identity_policy_covers_creates_of_requests_and_reviews() {
+        let policy = serde_json::to_value(identity::policy()).unwrap();
+        let rule = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+        assert_eq!(rule["operations"], serde_json::json!(["CREATE"]));
+        assert_eq!(rule["resources"], serde_json::json!(["accessrequests", "accessreviews"]));
+        assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+        assert_eq!(
+            serde_json::to_value(identity::binding()).unwrap()["spec"]["validationActions"],
+            serde_json::json!(["Deny"])
+        );
     }
 
     #[test]

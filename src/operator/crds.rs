@@ -1,7 +1,9 @@
-//! Installs driftwarden's CRDs and waits until the API server serves them.
+//! Installs driftwarden's CRDs and its identity admission policy, and waits
+//! until the API server serves them.
 
 use std::time::Duration;
 
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -15,7 +17,7 @@ pub const FIELD_MANAGER: &str = "driftwarden";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("applying CRD {name}: {source}")]
+    #[error("applying {name}: {source}")]
     Apply { name: String, source: kube::Error },
     #[error("CRD {name} was not Established within {timeout:?}")]
     NotEstablished { name: String, timeout: Duration },
@@ -31,6 +33,18 @@ pub async fn install(client: &Client, timeout: Duration) -> Result<(), Error> {
             .await
             .map_err(|source| Error::Apply { name: name.clone(), source })?;
     }
+    // Identity is held at the API server even while no operator runs.
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let name = crate::api::identity::NAME.to_owned();
+    policies
+        .patch(&name, &params, &Patch::Apply(crate::api::identity::policy()))
+        .await
+        .map_err(|source| Error::Apply { name: name.clone(), source })?;
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    bindings
+        .patch(&name, &params, &Patch::Apply(crate::api::identity::binding()))
+        .await
+        .map_err(|source| Error::Apply { name: name.clone(), source })?;
     for crd in crate::api::crds() {
         let name = crd.name_any();
         let established = await_condition(api.clone(), &name, conditions::is_crd_established());

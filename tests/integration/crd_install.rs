@@ -33,7 +33,7 @@ async fn crds_install_idempotently_and_become_established() {
 async fn kubectl_get_accessrequests_shows_the_printer_columns() {
     let env = TestEnv::new("printer-columns").await;
     let api = env.raw_api::<AccessRequest>(User::Admin).await;
-    let request = access_request("db-hotfix", Some("alice"), "edit", "30m", "incident INC-1234: hotfix the orders db");
+    let request = access_request("db-hotfix", Some("admin"), "edit", "30m", "incident INC-1234: hotfix the orders db");
     api.create(&PostParams::default(), &request).await.unwrap();
 
     let mut kubectl = env.kubectl(User::Admin);
@@ -43,7 +43,7 @@ async fn kubectl_get_accessrequests_shows_the_printer_columns() {
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "REQUESTER", "ROLE", "PHASE", "EXPIRES", "AGE"]);
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(&row[..3], ["db-hotfix", "alice", "edit"]);
+    assert_eq!(&row[..3], ["db-hotfix", "admin", "edit"]);
 
     // The short name works too.
     let mut kubectl = env.kubectl(User::Admin);

@@ -28,21 +28,21 @@ async fn invalid_access_requests_are_rejected_with_a_clear_message() {
         ("trivial-reason", "edit", "30m", "   fix    ", "must explain why"),
     ];
     for (name, role, duration, reason, expected) in cases {
-        let request = access_request(name, Some("alice"), role, duration, reason);
+        let request = access_request(name, Some("admin"), role, duration, reason);
         let (code, message) = api_error(api.create(&PostParams::default(), &request).await);
         assert_eq!(code, 422, "{name}: {message}");
         assert!(message.contains(expected), "{name}: expected {expected:?} in {message:?}");
     }
 
     // Missing required fields are named.
-    let mut request = access_request("no-role", Some("alice"), "edit", "30m", REASON);
+    let mut request = access_request("no-role", Some("admin"), "edit", "30m", REASON);
     request.data["spec"].as_object_mut().unwrap().remove("role");
     let (code, message) = api_error(api.create(&PostParams::default(), &request).await);
     assert_eq!(code, 422);
     assert!(message.contains("spec.role: Required value"), "{message}");
 
     // A valid one goes through: 24h is the ceiling, not beyond it.
-    let ok = access_request("at-the-ceiling", Some("alice"), "edit", "23h59m", REASON);
+    let ok = access_request("at-the-ceiling", Some("admin"), "edit", "23h59m", REASON);
     api.create(&PostParams::default(), &ok).await.unwrap();
 }
 
@@ -50,7 +50,7 @@ async fn invalid_access_requests_are_rejected_with_a_clear_message() {
 async fn requester_role_duration_and_reason_are_immutable_and_revocation_is_final() {
     let env = TestEnv::new("request-immutable").await;
     let api = env.raw_api::<AccessRequest>(User::Admin).await;
-    api.create(&PostParams::default(), &access_request("r", Some("alice"), "edit", "30m", REASON)).await.unwrap();
+    api.create(&PostParams::default(), &access_request("r", Some("admin"), "edit", "30m", REASON)).await.unwrap();
     let patch = |spec: serde_json::Value| Patch::Merge(serde_json::json!({ "spec": spec }));
     let cases = [
         (serde_json::json!({"requester": "bob"}), "requester is immutable"),
@@ -80,7 +80,7 @@ async fn access_reviews_are_immutable() {
         "apiVersion": "driftwarden.io/v1alpha1",
         "kind": "AccessReview",
         "metadata": {"name": "carol-approves"},
-        "spec": {"accessRequest": "db-hotfix", "decision": "Approve", "reason": "checked the incident ticket", "reviewer": "carol"},
+        "spec": {"accessRequest": "db-hotfix", "decision": "Approve", "reason": "checked the incident ticket", "reviewer": "admin"},
     }))
     .unwrap();
     api.create(&PostParams::default(), &review).await.unwrap();
@@ -137,4 +137,41 @@ async fn access_policies_need_a_non_empty_wildcard_free_allow_list_and_approvers
     assert_eq!(created.data["spec"]["pendingTimeout"], "1h");
     assert_eq!(created.data["spec"]["windowStart"], "Approval");
     api.delete(&created.metadata.name.unwrap(), &Default::default()).await.unwrap();
+}
+
+/// With no operator running at all (this control plane has no webhooks),
+/// the API server itself refuses objects that name someone else.
+#[tokio::test]
+async fn nobody_can_act_in_anothers_name_even_with_no_operator_running() {
+    let env = TestEnv::new("identity-policy").await;
+    let requests = env.raw_api::<AccessRequest>(User::Admin).await;
+    let (code, message) = api_error(
+        requests.create(&PostParams::default(), &access_request("forged", Some("alice"), "edit", "30m", REASON)).await,
+    );
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("spec.requester must be the authenticated user admin"), "{message}");
+
+    let reviews = env.raw_api::<AccessReview>(User::Admin).await;
+    let review = |spec: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessReview", "metadata": {"name": unique_name("review")}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    let base =
+        serde_json::json!({"accessRequest": "x", "decision": "Approve", "reason": "checked the incident ticket"});
+    let mut as_dave = base.clone();
+    as_dave["reviewer"] = "dave".into();
+    let (_, message) = api_error(reviews.create(&PostParams::default(), &review(as_dave)).await);
+    assert!(message.contains("spec.reviewer must be the authenticated user admin"), "{message}");
+    let mut in_sre = base.clone();
+    in_sre["reviewerGroups"] = serde_json::json!(["sre"]);
+    let (_, message) = api_error(reviews.create(&PostParams::default(), &review(in_sre)).await);
+    assert!(message.contains("spec.reviewerGroups must be the groups the API server authenticated"), "{message}");
+
+    // Naming oneself is fine.
+    requests
+        .create(&PostParams::default(), &access_request("honest", Some("admin"), "edit", "30m", REASON))
+        .await
+        .unwrap();
 }

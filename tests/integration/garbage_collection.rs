@@ -16,7 +16,7 @@ async fn a_role_binding_is_garbage_collected_after_its_access_request_is_deleted
     let owner = requests
         .create(
             &PostParams::default(),
-            &access_request("grant", Some("alice"), "edit", "30m", "incident INC-7: scale the workers"),
+            &access_request("grant", Some("admin"), "edit", "30m", "incident INC-7: scale the workers"),
         )
         .await
         .unwrap();
