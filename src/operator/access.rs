@@ -5,14 +5,14 @@
 //! (binding, status) -> publish (events, metrics) -> requeue at the next
 //! instant the decision depends on, so expiry runs on a timer, not a resync.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -288,27 +288,15 @@ fn next_status(
     binding_name: &str,
     now: Timestamp,
 ) -> AccessRequestStatus {
-    let granted = decision.phase == AccessPhase::Active;
-    let condition = Condition {
-        type_: "Granted".into(),
-        status: if granted { "True" } else { "False" }.into(),
-        reason: format!("{:?}", decision.phase),
-        message: decision.message.clone(),
-        observed_generation: None,
-        last_transition_time: Time(now),
-    };
-    // Keep the transition time of a condition that did not change, or every
-    // reconcile would write a new timestamp.
-    let condition = match old.conditions.iter().find(|c| c.type_ == condition.type_) {
-        Some(previous)
-            if previous.status == condition.status
-                && previous.reason == condition.reason
-                && previous.message == condition.message =>
-        {
-            previous.clone()
-        }
-        _ => condition,
-    };
+    let condition = super::conditions::condition(
+        &old.conditions,
+        "Granted",
+        decision.phase == AccessPhase::Active,
+        &format!("{:?}", decision.phase),
+        decision.message.clone(),
+        None,
+        now,
+    );
     AccessRequestStatus {
         phase: Some(decision.phase),
         message: Some(decision.message.clone()),
@@ -347,18 +335,11 @@ async fn write_status(
     if old == new {
         return Ok(());
     }
-    let namespace = request.namespace().unwrap_or_default();
-    let name = request.name_any();
-    let api: Api<AccessRequest> = Api::namespaced(context.client.clone(), &namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "driftwarden.io/v1alpha1",
-        "kind": "AccessRequest",
-        "status": new,
-    });
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
-        .await
-        .map(drop)
-        .map_err(|source| Error::WriteStatus { namespace, name, source })
+    super::apply_status(&context.client, request, new).await.map_err(|source| Error::WriteStatus {
+        namespace: request.namespace().unwrap_or_default(),
+        name: request.name_any(),
+        source,
+    })
 }
 
 fn desired_binding(request: &AccessRequest, binding_name: &str) -> RoleBinding {
@@ -595,10 +576,10 @@ async fn sweep(context: &Context, now: Timestamp) {
 /// Keeps the by-phase gauges current from the controller's cache.
 async fn count_forever(requests: Store<AccessRequest>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
-        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        let mut counts: HashMap<AccessPhase, i64> = HashMap::new();
         for request in requests.state() {
             if let Some(phase) = request.status.as_ref().and_then(|s| s.phase) {
-                *counts.entry(format!("{phase:?}")).or_default() += 1;
+                *counts.entry(phase).or_default() += 1;
             }
         }
         for phase in [
@@ -609,10 +590,10 @@ async fn count_forever(requests: Store<AccessRequest>, metrics: Arc<Metrics>, sh
             AccessPhase::Expired,
             AccessPhase::Revoked,
         ] {
-            let count = counts.get(&format!("{phase:?}")).copied().unwrap_or(0);
+            let count = counts.get(&phase).copied().unwrap_or(0);
             metrics.access_requests.get_or_create(&PhaseLabels { phase: Phase::from(phase) }).set(count);
         }
-        metrics.active_grants.set(counts.get("Active").copied().unwrap_or(0));
+        metrics.active_grants.set(counts.get(&AccessPhase::Active).copied().unwrap_or(0));
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(2)) => {},
             () = shutdown.cancelled() => return,

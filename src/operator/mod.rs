@@ -3,6 +3,7 @@
 //! controllers. Any of them failing stops the others.
 
 pub mod access;
+mod conditions;
 pub mod crds;
 pub mod drift;
 mod health;
@@ -122,6 +123,22 @@ async fn probe_api(client: Client, health: Arc<Health>) {
         health.set_ready(installed);
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
+}
+
+/// Writes `status` of a namespaced custom resource by server-side apply,
+/// under driftwarden's field manager (callers skip it when nothing changed).
+pub async fn apply_status<K>(client: &Client, object: &K, status: &impl serde::Serialize) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    use kube::ResourceExt as _;
+    let api: kube::Api<K> = kube::Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    let params = kube::api::PatchParams::apply(crds::FIELD_MANAGER).force();
+    api.patch_status(&object.name_any(), &params, &kube::api::Patch::Apply(patch)).await.map(drop)
 }
 
 /// An Event's note, cut to the 1 kB the Events API accepts (on a character

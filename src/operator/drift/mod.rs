@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::core::{ApiResource, GroupVersionKind, Selector, SelectorExt};
 use kube::discovery::{Discovery, Scope as DiscoveryScope};
 use kube::runtime::controller::{Action, Controller};
@@ -26,7 +26,6 @@ use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::crds::FIELD_MANAGER;
 use super::metrics::{ErrorLabels, Metrics};
 use crate::api::{DesiredState, DesiredStateStatus, SourceRef};
 use crate::drift::{self, DiffOptions, KindResolver, Scope, SourceConfigMap, SourceScope};
@@ -507,14 +506,10 @@ async fn write_status(
     if old == new {
         return Ok(());
     }
-    let namespace = state.namespace().unwrap_or_default();
-    let name = state.name_any();
-    let api: Api<DesiredState> = Api::namespaced(context.client.clone(), &namespace);
-    let patch = serde_json::json!({"apiVersion": "driftwarden.io/v1alpha1", "kind": "DesiredState", "status": new});
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
-        .await
-        .map(drop)
-        .map_err(|source| Error::WriteStatus { desired_state: format!("{namespace}/{name}"), source })
+    super::apply_status(&context.client, state, new).await.map_err(|source| Error::WriteStatus {
+        desired_state: format!("{}/{}", state.namespace().unwrap_or_default(), state.name_any()),
+        source,
+    })
 }
 
 async fn publish(context: &Context, state: &DesiredState, type_: EventType, reason: &str, note: String) {

@@ -1,9 +1,10 @@
 //! DesiredState status from what a reconcile observed. Pure: the same
 //! observations give the same status, so an unchanged world writes nothing.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use super::super::conditions::condition;
 use crate::api::{DesiredStateStatus, DriftClass, DriftCounts, DriftedObject, ObjectRef};
 use crate::drift::{ChangeKind, ObjectDiff, SourceErrors};
 
@@ -18,38 +19,6 @@ const MAX_ERRORS: usize = 10;
 pub struct Observed<'a> {
     pub object: ObjectRef,
     pub diff: &'a ObjectDiff,
-}
-
-fn condition(
-    old: &[Condition],
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let fresh = Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: Time(now),
-    };
-    // The transition time moves only when the condition does.
-    match old.iter().find(|c| c.type_ == type_) {
-        Some(previous)
-            if previous.status == fresh.status
-                && previous.reason == fresh.reason
-                && previous.message == fresh.message
-                && previous.observed_generation == generation =>
-        {
-            previous.clone()
-        }
-        _ => fresh,
-    }
 }
 
 fn describe(kind: ChangeKind) -> &'static str {
