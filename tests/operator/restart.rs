@@ -62,9 +62,22 @@ async fn a_grant_that_expired_while_the_operator_was_down_is_removed_on_restart(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = restarted.elapsed();
-    // The goal (2 s after restart) is in the benchmark; this only catches a
-    // restart that waits for a resync instead of acting on the initial list.
-    assert!(after < Duration::from_secs(10), "binding removed {after:?} after the restart");
+    // It must be the restarted operator's expiry handling that removed it,
+    // acting on its initial list, not the periodic orphan sweep.
+    let log = std::fs::read_to_string(t.operator.log()).unwrap_or_default();
+    let expired_by_reconcile = log
+        .lines()
+        .any(|l| l.contains("access expired; RoleBinding removed") && l.contains("driftwarden-during-outage"));
+    assert!(expired_by_reconcile, "the binding was not removed as an expired grant");
+    assert!(
+        !log.lines().any(|l| l.contains("swept") && l.contains("driftwarden-during-outage")),
+        "only the sweep caught it"
+    );
+    // Usually milliseconds; right after a restart amid many other watches,
+    // API calls have been seen to stall for ~10 s (an open bug, see the
+    // access notes), so the bound here stays below the sweep's reach (the
+    // binding is ~5 s old at restart and the sweep spares bindings < 30 s).
+    assert!(after < Duration::from_secs(25), "binding removed {after:?} after the restart");
     t.wait_for_phase("during-outage", AccessPhase::Expired, Duration::from_secs(10)).await;
     t.operator.wait_until_serving().await.unwrap();
     drop(exclusive);
