@@ -107,9 +107,33 @@ pub struct OperatorArgs {
     #[arg(long, env = "DRIFTWARDEN_IAC_FIELD_MANAGERS", value_delimiter = ',')]
     pub iac_field_managers: Vec<String>,
 
-    /// This replica's name in Events (the Pod name).
+    /// This replica's name in Events and in the leader Lease (the Pod name;
+    /// the host name when unset).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+
+    /// Elect a leader on a Lease so that, of several replicas, exactly one
+    /// writes (the others serve webhooks and metrics, ready to take over).
+    #[arg(long, env = "DRIFTWARDEN_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the Lease, in --namespace.
+    #[arg(long, env = "DRIFTWARDEN_LEASE_NAME", default_value = "driftwarden")]
+    pub lease_name: String,
+
+    /// Secret in --namespace whose `token` key the API server's audit
+    /// webhook must present as a bearer token; without it, audit events are
+    /// refused and drift is attributed by scope only.
+    #[arg(long, env = "DRIFTWARDEN_AUDIT_TOKEN_SECRET", default_value = "driftwarden-audit")]
+    pub audit_token_secret: String,
+
+    /// Reverts per second per DesiredState, once a burst is spent.
+    #[arg(long, env = "DRIFTWARDEN_REVERT_RATE", default_value_t = 20.0)]
+    pub revert_rate: f64,
+
+    /// Reverts one DesiredState may make at once before the rate applies.
+    #[arg(long, env = "DRIFTWARDEN_REVERT_BURST", default_value_t = 200)]
+    pub revert_burst: u32,
 }
 
 #[derive(Debug, Args)]

@@ -137,6 +137,20 @@ pub struct AccessRequestStatus {
     /// How many writes were made with this access in all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity_count: Option<i64>,
+    /// Writes by other users in this namespace while the window was open
+    /// (bounded), so that drift they cause is not taken for this session's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope_writes: Vec<ActivityEntry>,
+    /// When the window ended with changes still differing from Git: per
+    /// object, a unified diff of the desired YAML that would make Git match
+    /// what was done (Secret values redacted). Commit it before the window
+    /// ends and nothing is reverted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub session_changes: Vec<SessionChange>,
+    /// While the request is pending: the drift in this namespace now, so
+    /// approvers know what they approve into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_drift: Option<PendingDrift>,
     /// `Ready` and the phase transitions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
@@ -171,15 +185,19 @@ pub struct IgnoredReview {
     pub reason: String,
 }
 
-/// One write made with this access, as the API server's audit log saw it.
+/// One write, as the API server's audit log saw it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityEntry {
     /// When the API server received the write.
     pub time: Time,
+    /// Who wrote (the authenticated user, from the API server).
+    #[serde(default)]
+    pub user: String,
     /// create, update, patch or delete.
     pub verb: String,
-    /// The resource, as `resource.group` (e.g. `deployments.apps`).
+    /// The resource, as `resource.group` (e.g. `deployments.apps`), with
+    /// the subresource after a slash where there is one (`deployments.apps/scale`).
     pub resource: String,
     /// Namespace of the object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,4 +208,48 @@ pub struct ActivityEntry {
     /// JSON pointers of the fields the request body touched, where known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
+}
+
+/// What a session changed in one object, as a patch to Git.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionChange {
+    /// The object.
+    pub object: super::ObjectRef,
+    /// The DesiredState that manages it.
+    pub desired_state: String,
+    /// Where the object is declared: `<ConfigMap>/<key>`.
+    pub source: String,
+    /// Unified diff of the object's YAML, Git's version to the live one
+    /// (bounded; Secret values redacted).
+    pub patch: String,
+    /// When the window's end caught it.
+    pub at: Time,
+}
+
+/// Drift in a namespace, for approvers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingDrift {
+    /// How many managed objects differ from Git in this namespace.
+    pub drifted: i64,
+    /// The first of them, as `Kind namespace/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
+}
+
+impl AccessRequestStatus {
+    /// The fields the access controller owns: everything but what the audit
+    /// receiver and the gate write (they write those under their own field
+    /// manager, so neither overwrites the other).
+    pub fn access_fields(&self) -> AccessRequestStatus {
+        AccessRequestStatus {
+            activity: Vec::new(),
+            activity_count: None,
+            scope_writes: Vec::new(),
+            session_changes: Vec::new(),
+            pending_drift: None,
+            ..self.clone()
+        }
+    }
 }

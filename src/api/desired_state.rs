@@ -125,6 +125,9 @@ pub struct DesiredStateStatus {
     /// How many of them differ from Git.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drifted: Option<i64>,
+    /// How many reverts the operator has made for this DesiredState.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverts: Option<i64>,
     /// Drifted objects by class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift_counts: Option<DriftCounts>,
@@ -170,6 +173,34 @@ pub struct DriftedObject {
     /// The AccessRequest the change is attributed to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_request: Option<String>,
+    /// How the class was decided: `AuditLog` (who wrote it, from the API
+    /// server's audit events) or `Scope` (no audit data: an open window
+    /// covers the namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<Attribution>,
+    /// What the operator does about it: `Hold` (until `revertAt`), `Revert`,
+    /// `Report`, or `WouldRevert` (dry run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<DriftAction>,
+    /// When it will be reverted (a held change: when its window ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_at: Option<Time>,
+}
+
+/// How a drifted object's class was decided.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Attribution {
+    AuditLog,
+    Scope,
+}
+
+/// What the operator does about a drifted object.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum DriftAction {
+    Hold,
+    Revert,
+    Report,
+    WouldRevert,
 }
 
 /// Class of a drifted object.
@@ -206,4 +237,7 @@ pub struct RevertRecord {
     pub at: Time,
     /// Which class of drift was reverted.
     pub class: DriftClass,
+    /// The AccessRequest whose window ended, for session drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_request: Option<String>,
 }

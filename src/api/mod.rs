@@ -20,12 +20,12 @@ mod validation;
 pub use access_policy::{AccessPolicy, AccessPolicySpec, AccessPolicyStatus, Approvers, WindowStart};
 pub use access_request::{
     AccessPhase, AccessRequest, AccessRequestSpec, AccessRequestStatus, AccessTarget, ActivityEntry, Approval,
-    IgnoredReview,
+    IgnoredReview, PendingDrift, SessionChange,
 };
 pub use access_review::{AccessReview, AccessReviewSpec, AccessReviewStatus, ReviewDecision};
 pub use desired_state::{
-    DesiredState, DesiredStateSpec, DesiredStateStatus, DriftClass, DriftCounts, DriftedObject, IgnoreRule, ObjectRef,
-    Remediation, RevertRecord, SourceRef,
+    Attribution, DesiredState, DesiredStateSpec, DesiredStateStatus, DriftAction, DriftClass, DriftCounts,
+    DriftedObject, IgnoreRule, ObjectRef, Remediation, RevertRecord, SourceRef,
 };
 pub use validation::MAX_ACCESS_DURATION;
 

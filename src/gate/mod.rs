@@ -6,6 +6,10 @@
 //! drift, the grants and what the audit log says about who wrote the object.
 //! The shell that reverts, and the audit receiver, build on it.
 
+pub mod audit;
+pub mod codify;
+pub mod revert;
+
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{AccessPhase, DriftClass, RemediationAction};
@@ -25,6 +29,9 @@ pub struct Write<'a> {
     pub user: &'a str,
     /// create, update, patch or delete.
     pub verb: &'a str,
+    /// The plural resource written, with its subresource as RBAC names it
+    /// (`deployments`, or `deployments/scale` for `kubectl scale`).
+    pub resource: &'a str,
     pub at: Timestamp,
 }
 
@@ -74,7 +81,7 @@ impl Grant<'_> {
     }
 
     fn permits(&self, write: &Write<'_>, drifted: &Drifted<'_>) -> bool {
-        write.user == self.requester && self.rules.iter().any(|r| r.allows(write.verb, drifted.group, drifted.resource))
+        write.user == self.requester && self.rules.iter().any(|r| r.allows(write.verb, drifted.group, write.resource))
     }
 
     fn was_granted(&self) -> bool {
@@ -206,7 +213,7 @@ mod tests {
     }
 
     fn write<'a>(user: &'a str, verb: &'a str, offset: i64) -> Write<'a> {
-        Write { user, verb, at: at(offset) }
+        Write { user, verb, resource: "deployments", at: at(offset) }
     }
 
     const DEPLOYMENT: Drifted<'static> = Drifted { namespace: Some("shop"), group: "apps", resource: "deployments" };
@@ -224,6 +231,8 @@ mod tests {
             verbs: vec!["get".into()],
         }];
         let alice_active = grant("alice-fix", "alice", Active, (0, 600), &rules);
+        let scale_rules = vec![Rule { resources: vec!["deployments/scale".into()], ..rules[0].clone() }];
+        let alice_scaler = grant("alice-scale", "alice", Active, (0, 600), &scale_rules);
         let alice_expired = grant("alice-fix", "alice", Expired, (0, 600), &rules);
         let alice_revoked = Grant { ended_at: Some(at(300)), ..grant("alice-fix", "alice", Revoked, (0, 600), &rules) };
         let alice_view = grant("alice-view", "alice", Active, (0, 600), &read_only);
@@ -356,6 +365,24 @@ mod tests {
                 REVERT_BOTH,
                 true,
                 30,
+                Decision::Revert { class: DriftClass::Unauthorized, request: None },
+            ),
+            (
+                "scaled through a subresource the role names",
+                vec![Write { resource: "deployments/scale", ..write("alice", "patch", 10) }],
+                vec![alice_scaler],
+                REVERT_BOTH,
+                true,
+                20,
+                Decision::Hold { request: "alice-scale".into(), class: DriftClass::Authorized, until: at(600) },
+            ),
+            (
+                "scaled through a subresource the role does not name",
+                vec![Write { resource: "deployments/scale", ..write("alice", "patch", 10) }],
+                vec![alice_active.clone()],
+                REVERT_BOTH,
+                true,
+                20,
                 Decision::Revert { class: DriftClass::Unauthorized, request: None },
             ),
             (

@@ -319,10 +319,10 @@ fn next_status(
         granted_at: decision.window.map(|w| Time(w.starts_at)),
         expires_at: decision.window.map(|w| Time(w.expires_at)),
         role_binding: decision.window.map(|_| binding_name.to_owned()),
-        // The activity log is written by the audit receiver; carry it over.
-        activity: old.activity.clone(),
-        activity_count: old.activity_count,
         conditions: vec![condition],
+        // The activity log and the gate's fields are written by others,
+        // under their own field manager.
+        ..AccessRequestStatus::default()
     }
 }
 
@@ -332,7 +332,7 @@ async fn write_status(
     old: &AccessRequestStatus,
     new: &AccessRequestStatus,
 ) -> Result<(), Error> {
-    if old == new {
+    if old.access_fields() == *new {
         return Ok(());
     }
     super::apply_status(&context.client, request, new).await.map_err(|source| Error::WriteStatus {

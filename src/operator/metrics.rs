@@ -53,6 +53,45 @@ pub struct ClassLabels {
     pub class: Class,
 }
 
+/// Why a revert was made.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RevertReason {
+    unauthorized,
+    window_ended,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevertLabels {
+    pub reason: RevertReason,
+}
+
+/// What became of an audit webhook call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AuditOutcome {
+    accepted,
+    unauthenticated,
+    malformed,
+    overloaded,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditLabels {
+    pub outcome: AuditOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookNameLabels {
+    pub webhook: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum ReviewOutcome {
     Approved,
@@ -94,6 +133,15 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub leader: Gauge,
+    pub reverts: Family<RevertLabels, Counter>,
+    pub revert_failures: Family<RevertLabels, Counter>,
+    pub revert_latency_after_window_end: Histogram,
+    unauthorized_drift_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Unix seconds of the oldest unauthorized drift; i64::MAX when none.
+    oldest_unauthorized: std::sync::atomic::AtomicI64,
+    pub audit_events: Family<AuditLabels, Counter>,
+    pub webhook_requests: Family<WebhookLabels, Counter>,
+    pub webhook_duration: Family<WebhookNameLabels, Histogram>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -152,6 +200,36 @@ impl Default for Metrics {
         );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader lease and writes", leader.clone());
+        let reverts = Family::<RevertLabels, Counter>::default();
+        registry.register("reverts", "Drifted objects put back to Git, by reason", reverts.clone());
+        let revert_failures = Family::<RevertLabels, Counter>::default();
+        registry.register("revert_failures", "Reverts that failed (retried), by reason", revert_failures.clone());
+        let revert_latency_after_window_end = seconds_buckets();
+        registry.register_with_unit(
+            "revert_latency_after_window_end",
+            "Time from an access window's end until a change made in it was reverted",
+            Unit::Seconds,
+            revert_latency_after_window_end.clone(),
+        );
+        let unauthorized_drift_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "unauthorized_drift_age",
+            "Age of the oldest drift no approved access window covers (0 when none)",
+            Unit::Seconds,
+            unauthorized_drift_age.clone(),
+        );
+        let audit_events = Family::<AuditLabels, Counter>::default();
+        registry.register("audit_events", "Audit webhook batches by outcome", audit_events.clone());
+        let webhook_requests = Family::<WebhookLabels, Counter>::default();
+        registry.register("webhook_requests", "Admission webhook requests by webhook and outcome", webhook_requests.clone());
+        let webhook_duration =
+            Family::<WebhookNameLabels, Histogram>::new_with_constructor(seconds_buckets as fn() -> Histogram);
+        registry.register_with_unit(
+            "webhook_duration",
+            "Time to answer an admission or audit webhook call",
+            Unit::Seconds,
+            webhook_duration.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "Build information", build_info);
@@ -167,6 +245,14 @@ impl Default for Metrics {
             reconcile_duration,
             reconcile_errors,
             leader,
+            reverts,
+            revert_failures,
+            revert_latency_after_window_end,
+            unauthorized_drift_age,
+            oldest_unauthorized: std::sync::atomic::AtomicI64::new(i64::MAX),
+            audit_events,
+            webhook_requests,
+            webhook_duration,
         }
     }
 }
@@ -174,10 +260,24 @@ impl Default for Metrics {
 impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        // The age grows between reconciles: compute it when scraped.
+        let oldest = self.oldest_unauthorized.load(std::sync::atomic::Ordering::Relaxed);
+        let age = if oldest == i64::MAX {
+            0.0
+        } else {
+            (k8s_openapi::jiff::Timestamp::now().as_millisecond() as f64 / 1000.0 - oldest as f64).max(0.0)
+        };
+        self.unauthorized_drift_age.set(age);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Remembers when the oldest unauthorized drift was first seen.
+    pub fn set_oldest_unauthorized_drift(&self, since: Option<k8s_openapi::jiff::Timestamp>) {
+        let value = since.map_or(i64::MAX, |t| t.as_second());
+        self.oldest_unauthorized.store(value, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Observes the reconcile's duration when dropped, on every exit path.

@@ -6,18 +6,22 @@ pub mod access;
 mod conditions;
 pub mod crds;
 pub mod drift;
+pub mod gate;
 mod health;
+pub mod leader;
 pub mod metrics;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::Client;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{GROUP, VERSION};
+use crate::api::{AccessRequest, GROUP, VERSION};
 use crate::cli::OperatorArgs;
 use crate::webhook::{self, Endpoint};
 use health::Health;
@@ -34,6 +38,8 @@ pub enum Error {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Webhook(#[from] webhook::Error),
+    #[error("leader election on Lease {lease}: {source}")]
+    Lease { lease: String, source: kube_lease_manager::LeaseManagerError },
 }
 
 /// Runs until `shutdown` resolves or a part fails.
@@ -78,32 +84,110 @@ pub async fn run(
         secret_name: args.webhook_secret.clone(),
         cert_dir: args.webhook_cert_dir.clone(),
     };
-    let webhooks = webhook::serve(client.clone(), webhook_config, stop.clone().cancelled_owned());
-
-    let settings = access::Settings { sweep_interval: args.sweep_interval.into(), instance: args.pod_name.clone() };
-    let access = access::run(client.clone(), metrics.clone(), settings, stop.clone());
-    let drift_settings = drift::Settings {
-        operator_namespace: args.namespace.clone(),
-        iac_field_managers: args.iac_field_managers.clone(),
-        instance: args.pod_name.clone(),
+    // Every replica receives audit events (the API server reaches any of
+    // them through the Service) and logs them on AccessRequests.
+    let (requests, requests_writer) = kube::runtime::reflector::store::<AccessRequest>();
+    let request_watch = tokio::spawn(
+        watcher(kube::Api::<AccessRequest>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(requests_writer)
+            .for_each(|_| async {}),
+    );
+    let operator_user = match webhook::audit::own_username(&client).await {
+        Ok(user) => user,
+        Err(error) => {
+            warn!(%error, "could not learn the operator's own user name; its writes may be logged as activity");
+            String::new()
+        }
     };
-    let drift = drift::run(client.clone(), metrics.clone(), drift_settings, stop.clone());
+    let audit = webhook::AuditReceiver::start(
+        client.clone(),
+        args.namespace.clone(),
+        args.audit_token_secret.clone(),
+        requests,
+        operator_user,
+        metrics.clone(),
+    );
+    let webhooks =
+        webhook::serve(client.clone(), webhook_config, metrics.clone(), audit, stop.clone().cancelled_owned());
+
+    let identity = args.pod_name.clone().unwrap_or_else(host_name);
+    let leadership = if args.leader_election {
+        leader::Leadership::elect(client.clone(), &args.namespace, &args.lease_name, &identity)
+            .await
+            .map_err(|source| Error::Lease { lease: args.lease_name.clone(), source })?
+    } else {
+        leader::Leadership::alone()
+    };
+    let controllers = lead(client.clone(), metrics.clone(), &args, leadership.is_leader.clone(), stop.clone());
     let probe = probe_api(client, health);
 
     // Whichever part ends first (a failure, or shutdown) ends them all.
     let result = tokio::select! {
         served = http => served.map_err(|source| Error::Listen { addr: args.http_addr, source }),
         served = webhooks => served.map_err(Error::from),
-        () = access => Ok(()),
-        () = drift => Ok(()),
+        () = controllers => Ok(()),
         () = probe => Ok(()),
     };
     stop.cancel();
+    request_watch.abort();
+    leadership.resign().await;
     if let Err(error) = &result {
         warn!(%error, "stopping");
     }
     info!("stopped");
     result
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "driftwarden".into())
+}
+
+/// Runs the controllers that write while this replica leads; stops them
+/// (and so every write) the moment the lease is lost, and waits to lead again.
+async fn lead(
+    client: Client,
+    metrics: Arc<Metrics>,
+    args: &OperatorArgs,
+    mut is_leader: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            led = is_leader.wait_for(|leads| *leads) => if led.is_err() { return },
+        }
+        metrics.leader.set(1);
+        info!(lease = %args.lease_name, "leading: running the controllers");
+        let term = stop.child_token();
+        let settings =
+            access::Settings { sweep_interval: args.sweep_interval.into(), instance: args.pod_name.clone() };
+        let access = access::run(client.clone(), metrics.clone(), settings, term.clone());
+        let drift_settings = drift::Settings {
+            operator_namespace: args.namespace.clone(),
+            iac_field_managers: args.iac_field_managers.clone(),
+            instance: args.pod_name.clone(),
+            revert_rate: args.revert_rate,
+            revert_burst: args.revert_burst,
+        };
+        let drift = drift::run(client.clone(), metrics.clone(), drift_settings, term.clone());
+        let running = futures::future::join(access, drift);
+        tokio::pin!(running);
+        tokio::select! {
+            _ = &mut running => {}
+            _ = is_leader.wait_for(|leads| !*leads) => {
+                warn!(lease = %args.lease_name, "lost the lease: stopping all writes");
+                term.cancel();
+                running.await;
+            }
+        }
+        metrics.leader.set(0);
+        if stop.is_cancelled() {
+            return;
+        }
+    }
 }
 
 /// Ready means: the API server answers and serves driftwarden's API group.

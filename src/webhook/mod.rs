@@ -3,6 +3,7 @@
 //! `kubectl apply` time.
 
 pub mod admission;
+pub mod audit;
 pub mod configuration;
 pub mod tls;
 
@@ -11,7 +12,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
@@ -23,8 +28,20 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use tracing::{info, warn};
 
 use crate::api::{AccessPolicy, AccessRequest};
+use crate::operator::metrics::{Metrics, WebhookLabels, WebhookNameLabels};
 use admission::{Facts, Kind};
+pub use audit::AuditReceiver;
 pub use configuration::Endpoint;
+
+/// Path of the audit webhook (the API server's audit backend posts here).
+pub const AUDIT_PATH: &str = "/audit";
+
+#[derive(Clone)]
+struct AppState {
+    client: Client,
+    metrics: Arc<Metrics>,
+    audit: Arc<AuditReceiver>,
+}
 
 /// How often the certificate's expiry is checked.
 const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
@@ -60,6 +77,8 @@ pub enum Error {
 pub async fn serve(
     client: Client,
     config: Config,
+    metrics: Arc<Metrics>,
+    audit: Arc<AuditReceiver>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     // The one TLS provider this binary is built with (kube's client uses it too).
@@ -84,7 +103,9 @@ pub async fn serve(
     let router = Router::new()
         .route(configuration::MUTATE_PATH, post(mutate))
         .route(configuration::VALIDATE_PATH, post(validate))
-        .with_state(client);
+        .route(AUDIT_PATH, post(receive_audit))
+        .layer(DefaultBodyLimit::max(crate::gate::audit::MAX_BODY_BYTES))
+        .with_state(AppState { client, metrics, audit });
     info!(addr = %config.addr, endpoint = ?config.endpoint, "serving admission webhooks");
     let served = axum_server::bind_rustls(config.addr, rustls).handle(handle).serve(router.into_make_service()).await;
     renewal.abort();
@@ -156,23 +177,43 @@ fn into_request(
     })
 }
 
-async fn mutate(Json(review): Json<AdmissionReview<DynamicObject>>) -> Json<AdmissionReview<DynamicObject>> {
+/// Counts a webhook call and its duration.
+fn observe(metrics: &Metrics, webhook: &'static str, outcome: &'static str, started: std::time::Instant) {
+    metrics.webhook_requests.get_or_create(&WebhookLabels { webhook, outcome }).inc();
+    metrics.webhook_duration.get_or_create(&WebhookNameLabels { webhook }).observe(started.elapsed().as_secs_f64());
+}
+
+async fn receive_audit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+    let started = std::time::Instant::now();
+    let answer = state.audit.receive(&headers, &body).await;
+    observe(&state.metrics, "audit", if answer.0.is_success() { "accepted" } else { "refused" }, started);
+    answer
+}
+
+async fn mutate(
+    State(state): State<AppState>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let started = std::time::Instant::now();
     let response = match into_request(review) {
         Ok(request) => admission::mutate(&request),
         Err(invalid) => *invalid,
     };
+    observe(&state.metrics, "mutate", if response.allowed { "allowed" } else { "denied" }, started);
     Json(response.into_review())
 }
 
 async fn validate(
-    State(client): State<Client>,
+    State(state): State<AppState>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
+    let started = std::time::Instant::now();
     let request = match into_request(review) {
         Ok(request) => request,
         Err(invalid) => return Json(invalid.into_review()),
     };
-    let response = match facts(&client, &request).await {
+    let client = &state.client;
+    let response = match facts(client, &request).await {
         Ok(facts) => admission::validate(&request, &facts),
         // Fail closed: what cannot be checked is not admitted.
         Err(error) => {
@@ -183,6 +224,7 @@ async fn validate(
         info!(user = ?request.user_info.username, kind = %request.kind.kind, name = %request.name,
               reason = %response.result.message, "admission denied");
     }
+    observe(&state.metrics, "validate", if response.allowed { "allowed" } else { "denied" }, started);
     Json(response.into_review())
 }
 

@@ -26,9 +26,17 @@ use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::metrics::{ErrorLabels, Metrics};
-use crate::api::{DesiredState, DesiredStateStatus, SourceRef};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::gate::{self, Caches, RevertLimiter, Subject};
+use super::metrics::{ErrorLabels, Metrics, RevertLabels, RevertReason};
+use crate::api::{
+    AccessRequest, Attribution, DesiredState, DesiredStateStatus, DriftAction, DriftClass, DriftCounts, RevertRecord,
+    SourceRef,
+};
 use crate::drift::{self, DiffOptions, KindResolver, Scope, SourceConfigMap, SourceScope};
+use crate::gate::Decision;
 use watches::{WatchKey, Watches};
 
 const CONTROLLER: &str = "drift";
@@ -36,6 +44,10 @@ const CONTROLLER: &str = "drift";
 const WATCH_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Discovery is refreshed at most this often (when a kind is unknown).
 const DISCOVERY_REFRESH: Duration = Duration::from_secs(10);
+/// Reverts of one reconcile in flight at once.
+const REVERT_CONCURRENCY: usize = 16;
+/// Objects a pending AccessRequest lists by name.
+const PENDING_LISTED: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,6 +79,9 @@ pub struct Settings {
     /// state (an in-house deploy tool, say).
     pub iac_field_managers: Vec<String>,
     pub instance: Option<String>,
+    /// Reverts per second per DesiredState, after a burst of `revert_burst`.
+    pub revert_rate: f64,
+    pub revert_burst: u32,
 }
 
 struct Context {
@@ -80,14 +95,23 @@ struct Context {
     /// When a watch first saw a change that a DesiredState has not yet
     /// reconciled: the start of the detection latency.
     pending_since: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Instant>>>,
-    /// Drifted objects per DesiredState, for the cluster-wide gauge.
-    drifted: Mutex<HashMap<ObjectRef<DesiredState>, i64>>,
+    /// Drift counts and the oldest unauthorized drift per DesiredState, for
+    /// the cluster-wide gauges.
+    drifted: Mutex<DriftTally>,
+    /// Grants, their roles and the audit receiver's logs, for the gate.
+    gate: Caches,
+    limiter: RevertLimiter,
+    /// The resourceVersion each object was left at by its last revert.
+    reverted: Mutex<HashMap<(ObjectRef<DesiredState>, crate::api::ObjectRef), String>>,
     /// Metadata of every ConfigMap: which sources changed, without reading them.
     source_meta: Store<PartialObjectMeta<ConfigMap>>,
     /// The last good parse per DesiredState, reused while its sources are unchanged.
     parsed: Mutex<HashMap<ObjectRef<DesiredState>, CachedParse>>,
     last_diffs: Mutex<HashMap<ObjectRef<DesiredState>, LastDiffs>>,
 }
+
+/// Per DesiredState: drift counts by class, and when its oldest unauthorized drift began.
+type DriftTally = HashMap<ObjectRef<DesiredState>, (DriftCounts, Option<Timestamp>)>;
 
 /// The diffs of the last reconcile, with the live resourceVersions they saw.
 struct LastDiffs {
@@ -118,6 +142,15 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     let desired_states = controller.store();
     let reporter = Reporter { controller: "driftwarden".into(), instance: settings.instance.clone() };
     let (source_meta, source_meta_writer) = reflector::store();
+    let (requests, requests_writer) = reflector::store::<AccessRequest>();
+    let (cluster_roles, cluster_roles_writer) = reflector::store::<ClusterRole>();
+    let (roles, roles_writer) = reflector::store::<Role>();
+    // The roles' rules are only read: their reflectors run on their own.
+    let role_watches = [
+        tokio::spawn(drive(watcher(Api::<ClusterRole>::all(client.clone()), watcher::Config::default()), cluster_roles_writer)),
+        tokio::spawn(drive(watcher(Api::<Role>::all(client.clone()), watcher::Config::default()), roles_writer)),
+    ];
+    let limiter = RevertLimiter::new(settings.revert_rate, settings.revert_burst);
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -128,6 +161,9 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         discovery: tokio::sync::RwLock::new((Arc::new(discovery), Instant::now())),
         pending_since,
         drifted: Mutex::default(),
+        gate: Caches { requests: requests.clone(), cluster_roles, roles },
+        limiter,
+        reverted: Mutex::default(),
         source_meta,
         parsed: Mutex::default(),
         last_diffs: Mutex::default(),
@@ -139,14 +175,38 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         .default_backoff()
         .reflect(source_meta_writer)
         .touched_objects();
+    // A grant that opens, ends or logs a write may change the gate's verdict
+    // on any drift in its namespace.
+    let access_requests = watcher(Api::<AccessRequest>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(requests_writer)
+        .touched_objects();
     let states = desired_states.clone();
+    let states_of_requests = desired_states.clone();
     controller
         .watches_stream(sources, move |config_map: PartialObjectMeta<ConfigMap>| users_of(&states, &config_map))
+        .watches_stream(access_requests, move |request: AccessRequest| in_namespace(&states_of_requests, &request))
         .reconcile_on(tokio_stream_from(triggers))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|_| async {})
         .await;
+    role_watches.iter().for_each(|task| task.abort());
+}
+
+/// Keeps a reflector's store current (retrying with backoff).
+async fn drive<K>(stream: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>, writer: reflector::store::Writer<K>)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    stream.default_backoff().reflect(writer).for_each(|_| async {}).await;
+}
+
+/// The DesiredStates in a request's namespace.
+fn in_namespace(states: &Store<DesiredState>, request: &AccessRequest) -> Vec<ObjectRef<DesiredState>> {
+    let namespace = request.namespace();
+    states.state().iter().filter(|ds| ds.namespace() == namespace).map(|ds| ObjectRef::from_obj(&**ds)).collect()
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -283,6 +343,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let previous = context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
     let previous = previous.filter(|p| Arc::ptr_eq(&p.sources, &parsed));
     let mut versions = Vec::with_capacity(parsed.objects.len());
+    let mut lives = Vec::with_capacity(parsed.objects.len());
     let diffs: Vec<drift::ObjectDiff> = parsed
         .objects
         .iter()
@@ -299,33 +360,55 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
             let diff = match unchanged {
                 Some((seen, diff)) if *seen == version && version.is_some() => diff.clone(),
                 _ => {
-                    let live = live.and_then(|object| serde_json::to_value(&*object).ok());
+                    let live = live.as_ref().and_then(|object| serde_json::to_value(&**object).ok());
                     drift::diff(&declared.object, live.as_ref(), &options)
                 }
             };
             versions.push(version);
+            lives.push(live);
             diff
         })
         .collect();
+
+    // The gate: per drifted object, hold it, revert it or report it.
+    let gated = judge(&context, &state, &parsed, &resources, &diffs, &old, now);
+    let outcome = act(&context, &state, &me, &parsed, &resources, &kinds, &diffs, &lives, &gated, &options).await;
+
+    // A reverted object matches Git again: status says so at once.
+    let in_sync = drift::ObjectDiff::default();
     let observed: Vec<status::Observed<'_>> = parsed
         .objects
         .iter()
         .zip(&diffs)
-        .map(|(declared, diff)| status::Observed { object: declared.key.object_ref(), diff })
+        .zip(&gated)
+        .enumerate()
+        .map(|(index, ((declared, diff), judgement))| {
+            let reverted = outcome.reverted.contains(&index);
+            status::Observed {
+                object: declared.key.object_ref(),
+                diff: if reverted { &in_sync } else { diff },
+                judgement: judgement.as_ref(),
+            }
+        })
         .collect();
-    let status = status::observed(&old, generation, parsed.revision.clone(), &observed, now);
+    let mut status = status::observed(&old, generation, parsed.revision.clone(), &observed, now);
+    if outcome.last.is_some() {
+        status.reverts = Some(old.reverts.unwrap_or(0) + i64::try_from(outcome.reverted.len()).unwrap_or(0));
+        status.last_revert = outcome.last.clone();
+    }
     write_status(&context, &state, &old, &status).await?;
 
     // Tell: Events and metrics on what started or stopped drifting.
-    let (started, stopped) = status::transitions(&old, &status);
-    for drifted in &started {
-        let diff = observed.iter().find(|o| o.object == drifted.object).map(|o| o.diff);
-        let object = describe(&drifted.object);
-        let fields = drifted.fields.join(", ");
-        info!(desired_state = %name, %namespace, %object, %fields, "drift detected");
-        if let Some(diff) = diff {
-            debug!(desired_state = %name, %object, unified = %diff.unified, "drift");
+    let object_refs: Vec<crate::api::ObjectRef> = parsed.objects.iter().map(|d| d.key.object_ref()).collect();
+    for (index, diff) in diffs.iter().enumerate() {
+        let was = old.drifted_objects.iter().find(|d| d.object == object_refs[index]);
+        if diff.in_sync() || was.is_some() && !outcome.reverted.contains(&index) {
+            continue;
         }
+        let object = describe(&object_refs[index]);
+        let fields = status::fields(diff).join(", ");
+        info!(desired_state = %name, %namespace, %object, %fields, "drift detected");
+        debug!(desired_state = %name, %object, unified = %diff.unified, "drift");
         context.metrics.drift_detections.inc();
         if let Some(since) = triggered_at {
             context.metrics.drift_detection_latency.observe(since.elapsed().as_secs_f64());
@@ -333,15 +416,302 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         publish(&context, &state, EventType::Warning, "DriftDetected", format!("{object} differs from Git: {fields}"))
             .await;
     }
+    for drifted in &status.drifted_objects {
+        let was = old.drifted_objects.iter().find(|d| d.object == drifted.object);
+        let newly = |action| drifted.action == Some(action) && was.is_none_or(|w| w.action != Some(action));
+        let object = describe(&drifted.object);
+        let request = drifted.access_request.clone().unwrap_or_default();
+        if newly(DriftAction::Hold) {
+            let until = drifted.revert_at.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+            let how = if drifted.class == DriftClass::AuthorizedByScope { " (by scope: no audit record)" } else { "" };
+            info!(desired_state = %name, %object, access_request = %request, %until, "drift held for an access session");
+            let note = format!("{object} changed within AccessRequest {request}{how}; held until {until}");
+            publish(&context, &state, EventType::Normal, "DriftHeld", note).await;
+        } else if newly(DriftAction::WouldRevert) {
+            let note = format!("dry run: {object} would be reverted ({:?})", drifted.class);
+            publish(&context, &state, EventType::Warning, "WouldRevert", note).await;
+        }
+    }
+    let (_, stopped) = status::transitions(&old, &status);
     for object in &stopped {
+        let index = object_refs.iter().position(|o| o == object);
+        if index.is_some_and(|i| outcome.reverted.contains(&i)) {
+            continue;
+        }
         let object = describe(object);
         info!(desired_state = %name, %namespace, %object, "drift resolved");
         publish(&context, &state, EventType::Normal, "DriftResolved", format!("{object} matches Git again")).await;
     }
-    record_drifted(&context, &me, status.drifted.unwrap_or(0));
+    record_drifted(&context, &me, &status);
+    show_pending_drift(&context, &state, &status).await;
     let remembered = LastDiffs { sources: parsed.clone(), versions, diffs };
     context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).insert(me, remembered);
-    Ok(Action::await_change())
+
+    // Come back when a held change's window ends, or a deferred revert is due.
+    let wake = gated.iter().flatten().filter(|j| j.action == DriftAction::Hold).filter_map(|j| j.revert_at).min();
+    let mut after = wake.map(|at| Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default());
+    if let Some(retry) = outcome.retry_after {
+        after = Some(after.map_or(retry, |a| a.min(retry)));
+    }
+    Ok(after.map_or_else(Action::await_change, |a| Action::requeue(a.max(Duration::from_millis(10)))))
+}
+
+/// The gate's verdict on every drifted object (None for objects in sync).
+fn judge(
+    context: &Context,
+    state: &DesiredState,
+    parsed: &drift::ParsedSources,
+    resources: &[Option<WatchKey>],
+    diffs: &[drift::ObjectDiff],
+    old: &DesiredStateStatus,
+    now: Timestamp,
+) -> Vec<Option<status::Judgement>> {
+    let remediation = crate::gate::Remediation {
+        unauthorized: state.spec.remediation.unauthorized,
+        window_end: state.spec.remediation.window_end,
+    };
+    parsed
+        .objects
+        .iter()
+        .zip(resources)
+        .zip(diffs)
+        .map(|((declared, key), diff)| {
+            if diff.in_sync() {
+                return None;
+            }
+            let key = key.as_ref()?;
+            let object = declared.key.object_ref();
+            let since = old.drifted_objects.iter().find(|d| d.object == object).map_or(now, |d| d.since.0);
+            let subject = Subject {
+                namespace: declared.key.namespace.as_deref(),
+                group: &key.group,
+                plural: &key.plural,
+                name: &declared.key.name,
+                since,
+            };
+            let verdict = context.gate.verdict(&subject, remediation, now);
+            let attribution = |class: DriftClass| match class {
+                DriftClass::AuthorizedByScope => Some(Attribution::Scope),
+                _ if verdict.from_audit => Some(Attribution::AuditLog),
+                _ => None,
+            };
+            let revert = if state.spec.dry_run { DriftAction::WouldRevert } else { DriftAction::Revert };
+            Some(match verdict.decision {
+                Decision::Hold { request, class, until } => status::Judgement {
+                    class,
+                    request: Some(request),
+                    attribution: attribution(class),
+                    action: DriftAction::Hold,
+                    revert_at: Some(until),
+                },
+                Decision::Revert { class, request } => status::Judgement {
+                    class,
+                    request,
+                    attribution: attribution(class),
+                    action: revert,
+                    revert_at: Some(now),
+                },
+                Decision::Report { class, request } => status::Judgement {
+                    class,
+                    request,
+                    attribution: attribution(class),
+                    action: DriftAction::Report,
+                    revert_at: None,
+                },
+                Decision::Nothing => return None,
+            })
+        })
+        .collect()
+}
+
+/// What the reverts of one reconcile did.
+#[derive(Default)]
+struct Outcome {
+    /// Indices of the objects put back.
+    reverted: Vec<usize>,
+    last: Option<RevertRecord>,
+    /// Reverts deferred by the rate limit or failed: when to try again.
+    retry_after: Option<Duration>,
+}
+
+/// Carries out the gate's verdicts: codifies session changes whose window
+/// ended, then reverts what must be reverted (several at once, rate-limited
+/// per DesiredState).
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    context: &Context,
+    state: &DesiredState,
+    me: &ObjectRef<DesiredState>,
+    parsed: &drift::ParsedSources,
+    resources: &[Option<WatchKey>],
+    kinds: &HashMap<&WatchKey, ApiResource>,
+    diffs: &[drift::ObjectDiff],
+    lives: &[Option<Arc<kube::api::DynamicObject>>],
+    gated: &[Option<status::Judgement>],
+    options: &DiffOptions,
+) -> Outcome {
+    let namespace = state.namespace().unwrap_or_default();
+    let name = state.name_any();
+    let now = Timestamp::now();
+    let mut outcome = Outcome::default();
+    let live_value = |index: usize| lives[index].as_ref().and_then(|l| serde_json::to_value(&**l).ok());
+
+    // Codify: a window that ended with its changes still live.
+    for (index, judgement) in gated.iter().enumerate() {
+        let Some(judgement) = judgement else { continue };
+        let (DriftClass::WindowEnded, Some(request)) = (judgement.class, &judgement.request) else { continue };
+        let declared = &parsed.objects[index];
+        // Already codified (a change that is kept and reported): nothing new.
+        let cached = context.gate.requests.get(&ObjectRef::new(request).within(&namespace));
+        let object = declared.key.object_ref();
+        let seen = cached.and_then(|r| r.status.as_ref().map(|s| s.session_changes.iter().any(|c| c.object == object)));
+        if seen == Some(true) && judgement.action != DriftAction::Revert {
+            continue;
+        }
+        let change = gate::session_change(
+            declared.key.object_ref(),
+            &name,
+            &declared.origin,
+            &declared.object,
+            live_value(index).as_ref(),
+            &diffs[index],
+            now,
+        );
+        match gate::record_session_change(&context.client, &namespace, request, &change).await {
+            Ok(true) => {
+                let object = describe(&change.object);
+                info!(access_request = %request, %object, source = %change.source, "session change codified");
+                let note = format!(
+                    "The window ended with {object} still changed. To keep the change, commit this to {}:\n{}",
+                    change.source, change.patch
+                );
+                publish_on_request(context, &namespace, request, "SessionChangesCodified", note).await;
+            }
+            Ok(false) => {}
+            Err(error) => warn!(%error, access_request = %request, "recording the session's changes failed"),
+        }
+    }
+
+    // Revert.
+    let mut work = Vec::new();
+    for (index, judgement) in gated.iter().enumerate() {
+        let Some(judgement) = judgement.as_ref().filter(|j| j.action == DriftAction::Revert) else { continue };
+        if resources[index].is_none() {
+            continue;
+        }
+        // Our own last revert left the object at this version: reverting
+        // again would change nothing, so it stays reported instead of looping.
+        if let Some(version) = lives[index].as_ref().and_then(|l| l.resource_version()) {
+            let key = (me.clone(), parsed.objects[index].key.object_ref());
+            if context.reverted.lock().unwrap_or_else(|p| p.into_inner()).get(&key) == Some(&version) {
+                continue;
+            }
+        }
+        work.push((index, judgement.clone()));
+    }
+    let mut admitted = Vec::new();
+    for (index, judgement) in work {
+        match context.limiter.take(me) {
+            Ok(()) => admitted.push((index, judgement)),
+            Err(wait) => {
+                outcome.retry_after = Some(outcome.retry_after.map_or(wait, |w| w.min(wait)));
+                break;
+            }
+        }
+    }
+    let reverts = admitted.into_iter().map(|(index, judgement)| {
+        let declared = &parsed.objects[index];
+        let resource = resources[index].as_ref().and_then(|key| kinds.get(key)).cloned();
+        let live = live_value(index);
+        async move {
+            let started = Instant::now();
+            let result = match resource {
+                Some(resource) => gate::revert(&context.client, &resource, &declared.object, live, options).await,
+                None => return (index, judgement, Err("unknown kind".to_owned()), started),
+            };
+            (index, judgement, result.map_err(|e| e.to_string()), started)
+        }
+    });
+    let results: Vec<_> = futures::stream::iter(reverts).buffer_unordered(REVERT_CONCURRENCY).collect().await;
+    for (index, judgement, result, started) in results {
+        let declared = &parsed.objects[index];
+        let object_ref = declared.key.object_ref();
+        let object = describe(&object_ref);
+        let reason = match judgement.class {
+            DriftClass::WindowEnded => RevertReason::window_ended,
+            _ => RevertReason::unauthorized,
+        };
+        let request = judgement.request.clone().unwrap_or_default();
+        let requester = context.gate.requester(&namespace, &request).unwrap_or_default();
+        let approvers = context.gate.approvers(&namespace, &request).join(",");
+        match result {
+            Ok(version) => {
+                context.reverted.lock().unwrap_or_else(|p| p.into_inner()).insert((me.clone(), object_ref.clone()), version);
+                context.metrics.reverts.get_or_create(&RevertLabels { reason: reason.clone() }).inc();
+                if let (RevertReason::window_ended, Some(end)) =
+                    (&reason, context.gate.window_end(&namespace, &request))
+                {
+                    let lag = Timestamp::now().duration_since(end).as_secs_f64().max(0.0);
+                    context.metrics.revert_latency_after_window_end.observe(lag);
+                }
+                let why = match reason {
+                    RevertReason::window_ended => format!("the window of AccessRequest {request} ({requester}) ended"),
+                    RevertReason::unauthorized => "no approved access window covers the change".to_owned(),
+                };
+                info!(desired_state = %name, %namespace, %object, access_request = %request, %requester, %approvers,
+                      class = ?judgement.class, took_ms = started.elapsed().as_millis() as u64, "drift reverted to Git");
+                let note = format!("{object} reverted to Git: {why}");
+                publish(context, state, EventType::Normal, "Reverted", note).await;
+                outcome.reverted.push(index);
+                outcome.last = Some(RevertRecord {
+                    object: object_ref,
+                    at: Time(Timestamp::now()),
+                    class: judgement.class,
+                    access_request: judgement.request.clone(),
+                });
+            }
+            Err(error) => {
+                context.metrics.revert_failures.get_or_create(&RevertLabels { reason }).inc();
+                warn!(desired_state = %name, %namespace, %object, %error, "revert failed; will retry");
+                let note = format!("reverting {object} failed: {error}");
+                publish(context, state, EventType::Warning, "RevertFailed", note).await;
+                let retry = Duration::from_secs(2);
+                outcome.retry_after = Some(outcome.retry_after.map_or(retry, |w| w.min(retry)));
+            }
+        }
+    }
+    outcome.reverted.sort_unstable();
+    outcome
+}
+
+/// Pending requests in this namespace show the drift they would approve into.
+async fn show_pending_drift(context: &Context, state: &DesiredState, fresh: &DesiredStateStatus) {
+    let namespace = state.namespace().unwrap_or_default();
+    let pending = context.gate.pending(&namespace);
+    if pending.is_empty() {
+        return;
+    }
+    let me = state.name_any();
+    let mut drift = crate::api::PendingDrift::default();
+    let states = context.desired_states.state();
+    let statuses = states
+        .iter()
+        .filter(|ds| ds.namespace().as_deref() == Some(namespace.as_str()) && ds.name_any() != me)
+        .filter_map(|ds| ds.status.as_ref())
+        .chain(std::iter::once(fresh));
+    for status in statuses {
+        drift.drifted += status.drifted.unwrap_or(0);
+        for object in &status.drifted_objects {
+            if drift.objects.len() < PENDING_LISTED {
+                drift.objects.push(describe(&object.object));
+            }
+        }
+    }
+    for request in pending {
+        if let Err(error) = gate::show_pending_drift(&context.client, &request, &drift).await {
+            warn!(%error, access_request = %request.name_any(), "showing drift on a pending request failed");
+        }
+    }
 }
 
 fn key_resource(key: &WatchKey) -> ApiResource {
@@ -374,18 +744,39 @@ fn forget_deleted(context: &Context) {
         if context.desired_states.get(&user).is_none() {
             context.watches.release(&user);
             context.drifted.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+            context.limiter.forget(&user);
             context.parsed.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
             context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
         }
     }
 }
 
-fn record_drifted(context: &Context, me: &ObjectRef<DesiredState>, drifted: i64) {
+/// Sets the cluster-wide gauges: drifted objects by class, and the oldest
+/// unauthorized drift (its age is computed when metrics are scraped).
+fn record_drifted(context: &Context, me: &ObjectRef<DesiredState>, status: &DesiredStateStatus) {
+    let oldest = status
+        .drifted_objects
+        .iter()
+        .filter(|d| d.class == DriftClass::Unauthorized)
+        .map(|d| d.since.0)
+        .min();
     let mut all = context.drifted.lock().unwrap_or_else(|p| p.into_inner());
-    all.insert(me.clone(), drifted);
-    let total: i64 = all.values().sum();
-    let labels = super::metrics::ClassLabels { class: super::metrics::Class::Unauthorized };
-    context.metrics.drifted_objects.get_or_create(&labels).set(total);
+    all.insert(me.clone(), (status.drift_counts.clone().unwrap_or_default(), oldest));
+    publish_drift_gauges(&context.metrics, &all);
+}
+
+fn publish_drift_gauges(metrics: &Metrics, all: &DriftTally) {
+    use super::metrics::{Class, ClassLabels};
+    let sum = |f: fn(&DriftCounts) -> i64| all.values().map(|(c, _)| f(c)).sum::<i64>();
+    for (class, total) in [
+        (Class::Unauthorized, sum(|c| c.unauthorized)),
+        (Class::Authorized, sum(|c| c.authorized)),
+        (Class::AuthorizedByScope, sum(|c| c.authorized_by_scope)),
+        (Class::WindowEnded, sum(|c| c.window_ended)),
+    ] {
+        metrics.drifted_objects.get_or_create(&ClassLabels { class }).set(total);
+    }
+    metrics.set_oldest_unauthorized_drift(all.values().filter_map(|(_, oldest)| *oldest).min());
 }
 
 /// What the sources are, as far as the metadata cache knows: the name and
@@ -510,6 +901,16 @@ async fn write_status(
         desired_state: format!("{}/{}", state.namespace().unwrap_or_default(), state.name_any()),
         source,
     })
+}
+
+/// An Event on an AccessRequest (the requester and approvers watch it).
+async fn publish_on_request(context: &Context, namespace: &str, request: &str, reason: &str, note: String) {
+    let Some(request) = context.gate.requests.get(&ObjectRef::new(request).within(namespace)) else { return };
+    let event =
+        Event { type_: EventType::Normal, reason: reason.into(), note: Some(super::event_note(note)), action: "Codify".into(), secondary: None };
+    if let Err(error) = context.recorder.publish(&event, &request.object_ref(&())).await {
+        warn!(%error, reason, "publishing an event failed");
+    }
 }
 
 async fn publish(context: &Context, state: &DesiredState, type_: EventType, reason: &str, note: String) {

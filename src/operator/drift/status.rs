@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::super::conditions::condition;
-use crate::api::{DesiredStateStatus, DriftClass, DriftCounts, DriftedObject, ObjectRef};
+use crate::api::{Attribution, DesiredStateStatus, DriftAction, DriftClass, DriftCounts, DriftedObject, ObjectRef};
 use crate::drift::{ChangeKind, ObjectDiff, SourceErrors};
 
 /// At most this many drifted objects are listed; `drifted` counts them all.
@@ -19,6 +19,19 @@ const MAX_ERRORS: usize = 10;
 pub struct Observed<'a> {
     pub object: ObjectRef,
     pub diff: &'a ObjectDiff,
+    /// The gate's verdict on a drifted object (None: not judged, which
+    /// reads as unauthorized and reported).
+    pub judgement: Option<&'a Judgement>,
+}
+
+/// What the gate decided about one drifted object, as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    pub class: DriftClass,
+    pub request: Option<String>,
+    pub attribution: Option<Attribution>,
+    pub action: DriftAction,
+    pub revert_at: Option<Timestamp>,
 }
 
 fn describe(kind: ChangeKind) -> &'static str {
@@ -62,18 +75,29 @@ pub fn observed(
             // Drift keeps the time it was first seen for as long as it lasts.
             let since =
                 old.drifted_objects.iter().find(|d| d.object == o.object).map(|d| d.since.clone()).unwrap_or(Time(now));
+            let judgement = o.judgement;
             DriftedObject {
                 object: o.object.clone(),
                 since,
-                // Attribution to access sessions (the gate) decides the class;
-                // until it has, drift has no approved session behind it.
-                class: DriftClass::Unauthorized,
+                class: judgement.map_or(DriftClass::Unauthorized, |j| j.class),
                 fields: fields(o.diff),
-                access_request: None,
+                access_request: judgement.and_then(|j| j.request.clone()),
+                attribution: judgement.and_then(|j| j.attribution),
+                action: judgement.map(|j| j.action),
+                revert_at: judgement.and_then(|j| j.revert_at).map(Time),
             }
         })
         .collect();
     let total = i64::try_from(drifted.len()).unwrap_or(i64::MAX);
+    let mut counts = DriftCounts::default();
+    for object in &drifted {
+        match object.class {
+            DriftClass::Unauthorized => counts.unauthorized += 1,
+            DriftClass::Authorized => counts.authorized += 1,
+            DriftClass::AuthorizedByScope => counts.authorized_by_scope += 1,
+            DriftClass::WindowEnded => counts.window_ended += 1,
+        }
+    }
     drifted.sort_by(|a, b| (a.since.0, &a.object).cmp(&(b.since.0, &b.object)));
     drifted.truncate(MAX_LISTED);
     let managed = i64::try_from(observed.len()).unwrap_or(i64::MAX);
@@ -109,8 +133,9 @@ pub fn observed(
         managed: Some(managed),
         in_sync: Some(managed - total),
         drifted: Some(total),
-        drift_counts: Some(DriftCounts { unauthorized: total, ..Default::default() }),
+        drift_counts: Some(counts),
         drifted_objects: drifted,
+        reverts: old.reverts,
         last_revert: old.last_revert.clone(),
         conditions,
     }
@@ -199,9 +224,9 @@ mod tests {
         let t1 = Timestamp::from_second(1_000).unwrap();
         let t2 = Timestamp::from_second(2_000).unwrap();
         let seen = [
-            Observed { object: object("a"), diff: &in_sync },
-            Observed { object: object("b"), diff: &scaled },
-            Observed { object: object("c"), diff: &gone },
+            Observed { object: object("a"), diff: &in_sync, judgement: None },
+            Observed { object: object("b"), diff: &scaled, judgement: None },
+            Observed { object: object("c"), diff: &gone, judgement: None },
         ];
         let first = observed(&DesiredStateStatus::default(), Some(1), Some("abc".into()), &seen, t1);
         assert_eq!((first.managed, first.in_sync, first.drifted), (Some(3), Some(1), Some(2)));
@@ -221,7 +246,7 @@ mod tests {
     fn the_list_is_bounded_but_the_count_is_not() {
         let scaled = drift("/spec/replicas", ChangeKind::Changed);
         let names: Vec<String> = (0..120).map(|i| format!("d{i:03}")).collect();
-        let seen: Vec<Observed<'_>> = names.iter().map(|n| Observed { object: object(n), diff: &scaled }).collect();
+        let seen: Vec<Observed<'_>> = names.iter().map(|n| Observed { object: object(n), diff: &scaled, judgement: None }).collect();
         let status = observed(&DesiredStateStatus::default(), None, None, &seen, Timestamp::from_second(1).unwrap());
         assert_eq!(status.drifted, Some(120));
         assert_eq!(status.drifted_objects.len(), MAX_LISTED);

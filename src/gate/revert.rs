@@ -1,0 +1,260 @@
+//! How to put a drifted object back, the pure part.
+//!
+//! A revert is two writes at most:
+//! 1. server-side apply of the declared object under the operator's field
+//!    manager, with force: it sets every declared field (and re-creates a
+//!    deleted object). Fields an ignore rule covers are left out of it, so
+//!    an HPA keeps `spec.replicas`;
+//! 2. if the applied object still holds fields a foreign manager added (a
+//!    sidecar, `privileged: true`, a label), a JSON patch that removes them,
+//!    guarded by the resourceVersion the apply returned.
+
+use serde_json::{Map, Value, json};
+
+use crate::api::IgnoreRule;
+use crate::drift::{ChangeKind, ObjectDiff};
+
+/// Metadata the API server owns; never sent in an apply.
+const SERVER_METADATA: &[&str] =
+    &["uid", "resourceVersion", "generation", "managedFields", "creationTimestamp", "deletionTimestamp", "selfLink"];
+
+/// The object to apply: what is declared, minus what ignore rules keep out
+/// of the comparison (a pointer rule always; a field-manager rule where one
+/// of its managers owns the field in `live`).
+pub fn applied_object(declared: &Value, live: Option<&Value>, ignore: &[IgnoreRule]) -> Value {
+    let mut object = declared.clone();
+    if let Some(Value::Object(metadata)) = object.get_mut("metadata") {
+        metadata.retain(|key, _| !SERVER_METADATA.contains(&key.as_str()));
+    }
+    object.as_object_mut().map(|o| o.remove("status"));
+    let kind = declared.get("kind").and_then(Value::as_str);
+    let name = declared.pointer("/metadata/name").and_then(Value::as_str);
+    let owned_by = |managers: &[String]| -> Vec<Vec<String>> {
+        live.map(|live| owned_paths(live, managers)).unwrap_or_default()
+    };
+    for rule in ignore {
+        if rule.kind.as_deref().is_some_and(|k| Some(k) != kind) || rule.name.as_deref().is_some_and(|n| Some(n) != name)
+        {
+            continue;
+        }
+        let pointers: Vec<Vec<String>> = rule.json_pointers.iter().map(|p| split(p)).collect();
+        let targets = if rule.field_managers.is_empty() {
+            pointers
+        } else {
+            // Only where one of the rule's managers owns the field (and, with
+            // pointers, within them).
+            owned_by(&rule.field_managers)
+                .into_iter()
+                .filter(|owned| pointers.is_empty() || pointers.iter().any(|p| covers(p, owned)))
+                .collect()
+        };
+        for target in targets {
+            remove_matching(&mut object, &target);
+        }
+    }
+    object
+}
+
+fn split(pointer: &str) -> Vec<String> {
+    pointer
+        .strip_prefix('/')
+        .map(|rest| rest.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect())
+        .unwrap_or_default()
+}
+
+fn covers(rule: &[String], path: &[String]) -> bool {
+    rule.len() <= path.len() && rule.iter().zip(path).all(|(r, p)| r == "*" || r == p)
+}
+
+/// Removes what `path` names (`*` matches any key or index).
+fn remove_matching(value: &mut Value, path: &[String]) {
+    let Some((first, rest)) = path.split_first() else { return };
+    match value {
+        Value::Object(map) if rest.is_empty() => {
+            if first == "*" {
+                map.clear();
+            } else {
+                map.remove(first);
+            }
+        }
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                if first == "*" || key == first {
+                    remove_matching(child, rest);
+                }
+            }
+        }
+        Value::Array(items) if rest.is_empty() => {
+            if first == "*" {
+                items.clear();
+            } else if let Ok(index) = first.parse::<usize>()
+                && index < items.len()
+            {
+                items.remove(index);
+            }
+        }
+        Value::Array(items) => {
+            for (index, child) in items.iter_mut().enumerate() {
+                if first == "*" || first.parse::<usize>().ok() == Some(index) {
+                    remove_matching(child, rest);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The map fields (`f:` keys of `metadata.managedFields`) that `managers`
+/// own in `live`, as paths. List items (`k:`/`v:` keys) are not followed.
+fn owned_paths(live: &Value, managers: &[String]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let Some(Value::Array(entries)) = live.pointer("/metadata/managedFields") else { return out };
+    for entry in entries {
+        let manager = entry.get("manager").and_then(Value::as_str).unwrap_or_default();
+        if !managers.iter().any(|m| m == manager) {
+            continue;
+        }
+        if let Some(Value::Object(fields)) = entry.get("fieldsV1") {
+            walk_owned(fields, &mut Vec::new(), &mut out);
+        }
+    }
+    out
+}
+
+fn walk_owned(fields: &Map<String, Value>, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    for (key, child) in fields {
+        let Some(name) = key.strip_prefix("f:") else { continue };
+        path.push(name.to_owned());
+        match child {
+            Value::Object(inner) if inner.keys().any(|k| k.starts_with("f:")) => walk_owned(inner, path, out),
+            _ => out.push(path.clone()),
+        }
+        path.pop();
+    }
+}
+
+/// A JSON patch that removes the fields `diff` reports as added by a foreign
+/// manager, or None when there are none. Paths index into the object the
+/// diff was taken against, so the patch is guarded by its resourceVersion:
+/// if anyone wrote in between, the API server refuses it and the revert is
+/// retried against the new object.
+pub fn removal_patch(diff: &ObjectDiff, resource_version: &str) -> Option<Value> {
+    let mut paths: Vec<Vec<String>> = diff
+        .changes
+        .iter()
+        .filter(|change| change.kind == ChangeKind::Added)
+        .map(|change| split(&change.path))
+        .filter(|path| !path.is_empty())
+        .collect();
+    if paths.is_empty() {
+        return None;
+    }
+    // Deepest and highest index first, so earlier removals never shift
+    // the index of a later one; nothing inside something already removed.
+    paths.sort_by(|a, b| compare_paths(b, a));
+    paths.dedup();
+    let all = paths.clone();
+    paths.retain(|path| !all.iter().any(|other| other.len() < path.len() && path.starts_with(other)));
+    let mut ops = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})];
+    ops.extend(paths.iter().map(|path| json!({"op": "remove", "path": pointer(path)})));
+    Some(Value::Array(ops))
+}
+
+fn compare_paths(a: &[String], b: &[String]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let order = match (x.parse::<usize>(), y.parse::<usize>()) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => x.cmp(y),
+        };
+        if order.is_ne() {
+            return order;
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+fn pointer(path: &[String]) -> String {
+    path.iter().map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1"))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::FieldChange;
+
+    fn deployment() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "9", "uid": "u"},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}},
+            "status": {"replicas": 3},
+        })
+    }
+
+    fn rule(pointers: &[&str], managers: &[&str]) -> IgnoreRule {
+        IgnoreRule {
+            json_pointers: pointers.iter().map(|p| (*p).to_owned()).collect(),
+            field_managers: managers.iter().map(|m| (*m).to_owned()).collect(),
+            kind: None,
+            name: None,
+        }
+    }
+
+    #[test]
+    fn the_applied_object_leaves_out_server_fields_and_ignored_ones() {
+        let live = json!({"metadata": {"managedFields": [
+            {"manager": "horizontal-pod-autoscaler", "operation": "Update", "subresource": "scale",
+             "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+            {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:metadata": {"f:labels": {"f:x": {}}}}},
+        ]}});
+        let cases: Vec<(&str, Vec<IgnoreRule>, Value)> = vec![
+            ("no rules", vec![], json!(3)),
+            ("a pointer", vec![rule(&["/spec/replicas"], &[])], Value::Null),
+            ("the manager that owns it", vec![rule(&[], &["horizontal-pod-autoscaler"])], Value::Null),
+            ("pointer and owning manager", vec![rule(&["/spec/replicas"], &["horizontal-pod-autoscaler"])], Value::Null),
+            ("a manager that does not own it", vec![rule(&["/spec/replicas"], &["kubectl-edit"])], json!(3)),
+            ("another kind", vec![IgnoreRule { kind: Some("Service".into()), ..rule(&["/spec/replicas"], &[]) }], json!(3)),
+        ];
+        for (case, rules, replicas) in cases {
+            let applied = applied_object(&deployment(), Some(&live), &rules);
+            assert_eq!(applied.pointer("/spec/replicas").cloned().unwrap_or(Value::Null), replicas, "{case}");
+            assert!(applied.get("status").is_none() && applied.pointer("/metadata/resourceVersion").is_none(), "{case}");
+            assert_eq!(applied.pointer("/metadata/name"), Some(&json!("web")), "{case}");
+        }
+        let wildcard = rule(&["/spec/template/spec/containers/*/image"], &[]);
+        let applied = applied_object(&deployment(), None, &[wildcard]);
+        assert_eq!(applied.pointer("/spec/template/spec/containers/0"), Some(&json!({"name": "web"})));
+    }
+
+    #[test]
+    fn removals_run_back_to_front_and_are_guarded() {
+        let added = |path: &str| FieldChange { path: path.into(), kind: ChangeKind::Added };
+        let diff = ObjectDiff {
+            changes: vec![
+                added("/spec/template/spec/containers/0/securityContext/privileged"),
+                added("/spec/template/spec/containers/1"),
+                added("/spec/template/spec/containers/1/image"),
+                added("/metadata/labels/team~1x"),
+                added("/spec/template/spec/containers/10"),
+                FieldChange { path: "/spec/replicas".into(), kind: ChangeKind::Changed },
+            ],
+            unified: String::new(),
+        };
+        let patch = removal_patch(&diff, "42").unwrap();
+        let paths: Vec<&str> = patch.as_array().unwrap().iter().map(|op| op["path"].as_str().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/metadata/resourceVersion",
+                "/spec/template/spec/containers/10",
+                "/spec/template/spec/containers/1",
+                "/spec/template/spec/containers/0/securityContext/privileged",
+                "/metadata/labels/team~1x",
+            ]
+        );
+        assert_eq!(patch[0]["op"], "test");
+        assert_eq!(patch[0]["value"], "42");
+        let changed_only = ObjectDiff { changes: vec![diff.changes[5].clone()], unified: String::new() };
+        assert_eq!(removal_patch(&changed_only, "42"), None);
+    }
+}

@@ -1,0 +1,432 @@
+//! The gate's I/O shell: gathers what [`crate::gate::decide`] needs from the
+//! caches (grants, their roles' rules, the writes the audit receiver logged
+//! on AccessRequests), and carries out reverts and codify patches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+use tracing::info;
+
+use crate::api::{AccessPhase, AccessRequest, AccessRequestStatus, DesiredState, RoleKind, SessionChange};
+use crate::drift::{self, DiffOptions, OPERATOR_MANAGER};
+use crate::gate::{self, Decision, Drifted, Grant, Remediation, Rule, Write, audit, codify, revert};
+
+/// Writes logged up to this long before drift was first seen still count
+/// toward it (audit batches and watch events race; clocks differ a little).
+const WRITE_SLACK: SignedDuration = SignedDuration::from_secs(5);
+/// Field manager of the audit receiver's and the gate's AccessRequest status fields.
+pub const STATUS_MANAGER: &str = "driftwarden-gate";
+/// Attempts of a revert that meets a concurrent write.
+const REVERT_ATTEMPTS: u32 = 3;
+/// At most this many codified objects per request.
+const MAX_SESSION_CHANGES: usize = 20;
+
+/// A grant, owned, with its role's rules.
+struct OwnedGrant {
+    request: String,
+    namespace: String,
+    requester: String,
+    phase: AccessPhase,
+    starts_at: Timestamp,
+    expires_at: Timestamp,
+    ended_at: Option<Timestamp>,
+    rules: Vec<Rule>,
+}
+
+/// A write to one object, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedWrite {
+    pub user: String,
+    pub verb: String,
+    pub resource: String,
+    pub at: Timestamp,
+}
+
+/// A drifted object as the gate sees it.
+pub struct Subject<'a> {
+    pub namespace: Option<&'a str>,
+    pub group: &'a str,
+    pub plural: &'a str,
+    pub name: &'a str,
+    /// When the drift was first seen.
+    pub since: Timestamp,
+}
+
+/// The gate's verdict and what it was based on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    /// Whether audit data decided it (else the scope, or nothing).
+    pub from_audit: bool,
+    /// Who wrote it, where the audit log says.
+    pub writers: Vec<String>,
+}
+
+/// Caches the gate reads (kept by reflectors the drift controller runs).
+#[derive(Clone)]
+pub struct Caches {
+    pub requests: Store<AccessRequest>,
+    pub cluster_roles: Store<ClusterRole>,
+    pub roles: Store<Role>,
+}
+
+fn to_rules(rules: Option<&Vec<PolicyRule>>) -> Vec<Rule> {
+    rules
+        .into_iter()
+        .flatten()
+        .filter(|rule| rule.resource_names.as_ref().is_none_or(Vec::is_empty))
+        .map(|rule| Rule {
+            api_groups: rule.api_groups.clone().unwrap_or_default(),
+            resources: rule.resources.clone().unwrap_or_default(),
+            verbs: rule.verbs.clone(),
+        })
+        .collect()
+}
+
+/// When a revoked request's window closed: when its `Granted` condition turned false.
+fn revoked_at(status: &AccessRequestStatus) -> Option<Timestamp> {
+    status.conditions.iter().find(|c| c.type_ == "Granted" && c.status == "False").map(|c| c.last_transition_time.0)
+}
+
+impl Caches {
+    fn grants(&self, namespace: &str) -> Vec<OwnedGrant> {
+        self.requests
+            .state()
+            .iter()
+            .filter(|request| request.namespace().as_deref() == Some(namespace))
+            .filter_map(|request| {
+                let status = request.status.as_ref()?;
+                let rules = match request.spec.role.kind {
+                    RoleKind::ClusterRole => {
+                        let role = self.cluster_roles.get(&ObjectRef::new(&request.spec.role.name));
+                        to_rules(role.as_ref().and_then(|r| r.rules.as_ref()))
+                    }
+                    RoleKind::Role => {
+                        let role = self.roles.get(&ObjectRef::new(&request.spec.role.name).within(namespace));
+                        to_rules(role.as_ref().and_then(|r| r.rules.as_ref()))
+                    }
+                };
+                let phase = status.phase?;
+                Some(OwnedGrant {
+                    request: request.name_any(),
+                    namespace: namespace.to_owned(),
+                    requester: request.spec.requester.clone()?,
+                    phase,
+                    starts_at: status.granted_at.as_ref()?.0,
+                    expires_at: status.expires_at.as_ref()?.0,
+                    ended_at: (phase == AccessPhase::Revoked).then(|| revoked_at(status)).flatten(),
+                    rules,
+                })
+            })
+            .collect()
+    }
+
+    /// The writes to `subject` that the audit receiver logged on any
+    /// request of its namespace, from a little before the drift was seen.
+    fn writes(&self, subject: &Subject<'_>) -> Vec<LoggedWrite> {
+        let Some(namespace) = subject.namespace else { return Vec::new() };
+        let base =
+            if subject.group.is_empty() { subject.plural.to_owned() } else { format!("{}.{}", subject.plural, subject.group) };
+        let from = subject.since - WRITE_SLACK;
+        let mut writes: Vec<LoggedWrite> = Vec::new();
+        for request in self.requests.state().iter().filter(|r| r.namespace().as_deref() == Some(namespace)) {
+            let Some(status) = &request.status else { continue };
+            for entry in status.activity.iter().chain(&status.scope_writes) {
+                let sub = match entry.resource.strip_prefix(&base) {
+                    Some("") => None,
+                    Some(rest) => match rest.strip_prefix('/') {
+                        Some(sub) => Some(sub),
+                        None => continue,
+                    },
+                    None => continue,
+                };
+                if entry.name.as_deref() != Some(subject.name) || entry.time.0 < from {
+                    continue;
+                }
+                let write = LoggedWrite {
+                    user: entry.user.clone(),
+                    verb: entry.verb.clone(),
+                    resource: sub.map_or_else(|| subject.plural.to_owned(), |sub| format!("{}/{sub}", subject.plural)),
+                    at: entry.time.0,
+                };
+                if !writes.contains(&write) {
+                    writes.push(write);
+                }
+            }
+        }
+        writes
+    }
+
+    /// Decides for one drifted object (see [`gate::decide`]).
+    pub fn verdict(&self, subject: &Subject<'_>, remediation: Remediation, now: Timestamp) -> Verdict {
+        let grants = subject.namespace.map(|ns| self.grants(ns)).unwrap_or_default();
+        let grants: Vec<Grant<'_>> = grants
+            .iter()
+            .map(|g| Grant {
+                request: &g.request,
+                namespace: &g.namespace,
+                requester: &g.requester,
+                phase: g.phase,
+                starts_at: g.starts_at,
+                expires_at: g.expires_at,
+                ended_at: g.ended_at,
+                rules: &g.rules,
+            })
+            .collect();
+        let logged = self.writes(subject);
+        let writes: Vec<Write<'_>> =
+            logged.iter().map(|w| Write { user: &w.user, verb: &w.verb, resource: &w.resource, at: w.at }).collect();
+        let drifted = Drifted { namespace: subject.namespace, group: subject.group, resource: subject.plural };
+        let decision = gate::decide(&drifted, &writes, &grants, remediation, true, now);
+        let from_audit = !writes.is_empty();
+        let mut writers: Vec<String> = writes.iter().map(|w| w.user.to_owned()).collect();
+        writers.dedup();
+        Verdict { decision, from_audit, writers }
+    }
+
+    /// The approvers of a request, for log lines.
+    pub fn approvers(&self, namespace: &str, request: &str) -> Vec<String> {
+        self.requests
+            .get(&ObjectRef::new(request).within(namespace))
+            .and_then(|r| r.status.as_ref().map(|s| s.approvals.iter().map(|a| a.reviewer.clone()).collect()))
+            .unwrap_or_default()
+    }
+
+    /// The requester of a request, for log lines.
+    pub fn requester(&self, namespace: &str, request: &str) -> Option<String> {
+        self.requests.get(&ObjectRef::new(request).within(namespace)).and_then(|r| r.spec.requester.clone())
+    }
+
+    /// When a request's window closed (for the revert latency after it).
+    pub fn window_end(&self, namespace: &str, request: &str) -> Option<Timestamp> {
+        let request = self.requests.get(&ObjectRef::new(request).within(namespace))?;
+        let status = request.status.as_ref()?;
+        let expires = status.expires_at.as_ref()?.0;
+        Some(revoked_at(status).map_or(expires, |revoked| revoked.min(expires)))
+    }
+
+    /// Pending requests in `namespace`.
+    pub fn pending(&self, namespace: &str) -> Vec<Arc<AccessRequest>> {
+        self.requests
+            .state()
+            .into_iter()
+            .filter(|r| r.namespace().as_deref() == Some(namespace))
+            .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(AccessPhase::Pending))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------- rate limit
+
+/// A token bucket per DesiredState: bursts of reverts go out at once, a
+/// storm is spread out.
+pub struct RevertLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<ObjectRef<DesiredState>, (f64, Instant)>>,
+}
+
+impl RevertLimiter {
+    pub fn new(rate: f64, burst: u32) -> Self {
+        Self { rate: rate.max(0.01), burst: f64::from(burst.max(1)), buckets: Mutex::default() }
+    }
+
+    /// Takes a token; or says how long until one is free.
+    pub fn take(&self, state: &ObjectRef<DesiredState>) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, last) = buckets.entry(state.clone()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
+        }
+    }
+
+    pub fn forget(&self, state: &ObjectRef<DesiredState>) {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).remove(state);
+    }
+}
+
+// ---------------------------------------------------------------- revert
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevertError {
+    #[error("applying the declared object: {0}")]
+    Apply(#[source] kube::Error),
+    #[error("removing fields another manager added: {0}")]
+    Remove(#[source] kube::Error),
+    #[error("reading the object again: {0}")]
+    Read(#[source] kube::Error),
+    #[error("the object kept changing under the revert ({0} attempts)")]
+    Contended(u32),
+}
+
+fn api_for(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
+    match namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, resource),
+        None => Api::all_with(client.clone(), resource),
+    }
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    // 409: a resourceVersion precondition failed; 422 on a JSON patch: its
+    // `test` of the resourceVersion failed.
+    matches!(error, kube::Error::Api(status) if status.code == 409 || (status.code == 422 && status.message.contains("test")))
+}
+
+/// Puts one object back to its declared state; returns the resourceVersion
+/// it left the object at. `live` is the cached copy the drift was seen on.
+pub async fn revert(
+    client: &Client,
+    resource: &ApiResource,
+    declared: &Value,
+    mut live: Option<Value>,
+    options: &DiffOptions,
+) -> Result<String, RevertError> {
+    let namespace = declared.pointer("/metadata/namespace").and_then(Value::as_str);
+    let name = declared.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let api = api_for(client, resource, namespace);
+    for attempt in 1..=REVERT_ATTEMPTS {
+        let body = revert::applied_object(declared, live.as_ref(), &options.ignore);
+        let params = PatchParams::apply(OPERATOR_MANAGER).force();
+        let applied = api.patch(name, &params, &Patch::Apply(body)).await.map_err(RevertError::Apply)?;
+        let applied = serde_json::to_value(&applied).unwrap_or_default();
+        let left = drift::diff(declared, Some(&applied), options);
+        let version = applied.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+        let Some(removal) = revert::removal_patch(&left, version) else { return Ok(version.to_owned()) };
+        let removal: json_patch::Patch = serde_json::from_value(removal).expect("removal patches are valid JSON patches");
+        let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+        match api.patch(name, &params, &Patch::<()>::Json(removal)).await {
+            Ok(done) => return Ok(done.resource_version().unwrap_or_default()),
+            Err(error) if is_conflict(&error) && attempt < REVERT_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                live = api.get_opt(name).await.map_err(RevertError::Read)?.and_then(|o| serde_json::to_value(o).ok());
+            }
+            Err(error) if is_conflict(&error) => return Err(RevertError::Contended(attempt)),
+            Err(error) => return Err(RevertError::Remove(error)),
+        }
+    }
+    Err(RevertError::Contended(REVERT_ATTEMPTS))
+}
+
+// ---------------------------------------------------------------- AccessRequest status
+
+/// Changes the gate's fields of an AccessRequest's status: reads it, lets
+/// `change` compute a merge patch of `status` (None: nothing to do), and
+/// writes it guarded by the resourceVersion read, so replicas that log
+/// audit events at the same time never drop each other's entries.
+pub async fn update_request_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    change: impl Fn(&AccessRequestStatus) -> Option<Value>,
+) -> Result<bool, kube::Error> {
+    let api: Api<AccessRequest> = Api::namespaced(client.clone(), namespace);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(request) = api.get_opt(name).await? else { return Ok(false) };
+        let Some(status) = change(&request.status.clone().unwrap_or_default()) else { return Ok(false) };
+        let patch = serde_json::json!({"metadata": {"resourceVersion": request.resource_version()}, "status": status});
+        let params = PatchParams { field_manager: Some(STATUS_MANAGER.into()), ..Default::default() };
+        match api.patch_status(name, &params, &Patch::Merge(patch)).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < 8 => {
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Appends audit entries to a request's activity log and scope writes.
+pub async fn log_writes(
+    client: &Client,
+    namespace: &str,
+    request: &str,
+    attributed: &audit::Attributed,
+) -> Result<bool, kube::Error> {
+    update_request_status(client, namespace, request, |status| {
+        let (activity, added) = audit::append(&status.activity, &attributed.activity);
+        let (scope_writes, scope_added) = audit::append(&status.scope_writes, &attributed.scope_writes);
+        if added == 0 && scope_added == 0 {
+            return None;
+        }
+        let count = status.activity_count.unwrap_or(0) + i64::try_from(added).unwrap_or(0);
+        Some(serde_json::json!({"activity": activity, "activityCount": count, "scopeWrites": scope_writes}))
+    })
+    .await
+}
+
+/// Records a session's change to one object as a patch to Git; true when it
+/// was new.
+pub async fn record_session_change(
+    client: &Client,
+    namespace: &str,
+    request: &str,
+    change: &SessionChange,
+) -> Result<bool, kube::Error> {
+    update_request_status(client, namespace, request, |status| {
+        if status.session_changes.iter().any(|c| c.object == change.object && c.patch == change.patch) {
+            return None;
+        }
+        let mut changes: Vec<SessionChange> =
+            status.session_changes.iter().filter(|c| c.object != change.object).cloned().collect();
+        changes.push(change.clone());
+        let excess = changes.len().saturating_sub(MAX_SESSION_CHANGES);
+        changes.drain(..excess);
+        Some(serde_json::json!({"sessionChanges": changes}))
+    })
+    .await
+}
+
+/// Builds the codify record for one object.
+pub fn session_change(
+    object: crate::api::ObjectRef,
+    desired_state: &str,
+    origin: &drift::Origin,
+    declared: &Value,
+    live: Option<&Value>,
+    diff: &drift::ObjectDiff,
+    now: Timestamp,
+) -> SessionChange {
+    let source = format!("{}/{}", origin.config_map, origin.key);
+    SessionChange {
+        object,
+        desired_state: desired_state.to_owned(),
+        patch: codify::session_patch(declared, live, diff, &source),
+        source,
+        at: Time(now),
+    }
+}
+
+/// Sets a pending request's view of the drift in its namespace.
+pub async fn show_pending_drift(
+    client: &Client,
+    request: &AccessRequest,
+    drift: &crate::api::PendingDrift,
+) -> Result<(), kube::Error> {
+    let (namespace, name) = (request.namespace().unwrap_or_default(), request.name_any());
+    let wanted = serde_json::to_value(drift).unwrap_or_default();
+    let written = update_request_status(client, &namespace, &name, |status| {
+        (status.phase == Some(AccessPhase::Pending) && status.pending_drift.as_ref() != Some(drift))
+            .then(|| serde_json::json!({"pendingDrift": wanted}))
+    })
+    .await?;
+    if written {
+        info!(request = %name, %namespace, drifted = drift.drifted, "pending request shows the drift it would approve into");
+    }
+    Ok(())
+}
