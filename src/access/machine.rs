@@ -123,6 +123,11 @@ pub fn evaluate(
 ) -> Decision {
     let mut decision = decide(request, reviews, judge, now);
     decision.policy = judge.ok().map(|j| j.name.clone());
+    // A revoked grant keeps the window it had: the gate needs to know which
+    // changes were made inside it.
+    if decision.phase == AccessPhase::Revoked && decision.window.is_none() {
+        decision.window = request.previous.window;
+    }
     // Final phases are final: a denied request is never approved later, an
     // expired one never reactivated. Only the binding's absence is re-asserted.
     if let Some(previous) = request.previous.phase.filter(|p| is_final(*p)) {

@@ -1,6 +1,6 @@
 //! AccessRequest: "I need this role here for this long".
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -189,8 +189,9 @@ pub struct IgnoredReview {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityEntry {
-    /// When the API server received the write.
-    pub time: Time,
+    /// When the API server received the write (to the microsecond: the gate
+    /// orders writes against what it saw in sync).
+    pub time: MicroTime,
     /// Who wrote (the authenticated user, from the API server).
     #[serde(default)]
     pub user: String,

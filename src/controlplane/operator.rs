@@ -14,12 +14,22 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
 
-use super::{ControlPlane, Options, Supervisor, User};
+use k8s_openapi::api::core::v1::Secret;
+
+use super::{AuditWebhook, ControlPlane, Options, Supervisor, User};
 use crate::api::AccessRequest;
+use crate::pki::CertificateAuthority;
+use crate::webhook::{Endpoint, tls};
 
 /// The operator's namespace in this environment.
 pub const OPERATOR_NAMESPACE: &str = "driftwarden-system";
 const SERVICE_ACCOUNT: &str = "driftwarden";
+/// The Secret that holds the webhook server's certificate.
+const WEBHOOK_SECRET: &str = "driftwarden-webhook-tls";
+/// The Secret whose token the API server's audit webhook presents.
+const AUDIT_SECRET: &str = "driftwarden-audit";
+/// The identity of the first replica in the leader Lease.
+const PRIMARY: &str = "driftwarden-0";
 
 /// The control plane and the operator process that runs against it.
 pub struct OperatorEnv {
@@ -30,6 +40,15 @@ pub struct OperatorEnv {
     binary: PathBuf,
     kubeconfig: PathBuf,
     supervisor: Supervisor,
+    /// Holds the CA file the API server's audit webhook trusts.
+    _files: tempfile::TempDir,
+}
+
+/// A second operator process (a standby replica, for leader election).
+pub struct Replica {
+    pub name: String,
+    pub http_port: u16,
+    pub log: PathBuf,
 }
 
 /// The repository's test fixtures (RBAC for the operator and for users).
@@ -45,22 +64,46 @@ impl OperatorEnv {
     /// Starts a control plane, installs the CRDs and the RBAC fixtures, and
     /// runs `binary` (the `driftwarden` executable) as the operator.
     pub async fn start(binary: PathBuf) -> anyhow::Result<Self> {
-        let options = Options { controller_manager: true, ..Default::default() };
+        // The API server's audit webhook is configured before it starts, so
+        // the webhook certificate (and the CA it trusts) and the audit token
+        // are made first and handed to the operator through its Secrets.
+        let webhook_port = free_port()?;
+        let webhook_url = format!("https://127.0.0.1:{webhook_port}");
+        let ca = CertificateAuthority::generate("driftwarden-webhook-ca")?;
+        let files = tempfile::tempdir()?;
+        let ca_file = files.path().join("webhook-ca.crt");
+        std::fs::write(&ca_file, ca.cert_pem())?;
+        let tls_secret = tls::issue_with_ca(
+            WEBHOOK_SECRET,
+            OPERATOR_NAMESPACE,
+            &Endpoint::Url(webhook_url.clone()).tls_names(),
+            ca,
+        )?;
+        let token = random_token()?;
+        let audit = AuditWebhook { url: format!("{webhook_url}{}", crate::webhook::AUDIT_PATH), ca_file, token };
+        let options = Options { controller_manager: true, audit_webhook: Some(audit.clone()), ..Default::default() };
         let cp = ControlPlane::start(options).await?;
         let admin = cp.client(User::Admin).await?;
         crate::operator::crds::install(&admin, Duration::from_secs(60)).await?;
         for fixture in ["operator-rbac.yaml", "user-roles.yaml"] {
             crate::quickstart::apply_manifests(&admin, &fixtures_dir().join(fixture)).await?;
         }
+        let secrets: Api<Secret> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
+        secrets.create(&PostParams::default(), &tls_secret).await.context("storing the webhook certificate")?;
+        let mut token_secret =
+            Secret { string_data: Some([("token".to_owned(), audit.token.clone())].into()), ..Default::default() };
+        token_secret.metadata.name = Some(AUDIT_SECRET.into());
+        secrets.create(&PostParams::default(), &token_secret).await.context("storing the audit token")?;
         let token = service_account_token(&admin).await?;
         let kubeconfig = cp.write_kubeconfig("operator", &token)?;
         let env = Self {
             cp,
             http_port: free_port()?,
-            webhook_port: free_port()?,
+            webhook_port,
             binary,
             kubeconfig,
             supervisor: Supervisor::new()?,
+            _files: files,
         };
         env.start_operator()?;
         env.wait_until_serving().await?;
@@ -72,17 +115,44 @@ impl OperatorEnv {
         self.cp.dir().join("operator.log")
     }
 
-    /// Starts the operator process (again).
+    /// Starts the operator process (again), as the first replica.
     pub fn start_operator(&self) -> std::io::Result<()> {
+        self.spawn(PRIMARY, self.http_port, self.webhook_port, self.log())
+    }
+
+    /// Starts another replica: its own ports and identity, the same
+    /// credentials; it configures the first replica's webhook URL (a Service
+    /// in a cluster), so the two never fight over the configurations.
+    pub fn start_replica(&self, name: &str) -> std::io::Result<Replica> {
+        let replica =
+            Replica { name: name.into(), http_port: free_port()?, log: self.cp.dir().join(format!("{name}.log")) };
+        self.spawn(name, replica.http_port, free_port()?, replica.log.clone())?;
+        Ok(replica)
+    }
+
+    fn spawn(&self, identity: &str, http_port: u16, webhook_port: u16, log: PathBuf) -> std::io::Result<()> {
         let mut command = Command::new(&self.binary);
-        let webhook = format!("127.0.0.1:{}", self.webhook_port);
+        let url = format!("https://127.0.0.1:{}", self.webhook_port);
         command
             .args(["run", "--log-format", "json", "--namespace", OPERATOR_NAMESPACE, "--sweep-interval", "5s"])
-            .args(["--http-addr", &format!("127.0.0.1:{}", self.http_port)])
-            .args(["--webhook-addr", &webhook, "--webhook-url", &format!("https://{webhook}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}"), "--webhook-url", &url])
+            .args(["--pod-name", identity])
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", std::env::var("DRIFTWARDEN_OPERATOR_LOG").unwrap_or_else(|_| "info".into()));
-        self.supervisor.spawn("driftwarden", command, self.log()).map(drop)
+        let process = if identity == PRIMARY { "driftwarden".to_owned() } else { format!("driftwarden-{identity}") };
+        self.supervisor.spawn(&process, command, log).map(drop)
+    }
+
+    /// Stops a replica the way Kubernetes stops a Pod (SIGTERM): it hands
+    /// its lease over.
+    pub fn stop_replica(&self, replica: &Replica) {
+        self.supervisor.stop(&format!("driftwarden-{}", replica.name));
+    }
+
+    /// SIGKILLs a replica started with [`Self::start_replica`].
+    pub fn kill_replica(&self, replica: &Replica) {
+        self.supervisor.kill(&format!("driftwarden-{}", replica.name));
     }
 
     /// SIGKILL, as a crash or an evicted Pod would end it.
@@ -120,6 +190,13 @@ impl OperatorEnv {
             }
         }
     }
+}
+
+fn random_token() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 async fn service_account_token(admin: &kube::Client) -> anyhow::Result<String> {

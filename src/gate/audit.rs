@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::Value;
@@ -59,9 +59,9 @@ impl AuditWrite {
         let group = if self.group.is_empty() { String::new() } else { format!(".{}", self.group) };
         let sub = self.subresource.as_ref().map(|s| format!("/{s}")).unwrap_or_default();
         ActivityEntry {
-            // Status times have whole seconds; truncating here keeps an
-            // entry equal to itself after a round trip (for de-duplication).
-            time: Time(Timestamp::from_second(self.at.as_second()).unwrap_or(self.at)),
+            // MicroTime keeps microseconds: truncating here keeps an entry
+            // equal to itself after a round trip (for de-duplication).
+            time: MicroTime(Timestamp::from_microsecond(self.at.as_microsecond()).unwrap_or(self.at)),
             user: self.user.clone(),
             verb: self.verb.clone(),
             resource: format!("{}{group}{sub}", self.resource),
@@ -166,12 +166,14 @@ fn write_of(event: Event) -> Option<AuditWrite> {
         return None;
     }
     let object = event.object_ref?;
-    if object.subresource.as_deref() == Some("status") {
+    // Status updates are controllers reporting; the access workflow's own
+    // objects are not state anyone declares.
+    if object.subresource.as_deref() == Some("status") || object.api_group == crate::api::GROUP {
         return None;
     }
-    let name = object.name.or_else(|| {
-        event.request_object.as_ref()?.pointer("/metadata/name")?.as_str().map(str::to_owned)
-    })?;
+    let name = object
+        .name
+        .or_else(|| event.request_object.as_ref()?.pointer("/metadata/name")?.as_str().map(str::to_owned))?;
     let rbac_resource = match &object.subresource {
         Some(sub) => format!("{}/{sub}", object.resource),
         None => object.resource.clone(),
@@ -236,8 +238,7 @@ fn leaves(value: &Value, path: &mut String, out: &mut Vec<String>) {
 }
 
 fn is_bookkeeping(path: &str) -> bool {
-    ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace", "/metadata/resourceVersion"]
-        .contains(&path)
+    ["/apiVersion", "/kind", "/metadata/name", "/metadata/namespace", "/metadata/resourceVersion"].contains(&path)
         || path.starts_with("/metadata/managedFields")
 }
 
@@ -350,7 +351,12 @@ mod tests {
             event("patch", "carol", deployment(), json!({"stage": "ResponseStarted"})),
             event("update", "kcm", status, json!({})),
             event("patch", "dave", scale, json!({"requestObject": {"spec": {"replicas": 2}}})),
-            event("patch", "erin", deployment(), json!({"requestURI": "/apis/apps/v1/namespaces/shop/deployments/web?dryRun=All"})),
+            event(
+                "patch",
+                "erin",
+                deployment(),
+                json!({"requestURI": "/apis/apps/v1/namespaces/shop/deployments/web?dryRun=All"}),
+            ),
         ]);
         let writes = parse(&body).unwrap();
         let users: Vec<&str> = writes.iter().map(|w| w.user.as_str()).collect();
@@ -386,14 +392,18 @@ mod tests {
 
     #[test]
     fn impersonation_names_the_impersonated_user() {
-        let body = list(vec![event("delete", "admin", deployment(), json!({"impersonatedUser": {"username": "alice"}}))]);
+        let body =
+            list(vec![event("delete", "admin", deployment(), json!({"impersonatedUser": {"username": "alice"}}))]);
         assert_eq!(parse(&body).unwrap()[0].user, "alice");
     }
 
     #[test]
     fn refuses_what_is_not_an_event_list() {
         assert!(matches!(parse(b"{not json"), Err(Error::Malformed(_))));
-        assert!(matches!(parse(br#"{"kind": "Policy", "apiVersion": "audit.k8s.io/v1"}"#), Err(Error::WrongKind { .. })));
+        assert!(matches!(
+            parse(br#"{"kind": "Policy", "apiVersion": "audit.k8s.io/v1"}"#),
+            Err(Error::WrongKind { .. })
+        ));
         assert!(parse(&list(vec![json!({"weird": true})])).unwrap().is_empty());
     }
 
@@ -458,9 +468,8 @@ mod tests {
         let (once, added) = append(&[], &alice.activity);
         let (twice, again) = append(&once, &alice.activity);
         assert_eq!((once.len(), added, twice.len(), again), (1, 1, 1, 0));
-        let many: Vec<ActivityEntry> = (0..150)
-            .map(|i| write("alice", &format!("2026-01-01T10:{:02}:{:02}Z", i / 60, i % 60)).entry())
-            .collect();
+        let many: Vec<ActivityEntry> =
+            (0..150).map(|i| write("alice", &format!("2026-01-01T10:{:02}:{:02}Z", i / 60, i % 60)).entry()).collect();
         let (bounded, added) = append(&once, &many);
         assert_eq!((bounded.len(), added), (MAX_ENTRIES, 150));
         assert!(bounded.windows(2).all(|pair| pair[0].time.0 <= pair[1].time.0));

@@ -40,7 +40,8 @@ pub fn session_patch(declared: &Value, live: Option<&Value>, diff: &ObjectDiff, 
             redact(after, &changed_paths);
         }
     }
-    let render = |value: Option<&Value>| value.map(|v| serde_yaml_ng::to_string(v).unwrap_or_default()).unwrap_or_default();
+    let render =
+        |value: Option<&Value>| value.map(|v| serde_yaml_ng::to_string(v).unwrap_or_default()).unwrap_or_default();
     let (old, new) = (render(Some(&before)), render(after.as_ref()));
     let mut patch = TextDiff::from_lines(&old, &new)
         .unified_diff()
@@ -116,7 +117,9 @@ fn merge(declared: &Value, live: &Value, marks: &Marks<'_>, path: &mut String) -
             }
             for (at, item) in live.iter().enumerate() {
                 let len = push(path, &at.to_string());
-                if !used[at] && let Some(added) = pick_added(item, marks, path) {
+                if !used[at]
+                    && let Some(added) = pick_added(item, marks, path)
+                {
                     out.push(added);
                 }
                 path.truncate(len);

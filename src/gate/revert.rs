@@ -29,11 +29,11 @@ pub fn applied_object(declared: &Value, live: Option<&Value>, ignore: &[IgnoreRu
     object.as_object_mut().map(|o| o.remove("status"));
     let kind = declared.get("kind").and_then(Value::as_str);
     let name = declared.pointer("/metadata/name").and_then(Value::as_str);
-    let owned_by = |managers: &[String]| -> Vec<Vec<String>> {
-        live.map(|live| owned_paths(live, managers)).unwrap_or_default()
-    };
+    let owned_by =
+        |managers: &[String]| -> Vec<Vec<String>> { live.map(|live| owned_paths(live, managers)).unwrap_or_default() };
     for rule in ignore {
-        if rule.kind.as_deref().is_some_and(|k| Some(k) != kind) || rule.name.as_deref().is_some_and(|n| Some(n) != name)
+        if rule.kind.as_deref().is_some_and(|k| Some(k) != kind)
+            || rule.name.as_deref().is_some_and(|n| Some(n) != name)
         {
             continue;
         }
@@ -211,14 +211,25 @@ mod tests {
             ("no rules", vec![], json!(3)),
             ("a pointer", vec![rule(&["/spec/replicas"], &[])], Value::Null),
             ("the manager that owns it", vec![rule(&[], &["horizontal-pod-autoscaler"])], Value::Null),
-            ("pointer and owning manager", vec![rule(&["/spec/replicas"], &["horizontal-pod-autoscaler"])], Value::Null),
+            (
+                "pointer and owning manager",
+                vec![rule(&["/spec/replicas"], &["horizontal-pod-autoscaler"])],
+                Value::Null,
+            ),
             ("a manager that does not own it", vec![rule(&["/spec/replicas"], &["kubectl-edit"])], json!(3)),
-            ("another kind", vec![IgnoreRule { kind: Some("Service".into()), ..rule(&["/spec/replicas"], &[]) }], json!(3)),
+            (
+                "another kind",
+                vec![IgnoreRule { kind: Some("Service".into()), ..rule(&["/spec/replicas"], &[]) }],
+                json!(3),
+            ),
         ];
         for (case, rules, replicas) in cases {
             let applied = applied_object(&deployment(), Some(&live), &rules);
             assert_eq!(applied.pointer("/spec/replicas").cloned().unwrap_or(Value::Null), replicas, "{case}");
-            assert!(applied.get("status").is_none() && applied.pointer("/metadata/resourceVersion").is_none(), "{case}");
+            assert!(
+                applied.get("status").is_none() && applied.pointer("/metadata/resourceVersion").is_none(),
+                "{case}"
+            );
             assert_eq!(applied.pointer("/metadata/name"), Some(&json!("web")), "{case}");
         }
         let wildcard = rule(&["/spec/template/spec/containers/*/image"], &[]);

@@ -318,7 +318,8 @@ fn next_status(
             .collect(),
         granted_at: decision.window.map(|w| Time(w.starts_at)),
         expires_at: decision.window.map(|w| Time(w.expires_at)),
-        role_binding: decision.window.map(|_| binding_name.to_owned()),
+        role_binding: matches!(decision.phase, AccessPhase::Active | AccessPhase::Approved)
+            .then(|| binding_name.to_owned()),
         conditions: vec![condition],
         // The activity log and the gate's fields are written by others,
         // under their own field manager.

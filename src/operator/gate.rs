@@ -26,6 +26,8 @@ const WRITE_SLACK: SignedDuration = SignedDuration::from_secs(5);
 pub const STATUS_MANAGER: &str = "driftwarden-gate";
 /// Attempts of a revert that meets a concurrent write.
 const REVERT_ATTEMPTS: u32 = 3;
+/// Rounds of removing foreign fields within one revert.
+const REMOVAL_ROUNDS: usize = 3;
 /// At most this many codified objects per request.
 const MAX_SESSION_CHANGES: usize = 20;
 
@@ -58,6 +60,9 @@ pub struct Subject<'a> {
     pub name: &'a str,
     /// When the drift was first seen.
     pub since: Timestamp,
+    /// When this operator last saw the object match Git (after which every
+    /// write may have made the drift); unknown after a restart.
+    pub clean_at: Option<Timestamp>,
 }
 
 /// The gate's verdict and what it was based on.
@@ -91,9 +96,12 @@ fn to_rules(rules: Option<&Vec<PolicyRule>>) -> Vec<Rule> {
         .collect()
 }
 
-/// When a revoked request's window closed: when its `Granted` condition turned false.
-fn revoked_at(status: &AccessRequestStatus) -> Option<Timestamp> {
-    status.conditions.iter().find(|c| c.type_ == "Granted" && c.status == "False").map(|c| c.last_transition_time.0)
+/// When a revoked request's window closed: when its `Granted` condition
+/// turned false. Conditions keep whole seconds, so the end of that second:
+/// a write made just before the revocation still counts as the session's.
+pub fn revoked_at(status: &AccessRequestStatus) -> Option<Timestamp> {
+    let condition = status.conditions.iter().find(|c| c.type_ == "Granted" && c.status == "False")?;
+    Some(condition.last_transition_time.0 + SignedDuration::from_secs(1))
 }
 
 impl Caches {
@@ -130,12 +138,16 @@ impl Caches {
     }
 
     /// The writes to `subject` that the audit receiver logged on any
-    /// request of its namespace, from a little before the drift was seen.
+    /// request of its namespace since it was last seen matching Git (or,
+    /// when that is unknown, from a little before the drift was seen).
     fn writes(&self, subject: &Subject<'_>) -> Vec<LoggedWrite> {
         let Some(namespace) = subject.namespace else { return Vec::new() };
-        let base =
-            if subject.group.is_empty() { subject.plural.to_owned() } else { format!("{}.{}", subject.plural, subject.group) };
-        let from = subject.since - WRITE_SLACK;
+        let base = if subject.group.is_empty() {
+            subject.plural.to_owned()
+        } else {
+            format!("{}.{}", subject.plural, subject.group)
+        };
+        let from = subject.clean_at.unwrap_or(subject.since - WRITE_SLACK);
         let mut writes: Vec<LoggedWrite> = Vec::new();
         for request in self.requests.state().iter().filter(|r| r.namespace().as_deref() == Some(namespace)) {
             let Some(status) = &request.status else { continue };
@@ -148,7 +160,7 @@ impl Caches {
                     },
                     None => continue,
                 };
-                if entry.name.as_deref() != Some(subject.name) || entry.time.0 < from {
+                if entry.name.as_deref() != Some(subject.name) || entry.time.0 <= from {
                     continue;
                 }
                 let write = LoggedWrite {
@@ -301,21 +313,34 @@ pub async fn revert(
     for attempt in 1..=REVERT_ATTEMPTS {
         let body = revert::applied_object(declared, live.as_ref(), &options.ignore);
         let params = PatchParams::apply(OPERATOR_MANAGER).force();
-        let applied = api.patch(name, &params, &Patch::Apply(body)).await.map_err(RevertError::Apply)?;
-        let applied = serde_json::to_value(&applied).unwrap_or_default();
-        let left = drift::diff(declared, Some(&applied), options);
-        let version = applied.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
-        let Some(removal) = revert::removal_patch(&left, version) else { return Ok(version.to_owned()) };
-        let removal: json_patch::Patch = serde_json::from_value(removal).expect("removal patches are valid JSON patches");
-        let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
-        match api.patch(name, &params, &Patch::<()>::Json(removal)).await {
-            Ok(done) => return Ok(done.resource_version().unwrap_or_default()),
-            Err(error) if is_conflict(&error) && attempt < REVERT_ATTEMPTS => {
+        let mut current = api.patch(name, &params, &Patch::Apply(body)).await.map_err(RevertError::Apply)?;
+        // Removing a foreign field can leave its foreign parent behind (an
+        // emptied `securityContext: {}`): look again, a few levels at most.
+        let mut conflict = None;
+        for _ in 0..REMOVAL_ROUNDS {
+            let value = serde_json::to_value(&current).unwrap_or_default();
+            let left = drift::diff(declared, Some(&value), options);
+            let version = current.resource_version().unwrap_or_default();
+            let Some(removal) = revert::removal_patch(&left, &version) else { return Ok(version) };
+            let removal: json_patch::Patch =
+                serde_json::from_value(removal).expect("removal patches are valid JSON patches");
+            let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+            match api.patch(name, &params, &Patch::<()>::Json(removal)).await {
+                Ok(done) => current = done,
+                Err(error) if is_conflict(&error) => {
+                    conflict = Some(error);
+                    break;
+                }
+                Err(error) => return Err(RevertError::Remove(error)),
+            }
+        }
+        match conflict {
+            None => return Ok(current.resource_version().unwrap_or_default()),
+            Some(_) if attempt < REVERT_ATTEMPTS => {
                 tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                 live = api.get_opt(name).await.map_err(RevertError::Read)?.and_then(|o| serde_json::to_value(o).ok());
             }
-            Err(error) if is_conflict(&error) => return Err(RevertError::Contended(attempt)),
-            Err(error) => return Err(RevertError::Remove(error)),
+            Some(_) => return Err(RevertError::Contended(attempt)),
         }
     }
     Err(RevertError::Contended(REVERT_ATTEMPTS))

@@ -29,7 +29,12 @@ impl Leadership {
 
     /// Competes for `lease` in `namespace` as `identity`. A replica that
     /// restarts under the same identity holds the lease again at once.
-    pub async fn elect(client: Client, namespace: &str, lease: &str, identity: &str) -> Result<Self, LeaseManagerError> {
+    pub async fn elect(
+        client: Client,
+        namespace: &str,
+        lease: &str,
+        identity: &str,
+    ) -> Result<Self, LeaseManagerError> {
         let manager = LeaseManagerBuilder::new(client, lease)
             .with_namespace(namespace)
             .with_identity(identity)

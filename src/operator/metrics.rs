@@ -221,7 +221,11 @@ impl Default for Metrics {
         let audit_events = Family::<AuditLabels, Counter>::default();
         registry.register("audit_events", "Audit webhook batches by outcome", audit_events.clone());
         let webhook_requests = Family::<WebhookLabels, Counter>::default();
-        registry.register("webhook_requests", "Admission webhook requests by webhook and outcome", webhook_requests.clone());
+        registry.register(
+            "webhook_requests",
+            "Admission webhook requests by webhook and outcome",
+            webhook_requests.clone(),
+        );
         let webhook_duration =
             Family::<WebhookNameLabels, Histogram>::new_with_constructor(seconds_buckets as fn() -> Histogram);
         registry.register_with_unit(

@@ -162,8 +162,7 @@ async fn lead(
         metrics.leader.set(1);
         info!(lease = %args.lease_name, "leading: running the controllers");
         let term = stop.child_token();
-        let settings =
-            access::Settings { sweep_interval: args.sweep_interval.into(), instance: args.pod_name.clone() };
+        let settings = access::Settings { sweep_interval: args.sweep_interval.into(), instance: args.pod_name.clone() };
         let access = access::run(client.clone(), metrics.clone(), settings, term.clone());
         let drift_settings = drift::Settings {
             operator_namespace: args.namespace.clone(),

@@ -159,11 +159,7 @@ fn windows(requests: &[Arc<AccessRequest>]) -> Vec<(String, String, String, Time
             let opens = status.granted_at.as_ref()?.0;
             let expires = status.expires_at.as_ref()?.0;
             let closes = match status.phase? {
-                AccessPhase::Revoked => status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Granted" && c.status == "False")
-                    .map_or(expires, |c| c.last_transition_time.0.min(expires)),
+                AccessPhase::Revoked => crate::operator::gate::revoked_at(status).map_or(expires, |r| r.min(expires)),
                 AccessPhase::Active | AccessPhase::Expired => expires,
                 _ => return None,
             };

@@ -132,6 +132,13 @@ fn reusable_ca(secret: &Secret, now: Timestamp) -> Option<(CertificateAuthority,
     Some((ca, ca_not_after))
 }
 
+/// A Secret as the operator keeps it, with a serving certificate for
+/// `names` issued by `ca`: for a harness that must trust the CA before the
+/// operator starts (the API server's audit webhook configuration).
+pub fn issue_with_ca(name: &str, namespace: &str, names: &[String], ca: CertificateAuthority) -> Result<Secret, Error> {
+    issue(name, namespace, names, Some((ca, after(Timestamp::now(), CA_VALIDITY))))
+}
+
 fn issue(
     name: &str,
     namespace: &str,

@@ -165,8 +165,16 @@ pub async fn drift_setup(test: &str) -> AccessTest {
 }
 
 impl AccessTest {
-    /// Creates a source ConfigMap holding `files` and a DesiredState reading it.
+    /// Creates a source ConfigMap holding `files` and a DesiredState reading
+    /// it that only reports drift (the detection tests watch drift stay).
     pub async fn desired_state(&self, name: &str, files: &[(&str, String)], ignore: Value) {
+        let report = json!({"unauthorized": "Report", "windowEnd": "Report"});
+        self.desired_state_spec(name, files, json!({"ignore": ignore, "remediation": report})).await;
+    }
+
+    /// Creates a source ConfigMap holding `files` and a DesiredState reading
+    /// it, with `spec` merged into its spec (remediation, ignore, dryRun).
+    pub async fn desired_state_spec(&self, name: &str, files: &[(&str, String)], spec: Value) {
         let data: serde_json::Map<String, Value> =
             files.iter().map(|(k, v)| ((*k).to_owned(), Value::from(v.clone()))).collect();
         let config_map: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
@@ -180,11 +188,12 @@ impl AccessTest {
             .create(&PostParams::default(), &config_map)
             .await
             .unwrap();
-        let state: driftwarden::api::DesiredState = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {"sources": [{"name": format!("{name}-source")}], "ignore": ignore},
-        }))
-        .unwrap();
+        let mut full_spec = json!({"sources": [{"name": format!("{name}-source")}]});
+        for (key, value) in spec.as_object().expect("spec is an object") {
+            full_spec[key] = value.clone();
+        }
+        let state: driftwarden::api::DesiredState =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": full_spec})).unwrap();
         self.env
             .api::<driftwarden::api::DesiredState>(User::Admin)
             .await

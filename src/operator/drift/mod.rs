@@ -103,6 +103,9 @@ struct Context {
     limiter: RevertLimiter,
     /// The resourceVersion each object was left at by its last revert.
     reverted: Mutex<HashMap<(ObjectRef<DesiredState>, crate::api::ObjectRef), String>>,
+    /// When each object was last seen to match Git: writes before that did
+    /// not make its drift.
+    clean_at: Mutex<HashMap<(ObjectRef<DesiredState>, crate::api::ObjectRef), Timestamp>>,
     /// Metadata of every ConfigMap: which sources changed, without reading them.
     source_meta: Store<PartialObjectMeta<ConfigMap>>,
     /// The last good parse per DesiredState, reused while its sources are unchanged.
@@ -147,7 +150,10 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     let (roles, roles_writer) = reflector::store::<Role>();
     // The roles' rules are only read: their reflectors run on their own.
     let role_watches = [
-        tokio::spawn(drive(watcher(Api::<ClusterRole>::all(client.clone()), watcher::Config::default()), cluster_roles_writer)),
+        tokio::spawn(drive(
+            watcher(Api::<ClusterRole>::all(client.clone()), watcher::Config::default()),
+            cluster_roles_writer,
+        )),
         tokio::spawn(drive(watcher(Api::<Role>::all(client.clone()), watcher::Config::default()), roles_writer)),
     ];
     let limiter = RevertLimiter::new(settings.revert_rate, settings.revert_burst);
@@ -164,6 +170,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         gate: Caches { requests: requests.clone(), cluster_roles, roles },
         limiter,
         reverted: Mutex::default(),
+        clean_at: Mutex::default(),
         source_meta,
         parsed: Mutex::default(),
         last_diffs: Mutex::default(),
@@ -195,8 +202,10 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
 }
 
 /// Keeps a reflector's store current (retrying with backoff).
-async fn drive<K>(stream: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>, writer: reflector::store::Writer<K>)
-where
+async fn drive<K>(
+    stream: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
+    writer: reflector::store::Writer<K>,
+) where
     K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
@@ -344,6 +353,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let previous = previous.filter(|p| Arc::ptr_eq(&p.sources, &parsed));
     let mut versions = Vec::with_capacity(parsed.objects.len());
     let mut lives = Vec::with_capacity(parsed.objects.len());
+    let mut clean = Vec::new();
     let diffs: Vec<drift::ObjectDiff> = parsed
         .objects
         .iter()
@@ -361,7 +371,11 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
                 Some((seen, diff)) if *seen == version && version.is_some() => diff.clone(),
                 _ => {
                     let live = live.as_ref().and_then(|object| serde_json::to_value(&**object).ok());
-                    drift::diff(&declared.object, live.as_ref(), &options)
+                    let diff = drift::diff(&declared.object, live.as_ref(), &options);
+                    if diff.in_sync() {
+                        clean.push(declared.key.object_ref());
+                    }
+                    diff
                 }
             };
             versions.push(version);
@@ -370,8 +384,16 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         })
         .collect();
 
+    // A version seen to match Git: later writes are what drift is made of.
+    if !clean.is_empty() {
+        let mut clean_at = context.clean_at.lock().unwrap_or_else(|p| p.into_inner());
+        for object in clean {
+            clean_at.insert((me.clone(), object), now);
+        }
+    }
+
     // The gate: per drifted object, hold it, revert it or report it.
-    let gated = judge(&context, &state, &parsed, &resources, &diffs, &old, now);
+    let gated = judge(&context, &state, &me, &parsed, &resources, &diffs, &old, now);
     let outcome = act(&context, &state, &me, &parsed, &resources, &kinds, &diffs, &lives, &gated, &options).await;
 
     // A reverted object matches Git again: status says so at once.
@@ -457,9 +479,11 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
 }
 
 /// The gate's verdict on every drifted object (None for objects in sync).
+#[allow(clippy::too_many_arguments)]
 fn judge(
     context: &Context,
     state: &DesiredState,
+    me: &ObjectRef<DesiredState>,
     parsed: &drift::ParsedSources,
     resources: &[Option<WatchKey>],
     diffs: &[drift::ObjectDiff],
@@ -482,7 +506,10 @@ fn judge(
             let key = key.as_ref()?;
             let object = declared.key.object_ref();
             let since = old.drifted_objects.iter().find(|d| d.object == object).map_or(now, |d| d.since.0);
+            let clean_at =
+                context.clean_at.lock().unwrap_or_else(|p| p.into_inner()).get(&(me.clone(), object)).copied();
             let subject = Subject {
+                clean_at,
                 namespace: declared.key.namespace.as_deref(),
                 group: &key.group,
                 plural: &key.plural,
@@ -646,7 +673,16 @@ async fn act(
         let approvers = context.gate.approvers(&namespace, &request).join(",");
         match result {
             Ok(version) => {
-                context.reverted.lock().unwrap_or_else(|p| p.into_inner()).insert((me.clone(), object_ref.clone()), version);
+                context
+                    .reverted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((me.clone(), object_ref.clone()), version);
+                context
+                    .clean_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((me.clone(), object_ref.clone()), Timestamp::now());
                 context.metrics.reverts.get_or_create(&RevertLabels { reason: reason.clone() }).inc();
                 if let (RevertReason::window_ended, Some(end)) =
                     (&reason, context.gate.window_end(&namespace, &request))
@@ -747,6 +783,8 @@ fn forget_deleted(context: &Context) {
             context.limiter.forget(&user);
             context.parsed.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
             context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+            context.clean_at.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != user);
+            context.reverted.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != user);
         }
     }
 }
@@ -754,12 +792,7 @@ fn forget_deleted(context: &Context) {
 /// Sets the cluster-wide gauges: drifted objects by class, and the oldest
 /// unauthorized drift (its age is computed when metrics are scraped).
 fn record_drifted(context: &Context, me: &ObjectRef<DesiredState>, status: &DesiredStateStatus) {
-    let oldest = status
-        .drifted_objects
-        .iter()
-        .filter(|d| d.class == DriftClass::Unauthorized)
-        .map(|d| d.since.0)
-        .min();
+    let oldest = status.drifted_objects.iter().filter(|d| d.class == DriftClass::Unauthorized).map(|d| d.since.0).min();
     let mut all = context.drifted.lock().unwrap_or_else(|p| p.into_inner());
     all.insert(me.clone(), (status.drift_counts.clone().unwrap_or_default(), oldest));
     publish_drift_gauges(&context.metrics, &all);
@@ -906,8 +939,13 @@ async fn write_status(
 /// An Event on an AccessRequest (the requester and approvers watch it).
 async fn publish_on_request(context: &Context, namespace: &str, request: &str, reason: &str, note: String) {
     let Some(request) = context.gate.requests.get(&ObjectRef::new(request).within(namespace)) else { return };
-    let event =
-        Event { type_: EventType::Normal, reason: reason.into(), note: Some(super::event_note(note)), action: "Codify".into(), secondary: None };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(super::event_note(note)),
+        action: "Codify".into(),
+        secondary: None,
+    };
     if let Err(error) = context.recorder.publish(&event, &request.object_ref(&())).await {
         warn!(%error, reason, "publishing an event failed");
     }

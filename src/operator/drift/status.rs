@@ -246,7 +246,8 @@ mod tests {
     fn the_list_is_bounded_but_the_count_is_not() {
         let scaled = drift("/spec/replicas", ChangeKind::Changed);
         let names: Vec<String> = (0..120).map(|i| format!("d{i:03}")).collect();
-        let seen: Vec<Observed<'_>> = names.iter().map(|n| Observed { object: object(n), diff: &scaled, judgement: None }).collect();
+        let seen: Vec<Observed<'_>> =
+            names.iter().map(|n| Observed { object: object(n), diff: &scaled, judgement: None }).collect();
         let status = observed(&DesiredStateStatus::default(), None, None, &seen, Timestamp::from_second(1).unwrap());
         assert_eq!(status.drifted, Some(120));
         assert_eq!(status.drifted_objects.len(), MAX_LISTED);
