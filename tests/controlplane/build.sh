@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Builds the test control plane (etcd, kube-apiserver, kube-controller-manager,
-# and a kubectl of the same release)
-# from the pinned Go modules in ./etcd and ./kube, and caches the binaries in a
-# directory keyed by the versions and the go.sum files, so a second run is a
-# no-op. Prints the binary directory on the last line of stdout.
+# Builds the test tools from the pinned Go modules next to this script and
+# caches the binaries in a directory keyed by the versions and the go.sum
+# files, so a second run is a no-op. Prints the binary directory on the last
+# line of stdout.
+#
+#   build.sh [controlplane]  etcd, kube-apiserver, kube-controller-manager and
+#                            a kubectl of the same release (./etcd, ./kube)
+#   build.sh helm            helm, for the chart tests (./helm)
 #
 #   DRIFTWARDEN_CACHE_DIR  cache root (default: ${XDG_CACHE_HOME:-~/.cache}/driftwarden)
 set -euo pipefail
@@ -11,21 +14,42 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 KUBE_VERSION=v1.35.4
 ETCD_VERSION=v3.6.5
+HELM_VERSION=v3.20.2
+target=${1:-controlplane}
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
-key=$(cat "$here/kube/go.mod" "$here/kube/go.sum" "$here/etcd/go.mod" "$here/etcd/go.sum" "$here/etcd/main.go" \
-	| sha256sum | cut -c1-12)
+case $target in
+controlplane)
+	inputs=("$here/kube/go.mod" "$here/kube/go.sum" "$here/etcd/go.mod" "$here/etcd/go.sum" "$here/etcd/main.go")
+	name="k8s-$KUBE_VERSION-etcd-$ETCD_VERSION"
+	binaries=(kube-apiserver kube-controller-manager kubectl etcd)
+	;;
+helm)
+	inputs=("$here/helm/go.mod" "$here/helm/go.sum")
+	name="helm-$HELM_VERSION"
+	binaries=(helm)
+	;;
+*)
+	echo "usage: $0 [controlplane|helm]" >&2
+	exit 2
+	;;
+esac
+key=$(cat "${inputs[@]}" | sha256sum | cut -c1-12)
 cache_root=${DRIFTWARDEN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/driftwarden}
-bin="$cache_root/controlplane/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-$key"
+bin="$cache_root/controlplane/$name-$key"
 
-if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/kubectl" && -x "$bin/etcd" ]]; then
-	echo "control plane binaries cached in $bin" >&2
+cached=true
+for binary in "${binaries[@]}"; do
+	[[ -x "$bin/$binary" ]] || cached=false
+done
+if $cached; then
+	echo "$target binaries cached in $bin" >&2
 	echo "$bin"
 	exit 0
 fi
 
-command -v go >/dev/null || { echo "error: Go is required to build the control plane (https://go.dev/dl)" >&2; exit 1; }
+command -v go >/dev/null || { echo "error: Go is required to build the $target binaries (https://go.dev/dl)" >&2; exit 1; }
 mkdir -p "$bin.partial"
 log="$bin.partial/build.log"
 
@@ -49,18 +73,34 @@ build() { # name module-dir package ldflags
 }
 
 minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
-kube_ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-	kube_ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-	kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
+case $target in
+controlplane)
+	kube_ldflags="-s -w"
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		kube_ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+		kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+	done
 
-build etcd "$here/etcd" . "-s -w"
-build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
-build kube-controller-manager "$here/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
-build kubectl "$here/kube" k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
+	build etcd "$here/etcd" . "-s -w"
+	build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
+	build kube-controller-manager "$here/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
+	build kubectl "$here/kube" k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
+	;;
+helm)
+	# Helm's own release build sets these: its version, and the Kubernetes
+	# version `helm template` and `helm lint` assume without a cluster (the
+	# control plane's, instead of the library default of 1.20).
+	helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+	helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+	for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+		helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+	done
+
+	build helm "$here/helm" helm.sh/helm/v3/cmd/helm "$helm_ldflags"
+	;;
+esac
 
 rm -rf "$bin"
 mv "$bin.partial" "$bin"
-echo "control plane binaries built in $bin" >&2
+echo "$target binaries built in $bin" >&2
 echo "$bin"

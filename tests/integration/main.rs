@@ -6,6 +6,7 @@
 mod support;
 
 mod access_request_rbac;
+mod chart;
 mod crd_install;
 mod crd_validation;
 mod garbage_collection;
