@@ -61,8 +61,16 @@ fn read_yaml(path: &Path) -> Value {
 
 /// `helm template` with a values file, as one JSON value per object.
 fn render(values: &Path) -> Vec<Value> {
+    render_with(values, &[])
+}
+
+/// Renders with `values` and `--set` overrides.
+fn render_with(values: &Path, set: &[&str]) -> Vec<Value> {
     let mut helm = helm();
     helm.args(["template", RELEASE]).arg(chart()).args(["--namespace", NAMESPACE, "--values"]).arg(values);
+    for value in set {
+        helm.args(["--set", value]);
+    }
     yaml_documents(&output(helm))
 }
 
