@@ -12,6 +12,7 @@ mod admission_rules;
 mod drift_corpus;
 mod drift_edits;
 mod drift_sources;
+mod failover;
 mod gate;
 mod grant_lifecycle;
 mod identity;

@@ -9,15 +9,15 @@ use crate::support::operator::{OPERATOR, OperatorEnv};
 
 /// Brings the operator back if the test fails while it is down, so the
 /// tests after this one still have it.
-struct Outage(&'static OperatorEnv);
+pub struct Outage(&'static OperatorEnv);
 
 impl Outage {
-    fn begin(operator: &'static OperatorEnv) -> Self {
+    pub fn begin(operator: &'static OperatorEnv) -> Self {
         operator.kill_operator();
         Self(operator)
     }
 
-    fn end(self) {
+    pub fn end(self) {
         self.0.start_operator().expect("restarting the operator");
         std::mem::forget(self);
     }

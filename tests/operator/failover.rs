@@ -1,0 +1,114 @@
+//! Several replicas and restarts: exactly one replica writes, a standby takes
+//! over when the leader dies, and a window that ended while the operator was
+//! down is acted on as soon as it is back.
+
+use std::time::{Duration, Instant};
+
+use driftwarden::controlplane::User;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use crate::common::drift_setup;
+use crate::gate::{alice_window, held_for, managed_shop, mode, set_mode, until};
+use crate::restart::Outage;
+use crate::support::http_get;
+use crate::support::operator::OPERATOR;
+
+/// Lines of `log` that record a revert in `namespace`.
+fn reverts_in(log: &std::path::Path, namespace: &str) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines().filter(|l| l.contains("drift reverted to Git") && l.contains(namespace)).count()
+}
+
+/// Whether the replica serving metrics on `port` holds the lease.
+fn leads(port: u16) -> bool {
+    http_get(port, "/metrics").is_some_and(|(_, body)| body.lines().any(|l| l == "driftwarden_leader 1"))
+}
+
+async fn wait_until_leading(port: u16, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    while !leads(port) {
+        assert!(started.elapsed() < timeout, "no takeover within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn of_two_replicas_one_reverts_each_drift_once_and_the_standby_takes_over_when_it_dies() {
+    let mut t = drift_setup("gate-failover").await;
+    t.running.take();
+    let exclusive = OPERATOR.write().await;
+    let operator = t.operator;
+    operator.wait_until_serving().await.unwrap();
+    managed_shop(&t, json!({})).await;
+
+    let standby = operator.start_replica("driftwarden-1").unwrap();
+    let started = Instant::now();
+    while http_get(standby.http_port, "/readyz").is_none_or(|(code, _)| code != 200) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the standby did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(leads(operator.http_port) && !leads(standby.http_port), "the first replica leads, the second stands by");
+
+    // Three unauthorized changes: each reverted once, by the leader alone.
+    let deployments: Api<Deployment> = t.env.api(User::Admin).await;
+    for replicas in [4, 6, 8] {
+        deployments
+            .patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": replicas}})))
+            .await
+            .unwrap();
+        until(Duration::from_secs(10), "the revert", || async { crate::gate::replicas(&t).await == 2 }).await;
+    }
+    let namespace = t.env.namespace.clone();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        (reverts_in(&operator.log(), &namespace), reverts_in(&standby.log, &namespace)),
+        (3, 0),
+        "exactly one revert per drift, all by the leader"
+    );
+
+    // The leader dies: the standby takes the lease within 15 s and reverts.
+    let outage = Outage::begin(operator);
+    let takeover = wait_until_leading(standby.http_port, Duration::from_secs(20)).await;
+    assert!(takeover <= Duration::from_secs(16), "takeover took {takeover:?}");
+    set_mode(&t, User::Admin, "while-failing-over").await;
+    until(Duration::from_secs(30), "the standby's revert", || async { mode(&t).await == "safe" }).await;
+    assert_eq!(reverts_in(&standby.log, &namespace), 1);
+    eprintln!("takeover after the leader's death: {takeover:?}");
+
+    // Back to one replica: the first comes back as standby, the second
+    // hands the lease over as it stops.
+    outage.end();
+    operator.stop_replica(&standby);
+    wait_until_leading(operator.http_port, Duration::from_secs(20)).await;
+    operator.wait_until_serving().await.unwrap();
+    drop(exclusive);
+}
+
+#[tokio::test]
+async fn session_drift_whose_window_ended_while_the_operator_was_down_is_reverted_on_restart() {
+    let mut t = drift_setup("gate-restart").await;
+    t.running.take();
+    let exclusive = OPERATOR.write().await;
+    t.operator.wait_until_serving().await.unwrap();
+    managed_shop(&t, json!({})).await;
+    let expires_at = alice_window(&t, "alice-outage", "8s").await;
+    set_mode(&t, User::Alice, "mid-incident").await;
+    t.wait_for_status("shop", Duration::from_secs(10), |s| held_for(s, "settings", "alice-outage")).await;
+
+    let outage = Outage::begin(t.operator);
+    let wait = expires_at.duration_since(Timestamp::now()) + k8s_openapi::jiff::SignedDuration::from_secs(1);
+    tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
+    assert_eq!(mode(&t).await, "mid-incident", "nothing reverts while the operator is down");
+
+    outage.end();
+    let took =
+        until(Duration::from_secs(30), "the revert after the restart", || async { mode(&t).await == "safe" }).await;
+    eprintln!("reverted {took:?} after the restart");
+    assert!(took < Duration::from_secs(2), "reverted {took:?} after the restart");
+    t.operator.wait_until_serving().await.unwrap();
+    drop(exclusive);
+}
