@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tracing::info;
 
 use crate::cli::QuickstartArgs;
+use crate::controlplane::audit::AuditWiring;
 use crate::controlplane::{self, ControlPlane, User};
 
 const FIELD_MANAGER: &str = "driftwarden-quickstart";
@@ -19,18 +20,31 @@ const FIELD_MANAGER: &str = "driftwarden-quickstart";
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     // An explicitly named cluster is used as is; otherwise a throwaway local
     // one, never whatever ~/.kube/config happens to point at.
-    let (client, control_plane) = match &args.kubeconfig {
+    let mut operator = args.operator;
+    let (client, control_plane, wiring) = match &args.kubeconfig {
         Some(path) => {
             let config = crate::commands::kubeconfig_file(path, &Default::default()).await?;
-            (Client::try_from(config)?, None)
+            (Client::try_from(config)?, None, None)
         }
         None => {
             let dir = std::path::absolute(&args.dir)?;
             info!(dir = %dir.display(), "no cluster configured: starting a local control plane");
             let _ = std::fs::remove_dir_all(dir.join("etcd-data"));
-            let options = controlplane::Options { controller_manager: true, dir: Some(dir), ..Default::default() };
+            // The local API server reaches the webhooks on loopback, and sends
+            // its audit events there too (so drift is attributed exactly).
+            let url = operator
+                .webhook_url
+                .get_or_insert_with(|| format!("https://127.0.0.1:{}", operator.webhook_addr.port()))
+                .clone();
+            let wiring = AuditWiring::prepare(&url, &operator.namespace, &dir)?;
+            let options = controlplane::Options {
+                controller_manager: true,
+                dir: Some(dir),
+                audit_webhook: Some(wiring.webhook.clone()),
+                ..Default::default()
+            };
             let control_plane = ControlPlane::start(options).await.context("starting the local control plane")?;
-            (control_plane.client(User::Admin).await?, Some(control_plane))
+            (control_plane.client(User::Admin).await?, Some(control_plane), Some(wiring))
         }
     };
     if let Some(cp) = &control_plane {
@@ -45,10 +59,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let applied = apply_manifests(&client, &args.examples).await?;
     info!(objects = applied, from = %args.examples.display(), "examples applied");
 
-    let mut operator = args.operator;
-    if control_plane.is_some() && operator.webhook_url.is_none() {
-        // The local API server reaches the webhooks on loopback.
-        operator.webhook_url = Some(format!("https://127.0.0.1:{}", operator.webhook_addr.port()));
+    if let Some(wiring) = &wiring {
+        wiring.install(&client, &operator.namespace).await.context("storing the audit webhook's token")?;
     }
     let result = crate::operator::run(client, operator, crate::commands::shutdown_signal()).await;
     drop(control_plane);

@@ -2,6 +2,9 @@
 //! operator running as it does in a cluster. Not tests: they print figures.
 //!
 //!   cargo run --release --bin driftwarden-bench -- expiry --grants 1000
+//!   cargo run --release --bin driftwarden-bench -- detection --objects 10000
+//!   cargo run --release --bin driftwarden-bench -- revert --objects 10000
+//!   cargo run --release --bin driftwarden-bench -- window-end --objects 10000
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -45,6 +48,32 @@ enum Bench {
         #[arg(long, default_value_t = 16)]
         parallel: usize,
     },
+    /// Unauthorized drift: an edit's write response until the object is
+    /// back to what Git declares (the DesiredState reverts).
+    Revert {
+        /// How many managed objects (ConfigMaps) the DesiredState declares.
+        #[arg(long, default_value_t = 1000)]
+        objects: usize,
+        /// How many edits, one at a time, each to another random object.
+        #[arg(long, default_value_t = 200)]
+        edits: usize,
+        /// How many objects are created at once.
+        #[arg(long, default_value_t = 32)]
+        parallel: usize,
+    },
+    /// Session drift: edits made inside an access window are held, then all
+    /// reverted when it ends; the time from expiresAt until each is back.
+    WindowEnd {
+        /// How many managed objects (ConfigMaps) the DesiredState declares.
+        #[arg(long, default_value_t = 1000)]
+        objects: usize,
+        /// How many objects the grantee edits during the window.
+        #[arg(long, default_value_t = 100)]
+        edits: usize,
+        /// How many objects are created at once.
+        #[arg(long, default_value_t = 32)]
+        parallel: usize,
+    },
     /// Drift detection latency: an edit's write response until the
     /// DesiredState's status counts the object as drifted.
     Detection {
@@ -68,6 +97,8 @@ async fn main() -> anyhow::Result<()> {
             expiry(grants, min_seconds, spread_seconds, parallel).await
         }
         Bench::Detection { objects, edits, parallel } => detection(objects, edits, parallel).await,
+        Bench::Revert { objects, edits, parallel } => revert(objects, edits, parallel).await,
+        Bench::WindowEnd { objects, edits, parallel } => window_end(objects, edits, parallel).await,
     }
 }
 
@@ -224,26 +255,36 @@ fn percentiles(mut samples: Vec<f64>) -> (f64, f64, f64) {
     (pick(0.5), pick(0.99), pick(1.0))
 }
 
-async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Result<()> {
+/// A namespace with `objects` ConfigMaps and a DesiredState declaring them
+/// with `remediation`, in sync; and the DesiredState's status changes as
+/// they arrive (managed, drifted, when).
+struct Managed {
+    env: OperatorEnv,
+    config_maps: Api<k8s_openapi::api::core::v1::ConfigMap>,
+    statuses: tokio::sync::mpsc::UnboundedReceiver<(i64, i64, Instant)>,
+}
+
+fn manifest(i: usize) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: obj-{i:05}\n  labels: {{app: bench}}\ndata:\n  value: \"{i}\"\n")
+}
+
+async fn managed(
+    objects: usize,
+    parallel: usize,
+    remediation: serde_json::Value,
+    namespace: &str,
+) -> anyhow::Result<Managed> {
     use driftwarden::api::DesiredState;
     use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::api::{Patch, PatchParams};
 
     eprintln!("starting a control plane and the operator...");
     let env = OperatorEnv::start(operator_binary()?).await?;
     let admin = env.cp.client(User::Admin).await?;
-    let namespace = "bench-drift";
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}}))?;
-    Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await?;
+    setup_namespace(&admin, namespace).await?;
 
     eprintln!("creating {objects} ConfigMaps...");
     let started = Instant::now();
     let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), namespace);
-    let manifest = |i: usize| {
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: obj-{i:05}\n  labels: {{app: bench}}\ndata:\n  value: \"{i}\"\n"
-        )
-    };
     stream::iter(0..objects)
         .map(|i| {
             let api = config_maps.clone();
@@ -274,13 +315,13 @@ async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Res
     }
     let state: DesiredState = serde_json::from_value(json!({
         "metadata": {"name": "bench"},
-        "spec": {"sources": [{"selector": {"matchLabels": {driftwarden::publish::SOURCE_LABEL: "state"}}}]},
+        "spec": {"sources": [{"selector": {"matchLabels": {driftwarden::publish::SOURCE_LABEL: "state"}}}],
+                 "remediation": remediation},
     }))?;
     let states: Api<DesiredState> = Api::namespaced(admin.clone(), namespace);
     states.create(&PostParams::default(), &state).await?;
 
-    // Status changes, as they arrive.
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, i64, Instant)>();
+    let (seen_tx, mut statuses) = tokio::sync::mpsc::unbounded_channel::<(i64, i64, Instant)>();
     let watch = watcher(states.clone(), watcher::Config::default());
     tokio::spawn(async move {
         let mut events = std::pin::pin!(watch);
@@ -294,32 +335,195 @@ async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Res
     });
     let synced = Instant::now();
     loop {
-        let (managed, drifted, _) = seen_rx.recv().await.context("status watch ended")?;
+        let (managed, drifted, _) = statuses.recv().await.context("status watch ended")?;
         if managed == objects as i64 && drifted == 0 {
             break;
         }
         anyhow::ensure!(synced.elapsed() < Duration::from_secs(600), "not in sync after 10 minutes");
     }
-    eprintln!("in sync after {:.1}s; editing {edits} objects one at a time...", synced.elapsed().as_secs_f64());
+    eprintln!("in sync after {:.1}s", synced.elapsed().as_secs_f64());
+    Ok(Managed { env, config_maps, statuses })
+}
 
-    let mut latencies = Vec::with_capacity(edits);
+/// `count` distinct pseudo-random indices below `below` (the same every run).
+fn random_targets(count: usize, below: usize) -> Vec<usize> {
     let mut random = 0x9e37_79b9_7f4a_7c15u64;
-    let mut edited = std::collections::BTreeSet::new();
-    while edited.len() < edits.min(objects) {
+    let mut picked = std::collections::BTreeSet::new();
+    let mut order = Vec::new();
+    while order.len() < count.min(below) {
         random ^= random << 13;
         random ^= random >> 7;
         random ^= random << 17;
-        let target = (random % objects as u64) as usize;
-        if !edited.insert(target) {
-            continue;
+        let target = (random % below as u64) as usize;
+        if picked.insert(target) {
+            order.push(target);
         }
+    }
+    order
+}
+
+/// When each bench ConfigMap is seen holding its declared value again.
+fn restorations(
+    config_maps: &Api<k8s_openapi::api::core::v1::ConfigMap>,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, Instant)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = watcher(config_maps.clone(), watcher::Config::default().labels("app=bench"));
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watch);
+        while let Some(Ok(event)) = events.next().await {
+            if let watcher::Event::Apply(object) = event {
+                let name = object.metadata.name.clone().unwrap_or_default();
+                let index: usize = name.trim_start_matches("obj-").parse().unwrap_or(usize::MAX);
+                let value = object.data.and_then(|d| d.get("value").cloned()).unwrap_or_default();
+                if value == index.to_string() {
+                    let _ = tx.send((name, Instant::now()));
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn print_rss(env: &OperatorEnv) {
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", operator_pid(env).unwrap_or(0))).unwrap_or_default();
+    if let Some(line) = rss.lines().find(|l| l.starts_with("VmRSS")) {
+        println!("operator {line}");
+    }
+}
+
+async fn revert(objects: usize, edits: usize, parallel: usize) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let namespace = "bench-revert";
+    let Managed { env, config_maps, .. } = managed(objects, parallel, json!({}), namespace).await?;
+    // An on-call engineer with standing edit rights: no AccessRequest behind it.
+    let admin = env.cp.client(User::Admin).await?;
+    let standing: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "standing-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}],
+    }))?;
+    Api::<RoleBinding>::namespaced(admin, namespace).create(&PostParams::default(), &standing).await?;
+    let bob: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(env.cp.client(User::Bob).await?, namespace);
+    let mut restored = restorations(&config_maps);
+    eprintln!("bob edits {edits} objects one at a time...");
+    let mut latencies = Vec::with_capacity(edits);
+    for target in random_targets(edits, objects) {
+        let name = format!("obj-{target:05}");
+        let patch = json!({"data": {"value": "edited by hand"}});
+        // Under load the revert can be seen before the write's response is.
+        let sent = Instant::now();
+        bob.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        let written = Instant::now();
+        loop {
+            let (seen, at) = tokio::time::timeout(Duration::from_secs(30), restored.recv())
+                .await
+                .with_context(|| {
+                    let log = driftwarden::controlplane::supervisor::tail(&env.log(), 40);
+                    format!("{name} was not reverted within 30 s; the operator's log ends:\n{log}")
+                })?
+                .context("watch ended")?;
+            if seen == name && at > sent {
+                latencies.push(at.saturating_duration_since(written).as_secs_f64());
+                break;
+            }
+        }
+    }
+    let (p50, p99, max) = percentiles(latencies);
+    println!("| objects | edits | p50 | p99 | max |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!("| {objects} | {edits} | {p50:.3} s | {p99:.3} s | {max:.3} s |");
+    print_rss(&env);
+    Ok(())
+}
+
+async fn window_end(objects: usize, edits: usize, parallel: usize) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let namespace = "bench-window";
+    let Managed { env, config_maps, mut statuses } = managed(objects, parallel, json!({}), namespace).await?;
+    let alice = env.cp.client(User::Alice).await?;
+    let requests: Api<DynamicObject> =
+        Api::namespaced_with(alice.clone(), namespace, &ApiResource::erase::<AccessRequest>(&()));
+    let reviews: Api<DynamicObject> =
+        Api::namespaced_with(env.cp.client(User::Carol).await?, namespace, &ApiResource::erase::<AccessReview>(&()));
+    let window_seconds = 30 + edits as u64 / 5;
+    let request = json!({"apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessRequest",
+        "metadata": {"name": "incident"},
+        "spec": {"role": {"kind": "ClusterRole", "name": "edit"}, "duration": format!("{window_seconds}s"),
+                 "reason": "benchmark: many changes in one window"}});
+    requests.create(&PostParams::default(), &serde_json::from_value(request)?).await?;
+    let review = json!({"apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessReview",
+        "metadata": {"name": "incident-ok"},
+        "spec": {"accessRequest": "incident", "decision": "Approve", "reason": "benchmark approval"}});
+    reviews.create(&PostParams::default(), &serde_json::from_value(review)?).await?;
+    let typed: Api<AccessRequest> = Api::namespaced(env.cp.client(User::Admin).await?, namespace);
+    let expires_at = loop {
+        let request = typed.get("incident").await?;
+        if let Some(expires) = request.status.and_then(|s| s.expires_at) {
+            break expires.0;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    eprintln!("alice edits {edits} objects inside her {window_seconds}s window...");
+    let as_alice: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(alice, namespace);
+    let targets = random_targets(edits, objects);
+    stream::iter(targets.iter().copied())
+        .map(|target| {
+            let api = as_alice.clone();
+            async move {
+                let patch = json!({"data": {"value": "changed during the incident"}});
+                api.patch(&format!("obj-{target:05}"), &PatchParams::default(), &Patch::Merge(patch)).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(parallel)
+        .try_collect::<Vec<()>>()
+        .await?;
+    loop {
+        let (_, drifted, _) = statuses.recv().await.context("status watch ended")?;
+        if drifted == edits as i64 {
+            break;
+        }
+    }
+    anyhow::ensure!(Timestamp::now() < expires_at, "the window ended before all edits were held: lengthen it");
+    eprintln!("all {edits} held; waiting for the window to end at {expires_at}...");
+    let mut restored = restorations(&config_maps);
+    let mut pending: std::collections::BTreeSet<String> = targets.iter().map(|t| format!("obj-{t:05}")).collect();
+    let mut lags = Vec::with_capacity(edits);
+    let deadline = Instant::now() + Duration::from_secs(window_seconds + 60);
+    while !pending.is_empty() && Instant::now() < deadline {
+        let Ok(Some((name, _))) = tokio::time::timeout(Duration::from_secs(5), restored.recv()).await else {
+            continue;
+        };
+        if pending.remove(&name) {
+            lags.push(Timestamp::now().duration_since(expires_at).as_secs_f64());
+        }
+    }
+    anyhow::ensure!(pending.is_empty(), "{} objects were not reverted", pending.len());
+    let (p50, p99, max) = percentiles(lags);
+    println!("| objects | session edits | p50 | p99 | max |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!("| {objects} | {edits} | {p50:.3} s | {p99:.3} s | {max:.3} s |");
+    print_rss(&env);
+    Ok(())
+}
+
+async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    // Report only: the drift stays, so each edit adds one to the count.
+    let report = json!({"unauthorized": "Report"});
+    let Managed { env, config_maps, statuses: mut seen_rx } =
+        managed(objects, parallel, report, "bench-drift").await?;
+    eprintln!("editing {edits} objects one at a time...");
+    let mut latencies = Vec::with_capacity(edits);
+    for (done, target) in random_targets(edits, objects).into_iter().enumerate() {
         let patch = json!({"data": {"value": "edited by hand"}});
         config_maps.patch(&format!("obj-{target:05}"), &PatchParams::default(), &Patch::Merge(patch)).await?;
         let written = Instant::now();
         loop {
             let (_, drifted, at) =
                 tokio::time::timeout(Duration::from_secs(30), seen_rx.recv()).await?.context("status watch ended")?;
-            if drifted >= edited.len() as i64 {
+            if drifted > done as i64 {
                 latencies.push(at.duration_since(written).as_secs_f64());
                 break;
             }
@@ -329,10 +533,7 @@ async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Res
     println!("| objects | edits | p50 | p99 | max |");
     println!("|---:|---:|---:|---:|---:|");
     println!("| {objects} | {edits} | {p50:.3} s | {p99:.3} s | {max:.3} s |");
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", operator_pid(&env).unwrap_or(0))).unwrap_or_default();
-    if let Some(line) = rss.lines().find(|l| l.starts_with("VmRSS")) {
-        println!("operator {line}");
-    }
+    print_rss(&env);
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! built from the official Go modules. Integration tests and the quickstart
 //! run against it; it is not part of the operator itself.
 
+pub mod audit;
 mod binaries;
 mod flags;
 pub mod operator;
