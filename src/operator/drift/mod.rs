@@ -1,9 +1,9 @@
 //! The drift controller: DesiredState -> its source ConfigMaps -> the
 //! declared objects -> watches on exactly their kinds -> the diff against
-//! live -> status, Events and metrics.
+//! live -> the gate's verdict per drifted object (hold, revert, report) ->
+//! reverts, status, Events and metrics.
 //!
-//! It only reports; remediation is the gate's decision. A source that does
-//! not parse is reported and changes nothing.
+//! A source that does not parse is reported and changes nothing.
 
 pub mod status;
 mod watches;
