@@ -265,7 +265,9 @@ struct Managed {
 }
 
 fn manifest(i: usize) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: obj-{i:05}\n  labels: {{app: bench}}\ndata:\n  value: \"{i}\"\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: obj-{i:05}\n  labels: {{app: bench}}\ndata:\n  value: \"{i}\"\n"
+    )
 }
 
 async fn managed(
@@ -512,8 +514,7 @@ async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Res
     use kube::api::{Patch, PatchParams};
     // Report only: the drift stays, so each edit adds one to the count.
     let report = json!({"unauthorized": "Report"});
-    let Managed { env, config_maps, statuses: mut seen_rx } =
-        managed(objects, parallel, report, "bench-drift").await?;
+    let Managed { env, config_maps, statuses: mut seen_rx } = managed(objects, parallel, report, "bench-drift").await?;
     eprintln!("editing {edits} objects one at a time...");
     let mut latencies = Vec::with_capacity(edits);
     for (done, target) in random_targets(edits, objects).into_iter().enumerate() {

@@ -36,7 +36,11 @@ impl AuditWiring {
         std::fs::write(&ca_file, ca.cert_pem())?;
         let names = Endpoint::Url(webhook_url.to_owned()).tls_names();
         let tls_secret = tls::issue_with_ca(WEBHOOK_SECRET, namespace, &names, ca)?;
-        let webhook = AuditWebhook { url: format!("{}{AUDIT_PATH}", webhook_url.trim_end_matches('/')), ca_file, token: random_token()? };
+        let webhook = AuditWebhook {
+            url: format!("{}{AUDIT_PATH}", webhook_url.trim_end_matches('/')),
+            ca_file,
+            token: random_token()?,
+        };
         Ok(Self { webhook, tls_secret })
     }
 

@@ -395,26 +395,35 @@ pub async fn log_writes(
     .await
 }
 
-/// Records a session's change to one object as a patch to Git; true when it
-/// was new.
-pub async fn record_session_change(
+/// Records a session's changes as patches to Git, one status write for all
+/// of them; returns those that were new.
+pub async fn record_session_changes(
     client: &Client,
     namespace: &str,
     request: &str,
-    change: &SessionChange,
-) -> Result<bool, kube::Error> {
+    changes: &[SessionChange],
+) -> Result<Vec<SessionChange>, kube::Error> {
+    let fresh = std::sync::Mutex::new(Vec::new());
     update_request_status(client, namespace, request, |status| {
-        if status.session_changes.iter().any(|c| c.object == change.object && c.patch == change.patch) {
+        let new: Vec<&SessionChange> = changes
+            .iter()
+            .filter(|change| {
+                !status.session_changes.iter().any(|c| c.object == change.object && c.patch == change.patch)
+            })
+            .collect();
+        if new.is_empty() {
             return None;
         }
-        let mut changes: Vec<SessionChange> =
-            status.session_changes.iter().filter(|c| c.object != change.object).cloned().collect();
-        changes.push(change.clone());
-        let excess = changes.len().saturating_sub(MAX_SESSION_CHANGES);
-        changes.drain(..excess);
-        Some(serde_json::json!({"sessionChanges": changes}))
+        let mut kept: Vec<SessionChange> =
+            status.session_changes.iter().filter(|c| !new.iter().any(|n| n.object == c.object)).cloned().collect();
+        kept.extend(new.iter().map(|c| (*c).clone()));
+        let excess = kept.len().saturating_sub(MAX_SESSION_CHANGES);
+        kept.drain(..excess);
+        *fresh.lock().unwrap_or_else(|p| p.into_inner()) = new.into_iter().cloned().collect();
+        Some(serde_json::json!({"sessionChanges": kept}))
     })
-    .await
+    .await?;
+    Ok(fresh.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Builds the codify record for one object.

@@ -296,3 +296,19 @@ async fn revoking_a_window_reverts_its_changes_at_once() {
     let last = status.last_revert.unwrap();
     assert_eq!((last.class, last.access_request.as_deref()), (DriftClass::WindowEnded, Some("alice-revoked")));
 }
+
+#[tokio::test]
+async fn a_pending_request_shows_approvers_the_drift_it_would_approve_into() {
+    let t = drift_setup("gate-blast-radius").await;
+    managed_shop(&t, json!({"remediation": {"unauthorized": "Report"}})).await;
+    set_mode(&t, User::Admin, "hotfix").await;
+    t.wait_for_status("shop", Duration::from_secs(10), |s| s.drifted == Some(1)).await;
+    t.request(User::Alice, "alice-wants-in", "edit", "30m").await.unwrap();
+    let shown = eventually(Duration::from_secs(10), || async {
+        request_status(&t, "alice-wants-in").await.pending_drift.filter(|d| d.drifted == 1)
+    })
+    .await
+    .expect("the pending request lists the drift");
+    let namespace = &t.env.namespace;
+    assert_eq!(shown.objects, [format!("ConfigMap {namespace}/settings")]);
+}

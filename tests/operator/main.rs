@@ -9,6 +9,7 @@ mod support;
 mod common;
 
 mod admission_rules;
+mod audit_webhook;
 mod drift_corpus;
 mod drift_edits;
 mod drift_sources;

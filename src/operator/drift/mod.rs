@@ -8,7 +8,7 @@
 pub mod status;
 mod watches;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use super::gate::{self, Caches, RevertLimiter, Subject};
 use super::metrics::{ErrorLabels, Metrics, RevertLabels, RevertReason};
 use crate::api::{
     AccessRequest, Attribution, DesiredState, DesiredStateStatus, DriftAction, DriftClass, DriftCounts, RevertRecord,
-    SourceRef,
+    SessionChange, SourceRef,
 };
 use crate::drift::{self, DiffOptions, KindResolver, Scope, SourceConfigMap, SourceScope};
 use crate::gate::Decision;
@@ -583,7 +583,10 @@ async fn act(
     let mut outcome = Outcome::default();
     let live_value = |index: usize| lives[index].as_ref().and_then(|l| serde_json::to_value(&**l).ok());
 
-    // Codify: a window that ended with its changes still live.
+    // Codify: a window that ended with its changes still live. The patches
+    // are made now, from what the drift was seen on, and written after the
+    // reverts (which must not wait for them).
+    let mut codified: BTreeMap<String, Vec<SessionChange>> = BTreeMap::new();
     for (index, judgement) in gated.iter().enumerate() {
         let Some(judgement) = judgement else { continue };
         let (DriftClass::WindowEnded, Some(request)) = (judgement.class, &judgement.request) else { continue };
@@ -596,7 +599,7 @@ async fn act(
             continue;
         }
         let change = gate::session_change(
-            declared.key.object_ref(),
+            object,
             &name,
             &declared.origin,
             &declared.object,
@@ -604,19 +607,7 @@ async fn act(
             &diffs[index],
             now,
         );
-        match gate::record_session_change(&context.client, &namespace, request, &change).await {
-            Ok(true) => {
-                let object = describe(&change.object);
-                info!(access_request = %request, %object, source = %change.source, "session change codified");
-                let note = format!(
-                    "The window ended with {object} still changed. To keep the change, commit this to {}:\n{}",
-                    change.source, change.patch
-                );
-                publish_on_request(context, &namespace, request, "SessionChangesCodified", note).await;
-            }
-            Ok(false) => {}
-            Err(error) => warn!(%error, access_request = %request, "recording the session's changes failed"),
-        }
+        codified.entry(request.clone()).or_default().push(change);
     }
 
     // Revert.
@@ -717,6 +708,23 @@ async fn act(
         }
     }
     outcome.reverted.sort_unstable();
+
+    for (request, changes) in codified {
+        match gate::record_session_changes(&context.client, &namespace, &request, &changes).await {
+            Ok(new) => {
+                for change in new {
+                    let object = describe(&change.object);
+                    info!(access_request = %request, %object, source = %change.source, "session change codified");
+                    let note = format!(
+                        "The window ended with {object} still changed. To keep the change, commit this to {}:\n{}",
+                        change.source, change.patch
+                    );
+                    publish_on_request(context, &namespace, &request, "SessionChangesCodified", note).await;
+                }
+            }
+            Err(error) => warn!(%error, access_request = %request, "recording the session's changes failed"),
+        }
+    }
     outcome
 }
 
