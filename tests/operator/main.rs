@@ -9,12 +9,15 @@ mod support;
 mod common;
 
 mod admission_rules;
+mod dashboard;
 mod drift_corpus;
 mod drift_edits;
 mod drift_sources;
 mod gate;
+mod grant_forbidden;
 mod grant_lifecycle;
 mod identity;
+mod kubectl_flow;
 mod operator_probes;
 mod restart;
 mod revocation;
