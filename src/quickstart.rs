@@ -41,7 +41,6 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 controller_manager: true,
                 dir: Some(dir),
                 audit_webhook: Some(wiring.webhook.clone()),
-                ..Default::default()
             };
             let control_plane = ControlPlane::start(options).await.context("starting the local control plane")?;
             (control_plane.client(User::Admin).await?, Some(control_plane), Some(wiring))

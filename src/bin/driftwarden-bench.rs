@@ -387,6 +387,10 @@ fn restorations(
 }
 
 fn print_rss(env: &OperatorEnv) {
+    // Keep the operator's log when asked (the control plane's directory goes with it).
+    if let Some(keep) = std::env::var_os("DRIFTWARDEN_BENCH_LOG") {
+        let _ = std::fs::copy(env.log(), keep);
+    }
     let rss = std::fs::read_to_string(format!("/proc/{}/status", operator_pid(env).unwrap_or(0))).unwrap_or_default();
     if let Some(line) = rss.lines().find(|l| l.starts_with("VmRSS")) {
         println!("operator {line}");

@@ -1,7 +1,8 @@
-//! Finds the control plane binaries, building them on first use.
+//! Finds the control plane binaries and helm, building them on first use.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use super::Error;
 
@@ -12,6 +13,9 @@ pub const KUBERNETES_VERSION: &str = "v1.35.4";
 /// `kube-controller-manager` and `kubectl` to skip the build.
 pub const BIN_DIR_ENV: &str = "DRIFTWARDEN_CONTROLPLANE_BIN";
 
+/// Set to a `helm` executable to skip building it.
+pub const HELM_ENV: &str = "DRIFTWARDEN_HELM";
+
 /// The build script that lives with the pinned Go modules.
 pub fn build_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/build.sh")
@@ -20,23 +24,42 @@ pub fn build_script() -> PathBuf {
 /// The directory with the binaries: from [`BIN_DIR_ENV`], or built (and
 /// cached) by the build script, whose progress goes to our stderr.
 pub fn ensure() -> Result<PathBuf, Error> {
-    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
-        return Ok(PathBuf::from(dir));
+    match std::env::var_os(BIN_DIR_ENV) {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => build("controlplane"),
     }
+}
+
+/// `helm`, from [`HELM_ENV`] or built from the pinned Go module in
+/// `tests/controlplane/helm` and cached like the control plane binaries
+/// (`build.sh helm`). Looked up once per process: the build script is slow
+/// to even say that its cache is warm when many tests ask at once.
+pub fn helm() -> Result<PathBuf, Error> {
+    static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = HELM.get_or_init(|| match std::env::var_os(HELM_ENV) {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => build("helm").map(|dir| dir.join("helm")).map_err(|e| e.to_string()),
+    });
+    found.clone().map_err(Error::Build)
+}
+
+/// Runs the build script for `target`; it prints the binary directory last.
+fn build(target: &str) -> Result<PathBuf, Error> {
     let script = build_script();
     let output = Command::new("bash")
         .arg(&script)
+        .arg(target)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
         .map_err(|source| Error::Io { context: format!("running {}", script.display()), source })?;
     if !output.status.success() {
-        return Err(Error::Build(format!("{} exited with {}", script.display(), output.status)));
+        return Err(Error::Build(format!("{} {target} exited with {}", script.display(), output.status)));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let dir = stdout.lines().last().map(str::trim).unwrap_or_default();
     if dir.is_empty() {
-        return Err(Error::Build(format!("{} printed no binary directory", script.display())));
+        return Err(Error::Build(format!("{} {target} printed no binary directory", script.display())));
     }
     Ok(PathBuf::from(dir))
 }

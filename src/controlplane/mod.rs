@@ -10,7 +10,7 @@ pub mod operator;
 pub mod supervisor;
 mod users;
 
-pub use binaries::{BIN_DIR_ENV, KUBERNETES_VERSION};
+pub use binaries::{BIN_DIR_ENV, HELM_ENV, KUBERNETES_VERSION, helm as helm_binary};
 pub use flags::AuditWebhook;
 pub use supervisor::Supervisor;
 pub use users::User;
@@ -34,7 +34,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("building the control plane binaries failed: {0}")]
+    #[error("building the control plane binaries or helm failed: {0}")]
     Build(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },

@@ -1,7 +1,8 @@
 //! A local control plane with the operator running against it the way a
-//! cluster runs it: as the ServiceAccount of `tests/data/operator-rbac.yaml`
-//! (least privilege, not system:masters), with its admission webhooks wired
-//! into the API server. The access tests and the benchmarks use it.
+//! cluster runs it: as the Helm chart's ServiceAccount, with exactly the RBAC
+//! the chart renders (least privilege, not system:masters), and its admission
+//! webhooks and the API server's audit webhook wired to it. The operator
+//! tests and the benchmarks use it.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,21 +14,23 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
+use serde::Deserialize as _;
+use serde_json::Value;
 
-use k8s_openapi::api::core::v1::Secret;
-
-use super::{AuditWebhook, ControlPlane, Options, Supervisor, User};
+use super::audit::AuditWiring;
+use super::{ControlPlane, Options, Supervisor, User};
 use crate::api::AccessRequest;
-use crate::pki::CertificateAuthority;
-use crate::webhook::{Endpoint, tls};
 
 /// The operator's namespace in this environment.
 pub const OPERATOR_NAMESPACE: &str = "driftwarden-system";
-const SERVICE_ACCOUNT: &str = "driftwarden";
-/// The Secret that holds the webhook server's certificate.
-const WEBHOOK_SECRET: &str = "driftwarden-webhook-tls";
-/// The Secret whose token the API server's audit webhook presents.
-const AUDIT_SECRET: &str = "driftwarden-audit";
+/// The Helm release the chart is rendered as (its objects are named after it).
+pub const RELEASE: &str = "driftwarden";
+/// The values the chart is rendered with, in [`fixtures_dir`]: the kinds the
+/// tests' DesiredStates manage and observe, and the roles policies grant.
+pub const CHART_VALUES: &str = "chart-values-operator-tests.yaml";
+/// What the harness takes from the rendered chart: the identity and its
+/// RBAC. (The Deployment needs a kubelet; the operator runs as a process.)
+const RBAC_KINDS: &[&str] = &["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
 /// The identity of the first replica in the leader Lease.
 const PRIMARY: &str = "driftwarden-0";
 
@@ -37,6 +40,8 @@ pub struct OperatorEnv {
     /// Port of the operator's /healthz, /readyz and /metrics.
     pub http_port: u16,
     pub webhook_port: u16,
+    /// The chart's ServiceAccount the operator authenticates as.
+    pub service_account: String,
     binary: PathBuf,
     kubeconfig: PathBuf,
     supervisor: Supervisor,
@@ -51,9 +56,51 @@ pub struct Replica {
     pub log: PathBuf,
 }
 
-/// The repository's test fixtures (RBAC for the operator and for users).
+/// The repository's test fixtures (chart values, RBAC for users).
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// The Helm chart.
+pub fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/driftwarden")
+}
+
+/// `helm template` of the chart as [`RELEASE`] in [`OPERATOR_NAMESPACE`]
+/// with [`CHART_VALUES`], keeping only the ServiceAccount, roles and
+/// bindings, with the namespace in front. `home` keeps helm's cache and
+/// configuration out of $HOME.
+pub fn chart_rbac(home: &Path) -> anyhow::Result<Vec<Value>> {
+    let helm = super::helm_binary()?;
+    let mut command = Command::new(&helm);
+    command
+        .args(["template", RELEASE])
+        .arg(chart_dir())
+        .args(["--namespace", OPERATOR_NAMESPACE, "--values"])
+        .arg(fixtures_dir().join(CHART_VALUES));
+    for (var, dir) in [("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")] {
+        command.env(var, home.join(dir));
+    }
+    let output = command.output().with_context(|| format!("running {}", helm.display()))?;
+    if !output.status.success() {
+        bail!("helm template of the chart failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let rendered = String::from_utf8(output.stdout).context("helm template printed non-UTF-8")?;
+    let mut objects = vec![serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE},
+    })];
+    for document in serde_yaml_ng::Deserializer::from_str(&rendered) {
+        let object = Value::deserialize(document).context("helm template printed invalid YAML")?;
+        if object["kind"].as_str().is_some_and(|kind| RBAC_KINDS.contains(&kind)) {
+            objects.push(object);
+        }
+    }
+    for kind in RBAC_KINDS {
+        if !objects.iter().any(|o| o["kind"] == *kind) {
+            bail!("the chart rendered no {kind}");
+        }
+    }
+    Ok(objects)
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -68,38 +115,37 @@ impl OperatorEnv {
         // the webhook certificate (and the CA it trusts) and the audit token
         // are made first and handed to the operator through its Secrets.
         let webhook_port = free_port()?;
-        let webhook_url = format!("https://127.0.0.1:{webhook_port}");
-        let ca = CertificateAuthority::generate("driftwarden-webhook-ca")?;
         let files = tempfile::tempdir()?;
-        let ca_file = files.path().join("webhook-ca.crt");
-        std::fs::write(&ca_file, ca.cert_pem())?;
-        let tls_secret = tls::issue_with_ca(
-            WEBHOOK_SECRET,
-            OPERATOR_NAMESPACE,
-            &Endpoint::Url(webhook_url.clone()).tls_names(),
-            ca,
-        )?;
-        let token = random_token()?;
-        let audit = AuditWebhook { url: format!("{webhook_url}{}", crate::webhook::AUDIT_PATH), ca_file, token };
-        let options = Options { controller_manager: true, audit_webhook: Some(audit.clone()), ..Default::default() };
+        let wiring =
+            AuditWiring::prepare(&format!("https://127.0.0.1:{webhook_port}"), OPERATOR_NAMESPACE, files.path())?;
+        let options =
+            Options { controller_manager: true, audit_webhook: Some(wiring.webhook.clone()), ..Default::default() };
         let cp = ControlPlane::start(options).await?;
         let admin = cp.client(User::Admin).await?;
         crate::operator::crds::install(&admin, Duration::from_secs(60)).await?;
-        for fixture in ["operator-rbac.yaml", "user-roles.yaml"] {
-            crate::quickstart::apply_manifests(&admin, &fixtures_dir().join(fixture)).await?;
+        // The operator's identity and RBAC are the chart's, rendered by helm.
+        let home = files.path().join("helm");
+        let rbac = tokio::task::spawn_blocking(move || chart_rbac(&home)).await??;
+        let service_account = rbac
+            .iter()
+            .find(|o| o["kind"] == "ServiceAccount")
+            .and_then(|o| o["metadata"]["name"].as_str())
+            .context("the chart's ServiceAccount has no name")?
+            .to_owned();
+        let rbac_file = cp.dir().join("chart-rbac.yaml");
+        let yaml = rbac.iter().map(serde_yaml_ng::to_string).collect::<Result<Vec<_>, _>>()?.join("---\n");
+        std::fs::write(&rbac_file, yaml)?;
+        for manifests in [rbac_file, fixtures_dir().join("user-roles.yaml")] {
+            crate::quickstart::apply_manifests(&admin, &manifests).await?;
         }
-        let secrets: Api<Secret> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
-        secrets.create(&PostParams::default(), &tls_secret).await.context("storing the webhook certificate")?;
-        let mut token_secret =
-            Secret { string_data: Some([("token".to_owned(), audit.token.clone())].into()), ..Default::default() };
-        token_secret.metadata.name = Some(AUDIT_SECRET.into());
-        secrets.create(&PostParams::default(), &token_secret).await.context("storing the audit token")?;
-        let token = service_account_token(&admin).await?;
+        wiring.install(&admin, OPERATOR_NAMESPACE).await.context("storing the webhook certificate and audit token")?;
+        let token = service_account_token(&admin, &service_account).await?;
         let kubeconfig = cp.write_kubeconfig("operator", &token)?;
         let env = Self {
             cp,
             http_port: free_port()?,
             webhook_port,
+            service_account,
             binary,
             kubeconfig,
             supervisor: Supervisor::new()?,
@@ -108,6 +154,11 @@ impl OperatorEnv {
         env.start_operator()?;
         env.wait_until_serving().await?;
         Ok(env)
+    }
+
+    /// The kubeconfig the operator runs with (the chart ServiceAccount's token).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
     }
 
     /// The operator's log file.
@@ -192,20 +243,15 @@ impl OperatorEnv {
     }
 }
 
-fn random_token() -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-async fn service_account_token(admin: &kube::Client) -> anyhow::Result<String> {
+/// A token of `name` in the operator's namespace, by TokenRequest, as the
+/// kubelet would mount it into the operator's Pod.
+async fn service_account_token(admin: &kube::Client, name: &str) -> anyhow::Result<String> {
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
     let request: TokenRequest =
         serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 86400}}))?;
     let issued = accounts
-        .create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &request)
+        .create_token_request(name, &PostParams::default(), &request)
         .await
-        .context("issuing a token for the operator's ServiceAccount")?;
+        .with_context(|| format!("issuing a token for the chart's ServiceAccount {name}"))?;
     issued.status.map(|s| s.token).context("the TokenRequest returned no token")
 }

@@ -38,6 +38,12 @@ fn custom_values() -> PathBuf {
     repo_path("tests/data/chart-values-custom.yaml")
 }
 
+/// What the operator tests run under (`controlplane::operator` renders the
+/// chart with it and applies its RBAC).
+fn operator_test_values() -> PathBuf {
+    repo_path("tests/data/chart-values-operator-tests.yaml")
+}
+
 /// helm, with its cache, configuration and data kept out of $HOME.
 fn helm() -> Command {
     let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
@@ -103,8 +109,8 @@ fn arg<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
 }
 
 #[test]
-fn chart_passes_helm_lint_with_default_and_custom_values() {
-    for values in [default_values(), custom_values()] {
+fn chart_passes_helm_lint_with_default_custom_and_operator_test_values() {
+    for values in [default_values(), custom_values(), operator_test_values()] {
         let mut helm = helm();
         helm.args(["lint", "--strict"]).arg(chart()).arg("--values").arg(&values);
         let report = output(helm);

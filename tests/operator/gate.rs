@@ -45,37 +45,37 @@ data:
 
 /// Applies the source as `kubectl apply` would (so Git's fields are owned by
 /// an IaC manager) and waits until the DesiredState reports it in sync.
-pub async fn managed_shop(t: &AccessTest, spec: Value) {
+pub(crate) async fn managed_shop(t: &AccessTest, spec: Value) {
     t.kubectl(&["apply", "-f", "-"], Some(SHOP));
     t.desired_state_spec("shop", &[("shop.yaml", SHOP.to_owned())], spec).await;
     t.wait_for_status("shop", Duration::from_secs(20), |s| s.managed == Some(2) && s.drifted == Some(0)).await;
 }
 
 /// alice holds an approved `edit` window of `duration`; returns its end.
-pub async fn alice_window(t: &AccessTest, name: &str, duration: &str) -> Timestamp {
+pub(crate) async fn alice_window(t: &AccessTest, name: &str, duration: &str) -> Timestamp {
     t.request(User::Alice, name, "edit", duration).await.unwrap();
     t.review(User::Carol, &format!("{name}-ok"), name, "Approve").await.unwrap();
     let active = t.wait_for_phase(name, AccessPhase::Active, Duration::from_secs(10)).await;
     active.status.unwrap().expires_at.unwrap().0
 }
 
-pub async fn scale(t: &AccessTest, user: User, replicas: i32) {
+pub(crate) async fn scale(t: &AccessTest, user: User, replicas: i32) {
     let api: Api<Deployment> = t.env.api(user).await;
     let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
     api.patch_scale("web", &PatchParams::default(), &patch).await.unwrap();
 }
 
-pub async fn set_mode(t: &AccessTest, user: User, mode: &str) {
+pub(crate) async fn set_mode(t: &AccessTest, user: User, mode: &str) {
     let api: Api<ConfigMap> = t.env.api(user).await;
     api.patch("settings", &PatchParams::default(), &Patch::Merge(json!({"data": {"mode": mode}}))).await.unwrap();
 }
 
-pub async fn replicas(t: &AccessTest) -> i32 {
+pub(crate) async fn replicas(t: &AccessTest) -> i32 {
     let deployment = t.env.api::<Deployment>(User::Admin).await.get("web").await.unwrap();
     deployment.spec.and_then(|s| s.replicas).unwrap_or_default()
 }
 
-pub async fn mode(t: &AccessTest) -> String {
+pub(crate) async fn mode(t: &AccessTest) -> String {
     let config_map = t.env.api::<ConfigMap>(User::Admin).await.get("settings").await.unwrap();
     config_map.data.and_then(|d| d.get("mode").cloned()).unwrap_or_default()
 }
@@ -84,7 +84,7 @@ fn drifted<'a>(status: &'a DesiredStateStatus, name: &str) -> Option<&'a Drifted
     status.drifted_objects.iter().find(|d| d.object.name == name)
 }
 
-pub fn held_for(status: &DesiredStateStatus, name: &str, request: &str) -> bool {
+pub(crate) fn held_for(status: &DesiredStateStatus, name: &str, request: &str) -> bool {
     drifted(status, name).is_some_and(|d| {
         d.class == DriftClass::Authorized
             && d.action == Some(DriftAction::Hold)
@@ -108,7 +108,7 @@ async fn standing_edit(t: &AccessTest, user: &str) {
     t.env.api::<RoleBinding>(User::Admin).await.create(&PostParams::default(), &binding).await.unwrap();
 }
 
-pub async fn until<F, Fut>(timeout: Duration, what: &str, check: F) -> Duration
+pub(crate) async fn until<F, Fut>(timeout: Duration, what: &str, check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

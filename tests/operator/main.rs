@@ -10,13 +10,16 @@ mod common;
 
 mod admission_rules;
 mod audit_webhook;
+mod dashboard;
 mod drift_corpus;
 mod drift_edits;
 mod drift_sources;
 mod failover;
 mod gate;
+mod grant_forbidden;
 mod grant_lifecycle;
 mod identity;
+mod kubectl_flow;
 mod operator_probes;
 mod restart;
 mod revocation;

@@ -5,8 +5,8 @@
 
 pub mod operator;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -48,37 +48,10 @@ pub fn control_plane() -> &'static ControlPlane {
     }
 }
 
-/// Set to a `helm` executable to skip building it.
-pub const HELM_ENV: &str = "DRIFTWARDEN_HELM";
-
-static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-
-/// `helm`, from [`HELM_ENV`] or built from the pinned Go module in
-/// `tests/controlplane/helm` and cached, like the control plane binaries, by
-/// `tests/controlplane/build.sh helm` (which prints its directory last).
-pub fn helm_binary() -> &'static Path {
-    let found = HELM.get_or_init(|| {
-        if let Some(path) = std::env::var_os(HELM_ENV) {
-            return Ok(path.into());
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/build.sh");
-        let built = Command::new("bash")
-            .arg(&script)
-            .arg("helm")
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("running {}: {e}", script.display()))?;
-        let stdout = String::from_utf8_lossy(&built.stdout);
-        match stdout.lines().last().map(str::trim) {
-            Some(dir) if built.status.success() && !dir.is_empty() => Ok(Path::new(dir).join("helm")),
-            _ => Err(format!("{} helm exited with {}", script.display(), built.status)),
-        }
-    });
-    match found {
-        Ok(path) => path,
-        Err(err) => panic!("helm is not available: {err}"),
-    }
+/// `helm`, from `DRIFTWARDEN_HELM` or built and cached by
+/// `tests/controlplane/build.sh helm` (see `controlplane::helm_binary`).
+pub fn helm_binary() -> PathBuf {
+    controlplane::helm_binary().unwrap_or_else(|err| panic!("helm is not available: {err}"))
 }
 
 /// One test's view of the cluster: its own namespace and an admin client.

@@ -121,6 +121,8 @@ struct LastDiffs {
     sources: Arc<drift::ParsedSources>,
     versions: Vec<Option<String>>,
     diffs: Vec<drift::ObjectDiff>,
+    /// Which objects were left drifting (not in sync, not reverted).
+    drifting: Vec<bool>,
 }
 
 /// A parse, and what it was parsed from: the DesiredState's generation and
@@ -422,9 +424,14 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
 
     // Tell: Events and metrics on what started or stopped drifting.
     let object_refs: Vec<crate::api::ObjectRef> = parsed.objects.iter().map(|d| d.key.object_ref()).collect();
+    // What was drifting before: the last reconcile of the same parse knows
+    // every object; otherwise status (which lists only the first ones).
+    let was_drifting = |index: usize| match &previous {
+        Some(previous) => previous.drifting.get(index).copied().unwrap_or(false),
+        None => old.drifted_objects.iter().any(|d| d.object == object_refs[index]),
+    };
     for (index, diff) in diffs.iter().enumerate() {
-        let was = old.drifted_objects.iter().find(|d| d.object == object_refs[index]);
-        if diff.in_sync() || was.is_some() && !outcome.reverted.contains(&index) {
+        if diff.in_sync() || was_drifting(index) && !outcome.reverted.contains(&index) {
             continue;
         }
         let object = describe(&object_refs[index]);
@@ -466,7 +473,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     }
     record_drifted(&context, &me, &status);
     show_pending_drift(&context, &state, &status).await;
-    let remembered = LastDiffs { sources: parsed.clone(), versions, diffs };
+    let drifting = diffs.iter().enumerate().map(|(i, d)| !d.in_sync() && !outcome.reverted.contains(&i)).collect();
+    let remembered = LastDiffs { sources: parsed.clone(), versions, diffs, drifting };
     context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).insert(me, remembered);
 
     // Come back when a held change's window ends, or a deferred revert is due.
