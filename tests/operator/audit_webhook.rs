@@ -26,6 +26,9 @@ fn post(scheme: &str, port: u16, token: Option<&str>, body: &std::path::Path) ->
     String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|code| *code != 0)
 }
 
+/// (case, scheme, bearer token, body, expected HTTP status)
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a std::path::Path, Option<u16>);
+
 #[tokio::test]
 async fn the_audit_endpoint_refuses_everything_but_the_api_server() {
     let _running = OPERATOR.read().await;
@@ -49,7 +52,7 @@ async fn the_audit_endpoint_refuses_everything_but_the_api_server() {
     let huge = file("huge.json", huge);
 
     let port = operator.webhook_port;
-    let cases: Vec<(&str, &str, Option<&str>, &std::path::Path, Option<u16>)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("no token", "https", None, &empty, Some(401)),
         ("a wrong token", "https", Some("not-the-token"), &empty, Some(401)),
         ("plain HTTP", "http", Some(&token), &empty, Some(400)),
