@@ -218,7 +218,12 @@ async fn reconcile(request: Arc<AccessRequest>, context: Arc<Context>) -> Result
     let old_status = request.status.clone().unwrap_or_default();
     let status = next_status(&old_status, &decision, &binding_name, now);
     match decision.binding {
-        Binding::Present => ensure_binding(&context, &request, &binding_name).await?,
+        Binding::Present => match ensure_binding(&context, &request, &binding_name).await {
+            Err(Error::ApplyBinding { source: kube::Error::Api(refusal), .. }) if refusal.code == 403 => {
+                return refused_grant(&context, &request, &old_status, status, &refusal.message, now).await;
+            }
+            result => result?,
+        },
         Binding::Absent => remove_binding(&context, &namespace, &binding_name, &decision, now).await?,
     }
     write_status(&context, &request, &old_status, &status).await?;
@@ -228,6 +233,68 @@ async fn reconcile(request: Arc<AccessRequest>, context: Arc<Context>) -> Result
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)),
         None => Action::await_change(),
     })
+}
+
+/// How long before a grant the API server refused is tried again (its RBAC
+/// may have been widened meanwhile).
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
+
+/// The API server refused to bind the role (the operator does not hold
+/// `bind` on it, or lacks its permissions): say so on the request, in a
+/// Warning Event and a short log line, and try again later, not in a loop.
+async fn refused_grant(
+    context: &Context,
+    request: &AccessRequest,
+    old: &AccessRequestStatus,
+    mut status: AccessRequestStatus,
+    refusal: &str,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let role = format!("{:?} {}", request.spec.role.kind, request.spec.role.name);
+    // The API server lists every permission it would not grant: keep the gist.
+    let gist: String = refusal.chars().take(400).collect();
+    let message = format!(
+        "approved, but the API server refused to bind {role} (forbidden): the operator may only grant roles it \
+         holds `bind` on (the chart's access.grantableRoles); retrying every {}s. {gist}",
+        REFUSED_RETRY.as_secs()
+    );
+    // Nothing was granted: no binding, no window yet (it is computed again
+    // from the approval when the bind succeeds).
+    status.phase = Some(AccessPhase::Approved);
+    status.role_binding = None;
+    status.granted_at = None;
+    status.expires_at = None;
+    status.message = Some(message.clone());
+    status.conditions = vec![super::conditions::condition(
+        &old.conditions,
+        "Granted",
+        false,
+        "BindForbidden",
+        message.clone(),
+        None,
+        now,
+    )];
+    write_status(context, request, old, &status).await?;
+    context
+        .metrics
+        .reconcile_errors
+        .get_or_create(&super::metrics::ErrorLabels { controller: CONTROLLER, category: "bind_forbidden" })
+        .inc();
+    warn!(request = %request.name_any(), namespace = ?request.namespace(), requester = ?request.spec.requester,
+          %role, refusal = %gist, "the API server refused to bind the role; the grant waits");
+    if old.message.as_deref() != Some(message.as_str()) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "GrantRefused".into(),
+            note: Some(super::event_note(message)),
+            action: "Grant".into(),
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, &request.object_ref(&())).await {
+            warn!(%error, "publishing an event failed");
+        }
+    }
+    Ok(Action::requeue(REFUSED_RETRY))
 }
 
 fn to_timestamp(time: &Time) -> Timestamp {
