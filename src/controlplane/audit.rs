@@ -39,7 +39,7 @@ impl AuditWiring {
         let webhook = AuditWebhook {
             url: format!("{}{AUDIT_PATH}", webhook_url.trim_end_matches('/')),
             ca_file,
-            token: random_token()?,
+            token: super::random_token()?,
         };
         Ok(Self { webhook, tls_secret })
     }
@@ -60,11 +60,4 @@ impl AuditWiring {
         secrets.patch(AUDIT_SECRET, &params, &Patch::Apply(token)).await?;
         Ok(())
     }
-}
-
-fn random_token() -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

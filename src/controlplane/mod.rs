@@ -69,6 +69,7 @@ pub struct Options {
 /// A running control plane. Dropping it stops every process it started.
 pub struct ControlPlane {
     layout: Layout,
+    audit: Option<AuditWebhook>,
     bin_dir: PathBuf,
     tokens: BTreeMap<User, String>,
     ca: CertificateAuthority,
@@ -107,6 +108,7 @@ impl ControlPlane {
 
         let control_plane = Self {
             layout,
+            audit: options.audit_webhook.clone(),
             bin_dir,
             tokens,
             ca,
@@ -180,6 +182,22 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Stops kube-apiserver and starts it again (same ports, same data), as
+    /// an upgrade or a crash of the API server would; returns once it is ready.
+    pub async fn restart_apiserver(&self, down_for: Duration) -> Result<(), Error> {
+        self.stop_component("kube-apiserver");
+        tokio::time::sleep(down_for).await;
+        self.start_apiserver(self.audit.as_ref()).await
+    }
+
+    /// Stops etcd and starts it again on the same data; returns once it
+    /// accepts connections (the API server reconnects by itself).
+    pub async fn restart_etcd(&self, down_for: Duration) -> Result<(), Error> {
+        self.stop_component("etcd");
+        tokio::time::sleep(down_for).await;
+        self.start_etcd().await
     }
 
     /// Stops one component (SIGTERM, then SIGKILL), e.g. to test recovery.
@@ -304,7 +322,7 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     file.write_all(content.as_bytes())
 }
 
-fn random_token() -> Result<String, Error> {
+pub(crate) fn random_token() -> Result<String, Error> {
     let mut bytes = [0u8; 24];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))

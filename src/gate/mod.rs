@@ -84,6 +84,13 @@ impl Grant<'_> {
         write.user == self.requester && self.rules.iter().any(|r| r.allows(write.verb, drifted.group, write.resource))
     }
 
+    /// Whether the role allows some write to the drifted resource.
+    fn may_write(&self, drifted: &Drifted<'_>) -> bool {
+        ["create", "update", "patch", "delete"]
+            .iter()
+            .any(|verb| self.rules.iter().any(|r| r.allows(verb, drifted.group, drifted.resource)))
+    }
+
     fn was_granted(&self) -> bool {
         matches!(self.phase, AccessPhase::Active | AccessPhase::Expired | AccessPhase::Revoked)
     }
@@ -123,8 +130,8 @@ fn act(action: RemediationAction, class: DriftClass, request: Option<String>) ->
 ///   is authorized; it is held while any such window is open, until the last
 ///   one closes, then remediated as `window_end` says.
 /// - Without audit data (the webhook is not configured, or the event has not
-///   arrived yet): any open window on the namespace holds it, marked as
-///   authorized by scope only.
+///   arrived yet): an open window on the namespace whose role may write that
+///   resource holds it, marked as authorized by scope only.
 /// - Anything else is unauthorized and remediated as `unauthorized` says.
 pub fn decide(
     drifted: &Drifted<'_>,
@@ -140,8 +147,12 @@ pub fn decide(
     let covering: Vec<&Grant<'_>> = grants.iter().filter(|g| g.was_granted() && g.covers(drifted)).collect();
 
     if writes.is_empty() {
-        // No audit record of who changed it: fall back to the scope.
-        let open = covering.iter().filter(|g| g.phase == AccessPhase::Active && g.open_at(now)).max_by_key(|g| g.end());
+        // No audit record of who changed it: fall back to the scope, i.e.
+        // an open window whose role could have written this resource.
+        let open = covering
+            .iter()
+            .filter(|g| g.phase == AccessPhase::Active && g.open_at(now) && g.may_write(drifted))
+            .max_by_key(|g| g.end());
         return match open {
             Some(grant) => Decision::Hold {
                 request: grant.request.to_owned(),
@@ -393,6 +404,15 @@ mod tests {
                 true,
                 20,
                 Decision::Hold { request: "alice-fix".into(), class: DriftClass::AuthorizedByScope, until: at(600) },
+            ),
+            (
+                "no audit data, only a read-only window covers the scope",
+                vec![],
+                vec![grant("alice-view", "alice", Active, (0, 600), &read_only)],
+                REVERT_BOTH,
+                true,
+                20,
+                Decision::Revert { class: DriftClass::Unauthorized, request: None },
             ),
             (
                 "no audit data, no window",

@@ -102,30 +102,31 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
 
     let (reviews, review_writer) = reflector::store();
     let review_events = watcher(Api::<AccessReview>::all(client.clone()), config.clone())
-        .default_backoff()
+        .backoff(crate::operator::backoff::WatchBackoff::default())
         .reflect(review_writer)
         .touched_objects()
         .inspect_err(|error| warn!(%error, "AccessReview watch failed; retrying"));
     let (policies, policy_writer) = reflector::store();
     let policy_events = watcher(Api::<AccessPolicy>::all(client.clone()), config.clone())
-        .default_backoff()
+        .backoff(crate::operator::backoff::WatchBackoff::default())
         .reflect(policy_writer)
         .touched_objects()
         .inspect_err(|error| warn!(%error, "AccessPolicy watch failed; retrying"));
     let (namespaces, namespace_writer) = reflector::store();
     let namespace_events = watcher(Api::<Namespace>::all(client.clone()), config.clone())
-        .default_backoff()
+        .backoff(crate::operator::backoff::WatchBackoff::default())
         .reflect(namespace_writer)
         .touched_objects()
         .inspect_err(|error| warn!(%error, "Namespace watch failed; retrying"));
     let (bindings, binding_writer) = reflector::store();
     let binding_events = watcher(Api::<RoleBinding>::all(client.clone()), managed)
-        .default_backoff()
+        .backoff(crate::operator::backoff::WatchBackoff::default())
         .reflect(binding_writer)
         .touched_objects()
         .inspect_err(|error| warn!(%error, "RoleBinding watch failed; retrying"));
 
-    let controller = Controller::new(Api::<AccessRequest>::all(client.clone()), config);
+    let controller = Controller::new(Api::<AccessRequest>::all(client.clone()), config)
+        .trigger_backoff(super::backoff::WatchBackoff::default());
     let requests = controller.store();
     let reporter = Reporter { controller: "driftwarden".into(), instance: settings.instance.clone() };
     let context = Arc::new(Context {

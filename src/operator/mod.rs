@@ -3,6 +3,7 @@
 //! controllers. Any of them failing stops the others.
 
 pub mod access;
+mod backoff;
 mod conditions;
 pub mod crds;
 pub mod drift;
@@ -89,7 +90,7 @@ pub async fn run(
     let (requests, requests_writer) = kube::runtime::reflector::store::<AccessRequest>();
     let request_watch = tokio::spawn(
         watcher(kube::Api::<AccessRequest>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
+            .backoff(crate::operator::backoff::WatchBackoff::default())
             .reflect(requests_writer)
             .for_each(|_| async {}),
     );

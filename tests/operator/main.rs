@@ -15,6 +15,7 @@ mod drift_corpus;
 mod drift_edits;
 mod drift_sources;
 mod failover;
+mod faults;
 mod gate;
 mod grant_forbidden;
 mod grant_lifecycle;

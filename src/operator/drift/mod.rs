@@ -143,7 +143,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     };
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
     let pending_since: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Instant>>> = Arc::default();
-    let controller = Controller::new(Api::<DesiredState>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(Api::<DesiredState>::all(client.clone()), watcher::Config::default())
+        .trigger_backoff(super::backoff::WatchBackoff::default());
     let desired_states = controller.store();
     let reporter = Reporter { controller: "driftwarden".into(), instance: settings.instance.clone() };
     let (source_meta, source_meta_writer) = reflector::store();
@@ -181,13 +182,13 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     // Source ConfigMaps by metadata only: their contents are read when a
     // DesiredState that uses them reconciles.
     let sources = watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::operator::backoff::WatchBackoff::default())
         .reflect(source_meta_writer)
         .touched_objects();
     // A grant that opens, ends or logs a write may change the gate's verdict
     // on any drift in its namespace.
     let access_requests = watcher(Api::<AccessRequest>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::operator::backoff::WatchBackoff::default())
         .reflect(requests_writer)
         .touched_objects();
     let states = desired_states.clone();
@@ -211,7 +212,7 @@ async fn drive<K>(
     K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
-    stream.default_backoff().reflect(writer).for_each(|_| async {}).await;
+    stream.backoff(crate::operator::backoff::WatchBackoff::default()).reflect(writer).for_each(|_| async {}).await;
 }
 
 /// The DesiredStates in a request's namespace.

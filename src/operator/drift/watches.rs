@@ -136,7 +136,9 @@ impl Watches {
         };
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
-        let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+        let stream = watcher(api, watcher::Config::default())
+            .backoff(crate::operator::backoff::WatchBackoff::default())
+            .reflect(writer);
         let (trigger, users, key) = (self.trigger.clone(), self.users.clone(), key.clone());
         let pending_since = self.pending_since.clone();
         tracing::info!(kind = %key.kind, namespace = ?key.namespace, "watching");
