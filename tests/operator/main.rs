@@ -9,6 +9,8 @@ mod support;
 mod common;
 
 mod admission_rules;
+mod bad_access_input;
+mod bad_sources;
 mod drift_corpus;
 mod drift_edits;
 mod drift_sources;
