@@ -105,11 +105,24 @@ pub fn check_request(duration: Duration, reason: &str, judge: &Judge<'_>) -> Res
 /// A reason is trivial when it has fewer than 10 visible characters or
 /// fewer than 4 distinct ones ("aaaaaaaaaa", "..........").
 pub fn is_trivial(reason: &str) -> bool {
-    let visible: Vec<char> = reason.chars().filter(|c| !c.is_whitespace()).collect();
+    let visible: Vec<char> = reason.chars().filter(|c| !c.is_whitespace() && !is_invisible(*c)).collect();
     let mut distinct = visible.clone();
     distinct.sort_unstable();
     distinct.dedup();
     visible.len() < 10 || distinct.len() < 4
+}
+
+/// Characters that print nothing: controls, and Unicode's default-ignorable
+/// ones (zero-width spaces and joiners, bidi marks, the BOM, soft hyphens,
+/// variation selectors, tags). A reason made of them says nothing.
+fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+            | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fff8}' | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// Whether `user` (with `groups`) may review under this policy. Never the
@@ -129,12 +142,16 @@ pub fn format_duration(duration: Duration) -> String {
     if m > 0 {
         out.push_str(&format!("{m}m"));
     }
-    if s > 0 || out.is_empty() {
-        let millis = duration.subsec_millis();
-        if millis > 0 && h == 0 && m == 0 {
-            out.push_str(&format!("{s}.{millis:03}s"));
-        } else {
+    // Every part shows, down to the nanosecond: a message must never read
+    // "4h exceeds the maximum of 4h" for 4h0.5s.
+    let nanos = duration.subsec_nanos();
+    if s > 0 || nanos > 0 || out.is_empty() {
+        if nanos == 0 {
             out.push_str(&format!("{s}s"));
+        } else if nanos.is_multiple_of(1_000_000) {
+            out.push_str(&format!("{s}.{:03}s", nanos / 1_000_000));
+        } else {
+            out.push_str(&format!("{s}.{nanos:09}s"));
         }
     }
     out

@@ -180,8 +180,14 @@ pub fn diff(declared: &Value, live: Option<&Value>, options: &DiffOptions) -> Ob
 }
 
 fn missing_object_diff(declared: &Value, is_secret: bool) -> String {
+    let shown = if is_secret { redacted_secret(declared) } else { declared.clone() };
+    unified_diff(Some(&shown), None)
+}
+
+/// A declared Secret with every value replaced by the marker.
+fn redacted_secret(declared: &Value) -> Value {
     let mut shown = declared.clone();
-    if is_secret && let Value::Object(object) = &mut shown {
+    if let Value::Object(object) = &mut shown {
         for field in ["data", "stringData"] {
             match object.get_mut(field) {
                 Some(Value::Object(values)) => {
@@ -192,7 +198,7 @@ fn missing_object_diff(declared: &Value, is_secret: bool) -> String {
             }
         }
     }
-    unified_diff(Some(&shown), None)
+    shown
 }
 
 fn unified_diff(declared: Option<&Value>, live: Option<&Value>) -> String {
@@ -522,6 +528,13 @@ impl<'a, 'o> Walker<'a, 'o> {
     fn root(&mut self, declared: &'a Value, live: &'a Value) -> Views {
         let owners = Owners::root(self.managers);
         let (Value::Object(declared), Value::Object(live)) = (declared, live) else {
+            if self.is_secret {
+                // Live is not even an object: nothing to compare field by
+                // field, and none of it may be shown.
+                self.report(ChangeKind::Changed);
+                let redacted = Value::String(REDACTED.into());
+                return Views { declared: self.view(&redacted_secret(declared)), live: self.view(&redacted) };
+            }
             return self.value(declared, Some(live), &owners, None, 0);
         };
         let mut views = self.map(declared, live, &owners, 0);
@@ -696,7 +709,12 @@ impl<'a, 'o> Walker<'a, 'o> {
         match live {
             Value::Object(map) if !(is_item && foreign) => {
                 let mut added = Map::new();
+                // kubectl's last-applied copy (a Secret's values included)
+                // is never compared, also when all of metadata is live-only.
                 for (key, value) in map {
+                    if self.skipped(key) {
+                        continue;
+                    }
                     self.path.push(Step::Key(key));
                     let child = owners.field(key, &mut self.buffer);
                     if let Some(value) = self.foreign_additions(value, &child, false, depth + 1) {

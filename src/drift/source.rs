@@ -23,10 +23,22 @@ use crate::api::ObjectRef;
 pub const REVISION_ANNOTATION: &str = "driftwarden.io/revision";
 /// The most bytes one gzip-compressed key may expand to (a zip-bomb stop).
 pub const MAX_DECOMPRESSED_BYTES: u64 = 8 * 1024 * 1024;
+/// The most bytes all gzip-compressed keys of one set of sources may expand
+/// to together: without it, many small keys that each stay under the
+/// per-key limit would still exhaust the operator's memory.
+pub const MAX_TOTAL_DECOMPRESSED_BYTES: u64 = 64 * 1024 * 1024;
 /// The deepest nesting a declared object may have. Real manifests stay
 /// below 20; the bound keeps every recursive walk (here and in the diff)
 /// far from the stack's end.
 pub const MAX_DEPTH: usize = 100;
+/// The longest apiVersion (a DNS subdomain group, `/`, a DNS label version),
+/// kind (a DNS label, as CRDs require), name (a DNS subdomain) and namespace
+/// (a DNS label) accepted. Errors quote these fields, so the bounds also keep
+/// every message short, whatever a source holds.
+const MAX_API_VERSION_LEN: usize = 253 + 1 + 63;
+const MAX_KIND_LEN: usize = 63;
+const MAX_NAME_LEN: usize = 253;
+const MAX_NAMESPACE_LEN: usize = 63;
 /// The longest revision accepted (a SHA-256 object id is 64 characters; refs
 /// such as `main@sha1:<40 hex>` stay well below this).
 pub const MAX_REVISION_LEN: usize = 255;
@@ -305,6 +317,12 @@ pub enum KeyError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The gzip keys read so far expand beyond [`MAX_TOTAL_DECOMPRESSED_BYTES`].
+    #[error("all gzip data of these sources together expands beyond {limit} bytes")]
+    TotalTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// Starts like gzip but does not decompress.
     #[error("invalid gzip data: {0}")]
     Gzip(String),
@@ -326,6 +344,16 @@ pub enum DocumentError {
     #[error("nested deeper than {limit} levels")]
     TooDeep {
         /// The limit.
+        limit: usize,
+    },
+    /// An identity field longer than Kubernetes allows.
+    #[error("{field} is {len} bytes long (at most {limit})")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The most allowed.
         limit: usize,
     },
     /// Not a mapping.
@@ -432,8 +460,9 @@ pub fn parse_sources(
     let mut errors = Vec::new();
     let revision = read_revision(&ordered, &mut errors);
     let mut objects = Vec::new();
+    let mut budget = MAX_TOTAL_DECOMPRESSED_BYTES;
     for config_map in &ordered {
-        for (key, text) in source_texts(config_map, &mut errors) {
+        for (key, text) in source_texts(config_map, &mut budget, &mut errors) {
             let context = DocumentContext { config_map: &config_map.name, key, scope, resolver };
             parse_text(&text, &context, &mut objects, &mut errors);
         }
@@ -488,12 +517,17 @@ pub fn validate_revision(revision: &str) -> Result<(), RevisionError> {
 }
 
 /// Every key of a ConfigMap as text, `data` first, then `binaryData`
-/// (gunzipped when it starts with the gzip magic).
-fn source_texts<'a>(config_map: &'a SourceConfigMap, errors: &mut Vec<SourceError>) -> Vec<(&'a str, Cow<'a, str>)> {
+/// (gunzipped when it starts with the gzip magic, within what is left of
+/// `budget`).
+fn source_texts<'a>(
+    config_map: &'a SourceConfigMap,
+    budget: &mut u64,
+    errors: &mut Vec<SourceError>,
+) -> Vec<(&'a str, Cow<'a, str>)> {
     let mut texts: Vec<(&str, Cow<'a, str>)> =
         config_map.data.iter().map(|(key, text)| (key.as_str(), Cow::Borrowed(text.as_str()))).collect();
     for (key, bytes) in &config_map.binary_data {
-        match decode_binary(bytes) {
+        match decode_within(bytes, budget) {
             Ok(text) => texts.push((key, Cow::Owned(text))),
             Err(reason) => {
                 errors.push(SourceError::Key { config_map: config_map.name.clone(), key: key.clone(), reason })
@@ -505,18 +539,36 @@ fn source_texts<'a>(config_map: &'a SourceConfigMap, errors: &mut Vec<SourceErro
 
 /// gzip (by its magic bytes) or plain UTF-8, as text.
 pub fn decode_binary(bytes: &[u8]) -> Result<String, KeyError> {
-    let bytes = if bytes.starts_with(&[0x1f, 0x8b]) { gunzip(bytes)? } else { bytes.to_vec() };
+    let mut budget = MAX_DECOMPRESSED_BYTES;
+    decode_within(bytes, &mut budget)
+}
+
+/// [`decode_binary`], taking what gzip expands to from `budget`.
+fn decode_within(bytes: &[u8], budget: &mut u64) -> Result<String, KeyError> {
+    let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let limit = MAX_DECOMPRESSED_BYTES.min(*budget);
+        let out = gunzip(bytes, limit).map_err(|error| match error {
+            KeyError::TooLarge { .. } if limit < MAX_DECOMPRESSED_BYTES => {
+                KeyError::TotalTooLarge { limit: MAX_TOTAL_DECOMPRESSED_BYTES }
+            }
+            error => error,
+        })?;
+        *budget -= out.len() as u64;
+        out
+    } else {
+        bytes.to_vec()
+    };
     String::from_utf8(bytes).map_err(|error| KeyError::NotUtf8 { valid_up_to: error.utf8_error().valid_up_to() })
 }
 
-fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, KeyError> {
+fn gunzip(bytes: &[u8], limit: u64) -> Result<Vec<u8>, KeyError> {
     let mut out = Vec::new();
     // Reading one byte past the limit tells "exactly at the limit" from "over".
     flate2::read::MultiGzDecoder::new(bytes)
-        .take(MAX_DECOMPRESSED_BYTES + 1)
+        .take(limit + 1)
         .read_to_end(&mut out)
         .map_err(|error| KeyError::Gzip(error.to_string()))?;
-    if out.len() as u64 > MAX_DECOMPRESSED_BYTES {
+    if out.len() as u64 > limit {
         return Err(KeyError::TooLarge { limit: MAX_DECOMPRESSED_BYTES });
     }
     Ok(out)
@@ -576,6 +628,13 @@ fn split_documents(text: &str) -> Vec<Result<Value, DocumentError>> {
             return values.into_iter().map(check_depth).collect();
         }
     }
+    // The YAML parser's cost per character grows with flow nesting; refuse
+    // what would be too deep anyway before it starts.
+    if let Some(document) = flow_too_deep(text, MAX_DEPTH) {
+        let mut documents: Vec<Result<Value, DocumentError>> = vec![Ok(Value::Null); document];
+        documents.push(Err(DocumentError::TooDeep { limit: MAX_DEPTH }));
+        return documents;
+    }
     let mut documents = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
         match Value::deserialize(document) {
@@ -587,6 +646,36 @@ fn split_documents(text: &str) -> Vec<Result<Value, DocumentError>> {
         }
     }
     documents
+}
+
+/// The document (0-based) in which flow collections (`[`, `{`) nest deeper
+/// than `limit`, if any. Every bracket counts, in strings and comments too:
+/// a cheap scan that nothing can hide nesting from, and no real manifest
+/// holds a hundred unclosed brackets.
+fn flow_too_deep(text: &str, limit: usize) -> Option<usize> {
+    let (mut document, mut depth, mut content) = (0usize, 0usize, false);
+    for line in text.split(['\n', '\r']) {
+        let mut rest = line.as_bytes();
+        if let Some(after) = rest.strip_prefix(b"---")
+            && after.first().is_none_or(u8::is_ascii_whitespace)
+        {
+            // A marker before any content opens document 0; later ones the next.
+            document += usize::from(content);
+            (content, rest) = (true, after);
+        }
+        content |= rest.trim_ascii_start().first().is_some_and(|b| *b != b'#');
+        for &byte in rest {
+            match byte {
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > limit {
+                return Some(document);
+            }
+        }
+    }
+    None
 }
 
 fn check_depth(value: Value) -> Result<Value, DocumentError> {
@@ -639,6 +728,8 @@ fn declared_object(mut value: Value, context: &DocumentContext<'_>) -> Result<(O
     let Value::Object(object) = &mut value else { return Err(DocumentError::NotAnObject(type_name(&value))) };
     let api_version = required_string(object, "apiVersion", "apiVersion")?;
     let kind = required_string(object, "kind", "kind")?;
+    check_length("apiVersion", &api_version, MAX_API_VERSION_LEN)?;
+    check_length("kind", &kind, MAX_KIND_LEN)?;
     let (group, version) = split_api_version(&api_version)?;
     let metadata = match object.get_mut("metadata") {
         Some(Value::Object(metadata)) => metadata,
@@ -646,10 +737,14 @@ fn declared_object(mut value: Value, context: &DocumentContext<'_>) -> Result<(O
         Some(_) => return Err(DocumentError::WrongType { field: "metadata", expected: "mapping" }),
     };
     let name = required_string(metadata, "name", "metadata.name")?;
+    check_length("metadata.name", &name, MAX_NAME_LEN)?;
     let declared_namespace = match metadata.get("namespace") {
         None | Some(Value::Null) => None,
         Some(Value::String(namespace)) if namespace.is_empty() => None,
-        Some(Value::String(namespace)) => Some(namespace.clone()),
+        Some(Value::String(namespace)) => {
+            check_length("metadata.namespace", namespace, MAX_NAMESPACE_LEN)?;
+            Some(namespace.clone())
+        }
         Some(_) => return Err(DocumentError::WrongType { field: "metadata.namespace", expected: "string" }),
     };
     let scope = context
@@ -690,6 +785,10 @@ fn check_cluster_scope(key: &ObjectKey, scope: &SourceScope<'_>) -> Result<(), D
         return Ok(());
     }
     Err(DocumentError::ClusterScoped { object: key.to_string(), operator: scope.operator_namespace.to_owned() })
+}
+
+fn check_length(field: &'static str, value: &str, limit: usize) -> Result<(), DocumentError> {
+    if value.len() > limit { Err(DocumentError::TooLong { field, len: value.len(), limit }) } else { Ok(()) }
 }
 
 fn required_string(map: &Map<String, Value>, field: &str, label: &'static str) -> Result<String, DocumentError> {
