@@ -10,9 +10,9 @@ mod common;
 
 mod admission_rules;
 mod audit_webhook;
-mod dashboard;
 mod bad_access_input;
 mod bad_sources;
+mod dashboard;
 mod drift_corpus;
 mod drift_edits;
 mod drift_sources;
