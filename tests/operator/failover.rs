@@ -36,6 +36,19 @@ async fn wait_until_leading(port: u16, timeout: Duration) -> Duration {
     started.elapsed()
 }
 
+/// Stops the second replica however the test ends, so that the tests after
+/// it find the first replica leading.
+struct Standby {
+    operator: &'static driftwarden::controlplane::operator::OperatorEnv,
+    replica: driftwarden::controlplane::operator::Replica,
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        self.operator.stop_replica(&self.replica);
+    }
+}
+
 #[tokio::test]
 async fn of_two_replicas_one_reverts_each_drift_once_and_the_standby_takes_over_when_it_dies() {
     let mut t = drift_setup("gate-failover").await;
@@ -45,7 +58,8 @@ async fn of_two_replicas_one_reverts_each_drift_once_and_the_standby_takes_over_
     operator.wait_until_serving().await.unwrap();
     managed_shop(&t, json!({})).await;
 
-    let standby = operator.start_replica("driftwarden-1").unwrap();
+    let standby = Standby { operator, replica: operator.start_replica("driftwarden-1").unwrap() };
+    let standby = &standby.replica;
     let started = Instant::now();
     while http_get(standby.http_port, "/readyz").is_none_or(|(code, _)| code != 200) {
         assert!(started.elapsed() < Duration::from_secs(30), "the standby did not become ready");
@@ -76,13 +90,17 @@ async fn of_two_replicas_one_reverts_each_drift_once_and_the_standby_takes_over_
     assert!(takeover <= Duration::from_secs(16), "takeover took {takeover:?}");
     set_mode(&t, User::Admin, "while-failing-over").await;
     until(Duration::from_secs(30), "the standby's revert", || async { mode(&t).await == "safe" }).await;
-    assert_eq!(reverts_in(&standby.log, &namespace), 1);
+    // Its log line follows the write by a moment.
+    until(Duration::from_secs(5), "the standby's revert log line", || async {
+        reverts_in(&standby.log, &namespace) == 1
+    })
+    .await;
     eprintln!("takeover after the leader's death: {takeover:?}");
 
     // Back to one replica: the first comes back as standby, the second
     // hands the lease over as it stops.
     outage.end();
-    operator.stop_replica(&standby);
+    operator.stop_replica(standby);
     wait_until_leading(operator.http_port, Duration::from_secs(20)).await;
     operator.wait_until_serving().await.unwrap();
     drop(exclusive);

@@ -292,7 +292,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
             let (config_maps, missing) = read_sources(&context.client, &namespace, &state.spec.sources)
                 .await
                 .map_err(|source| Error::ReadSources { desired_state: format!("{namespace}/{name}"), source })?;
-            let (parsed, resolver) = parse(&context, &config_maps, &scope).await?;
+            let (parsed, resolver) = parse(&context, &Arc::new(config_maps), &scope).await?;
             let parsed = parsed.map(Arc::new);
             if let (Ok(sources), true) = (&parsed, missing.is_empty()) {
                 let entry = CachedParse { fingerprint: fingerprint.clone(), sources: sources.clone() };
@@ -918,11 +918,11 @@ fn has_unknown_kind(errors: &drift::SourceErrors) -> bool {
 /// seconds) and parses once more.
 async fn parse(
     context: &Context,
-    config_maps: &[SourceConfigMap],
+    config_maps: &Arc<Vec<SourceConfigMap>>,
     scope: &SourceScope<'_>,
 ) -> Result<(Result<drift::ParsedSources, drift::SourceErrors>, Resolver), Error> {
     let resolver = Resolver { discovery: context.discovery.read().await.0.clone() };
-    let parsed = drift::parse_sources(config_maps, scope, &resolver);
+    let parsed = parse_off_runtime(config_maps, scope, &resolver).await;
     match &parsed {
         Err(errors) if has_unknown_kind(errors) => {
             let mut guard = context.discovery.write().await;
@@ -932,10 +932,28 @@ async fn parse(
             }
             let resolver = Resolver { discovery: guard.0.clone() };
             drop(guard);
-            Ok((drift::parse_sources(config_maps, scope, &resolver), resolver))
+            Ok((parse_off_runtime(config_maps, scope, &resolver).await, resolver))
         }
         _ => Ok((parsed, resolver)),
     }
+}
+
+/// Parsing a large source takes a while (seconds for 10,000 documents on a
+/// slow core): on a blocking thread, so that it never stalls the runtime's
+/// workers (lease renewals, grant expiry, other reconciles).
+async fn parse_off_runtime(
+    config_maps: &Arc<Vec<SourceConfigMap>>,
+    scope: &SourceScope<'_>,
+    resolver: &Resolver,
+) -> Result<drift::ParsedSources, drift::SourceErrors> {
+    let (config_maps, resolver) = (config_maps.clone(), Resolver { discovery: resolver.discovery.clone() });
+    let (namespace, operator_namespace) = (scope.namespace.to_owned(), scope.operator_namespace.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let scope = SourceScope { namespace: &namespace, operator_namespace: &operator_namespace };
+        drift::parse_sources(&config_maps, &scope, &resolver)
+    })
+    .await
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
 }
 
 async fn write_status(
