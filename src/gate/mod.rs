@@ -21,6 +21,8 @@ pub struct Drifted<'a> {
     /// API group ("" for core) and plural resource, as RBAC rules name them.
     pub group: &'a str,
     pub resource: &'a str,
+    /// When the drift was first seen, if known.
+    pub since: Option<Timestamp>,
 }
 
 /// One write to the object, from the API server's audit log.
@@ -153,12 +155,25 @@ pub fn decide(
             .iter()
             .filter(|g| g.phase == AccessPhase::Active && g.open_at(now) && g.may_write(drifted))
             .max_by_key(|g| g.end());
-        return match open {
-            Some(grant) => Decision::Hold {
+        if let Some(grant) = open {
+            return Decision::Hold {
                 request: grant.request.to_owned(),
                 class: DriftClass::AuthorizedByScope,
                 until: grant.end(),
-            },
+            };
+        }
+        // Held by scope until its window ended (the audit record may still
+        // be on its way): the session's drift, whose window has ended.
+        let ended = drifted.since.and_then(|since| {
+            covering
+                .iter()
+                .filter(|g| {
+                    g.may_write(drifted) && g.open_at(since) && !(g.phase == AccessPhase::Active && now < g.end())
+                })
+                .max_by_key(|g| g.end())
+        });
+        return match ended {
+            Some(grant) => act(remediation.window_end, DriftClass::WindowEnded, Some(grant.request.to_owned())),
             None => act(remediation.unauthorized, DriftClass::Unauthorized, None),
         };
     }
@@ -227,7 +242,9 @@ mod tests {
         Write { user, verb, resource: "deployments", at: at(offset) }
     }
 
-    const DEPLOYMENT: Drifted<'static> = Drifted { namespace: Some("shop"), group: "apps", resource: "deployments" };
+    const DEPLOYMENT: Drifted<'static> =
+        Drifted { namespace: Some("shop"), group: "apps", resource: "deployments", since: None };
+    const DRIFT_SEEN_AT_100: Drifted<'static> = Drifted { since: Some(Timestamp::constant(T0 + 100, 0)), ..DEPLOYMENT };
     const REVERT_BOTH: Remediation = Remediation { unauthorized: Revert, window_end: Revert };
 
     /// (case, writes, grants, remediation, sources valid, now, expected)
@@ -251,7 +268,8 @@ mod tests {
         let elsewhere = Grant { namespace: "payments", ..alice_active.clone() };
         let pending = grant("alice-wait", "alice", Pending, (0, 600), &rules);
 
-        let cases: Vec<Case<'_>> = vec![
+        let alice_revoked_for_scope = alice_revoked.clone();
+        let mut cases: Vec<Case<'_>> = vec![
             (
                 "no session at all",
                 vec![write("mallory", "patch", 10)],
@@ -433,8 +451,18 @@ mod tests {
                 Decision::Nothing,
             ),
         ];
+        cases.push((
+            "no audit data, seen during a window that has since ended",
+            vec![],
+            vec![alice_revoked_for_scope.clone()],
+            REVERT_BOTH,
+            true,
+            400,
+            Decision::Revert { class: DriftClass::WindowEnded, request: Some("alice-fix".into()) },
+        ));
         for (case, writes, grants, remediation, valid, now, expected) in cases {
-            assert_eq!(decide(&DEPLOYMENT, &writes, &grants, remediation, valid, at(now)), expected, "{case}");
+            let drifted = if case.contains("since ended") { DRIFT_SEEN_AT_100 } else { DEPLOYMENT };
+            assert_eq!(decide(&drifted, &writes, &grants, remediation, valid, at(now)), expected, "{case}");
         }
     }
 
@@ -446,7 +474,8 @@ mod tests {
         let writes = [write("alice", "delete", 10)];
         let held = decide(&DEPLOYMENT, &writes, &grants, REVERT_BOTH, true, at(20));
         assert!(matches!(held, Decision::Hold { .. }), "{held:?}");
-        let cluster_scoped = Drifted { namespace: None, group: "rbac.authorization.k8s.io", resource: "clusterroles" };
+        let cluster_scoped =
+            Drifted { namespace: None, group: "rbac.authorization.k8s.io", resource: "clusterroles", since: None };
         let reverted = decide(&cluster_scoped, &writes, &grants, REVERT_BOTH, true, at(20));
         assert_eq!(reverted, Decision::Revert { class: DriftClass::Unauthorized, request: None });
     }

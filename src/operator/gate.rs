@@ -196,7 +196,12 @@ impl Caches {
         let logged = self.writes(subject);
         let writes: Vec<Write<'_>> =
             logged.iter().map(|w| Write { user: &w.user, verb: &w.verb, resource: &w.resource, at: w.at }).collect();
-        let drifted = Drifted { namespace: subject.namespace, group: subject.group, resource: subject.plural };
+        let drifted = Drifted {
+            namespace: subject.namespace,
+            group: subject.group,
+            resource: subject.plural,
+            since: Some(subject.since),
+        };
         let decision = gate::decide(&drifted, &writes, &grants, remediation, true, now);
         let from_audit = !writes.is_empty();
         let mut writers: Vec<String> = writes.iter().map(|w| w.user.to_owned()).collect();

@@ -26,3 +26,4 @@ mod kubectl_flow;
 mod operator_probes;
 mod restart;
 mod revocation;
+mod secret_canaries;
