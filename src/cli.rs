@@ -98,7 +98,7 @@ pub struct OperatorArgs {
 
     /// How often RoleBindings that no active AccessRequest accounts for are
     /// looked for and removed, as a Go duration.
-    #[arg(long, env = "DRIFTWARDEN_SWEEP_INTERVAL", default_value = "60s")]
+    #[arg(long, env = "DRIFTWARDEN_SWEEP_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub sweep_interval: kube::core::Duration,
 
     /// Field managers whose fields are the declared state, besides
@@ -223,5 +223,41 @@ mod tests {
     fn log_format_is_global() {
         let cli = Cli::try_parse_from(["driftwarden", "crds", "--log-format", "json"]).unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
+    }
+}
+
+/// A positive Go duration of at most a day. kube's parser panics on some
+/// malformed input (`1h-5m`) and drops a leading sign (`-5m`): those are
+/// refused here, with a message, before it sees them.
+fn positive_duration(text: &str) -> Result<kube::core::Duration, String> {
+    // Runs of at most 9 digits cannot overflow (999999999h is far below the limit).
+    let short_numbers = text.split(|c: char| !c.is_ascii_digit()).all(|digits| digits.len() <= 9);
+    let shape = text.len() <= 32
+        && !text.is_empty()
+        && short_numbers
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+    if !shape {
+        return Err(format!("{text:?} is not a positive Go duration such as 30s, 5m or 1h30m"));
+    }
+    let parsed = std::panic::catch_unwind(|| text.parse::<kube::core::Duration>())
+        .map_err(|_| format!("{text:?} is not a valid duration"))?
+        .map_err(|error| format!("{text:?}: {error}"))?;
+    let std: std::time::Duration = parsed.into();
+    if std.is_zero() || std > std::time::Duration::from_secs(24 * 3600) {
+        return Err(format!("{text:?} must be more than 0 and at most 24h"));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod duration_tests {
+    #[test]
+    fn malformed_or_signed_durations_are_refused_not_panicked_on() {
+        for bad in ["1h-5m", "-5m", "", "0s", "99999999999999999999999999999h", "48h", "5 m"] {
+            assert!(super::positive_duration(bad).is_err(), "{bad}");
+        }
+        for good in ["5s", "1m30s", "24h", "250ms"] {
+            assert!(super::positive_duration(good).is_ok(), "{good}");
+        }
     }
 }

@@ -26,8 +26,9 @@ use super::validation;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self == oldSelf").message("an AccessReview is immutable; create a new one"))]
 pub struct AccessReviewSpec {
-    /// Name of the AccessRequest (in this namespace) this review answers.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the AccessRequest (in this namespace) this review answers:
+    /// a DNS subdomain name, as every object name is.
+    #[schemars(length(min = 1, max = 253), regex(pattern = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub access_request: String,
 
     /// `Approve` or `Deny`.
