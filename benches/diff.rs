@@ -1,59 +1,148 @@
-//! The pure diff and parser, per object: `cargo bench --bench diff`.
-//! Goal: <= 20 µs for a typical Deployment in sync.
+//! The pure drift engine, per object: `cargo bench --bench diff`.
+//! Goal: <= 20 µs per typical object in sync.
+//!
+//! The objects are in `benches/data`: each declared manifest with its live
+//! copy as a real API server returned it after `kubectl apply` (server
+//! defaults, managedFields, the last-applied annotation) and after a hand
+//! edit by another field manager (`kubectl patch`). `driftwarden-bench
+//! fixtures --out benches/data` captures them again.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use driftwarden::drift::{self, DiffOptions, Scope, SourceConfigMap, SourceScope};
+use driftwarden::drift::{self, DiffOptions, Scope, SourceConfigMap, SourceScope, normalize};
 use serde_json::Value;
 
-fn fixtures() -> (Value, Value) {
+/// The captured objects, typical first.
+const CAPTURED: &[&str] = &["deployment", "service", "configmap-100-keys", "role-20-rules", "crd-50kb"];
+
+fn data(file: &str) -> String {
+    let path = format!("{}/benches/data/{file}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+struct Fixture {
+    name: String,
+    declared: Value,
+    live: Value,
+    drifted: Value,
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let mut all: Vec<Fixture> = CAPTURED
+        .iter()
+        .map(|name| Fixture {
+            name: (*name).to_owned(),
+            declared: serde_yaml_ng::from_str(&data(&format!("{name}.yaml"))).unwrap(),
+            live: serde_json::from_str(&data(&format!("{name}.live.json"))).unwrap(),
+            drifted: serde_json::from_str(&data(&format!("{name}.drifted.json"))).unwrap(),
+        })
+        .collect();
+    // A Deployment as a full cluster shows it: status, and the deployment
+    // controller's fields (the bench's control plane runs no such controller).
     let declared: Value =
         serde_yaml_ng::from_str(include_str!("../src/drift/testdata/deployment-declared.yaml")).unwrap();
     let live: Value = serde_json::from_str(include_str!("../src/drift/testdata/deployment-live.json")).unwrap();
-    (declared, live)
-}
-
-fn diff(c: &mut Criterion) {
-    let (declared, live) = fixtures();
-    let options = DiffOptions::default();
-    assert!(drift::diff(&declared, Some(&live), &options).in_sync());
     let mut drifted = live.clone();
     drifted["spec"]["replicas"] = 9.into();
     drifted["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:9".into();
-    assert!(!drift::diff(&declared, Some(&drifted), &options).in_sync());
+    all.insert(1, Fixture { name: "deployment-with-status".into(), declared, live, drifted });
+    all
+}
 
+fn diff(c: &mut Criterion) {
+    let options = DiffOptions::default();
     let mut group = c.benchmark_group("diff");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("deployment_in_sync", |b| {
-        b.iter(|| drift::diff(black_box(&declared), Some(black_box(&live)), &options))
-    });
-    group.bench_function("deployment_drifted", |b| {
-        b.iter(|| drift::diff(black_box(&declared), Some(black_box(&drifted)), &options))
+    for fixture in fixtures() {
+        let Fixture { name, declared, live, drifted } = &fixture;
+        assert!(drift::diff(declared, Some(live), &options).in_sync(), "{name}: live must be in sync");
+        assert!(!drift::diff(declared, Some(drifted), &options).in_sync(), "{name}: drifted must drift");
+        group.bench_function(format!("{name}/in_sync"), |b| {
+            b.iter(|| drift::diff(black_box(declared), Some(black_box(live)), &options))
+        });
+        group.bench_function(format!("{name}/drifted"), |b| {
+            b.iter(|| drift::diff(black_box(declared), Some(black_box(drifted)), &options))
+        });
+    }
+    group.finish();
+}
+
+/// The comparisons the diff makes where the API server normalizes a value.
+fn normalization(c: &mut Criterion) {
+    let pairs: Vec<(Value, Value)> = [
+        ("0.5", "500m"),
+        ("1", "1"),
+        ("250m", "250m"),
+        ("128Mi", "128Mi"),
+        ("0.25Gi", "256Mi"),
+        ("1Gi", "1Gi"),
+        ("2", "2000m"),
+        ("1e3", "1k"),
+    ]
+    .iter()
+    .map(|(declared, live)| (Value::from(*declared), Value::from(*live)))
+    .collect();
+    for (declared, live) in &pairs {
+        assert!(normalize::quantities_equal(declared, live), "{declared} = {live}");
+    }
+    let mut group = c.benchmark_group("normalize");
+    group.throughput(Throughput::Elements(pairs.len() as u64));
+    group.bench_function("quantities_equal", |b| {
+        b.iter(|| pairs.iter().filter(|(d, l)| normalize::quantities_equal(black_box(d), black_box(l))).count())
     });
     group.finish();
 }
 
 fn parse(c: &mut Criterion) {
+    let resolver =
+        |_: &str, kind: &str| Some(if kind == "CustomResourceDefinition" { Scope::Cluster } else { Scope::Namespaced });
+    let scope = SourceScope { namespace: "bench", operator_namespace: "bench" };
     let corpus = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/corpus/GoogleCloudPlatform__microservices-demo__release_kubernetes-manifests.yaml"
     ))
     .unwrap();
-    let source = SourceConfigMap {
-        name: "bench".into(),
-        data: [("demo.yaml".into(), corpus.clone())].into(),
-        ..Default::default()
-    };
-    let resolver = |_: &str, _: &str| Some(Scope::Namespaced);
-    let scope = SourceScope { namespace: "bench", operator_namespace: "bench" };
+    let (large, objects) = large_source();
     let mut group = c.benchmark_group("parse");
-    group.throughput(Throughput::Bytes(corpus.len() as u64));
-    group.bench_function("microservices_demo", |b| {
-        b.iter(|| drift::parse_sources(black_box(std::slice::from_ref(&source)), &scope, &resolver))
-    });
+    for (name, source) in [("microservices_demo", one_key(&corpus)), ("large_source", large)] {
+        let bytes: usize = source.data.values().map(String::len).sum();
+        let parsed = drift::parse_sources(std::slice::from_ref(&source), &scope, &resolver).unwrap();
+        if name == "large_source" {
+            assert_eq!(parsed.objects.len(), objects);
+        }
+        group.throughput(Throughput::Bytes(bytes as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| drift::parse_sources(black_box(std::slice::from_ref(&source)), &scope, &resolver))
+        });
+    }
     group.finish();
 }
 
-criterion_group!(benches, diff, parse);
+fn one_key(text: &str) -> SourceConfigMap {
+    SourceConfigMap { name: "bench".into(), data: [("demo.yaml".into(), text.into())].into(), ..Default::default() }
+}
+
+/// 1,000 objects (the typical captured kinds in turn, renamed) in keys of
+/// 100 documents, and the 50 KB CRD once.
+fn large_source() -> (SourceConfigMap, usize) {
+    let typical: Vec<String> = CAPTURED[..4].iter().map(|name| data(&format!("{name}.yaml"))).collect();
+    let mut source = SourceConfigMap { name: "large".into(), ..Default::default() };
+    let documents: Vec<String> = (0..1000)
+        .map(|i| {
+            let text = &typical[i % typical.len()];
+            // Each fixture's first `name:` is its metadata.name.
+            let (before, after) = text.split_once("\n  name: ").unwrap();
+            let (name, rest) = after.split_once('\n').unwrap();
+            format!("{before}\n  name: {name}-{i}\n{rest}")
+        })
+        .collect();
+    for (key, chunk) in documents.chunks(100).enumerate() {
+        source.data.insert(format!("part{key:02}.yaml"), chunk.join("---\n"));
+    }
+    source.data.insert("crd.yaml".into(), data("crd-50kb.yaml"));
+    (source, documents.len() + 1)
+}
+
+criterion_group!(benches, diff, normalization, parse);
 criterion_main!(benches);

@@ -5,6 +5,9 @@
 //!   cargo run --release --bin driftwarden-bench -- detection --objects 10000
 //!   cargo run --release --bin driftwarden-bench -- revert --objects 10000
 //!   cargo run --release --bin driftwarden-bench -- window-end --objects 10000
+//!   cargo run --release --bin driftwarden-bench -- steady --objects 10000
+//!   cargo run --release --bin driftwarden-bench -- kubectl-diff --objects 10000
+//!   cargo run --release --bin driftwarden-bench -- fixtures --out benches/data
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,6 +26,17 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use kube::runtime::watcher;
 use serde_json::json;
+
+mod audit_log;
+mod cache;
+mod fixtures;
+mod footprint;
+mod kubectl_diff;
+mod process;
+mod steady;
+
+#[global_allocator]
+static ALLOCATOR: footprint::Counting = footprint::Counting;
 
 #[derive(Parser)]
 #[command(name = "driftwarden-bench", about = "End-to-end benchmarks against a local control plane")]
@@ -51,42 +65,73 @@ enum Bench {
     /// Unauthorized drift: an edit's write response until the object is
     /// back to what Git declares (the DesiredState reverts).
     Revert {
-        /// How many managed objects (ConfigMaps) the DesiredState declares.
-        #[arg(long, default_value_t = 1000)]
-        objects: usize,
+        #[command(flatten)]
+        managed: Scale,
         /// How many edits, one at a time, each to another random object.
         #[arg(long, default_value_t = 200)]
         edits: usize,
-        /// How many objects are created at once.
-        #[arg(long, default_value_t = 32)]
-        parallel: usize,
     },
     /// Session drift: edits made inside an access window are held, then all
     /// reverted when it ends; the time from expiresAt until each is back.
     WindowEnd {
-        /// How many managed objects (ConfigMaps) the DesiredState declares.
-        #[arg(long, default_value_t = 1000)]
-        objects: usize,
+        #[command(flatten)]
+        managed: Scale,
         /// How many objects the grantee edits during the window.
         #[arg(long, default_value_t = 100)]
         edits: usize,
-        /// How many objects are created at once.
-        #[arg(long, default_value_t = 32)]
-        parallel: usize,
     },
     /// Drift detection latency: an edit's write response until the
     /// DesiredState's status counts the object as drifted.
     Detection {
-        /// How many managed objects (ConfigMaps) the DesiredState declares.
-        #[arg(long, default_value_t = 1000)]
-        objects: usize,
+        #[command(flatten)]
+        managed: Scale,
         /// How many edits, one at a time, each to another random object.
         #[arg(long, default_value_t = 200)]
         edits: usize,
-        /// How many objects are created at once.
-        #[arg(long, default_value_t = 32)]
-        parallel: usize,
     },
+    /// At rest, all in sync: the operator's memory, CPU and API requests
+    /// (from an audit log of every request), and its peak memory when the
+    /// API server restarts and when it restarts itself (a full list).
+    Steady {
+        #[command(flatten)]
+        managed: Scale,
+        /// Length of the steady-state window, in seconds.
+        #[arg(long, default_value_t = 60)]
+        window_seconds: u64,
+        /// Quiet time after each restart before measuring, in seconds (the
+        /// watches' backoff after an API server restart reaches 30 s).
+        #[arg(long, default_value_t = 90)]
+        settle_seconds: u64,
+    },
+    /// `kubectl diff -f` against `driftwarden diff` over the same manifests
+    /// and objects: wall time of each.
+    KubectlDiff {
+        #[command(flatten)]
+        managed: Scale,
+        /// Objects edited by hand first (both must find exactly these).
+        #[arg(long, default_value_t = 10)]
+        edits: usize,
+        /// Runs of each tool (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Captures the live objects the criterion benchmarks diff, from a real
+    /// API server, next to their declared manifests.
+    Fixtures {
+        #[arg(long, default_value = "benches/data")]
+        out: PathBuf,
+    },
+}
+
+/// The managed objects: ConfigMaps that one DesiredState declares.
+#[derive(clap::Args, Clone, Copy)]
+struct Scale {
+    /// How many managed objects (ConfigMaps) the DesiredState declares.
+    #[arg(long, default_value_t = 1000)]
+    objects: usize,
+    /// How many objects are created at once.
+    #[arg(long, default_value_t = 32)]
+    parallel: usize,
 }
 
 #[tokio::main]
@@ -96,18 +141,30 @@ async fn main() -> anyhow::Result<()> {
         Bench::Expiry { grants, min_seconds, spread_seconds, parallel } => {
             expiry(grants, min_seconds, spread_seconds, parallel).await
         }
-        Bench::Detection { objects, edits, parallel } => detection(objects, edits, parallel).await,
-        Bench::Revert { objects, edits, parallel } => revert(objects, edits, parallel).await,
-        Bench::WindowEnd { objects, edits, parallel } => window_end(objects, edits, parallel).await,
+        Bench::Detection { managed: Scale { objects, parallel }, edits } => detection(objects, edits, parallel).await,
+        Bench::Revert { managed: Scale { objects, parallel }, edits } => revert(objects, edits, parallel).await,
+        Bench::WindowEnd { managed: Scale { objects, parallel }, edits } => window_end(objects, edits, parallel).await,
+        Bench::Steady { managed: Scale { objects, parallel }, window_seconds, settle_seconds } => {
+            let window = Duration::from_secs(window_seconds);
+            let settle = Duration::from_secs(settle_seconds);
+            steady::run(objects, parallel, window, settle).await
+        }
+        Bench::KubectlDiff { managed: Scale { objects, parallel }, edits, runs } => {
+            kubectl_diff::run(objects, edits, parallel, runs).await
+        }
+        Bench::Fixtures { out } => fixtures::run(&out).await,
     }
 }
 
-/// The `driftwarden` binary next to this one (same profile).
-fn operator_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let sibling = me.with_file_name("driftwarden");
-    anyhow::ensure!(sibling.exists(), "{} not found: build it first (cargo build --release)", sibling.display());
-    Ok(sibling)
+/// The `driftwarden` binary next to this one (same profile), or the one
+/// `DRIFTWARDEN_BENCH_OPERATOR` names (to compare two builds).
+pub(crate) fn operator_binary() -> anyhow::Result<PathBuf> {
+    let binary = match std::env::var_os("DRIFTWARDEN_BENCH_OPERATOR") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()?.with_file_name("driftwarden"),
+    };
+    anyhow::ensure!(binary.exists(), "{} not found: build it first (cargo build --release)", binary.display());
+    Ok(binary)
 }
 
 async fn expiry(grants: usize, min_seconds: u64, spread_seconds: u64, parallel: usize) -> anyhow::Result<()> {
@@ -232,14 +289,20 @@ async fn setup_namespace(admin: &kube::Client, namespace: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// The operator's expiry-lag histogram summary, from its /metrics.
-async fn driftwarden_metrics(port: u16) -> anyhow::Result<String> {
+/// The operator's /metrics page.
+pub(crate) async fn scrape_metrics(port: u16) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
     let mut body = String::new();
     stream.read_to_string(&mut body).await?;
-    Ok(body
+    Ok(body)
+}
+
+/// The operator's expiry-lag histogram summary, from its /metrics.
+async fn driftwarden_metrics(port: u16) -> anyhow::Result<String> {
+    Ok(scrape_metrics(port)
+        .await?
         .lines()
         .filter(|l| {
             l.starts_with("driftwarden_grant_expiry_lag_seconds_sum")
@@ -258,51 +321,26 @@ fn percentiles(mut samples: Vec<f64>) -> (f64, f64, f64) {
 /// A namespace with `objects` ConfigMaps and a DesiredState declaring them
 /// with `remediation`, in sync; and the DesiredState's status changes as
 /// they arrive (managed, drifted, when).
-struct Managed {
+pub(crate) struct Managed {
     env: OperatorEnv,
     config_maps: Api<k8s_openapi::api::core::v1::ConfigMap>,
     statuses: tokio::sync::mpsc::UnboundedReceiver<(i64, i64, Instant)>,
 }
 
+pub(crate) fn object_name(i: usize) -> String {
+    format!("obj-{i:05}")
+}
+
 fn manifest(i: usize) -> String {
     format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: obj-{i:05}\n  labels: {{app: bench}}\ndata:\n  value: \"{i}\"\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {}\n  labels: {{app: bench}}\ndata:\n  value: \"{i}\"\n",
+        object_name(i)
     )
 }
 
-async fn managed(
-    objects: usize,
-    parallel: usize,
-    remediation: serde_json::Value,
-    namespace: &str,
-) -> anyhow::Result<Managed> {
-    use driftwarden::api::DesiredState;
-    use k8s_openapi::api::core::v1::ConfigMap;
-
-    eprintln!("starting a control plane and the operator...");
-    let env = OperatorEnv::start(operator_binary()?).await?;
-    let admin = env.cp.client(User::Admin).await?;
-    setup_namespace(&admin, namespace).await?;
-
-    eprintln!("creating {objects} ConfigMaps...");
-    let started = Instant::now();
-    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), namespace);
-    stream::iter(0..objects)
-        .map(|i| {
-            let api = config_maps.clone();
-            async move {
-                let object: ConfigMap = serde_yaml_ng::from_str(&manifest(i))?;
-                api.create(&PostParams::default(), &object).await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(parallel)
-        .try_collect::<Vec<()>>()
-        .await?;
-    eprintln!("created in {:.1}s; publishing the declarations...", started.elapsed().as_secs_f64());
-
-    // The declarations, packed the way `driftwarden publish` packs them.
-    let files: Vec<driftwarden::publish::ManifestFile> = (0..objects.div_ceil(500))
+/// The declarations of `objects` managed objects, 500 to a file.
+pub(crate) fn declarations(objects: usize) -> Vec<driftwarden::publish::ManifestFile> {
+    (0..objects.div_ceil(500))
         .map(|f| driftwarden::publish::ManifestFile {
             path: format!("part{f:03}.yaml"),
             content: (f * 500..((f + 1) * 500).min(objects))
@@ -311,7 +349,61 @@ async fn managed(
                 .join("---\n")
                 .into_bytes(),
         })
-        .collect();
+        .collect()
+}
+
+/// Manifest `i` as `kubectl apply` creates it: the manifest kept in the
+/// last-applied annotation, field manager `kubectl-client-side-apply`.
+async fn create_applied(api: &Api<k8s_openapi::api::core::v1::ConfigMap>, i: usize) -> anyhow::Result<()> {
+    let mut object: serde_json::Value = serde_yaml_ng::from_str(&manifest(i))?;
+    let last_applied = serde_json::to_string(&object)?;
+    object["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": last_applied});
+    let params = PostParams { field_manager: Some("kubectl-client-side-apply".into()), ..Default::default() };
+    api.create(&params, &serde_json::from_value(object)?).await?;
+    Ok(())
+}
+
+pub(crate) async fn managed(
+    objects: usize,
+    parallel: usize,
+    remediation: serde_json::Value,
+    namespace: &str,
+) -> anyhow::Result<Managed> {
+    let env = start_env().await?;
+    manage(env, objects, parallel, remediation, namespace).await
+}
+
+pub(crate) async fn start_env() -> anyhow::Result<OperatorEnv> {
+    eprintln!("starting a control plane and the operator...");
+    OperatorEnv::start(operator_binary()?).await
+}
+
+/// [`managed`] in a running environment.
+pub(crate) async fn manage(
+    env: OperatorEnv,
+    objects: usize,
+    parallel: usize,
+    remediation: serde_json::Value,
+    namespace: &str,
+) -> anyhow::Result<Managed> {
+    use driftwarden::api::DesiredState;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let admin = env.cp.client(User::Admin).await?;
+    setup_namespace(&admin, namespace).await?;
+
+    eprintln!("creating {objects} ConfigMaps...");
+    let started = Instant::now();
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), namespace);
+    stream::iter(0..objects)
+        .map(|i| create_applied(&config_maps, i))
+        .buffer_unordered(parallel)
+        .try_collect::<Vec<()>>()
+        .await?;
+    eprintln!("created in {:.1}s; publishing the declarations...", started.elapsed().as_secs_f64());
+
+    // The declarations, packed the way `driftwarden publish` packs them.
+    let files = declarations(objects);
     for source in driftwarden::publish::pack(&files, "state", namespace, Some("bench0001"))? {
         config_maps.create(&PostParams::default(), &source).await?;
     }
@@ -348,7 +440,7 @@ async fn managed(
 }
 
 /// `count` distinct pseudo-random indices below `below` (the same every run).
-fn random_targets(count: usize, below: usize) -> Vec<usize> {
+pub(crate) fn random_targets(count: usize, below: usize) -> Vec<usize> {
     let mut random = 0x9e37_79b9_7f4a_7c15u64;
     let mut picked = std::collections::BTreeSet::new();
     let mut order = Vec::new();
@@ -386,14 +478,19 @@ fn restorations(
     rx
 }
 
-fn print_rss(env: &OperatorEnv) {
+/// The latency row (p50, p99, max) of `edits` among `objects`, and the
+/// operator's memory at the end.
+fn report_latencies(edits_are: &str, objects: usize, edits: usize, latencies: Vec<f64>, env: &OperatorEnv) {
+    let (p50, p99, max) = percentiles(latencies);
+    println!("| objects | {edits_are} | p50 | p99 | max |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!("| {objects} | {edits} | {p50:.3} s | {p99:.3} s | {max:.3} s |");
     // Keep the operator's log when asked (the control plane's directory goes with it).
     if let Some(keep) = std::env::var_os("DRIFTWARDEN_BENCH_LOG") {
         let _ = std::fs::copy(env.log(), keep);
     }
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", operator_pid(env).unwrap_or(0))).unwrap_or_default();
-    if let Some(line) = rss.lines().find(|l| l.starts_with("VmRSS")) {
-        println!("operator {line}");
+    if let Some(memory) = process::operator_pid(env.http_port).and_then(process::memory) {
+        println!("operator RSS {} (peak {})", process::mib(memory.rss), process::mib(memory.peak));
     }
 }
 
@@ -414,7 +511,7 @@ async fn revert(objects: usize, edits: usize, parallel: usize) -> anyhow::Result
     eprintln!("bob edits {edits} objects one at a time...");
     let mut latencies = Vec::with_capacity(edits);
     for target in random_targets(edits, objects) {
-        let name = format!("obj-{target:05}");
+        let name = object_name(target);
         let patch = json!({"data": {"value": "edited by hand"}});
         // Under load the revert can be seen before the write's response is.
         let sent = Instant::now();
@@ -434,11 +531,7 @@ async fn revert(objects: usize, edits: usize, parallel: usize) -> anyhow::Result
             }
         }
     }
-    let (p50, p99, max) = percentiles(latencies);
-    println!("| objects | edits | p50 | p99 | max |");
-    println!("|---:|---:|---:|---:|---:|");
-    println!("| {objects} | {edits} | {p50:.3} s | {p99:.3} s | {max:.3} s |");
-    print_rss(&env);
+    report_latencies("edits", objects, edits, latencies, &env);
     Ok(())
 }
 
@@ -478,7 +571,7 @@ async fn window_end(objects: usize, edits: usize, parallel: usize) -> anyhow::Re
             let api = as_alice.clone();
             async move {
                 let patch = json!({"data": {"value": "changed during the incident"}});
-                api.patch(&format!("obj-{target:05}"), &PatchParams::default(), &Patch::Merge(patch)).await?;
+                api.patch(&object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
                 anyhow::Ok(())
             }
         })
@@ -494,7 +587,7 @@ async fn window_end(objects: usize, edits: usize, parallel: usize) -> anyhow::Re
     anyhow::ensure!(Timestamp::now() < expires_at, "the window ended before all edits were held: lengthen it");
     eprintln!("all {edits} held; waiting for the window to end at {expires_at}...");
     let mut restored = restorations(&config_maps);
-    let mut pending: std::collections::BTreeSet<String> = targets.iter().map(|t| format!("obj-{t:05}")).collect();
+    let mut pending: std::collections::BTreeSet<String> = targets.iter().map(|t| object_name(*t)).collect();
     let mut lags = Vec::with_capacity(edits);
     let deadline = Instant::now() + Duration::from_secs(window_seconds + 60);
     while !pending.is_empty() && Instant::now() < deadline {
@@ -506,11 +599,7 @@ async fn window_end(objects: usize, edits: usize, parallel: usize) -> anyhow::Re
         }
     }
     anyhow::ensure!(pending.is_empty(), "{} objects were not reverted", pending.len());
-    let (p50, p99, max) = percentiles(lags);
-    println!("| objects | session edits | p50 | p99 | max |");
-    println!("|---:|---:|---:|---:|---:|");
-    println!("| {objects} | {edits} | {p50:.3} s | {p99:.3} s | {max:.3} s |");
-    print_rss(&env);
+    report_latencies("session edits", objects, edits, lags, &env);
     Ok(())
 }
 
@@ -523,7 +612,7 @@ async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Res
     let mut latencies = Vec::with_capacity(edits);
     for (done, target) in random_targets(edits, objects).into_iter().enumerate() {
         let patch = json!({"data": {"value": "edited by hand"}});
-        config_maps.patch(&format!("obj-{target:05}"), &PatchParams::default(), &Patch::Merge(patch)).await?;
+        config_maps.patch(&object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
         let written = Instant::now();
         loop {
             let (_, drifted, at) =
@@ -534,21 +623,6 @@ async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Res
             }
         }
     }
-    let (p50, p99, max) = percentiles(latencies);
-    println!("| objects | edits | p50 | p99 | max |");
-    println!("|---:|---:|---:|---:|---:|");
-    println!("| {objects} | {edits} | {p50:.3} s | {p99:.3} s | {max:.3} s |");
-    print_rss(&env);
+    report_latencies("edits", objects, edits, latencies, &env);
     Ok(())
-}
-
-/// The operator's pid, found by the --http-addr on its command line.
-fn operator_pid(env: &OperatorEnv) -> Option<u32> {
-    let port = format!("127.0.0.1:{}", env.http_port);
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        (cmdline.contains("driftwarden") && cmdline.contains(&port))
-            .then(|| entry.file_name().to_str()?.parse().ok())?
-    })
 }

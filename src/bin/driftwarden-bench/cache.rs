@@ -1,0 +1,112 @@
+//! Where the operator's memory goes per managed object: the heap bytes of
+//! what it keeps for each, measured by building the same values in this
+//! process (see [`crate::footprint`]).
+
+use driftwarden::drift::{self, Scope, SourceConfigMap, SourceScope};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, DynamicObject, ListParams, PartialObjectMeta};
+use kube::core::ApiResource;
+use serde_json::Value;
+
+use crate::footprint::retained;
+
+/// Heap bytes per object of each thing the operator keeps.
+pub struct Footprint {
+    rows: Vec<(&'static str, u64)>,
+    objects: usize,
+    /// Per captured kind: bytes whole, bytes without status and last-applied.
+    kinds: Vec<(String, u64, u64)>,
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Reads the bench's managed objects as the operator's caches hold them and
+/// measures each form.
+pub async fn footprint(client: Client, namespace: &str, objects: usize) -> anyhow::Result<Footprint> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &ApiResource::erase::<ConfigMap>(&()));
+    let live = api.list(&ListParams::default().labels("app=bench")).await?.items;
+    anyhow::ensure!(live.len() == objects, "listed {} of {objects} objects", live.len());
+    let whole = kept(&live, |_| {});
+    let no_last_applied = kept(&live, |o| drop(o.metadata.annotations.as_mut().map(|a| a.remove(LAST_APPLIED))));
+    let no_managed_fields = kept(&live, |o| o.metadata.managed_fields = None);
+    let metadata = retained(|| {
+        let meta =
+            |o: &DynamicObject| PartialObjectMeta::<ConfigMap> { metadata: o.metadata.clone(), ..Default::default() };
+        live.iter().map(meta).collect::<Vec<_>>()
+    });
+    let as_value =
+        retained(|| live.iter().map(|o| serde_json::to_value(o).unwrap_or_default()).collect::<Vec<Value>>());
+    let declared = retained(|| parse_declarations(objects));
+    let per = |bytes: u64| bytes / objects.max(1) as u64;
+    let kinds = captured_kinds()?;
+    Ok(Footprint {
+        objects,
+        rows: vec![
+            ("live object as the watch cache keeps it (DynamicObject)", per(whole)),
+            ("  the same without the last-applied-configuration annotation", per(no_last_applied)),
+            ("  the same without managedFields", per(no_managed_fields)),
+            ("its metadata (the sources' metadata cache holds every ConfigMap's)", per(metadata.1)),
+            ("live object as a serde_json::Value (made per diff, then dropped)", per(as_value.1)),
+            ("declared object, parsed from the sources", per(declared.1)),
+        ],
+        kinds,
+    })
+}
+
+/// Each object of `benches/data` as the watch cache keeps it, whole and
+/// without what the diff never reads (status, the last-applied annotation).
+fn captured_kinds() -> anyhow::Result<Vec<(String, u64, u64)>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data");
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()?.strip_suffix(".live.json")) else { continue };
+        let object: DynamicObject = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        let objects = std::slice::from_ref(&object);
+        let trimmed = kept(objects, |o| {
+            o.metadata.annotations.as_mut().map(|a| a.remove(LAST_APPLIED));
+            o.data.as_object_mut().map(|d| d.remove("status"));
+        });
+        kinds.push((name.to_owned(), kept(objects, |_| {}), trimmed));
+    }
+    kinds.sort();
+    Ok(kinds)
+}
+
+/// Heap bytes of copies of `live`, each changed by `strip`.
+fn kept(live: &[DynamicObject], strip: impl Fn(&mut DynamicObject)) -> u64 {
+    let copy = |object: &DynamicObject| {
+        let mut object = object.clone();
+        strip(&mut object);
+        object
+    };
+    retained(|| live.iter().map(copy).collect::<Vec<_>>()).1
+}
+
+fn parse_declarations(objects: usize) -> Option<drift::ParsedSources> {
+    let files = crate::declarations(objects);
+    let source = SourceConfigMap {
+        name: "state".into(),
+        data: files.into_iter().map(|f| (f.path, String::from_utf8(f.content).unwrap_or_default())).collect(),
+        ..Default::default()
+    };
+    let scope = SourceScope { namespace: "bench", operator_namespace: "bench" };
+    drift::parse_sources(&[source], &scope, &|_: &str, _: &str| Some(Scope::Namespaced)).ok()
+}
+
+impl Footprint {
+    pub fn print(&self) {
+        println!("| kept per managed object | heap bytes | x {} objects |", self.objects);
+        println!("|---|---:|---:|");
+        for (what, bytes) in &self.rows {
+            println!("| {what} | {bytes} | {} |", crate::process::mib(bytes * self.objects as u64));
+        }
+        println!();
+        println!("| captured object (benches/data) | cached whole | without status and last-applied |");
+        println!("|---|---:|---:|");
+        for (name, whole, trimmed) in &self.kinds {
+            println!("| {name} | {whole} B | {trimmed} B ({:.0}%) |", 100.0 * *trimmed as f64 / *whole as f64);
+        }
+    }
+}
