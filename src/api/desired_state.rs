@@ -1,6 +1,6 @@
 //! DesiredState: "this Git state must hold here".
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, MicroTime, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -185,6 +185,11 @@ pub struct DriftedObject {
     /// When it will be reverted (a held change: when its window ends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert_at: Option<Time>,
+    /// When the object was last seen matching Git before this drift (to the
+    /// microsecond): writes before it are not part of the drift. Kept here
+    /// so that a restarted or new leader judges the same writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_sync_at: Option<MicroTime>,
 }
 
 /// How a drifted object's class was decided.

@@ -140,3 +140,29 @@ async fn session_drift_whose_window_ended_while_the_operator_was_down_is_reverte
     t.operator.wait_until_serving().await.unwrap();
     drop(exclusive);
 }
+
+/// A restart must not mistake a session's held change for unauthorized
+/// drift: the restarted operator judges only once it has listed the
+/// AccessRequests and roles, so the open window is seen.
+#[tokio::test]
+async fn a_held_session_change_stays_held_across_a_restart() {
+    let mut t = drift_setup("gate-held-restart").await;
+    t.running.take();
+    let exclusive = OPERATOR.write().await;
+    t.operator.wait_until_serving().await.unwrap();
+    managed_shop(&t, json!({})).await;
+    alice_window(&t, "alice-held", "5m").await;
+    set_mode(&t, User::Alice, "mid-incident").await;
+    t.wait_for_status("shop", Duration::from_secs(10), |s| held_for(s, "settings", "alice-held")).await;
+
+    Outage::begin(t.operator).end();
+    t.operator.wait_until_serving().await.unwrap();
+    // An unauthorized change after the restart is reverted: by then the
+    // restarted operator has judged this DesiredState at least once.
+    crate::gate::scale(&t, User::Admin, 7).await;
+    until(Duration::from_secs(20), "the revert of the admin's change", || async { crate::gate::replicas(&t).await == 2 })
+        .await;
+    assert_eq!(mode(&t).await, "mid-incident", "alice's held change was reverted by the restarted operator");
+    t.wait_for_status("shop", Duration::from_secs(10), |s| held_for(s, "settings", "alice-held")).await;
+    drop(exclusive);
+}

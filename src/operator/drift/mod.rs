@@ -57,6 +57,8 @@ pub enum Error {
     Discovery(#[source] kube::Error),
     #[error("writing the status of DesiredState {desired_state}: {source}")]
     WriteStatus { desired_state: String, source: kube::Error },
+    #[error("the AccessRequests and roles the gate judges by have not been listed yet")]
+    GateNotReady,
 }
 
 impl Error {
@@ -65,6 +67,7 @@ impl Error {
             Error::ReadSources { .. } => "read_sources",
             Error::Discovery(_) => "discovery",
             Error::WriteStatus { .. } => "write_status",
+            Error::GateNotReady => "gate_not_ready",
         }
     }
 }
@@ -265,6 +268,9 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let triggered_at = context.pending_since.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
     forget_deleted(&context);
     let _ = context.source_meta.wait_until_ready().await;
+    if !context.gate.wait_until_ready(WATCH_READY_TIMEOUT).await {
+        return Err(Error::GateNotReady);
+    }
     if state.spec.suspend {
         context.watches.release(&me);
         return Ok(Action::await_change());
@@ -514,9 +520,17 @@ fn judge(
             }
             let key = key.as_ref()?;
             let object = declared.key.object_ref();
-            let since = old.drifted_objects.iter().find(|d| d.object == object).map_or(now, |d| d.since.0);
-            let clean_at =
-                context.clean_at.lock().unwrap_or_else(|p| p.into_inner()).get(&(me.clone(), object)).copied();
+            let listed = old.drifted_objects.iter().find(|d| d.object == object);
+            let since = listed.map_or(now, |d| d.since.0);
+            // After a restart or a takeover this process has not seen the
+            // object in sync: the status remembers when an earlier one did.
+            let clean_at = context
+                .clean_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(me.clone(), object))
+                .copied()
+                .or_else(|| listed.and_then(|d| d.in_sync_at.as_ref()).map(|t| t.0));
             let subject = Subject {
                 clean_at,
                 namespace: declared.key.namespace.as_deref(),
@@ -539,6 +553,7 @@ fn judge(
                     attribution: attribution(class),
                     action: DriftAction::Hold,
                     revert_at: Some(until),
+                    in_sync_at: clean_at,
                 },
                 Decision::Revert { class, request } => status::Judgement {
                     class,
@@ -546,6 +561,7 @@ fn judge(
                     attribution: attribution(class),
                     action: revert,
                     revert_at: Some(now),
+                    in_sync_at: clean_at,
                 },
                 Decision::Report { class, request } => status::Judgement {
                     class,
@@ -553,6 +569,7 @@ fn judge(
                     attribution: attribution(class),
                     action: DriftAction::Report,
                     revert_at: None,
+                    in_sync_at: clean_at,
                 },
                 Decision::Nothing => return None,
             })

@@ -1,7 +1,7 @@
 //! DesiredState status from what a reconcile observed. Pure: the same
 //! observations give the same status, so an unchanged world writes nothing.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::super::conditions::condition;
@@ -32,6 +32,9 @@ pub struct Judgement {
     pub attribution: Option<Attribution>,
     pub action: DriftAction,
     pub revert_at: Option<Timestamp>,
+    /// When the object was last seen matching Git, if known: only writes
+    /// after it are part of this drift.
+    pub in_sync_at: Option<Timestamp>,
 }
 
 fn describe(kind: ChangeKind) -> &'static str {
@@ -85,6 +88,7 @@ pub fn observed(
                 attribution: judgement.and_then(|j| j.attribution),
                 action: judgement.map(|j| j.action),
                 revert_at: judgement.and_then(|j| j.revert_at).map(Time),
+                in_sync_at: judgement.and_then(|j| j.in_sync_at).map(MicroTime),
             }
         })
         .collect();
