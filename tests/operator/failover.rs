@@ -160,8 +160,10 @@ async fn a_held_session_change_stays_held_across_a_restart() {
     // An unauthorized change after the restart is reverted: by then the
     // restarted operator has judged this DesiredState at least once.
     crate::gate::scale(&t, User::Admin, 7).await;
-    until(Duration::from_secs(20), "the revert of the admin's change", || async { crate::gate::replicas(&t).await == 2 })
-        .await;
+    until(Duration::from_secs(20), "the revert of the admin's change", || async {
+        crate::gate::replicas(&t).await == 2
+    })
+    .await;
     assert_eq!(mode(&t).await, "mid-incident", "alice's held change was reverted by the restarted operator");
     t.wait_for_status("shop", Duration::from_secs(10), |s| held_for(s, "settings", "alice-held")).await;
     drop(exclusive);

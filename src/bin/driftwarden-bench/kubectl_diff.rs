@@ -10,7 +10,7 @@ use driftwarden::controlplane::User;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use crate::{Managed, managed, random_targets};
+use crate::{Managed, managed};
 
 /// `edits` objects are changed by hand first, so that both have something
 /// to find; each tool runs `runs` times and the median is reported.
@@ -18,9 +18,9 @@ pub async fn run(objects: usize, edits: usize, parallel: usize, runs: usize) -> 
     let namespace = "bench-diff";
     let report = json!({"unauthorized": "Report"});
     let Managed { env, config_maps, mut statuses } = managed(objects, parallel, report, namespace).await?;
-    for target in random_targets(edits, objects) {
+    for target in crate::mix::edit_targets(edits, objects) {
         let patch = json!({"data": {"value": "edited by hand"}});
-        config_maps.patch(&crate::object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
+        config_maps.patch(&crate::mix::object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
     }
     while statuses.recv().await.context("status watch ended")?.1 < edits as i64 {}
     eprintln!("the operator reports {edits} drifted; diffing by hand...");

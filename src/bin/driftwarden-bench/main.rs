@@ -32,6 +32,7 @@ mod cache;
 mod fixtures;
 mod footprint;
 mod kubectl_diff;
+mod mix;
 mod process;
 mod steady;
 
@@ -123,10 +124,10 @@ enum Bench {
     },
 }
 
-/// The managed objects: ConfigMaps that one DesiredState declares.
+/// The managed objects: a mix of kinds (see `mix.rs`) that one DesiredState declares.
 #[derive(clap::Args, Clone, Copy)]
 struct Scale {
-    /// How many managed objects (ConfigMaps) the DesiredState declares.
+    /// How many managed objects the DesiredState declares.
     #[arg(long, default_value_t = 1000)]
     objects: usize,
     /// How many objects are created at once.
@@ -318,7 +319,7 @@ fn percentiles(mut samples: Vec<f64>) -> (f64, f64, f64) {
     (pick(0.5), pick(0.99), pick(1.0))
 }
 
-/// A namespace with `objects` ConfigMaps and a DesiredState declaring them
+/// A namespace with `objects` managed objects and a DesiredState declaring them
 /// with `remediation`, in sync; and the DesiredState's status changes as
 /// they arrive (managed, drifted, when).
 pub(crate) struct Managed {
@@ -327,40 +328,18 @@ pub(crate) struct Managed {
     statuses: tokio::sync::mpsc::UnboundedReceiver<(i64, i64, Instant)>,
 }
 
-pub(crate) fn object_name(i: usize) -> String {
-    format!("obj-{i:05}")
-}
-
-fn manifest(i: usize) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {}\n  labels: {{app: bench}}\ndata:\n  value: \"{i}\"\n",
-        object_name(i)
-    )
-}
-
 /// The declarations of `objects` managed objects, 500 to a file.
 pub(crate) fn declarations(objects: usize) -> Vec<driftwarden::publish::ManifestFile> {
     (0..objects.div_ceil(500))
         .map(|f| driftwarden::publish::ManifestFile {
             path: format!("part{f:03}.yaml"),
             content: (f * 500..((f + 1) * 500).min(objects))
-                .map(manifest)
+                .map(|i| serde_yaml_ng::to_string(&mix::manifest(i)).expect("a manifest is YAML"))
                 .collect::<Vec<_>>()
                 .join("---\n")
                 .into_bytes(),
         })
         .collect()
-}
-
-/// Manifest `i` as `kubectl apply` creates it: the manifest kept in the
-/// last-applied annotation, field manager `kubectl-client-side-apply`.
-async fn create_applied(api: &Api<k8s_openapi::api::core::v1::ConfigMap>, i: usize) -> anyhow::Result<()> {
-    let mut object: serde_json::Value = serde_yaml_ng::from_str(&manifest(i))?;
-    let last_applied = serde_json::to_string(&object)?;
-    object["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": last_applied});
-    let params = PostParams { field_manager: Some("kubectl-client-side-apply".into()), ..Default::default() };
-    api.create(&params, &serde_json::from_value(object)?).await?;
-    Ok(())
 }
 
 pub(crate) async fn managed(
@@ -392,11 +371,11 @@ pub(crate) async fn manage(
     let admin = env.cp.client(User::Admin).await?;
     setup_namespace(&admin, namespace).await?;
 
-    eprintln!("creating {objects} ConfigMaps...");
+    eprintln!("creating {objects} objects (ConfigMaps, Services, Deployments, ServiceAccounts, Roles)...");
     let started = Instant::now();
     let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), namespace);
     stream::iter(0..objects)
-        .map(|i| create_applied(&config_maps, i))
+        .map(|i| mix::create_applied(&admin, namespace, i))
         .buffer_unordered(parallel)
         .try_collect::<Vec<()>>()
         .await?;
@@ -510,8 +489,8 @@ async fn revert(objects: usize, edits: usize, parallel: usize) -> anyhow::Result
     let mut restored = restorations(&config_maps);
     eprintln!("bob edits {edits} objects one at a time...");
     let mut latencies = Vec::with_capacity(edits);
-    for target in random_targets(edits, objects) {
-        let name = object_name(target);
+    for target in mix::edit_targets(edits, objects) {
+        let name = mix::object_name(target);
         let patch = json!({"data": {"value": "edited by hand"}});
         // Under load the revert can be seen before the write's response is.
         let sent = Instant::now();
@@ -565,13 +544,13 @@ async fn window_end(objects: usize, edits: usize, parallel: usize) -> anyhow::Re
 
     eprintln!("alice edits {edits} objects inside her {window_seconds}s window...");
     let as_alice: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(alice, namespace);
-    let targets = random_targets(edits, objects);
+    let targets = mix::edit_targets(edits, objects);
     stream::iter(targets.iter().copied())
         .map(|target| {
             let api = as_alice.clone();
             async move {
                 let patch = json!({"data": {"value": "changed during the incident"}});
-                api.patch(&object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
+                api.patch(&mix::object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
                 anyhow::Ok(())
             }
         })
@@ -587,7 +566,7 @@ async fn window_end(objects: usize, edits: usize, parallel: usize) -> anyhow::Re
     anyhow::ensure!(Timestamp::now() < expires_at, "the window ended before all edits were held: lengthen it");
     eprintln!("all {edits} held; waiting for the window to end at {expires_at}...");
     let mut restored = restorations(&config_maps);
-    let mut pending: std::collections::BTreeSet<String> = targets.iter().map(|t| object_name(*t)).collect();
+    let mut pending: std::collections::BTreeSet<String> = targets.iter().map(|t| mix::object_name(*t)).collect();
     let mut lags = Vec::with_capacity(edits);
     let deadline = Instant::now() + Duration::from_secs(window_seconds + 60);
     while !pending.is_empty() && Instant::now() < deadline {
@@ -610,9 +589,9 @@ async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Res
     let Managed { env, config_maps, statuses: mut seen_rx } = managed(objects, parallel, report, "bench-drift").await?;
     eprintln!("editing {edits} objects one at a time...");
     let mut latencies = Vec::with_capacity(edits);
-    for (done, target) in random_targets(edits, objects).into_iter().enumerate() {
+    for (done, target) in mix::edit_targets(edits, objects).into_iter().enumerate() {
         let patch = json!({"data": {"value": "edited by hand"}});
-        config_maps.patch(&object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
+        config_maps.patch(&mix::object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
         let written = Instant::now();
         loop {
             let (_, drifted, at) =
