@@ -83,13 +83,19 @@ pub enum Violation {
     TrivialReason,
 }
 
+/// How far kube's reading of a duration may exceed Go's.
+const PARSE_SLACK: Duration = Duration::from_micros(1);
+
 /// Checks a request's duration and reason against its policy.
 pub fn check_request(duration: Duration, reason: &str, judge: &Judge<'_>) -> Result<(), Violation> {
     let max: Duration = judge.spec.max_duration.into();
     if duration.is_zero() {
         return Err(Violation::DurationNotPositive);
     }
-    if duration > max {
+    // kube's duration parser sums floats where Go truncates each part, so
+    // it may read up to a microsecond more than the API server's Go does
+    // ("0.5ns24h" is 24h to Go, 24h and 1ns here): not a longer window.
+    if duration > max + PARSE_SLACK {
         return Err(Violation::DurationOverMaximum {
             asked: format_duration(duration),
             max: format_duration(max),
@@ -236,8 +242,15 @@ mod tests {
         let policies = vec![policy("p", None, &["edit"], "4h", 1)];
         let judge = select("ns", &labels("x"), &role("edit"), &policies).unwrap();
         let good = "INC-1234: roll back the frontend";
-        let cases: [(Duration, &str, Result<(), &str>); 6] = [
+        let cases: [(Duration, &str, Result<(), &str>); 8] = [
             (Duration::from_secs(4 * 3600), good, Ok(())),
+            // "0.5ns4h": Go reads 4h, kube 4h and 1ns.
+            (Duration::from_secs(4 * 3600) + Duration::from_nanos(1), good, Ok(())),
+            (
+                Duration::from_secs(4 * 3600) + Duration::from_nanos(1001),
+                good,
+                Err("duration 4h0.000001001s exceeds the maximum of 4h that AccessPolicy p allows"),
+            ),
             (Duration::from_secs(30 * 60), good, Ok(())),
             (
                 Duration::from_secs(4 * 3600 + 1),

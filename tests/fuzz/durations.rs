@@ -390,10 +390,23 @@ fn a_refusal_never_reads_x_exceeds_the_maximum_of_x() {
         "duration 4h0.500s exceeds the maximum of 4h that AccessPolicy p allows"
     );
     assert_eq!(
-        message(Duration::new(4 * 3600, 1)),
-        "duration 4h0.000000001s exceeds the maximum of 4h that AccessPolicy p allows"
+        message(Duration::new(4 * 3600, 1_001)),
+        "duration 4h0.000001001s exceeds the maximum of 4h that AccessPolicy p allows"
     );
     assert_eq!(policy::format_duration(Duration::from_millis(1500)), "1.500s");
+}
+
+/// "0.5ns24h" is exactly 24h to the API server (Go truncates each part) but
+/// 24h and 1ns to kube's parser (it sums floats): a 24h policy refused a
+/// duration of 24h. Found by the 10-minute run of `durations`.
+#[test]
+fn a_duration_go_reads_as_the_maximum_is_not_refused_for_a_nanosecond() {
+    let spec = policy_spec(Duration::from_secs(24 * 3600));
+    let judge = Judge { name: "p".into(), spec: &spec };
+    let parsed: kube::core::Duration = "0.5ns24h".parse().unwrap();
+    assert_eq!(go_parse_duration("0.5ns24h"), Ok(24 * 3600 * 1_000_000_000));
+    assert!(Duration::from(parsed) > Duration::from_secs(24 * 3600), "kube reads a little more");
+    assert!(policy::check_request(parsed.into(), GOOD_REASON, &judge).is_ok());
 }
 
 /// Ten zero-width characters of four kinds passed both the CRD's rule and
