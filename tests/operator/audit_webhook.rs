@@ -1,6 +1,7 @@
 //! The audit webhook endpoint refuses whatever is not the API server: no or
 //! a wrong bearer token, plain HTTP, malformed or oversized bodies. The
-//! operator keeps running through all of it.
+//! admission endpoints answer over TLS only. The operator keeps running
+//! through all of it.
 
 use std::process::Command;
 

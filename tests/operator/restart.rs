@@ -265,6 +265,10 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
     assert_eq!(held.drifted, Some(MANAGED as i64));
     let now = Timestamp::now();
     assert!(now < first_expiry, "setting up took past the first expiry ({first_expiry}, now {now}): lengthen WINDOW");
+    eprintln!(
+        "all {GRANTS} grants active and the drift held {:.1} s before the first expiry",
+        (first_expiry - now).as_secs_f64()
+    );
 
     // Down across every deadline.
     let outage = Outage::begin(t.operator);
@@ -304,23 +308,42 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
         assert_eq!(ledger.ever.len(), GRANTS, "RoleBindings created over the test");
         assert_eq!(ledger.most_per_request, 1, "RoleBindings of one request at once");
     }
-    let log = std::fs::read_to_string(t.operator.log()).unwrap_or_default();
-    let mine = |l: &&str| l.contains(&format!("\"namespace\":\"{namespace}\""));
-    let expired: Vec<&str> =
-        log.lines().filter(mine).filter(|l| l.contains("access expired; RoleBinding removed")).collect();
-    assert_eq!(expired.len(), GRANTS, "expiry removals logged");
-    assert!(!log.lines().filter(mine).any(|l| l.contains("swept")), "the sweep had to remove some");
-    for i in 0..MANAGED {
-        let object = format!("{namespace}/state-{i}");
-        let reverts = log.lines().filter(|l| l.contains("drift reverted to Git") && l.contains(&object)).count();
-        assert_eq!(reverts, 1, "reverts of {object}");
-    }
     let expired_phase = eventually(Duration::from_secs(10), || async {
         let items = api.list(&ListParams::default()).await.ok()?.items;
         items.iter().all(|r| r.status.as_ref().and_then(|s| s.phase) == Some(AccessPhase::Expired)).then_some(())
     })
     .await;
     assert!(expired_phase.is_some(), "not every request says Expired");
+    // Each log line follows its write by a moment: wait for all of them,
+    // then count that none came twice.
+    let mine = format!("\"namespace\":\"{namespace}\"");
+    let removals = |log: &str| -> Vec<String> {
+        log.lines().filter(|l| l.contains(&mine) && l.contains("RoleBinding removed")).map(str::to_owned).collect()
+    };
+    let reverts = |log: &str, i: usize| {
+        let object = format!("{namespace}/state-{i}");
+        log.lines().filter(|l| l.contains("drift reverted to Git") && l.contains(&object)).count()
+    };
+    let read_log = || std::fs::read_to_string(t.operator.log()).unwrap_or_default();
+    let settled = eventually(Duration::from_secs(5), || async {
+        let log = read_log();
+        (removals(&log).len() >= GRANTS && (0..MANAGED).all(|i| reverts(&log, i) >= 1)).then_some(())
+    })
+    .await;
+    let log = read_log();
+    let removed = removals(&log);
+    assert!(
+        settled.is_some(),
+        "{} removals and {:?} reverts logged",
+        removed.len(),
+        (0..MANAGED).map(|i| reverts(&log, i)).collect::<Vec<_>>()
+    );
+    let expired = removed.iter().filter(|l| l.contains("access expired; RoleBinding removed")).count();
+    assert_eq!((removed.len(), expired), (GRANTS, GRANTS), "RoleBinding removals logged: {removed:#?}");
+    assert!(!log.lines().any(|l| l.contains(&mine) && l.contains("swept")), "the sweep had to remove some");
+    for i in 0..MANAGED {
+        assert_eq!(reverts(&log, i), 1, "reverts of state-{i}");
+    }
     t.operator.wait_until_serving().await.unwrap();
     drop(exclusive);
 }
