@@ -267,7 +267,7 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
     assert!(now < first_expiry, "setting up took past the first expiry ({first_expiry}, now {now}): lengthen WINDOW");
     eprintln!(
         "all {GRANTS} grants active and the drift held {:.1} s before the first expiry",
-        (first_expiry - now).as_secs_f64()
+        first_expiry.duration_since(now).as_secs_f64()
     );
 
     // Down across every deadline.
