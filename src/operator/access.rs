@@ -595,8 +595,9 @@ async fn publish(context: &Context, request: &AccessRequest, old: &AccessRequest
 async fn sweep_forever(context: Arc<Context>, interval: Duration, shutdown: CancellationToken) {
     let _ = context.bindings.wait_until_ready().await;
     let _ = context.requests.wait_until_ready().await;
+    let started = Timestamp::now();
     loop {
-        sweep(&context, Timestamp::now()).await;
+        sweep(&context, Timestamp::now(), started).await;
         tokio::select! {
             () = tokio::time::sleep(interval) => {},
             () = shutdown.cancelled() => return,
@@ -604,27 +605,50 @@ async fn sweep_forever(context: Arc<Context>, interval: Duration, shutdown: Canc
     }
 }
 
-async fn sweep(context: &Context, now: Timestamp) {
+/// Whether the sweep removes `binding`, given the request its annotation
+/// names (if the cache has it), at `now`, by a sweeper started at `started`.
+///
+/// A grant whose window has ended is the controller's to remove: it does so
+/// on a timer, and on its first reconcile after a restart. The sweep leaves
+/// it alone until [`SWEEP_GRACE`] after the later of the window's end and
+/// its own start, so the two never race to delete the same binding (the
+/// loser used to report a normal expiry as an orphan, and the expiry went
+/// unmeasured). Young bindings are spared for the same reason.
+fn orphaned(binding: &RoleBinding, request: Option<&AccessRequest>, now: Timestamp, started: Timestamp) -> bool {
+    let grace = k8s_openapi::jiff::SignedDuration::try_from(SWEEP_GRACE).unwrap_or_default();
+    let created = binding.metadata.creation_timestamp.as_ref().map(to_timestamp).unwrap_or(now);
+    if now.duration_since(created) < grace {
+        return false;
+    }
+    let Some(request) =
+        request.filter(|r| r.uid().as_deref() == binding.labels().get(REQUEST_UID_LABEL).map(String::as_str))
+    else {
+        return true;
+    };
+    let status = request.status.as_ref();
+    if status.and_then(|s| s.phase) != Some(AccessPhase::Active) {
+        return true;
+    }
+    match status.and_then(|s| s.expires_at.as_ref()).map(to_timestamp) {
+        Some(expires) if expires > now => false,
+        Some(expires) => now.duration_since(expires.max(started)) >= grace,
+        None => true,
+    }
+}
+
+async fn sweep(context: &Context, now: Timestamp, started: Timestamp) {
     for binding in context.bindings.state() {
         let (Some(namespace), Some(name)) = (binding.namespace(), binding.metadata.name.clone()) else { continue };
-        let created = binding.metadata.creation_timestamp.as_ref().map(to_timestamp).unwrap_or(now);
-        if now.duration_since(created) < k8s_openapi::jiff::SignedDuration::try_from(SWEEP_GRACE).unwrap_or_default() {
-            continue;
-        }
         let request_name = binding.annotations().get(REQUEST_ANNOTATION).cloned().unwrap_or_default();
         let request = context.requests.get(&ObjectRef::new(&request_name).within(&namespace));
-        let accounted = request.as_ref().is_some_and(|r| {
-            let status = r.status.as_ref();
-            r.uid().as_deref() == binding.labels().get(REQUEST_UID_LABEL).map(String::as_str)
-                && status.and_then(|s| s.phase) == Some(AccessPhase::Active)
-                && status.and_then(|s| s.expires_at.as_ref()).is_some_and(|e| to_timestamp(e) > now)
-        });
-        if accounted {
+        if !orphaned(&binding, request.as_deref(), now, started) {
             continue;
         }
         let api: Api<RoleBinding> = Api::namespaced(context.client.clone(), &namespace);
         match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Ok(_) => {}
+            // Already gone (the controller removed it): nothing was swept.
+            Err(kube::Error::Api(status)) if status.code == 404 => continue,
             Err(error) => {
                 warn!(%namespace, binding = %name, %error, "sweeping an orphaned RoleBinding failed");
                 continue;
@@ -705,6 +729,74 @@ mod tests {
         assert_eq!(binding.subjects.as_ref().unwrap()[0].kind, "User");
         assert_eq!(binding.labels().get(REQUEST_UID_LABEL).map(String::as_str), Some("u1"));
         assert!(same_binding(&binding, &desired_binding(&request, "driftwarden-r")));
+    }
+
+    #[test]
+    fn the_sweep_leaves_ended_grants_to_the_controller_for_a_while() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "driftwarden-r", "namespace": "shop", "creationTimestamp": "2026-01-01T10:00:00Z",
+                         "labels": {REQUEST_UID_LABEL: "u1"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        }))
+        .unwrap();
+        let request = |uid: &str, phase: AccessPhase, expires: &str| -> AccessRequest {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessRequest",
+                "metadata": {"name": "r", "namespace": "shop", "uid": uid},
+                "spec": {"requester": "alice", "role": {"kind": "ClusterRole", "name": "edit"},
+                         "duration": "10m", "reason": "INC-1: roll back the frontend"},
+                "status": {"phase": phase, "expiresAt": expires},
+            }))
+            .unwrap()
+        };
+        let active = request("u1", AccessPhase::Active, "2026-01-01T10:10:00Z");
+        let long_running = at("2026-01-01T09:00:00Z");
+        // (case, request, now, sweeper started, swept)
+        let cases = [
+            ("young binding, no request", None, "2026-01-01T10:00:20Z", long_running, false),
+            ("no request", None, "2026-01-01T10:05:00Z", long_running, true),
+            (
+                "another request's uid",
+                Some(request("u2", AccessPhase::Active, "2026-01-01T10:10:00Z")),
+                "2026-01-01T10:05:00Z",
+                long_running,
+                true,
+            ),
+            (
+                "request finished",
+                Some(request("u1", AccessPhase::Expired, "2026-01-01T10:10:00Z")),
+                "2026-01-01T10:05:00Z",
+                long_running,
+                true,
+            ),
+            ("inside the window", Some(active.clone()), "2026-01-01T10:05:00Z", long_running, false),
+            ("just ended: the controller's", Some(active.clone()), "2026-01-01T10:10:05Z", long_running, false),
+            (
+                "ended long ago: the controller is stuck",
+                Some(active.clone()),
+                "2026-01-01T10:11:00Z",
+                long_running,
+                true,
+            ),
+            (
+                "ended during an outage, sweeper just started",
+                Some(active.clone()),
+                "2026-01-01T12:00:05Z",
+                at("2026-01-01T12:00:00Z"),
+                false,
+            ),
+            (
+                "ended during an outage, sweeper started long ago",
+                Some(active),
+                "2026-01-01T12:01:00Z",
+                at("2026-01-01T12:00:00Z"),
+                true,
+            ),
+        ];
+        for (case, request, now, started, swept) in cases {
+            assert_eq!(orphaned(&binding, request.as_ref(), at(now), started), swept, "{case}");
+        }
     }
 
     #[test]
