@@ -176,7 +176,7 @@ impl Drop for AbortOnDrop {
 const GRANTS: usize = 100;
 /// Each grant's window: long enough to create all of them, see them active
 /// and make and see the session drift on a loaded 2-core machine.
-const WINDOW: &str = "45s";
+const WINDOW: &str = "25s";
 const MANAGED: usize = 4;
 
 /// (request, requester, approver) of grant `i`: alice and bob alternate,
@@ -331,7 +331,17 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
     })
     .await;
     let log = read_log();
+    let swept: Vec<&str> = log.lines().filter(|l| l.contains(&mine) && l.contains("swept")).collect();
+    assert!(swept.is_empty(), "the sweep removed what expiry should have: {swept:#?}");
     let removed = removals(&log);
+    if removed.len() != GRANTS {
+        let silent: Vec<String> = (0..GRANTS)
+            .map(|i| driftwarden::operator::access::binding_name(&grant(i).0))
+            .filter(|b| !removed.iter().any(|l| l.contains(&format!("\"{b}\""))))
+            .collect();
+        let about: Vec<&str> = log.lines().filter(|l| silent.iter().any(|b| l.contains(b.as_str()))).collect();
+        eprintln!("removals not logged: {silent:?}; their log lines: {about:#?}");
+    }
     assert!(
         settled.is_some(),
         "{} removals and {:?} reverts logged",
@@ -340,7 +350,6 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
     );
     let expired = removed.iter().filter(|l| l.contains("access expired; RoleBinding removed")).count();
     assert_eq!((removed.len(), expired), (GRANTS, GRANTS), "RoleBinding removals logged: {removed:#?}");
-    assert!(!log.lines().any(|l| l.contains(&mine) && l.contains("swept")), "the sweep had to remove some");
     for i in 0..MANAGED {
         assert_eq!(reverts(&log, i), 1, "reverts of state-{i}");
     }
