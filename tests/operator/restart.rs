@@ -291,15 +291,22 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
     let took = answered.elapsed();
     if done.is_none() {
         let left = bindings.list(&ours).await.unwrap().items.len();
+        // The control plane's directory goes with the test binary: keep the log.
+        let kept = std::env::temp_dir().join(format!("{namespace}-operator.log"));
+        let _ = std::fs::copy(t.operator.log(), &kept);
         panic!(
-            "10 s after the restarted operator answered: {left} RoleBindings left, {} ConfigMaps not reverted; log: {}",
+            "10 s after the restarted operator answered: {left} RoleBindings left, {} ConfigMaps not reverted; \
+             operator log kept in {}",
             changed_modes(&t).await,
-            t.operator.log().display()
+            kept.display()
         );
     }
     eprintln!(
         "{GRANTS} bindings removed and {MANAGED} objects reverted {took:?} after the restarted operator answered"
     );
+    if let Ok(dir) = std::env::var("DRIFTWARDEN_KEEP_LOGS") {
+        let _ = std::fs::copy(t.operator.log(), std::path::Path::new(&dir).join(format!("{namespace}-operator.log")));
+    }
 
     // Nothing twice: one binding per grant ever, each removed and each
     // object reverted by exactly one operation.
