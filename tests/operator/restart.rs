@@ -182,7 +182,7 @@ const MANAGED: usize = 4;
 /// (request, requester, approver) of grant `i`: alice and bob alternate,
 /// approved by carol and dave.
 fn grant(i: usize) -> (String, User, User) {
-    let (requester, approver) = if i % 2 == 0 { (User::Alice, User::Carol) } else { (User::Bob, User::Dave) };
+    let (requester, approver) = if i.is_multiple_of(2) { (User::Alice, User::Carol) } else { (User::Bob, User::Dave) };
     (format!("grant-{i:03}"), requester, approver)
 }
 
@@ -248,7 +248,7 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
     }
     let own = |i: usize, request: &str| {
         let index: usize = request.trim_start_matches("grant-").parse().unwrap_or(usize::MAX);
-        index < GRANTS && (index % 2 == 0) == (i < MANAGED / 2)
+        index < GRANTS && index.is_multiple_of(2) == (i < MANAGED / 2)
     };
     let held = t
         .wait_for_status("hundred", Duration::from_secs(15), |s| {
@@ -294,6 +294,10 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
         // The control plane's directory goes with the test binary: keep the log.
         let kept = std::env::temp_dir().join(format!("{namespace}-operator.log"));
         let _ = std::fs::copy(t.operator.log(), &kept);
+        let _ = std::fs::copy(
+            t.operator.cp.log_file("kube-apiserver"),
+            std::env::temp_dir().join(format!("{namespace}-kube-apiserver.log")),
+        );
         panic!(
             "10 s after the restarted operator answered: {left} RoleBindings left, {} ConfigMaps not reverted; \
              operator log kept in {}",

@@ -154,7 +154,7 @@ async fn a_service_account_requests_in_its_own_name_and_is_granted_as_a_service_
     reviews.create(&PostParams::default(), &review("bot-approves", "deploy", json!({}))).await.unwrap();
     let active = t.wait_for_phase("deploy", AccessPhase::Active, Duration::from_secs(10)).await;
     let approvals: Vec<String> = active.status.unwrap().approvals.into_iter().map(|a| a.reviewer).collect();
-    assert_eq!(approvals, [approver.clone()]);
+    assert_eq!(approvals, std::slice::from_ref(&approver));
 
     let binding = t.binding("deploy").await.expect("the grant's RoleBinding");
     let subject = binding.subjects.unwrap_or_default().into_iter().next().expect("a subject");
