@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use super::crds::FIELD_MANAGER;
 use super::metrics::{Metrics, Phase, PhaseLabels, ReviewLabels, ReviewOutcome};
+use super::ready::Ready;
 use crate::access::{self, Binding, Decision, Previous, Window, policy};
 use crate::api::{
     AccessPhase, AccessPolicy, AccessRequest, AccessRequestStatus, AccessReview, Approval, IgnoredReview, RoleKind,
@@ -42,13 +43,15 @@ const SWEEP_GRACE: Duration = Duration::from_secs(30);
 /// How long a reconcile waits for the caches it decides from.
 const CACHE_WAIT: Duration = Duration::from_secs(10);
 
-/// Whether a cache has finished its first list.
-fn listed<K>(store: &Store<K>) -> bool
-where
-    K: kube::runtime::reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
+/// Ready once the caches a decision reads have all listed.
+fn decidable(policies: &Store<AccessPolicy>, namespaces: &Store<Namespace>, reviews: &Store<AccessReview>) -> Ready {
+    let each = [Ready::of(policies), Ready::of(namespaces), Ready::of(reviews)];
+    let (sender, all) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        super::ready::all(&each).await;
+        let _ = sender.send(true);
+    });
+    Ready::from(all)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,11 @@ struct Context {
     policies: Store<AccessPolicy>,
     namespaces: Store<Namespace>,
     bindings: Store<RoleBinding>,
+    /// Whether the policies, namespaces and reviews have listed (one waiter
+    /// for every reconcile: see `operator::ready`).
+    decidable: Ready,
+    bindings_listed: Ready,
+    requests_listed: Ready,
     metrics: Arc<Metrics>,
 }
 
@@ -125,9 +133,22 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         .touched_objects()
         .inspect_err(|error| warn!(%error, "RoleBinding watch failed; retrying"));
 
-    let controller = Controller::new(Api::<AccessRequest>::all(client.clone()), config)
-        .trigger_backoff(super::backoff::WatchBackoff::default());
-    let requests = controller.store();
+    // The requests' cache is ours, not the Controller's, so that the sweep
+    // learns it has listed from the watch itself: waiting on the store
+    // would take the one wakeup kube gives from the controller's runner.
+    let (requests, request_writer) = reflector::store();
+    let (requests_listed, listed_requests) = tokio::sync::watch::channel(false);
+    let request_events = watcher(Api::<AccessRequest>::all(client.clone()), config)
+        .backoff(crate::operator::backoff::WatchBackoff::default())
+        .reflect(request_writer)
+        // After the reflector has applied it: the store holds the whole list.
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                requests_listed.send_replace(true);
+            }
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(request_events, requests.clone());
     let reporter = Reporter { controller: "driftwarden".into(), instance: settings.instance.clone() };
     let context = Arc::new(Context {
         client: client.clone(),
@@ -137,6 +158,9 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         policies: policies.clone(),
         namespaces: namespaces.clone(),
         bindings: bindings.clone(),
+        decidable: decidable(&policies, &namespaces, &reviews),
+        bindings_listed: Ready::of(&bindings),
+        requests_listed: Ready::from(listed_requests),
         metrics: metrics.clone(),
     });
 
@@ -185,12 +209,7 @@ async fn reconcile(request: Arc<AccessRequest>, context: Arc<Context>) -> Result
     // grant looks unapproved), so wait for them, but not forever. The
     // bindings cache only saves writes; until it has listed, the API server
     // is asked directly.
-    let listed_all = async {
-        let _ = context.policies.wait_until_ready().await;
-        let _ = context.namespaces.wait_until_ready().await;
-        let _ = context.reviews.wait_until_ready().await;
-    };
-    if tokio::time::timeout(CACHE_WAIT, listed_all).await.is_err() {
+    if tokio::time::timeout(CACHE_WAIT, context.decidable.wait()).await.is_err() {
         warn!(request = %request.name_any(), "caches have not listed yet; deciding later");
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
@@ -456,7 +475,7 @@ async fn ensure_binding(context: &Context, request: &AccessRequest, binding_name
     let namespace = request.namespace().unwrap_or_default();
     let desired = desired_binding(request, binding_name);
     let cached = context.bindings.get(&ObjectRef::new(binding_name).within(&namespace));
-    if listed(&context.bindings) && cached.is_some_and(|live| same_binding(&live, &desired)) {
+    if context.bindings_listed.is_ready() && cached.is_some_and(|live| same_binding(&live, &desired)) {
         return Ok(());
     }
     let api: Api<RoleBinding> = Api::namespaced(context.client.clone(), &namespace);
@@ -476,7 +495,9 @@ async fn remove_binding(
     now: Timestamp,
 ) -> Result<(), Error> {
     // Until the cache has listed, ask the API server instead of trusting it.
-    if listed(&context.bindings) && context.bindings.get(&ObjectRef::new(binding_name).within(namespace)).is_none() {
+    if context.bindings_listed.is_ready()
+        && context.bindings.get(&ObjectRef::new(binding_name).within(namespace)).is_none()
+    {
         return Ok(());
     }
     let api: Api<RoleBinding> = Api::namespaced(context.client.clone(), namespace);
@@ -593,8 +614,8 @@ async fn publish(context: &Context, request: &AccessRequest, old: &AccessRequest
 /// Active request in the cache accounts for (its request was deleted while
 /// the operator was down, its status was edited, a bug).
 async fn sweep_forever(context: Arc<Context>, interval: Duration, shutdown: CancellationToken) {
-    let _ = context.bindings.wait_until_ready().await;
-    let _ = context.requests.wait_until_ready().await;
+    context.bindings_listed.wait().await;
+    context.requests_listed.wait().await;
     let started = Timestamp::now();
     loop {
         sweep(&context, Timestamp::now(), started).await;

@@ -108,6 +108,8 @@ struct Context {
     clean_at: Mutex<HashMap<(ObjectRef<DesiredState>, crate::api::ObjectRef), Timestamp>>,
     /// Metadata of every ConfigMap: which sources changed, without reading them.
     source_meta: Store<PartialObjectMeta<ConfigMap>>,
+    /// Every reconcile waits for it at once: see `operator::ready`.
+    source_meta_listed: crate::operator::ready::Ready,
     /// The last good parse per DesiredState, reused while its sources are unchanged.
     parsed: Mutex<HashMap<ObjectRef<DesiredState>, CachedParse>>,
     last_diffs: Mutex<HashMap<ObjectRef<DesiredState>, LastDiffs>>,
@@ -174,6 +176,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         limiter,
         reverted: Mutex::default(),
         clean_at: Mutex::default(),
+        source_meta_listed: crate::operator::ready::Ready::of(&source_meta),
         source_meta,
         parsed: Mutex::default(),
         last_diffs: Mutex::default(),
@@ -264,7 +267,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let me = ObjectRef::from_obj(&*state);
     let triggered_at = context.pending_since.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
     forget_deleted(&context);
-    let _ = context.source_meta.wait_until_ready().await;
+    context.source_meta_listed.wait().await;
     if state.spec.suspend {
         context.watches.release(&me);
         return Ok(Action::await_change());
@@ -366,7 +369,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
             let live = key.as_ref().and_then(|key| {
                 let reference = ObjectRef::new_with(&declared.key.name, kinds.get(key)?.clone())
                     .within_opt(key.namespace.as_deref());
-                stores.get(key)?.get(&reference)
+                stores.get(key)?.0.get(&reference)
             });
             let version = live.as_ref().and_then(|l| l.metadata.resource_version.clone());
             let unchanged = previous.as_ref().and_then(|p| p.versions.get(index).zip(p.diffs.get(index)));
