@@ -17,6 +17,12 @@ use crate::api::ActivityEntry;
 
 /// At most this many field paths per write.
 pub const MAX_FIELDS: usize = 20;
+/// At most this many bytes per field path. A patch may carry keys no schema
+/// knows (the API server drops them with a warning and the write succeeds),
+/// of any length: each path is kept to its longest parent that fits, so a
+/// few such writes cannot fill an AccessRequest's status past what etcd
+/// stores and make the activity of later writes fail to be logged.
+pub const MAX_FIELD_BYTES: usize = 256;
 /// At most this many entries in each bounded list of a request's status.
 pub const MAX_ENTRIES: usize = 100;
 /// The largest EventList accepted (the API server sends at most 400 events a batch).
@@ -113,8 +119,10 @@ struct Event {
     response_status: Option<ResponseStatus>,
     #[serde(default)]
     request_object: Option<Value>,
+    /// Read as text and parsed per event: a time outside what the operator
+    /// can represent (Go's range is wider) drops that event, not the batch.
     #[serde(default)]
-    request_received_timestamp: Option<Timestamp>,
+    request_received_timestamp: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -192,7 +200,7 @@ fn write_of(event: Event) -> Option<AuditWrite> {
         subresource: object.subresource,
         namespace: object.namespace.filter(|ns| !ns.is_empty()),
         name,
-        at: event.request_received_timestamp?,
+        at: event.request_received_timestamp?.parse().ok()?,
         fields,
     })
 }
@@ -212,7 +220,26 @@ fn patched_paths(body: &Value) -> Vec<String> {
     }
     paths.retain(|path| !is_bookkeeping(path));
     paths.truncate(MAX_FIELDS);
+    for path in &mut paths {
+        bound_path(path);
+    }
+    paths.dedup();
     paths
+}
+
+/// Cuts `path` back to its longest parent of at most [`MAX_FIELD_BYTES`]
+/// (the root, `""`, when even its first token is longer).
+fn bound_path(path: &mut String) {
+    if path.len() <= MAX_FIELD_BYTES {
+        return;
+    }
+    let mut end = MAX_FIELD_BYTES;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    // A `/` at `end` itself ends a whole token; otherwise the token there is cut.
+    let keep = if path.as_bytes().get(end) == Some(&b'/') { end } else { path[..end].rfind('/').unwrap_or(0) };
+    path.truncate(keep);
 }
 
 fn leaves(value: &Value, path: &mut String, out: &mut Vec<String>) {
@@ -388,6 +415,41 @@ mod tests {
         assert!(writes[0].fields.is_empty());
         assert_eq!(writes[1].fields, ["/metadata/labels/a~1b", "/spec/template/spec/containers"]);
         assert_eq!(writes[2].fields, ["/spec/replicas"]);
+    }
+
+    #[test]
+    fn overlong_patch_paths_are_cut_back_to_a_parent() {
+        let long = "k".repeat(100_000);
+        let body = list(vec![
+            event("patch", "alice", deployment(), json!({"requestObject": {"spec": {long.clone(): 1}}})),
+            event("patch", "alice", deployment(), json!({"requestObject": {long.clone(): {"a": 1, "b": 2}}})),
+            event(
+                "patch",
+                "alice",
+                deployment(),
+                json!({"requestObject": [{"op": "add", "path": format!("/metadata/labels/{long}")}]}),
+            ),
+        ]);
+        let writes = parse(&body).unwrap();
+        assert_eq!(writes[0].fields, ["/spec"]);
+        // Both leaves cut back to the root: kept once.
+        assert_eq!(writes[1].fields, [""]);
+        assert_eq!(writes[2].fields, ["/metadata/labels"]);
+        let mut exact = format!("/{}", "a".repeat(MAX_FIELD_BYTES - 1));
+        bound_path(&mut exact);
+        assert_eq!(exact.len(), MAX_FIELD_BYTES);
+        let mut unicode = format!("/a/{}", "é".repeat(MAX_FIELD_BYTES));
+        bound_path(&mut unicode);
+        assert_eq!(unicode, "/a");
+    }
+
+    #[test]
+    fn a_time_out_of_range_drops_its_event_not_the_batch() {
+        let late =
+            event("patch", "bob", deployment(), json!({"requestReceivedTimestamp": "9999-12-31T23:59:59.999999Z"}));
+        let body = list(vec![late, event("patch", "alice", deployment(), json!({}))]);
+        let users: Vec<String> = parse(&body).unwrap().into_iter().map(|w| w.user).collect();
+        assert_eq!(users, ["alice"]);
     }
 
     #[test]

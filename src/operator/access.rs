@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use super::crds::FIELD_MANAGER;
 use super::metrics::{Metrics, Phase, PhaseLabels, ReviewLabels, ReviewOutcome};
+use super::ready::Ready;
 use crate::access::{self, Binding, Decision, Previous, Window, policy};
 use crate::api::{
     AccessPhase, AccessPolicy, AccessRequest, AccessRequestStatus, AccessReview, Approval, IgnoredReview, RoleKind,
@@ -42,13 +43,9 @@ const SWEEP_GRACE: Duration = Duration::from_secs(30);
 /// How long a reconcile waits for the caches it decides from.
 const CACHE_WAIT: Duration = Duration::from_secs(10);
 
-/// Whether a cache has finished its first list.
-fn listed<K>(store: &Store<K>) -> bool
-where
-    K: kube::runtime::reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
+/// Ready once the caches a decision reads have all listed.
+fn decidable(policies: &Store<AccessPolicy>, namespaces: &Store<Namespace>, reviews: &Store<AccessReview>) -> Ready {
+    Ready::all_of(vec![Ready::of(policies), Ready::of(namespaces), Ready::of(reviews)])
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +80,11 @@ struct Context {
     policies: Store<AccessPolicy>,
     namespaces: Store<Namespace>,
     bindings: Store<RoleBinding>,
+    /// Whether the policies, namespaces and reviews have listed (one waiter
+    /// for every reconcile: see `operator::ready`).
+    decidable: Ready,
+    bindings_listed: Ready,
+    requests_listed: Ready,
     metrics: Arc<Metrics>,
 }
 
@@ -125,9 +127,22 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         .touched_objects()
         .inspect_err(|error| warn!(%error, "RoleBinding watch failed; retrying"));
 
-    let controller = Controller::new(Api::<AccessRequest>::all(client.clone()), config)
-        .trigger_backoff(super::backoff::WatchBackoff::default());
-    let requests = controller.store();
+    // The requests' cache is ours, not the Controller's, so that the sweep
+    // learns it has listed from the watch itself: waiting on the store
+    // would take the one wakeup kube gives from the controller's runner.
+    let (requests, request_writer) = reflector::store();
+    let (requests_listed, listed_requests) = tokio::sync::watch::channel(false);
+    let request_events = watcher(Api::<AccessRequest>::all(client.clone()), config)
+        .backoff(crate::operator::backoff::WatchBackoff::default())
+        .reflect(request_writer)
+        // After the reflector has applied it: the store holds the whole list.
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                requests_listed.send_replace(true);
+            }
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(request_events, requests.clone());
     let reporter = Reporter { controller: "driftwarden".into(), instance: settings.instance.clone() };
     let context = Arc::new(Context {
         client: client.clone(),
@@ -137,6 +152,9 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         policies: policies.clone(),
         namespaces: namespaces.clone(),
         bindings: bindings.clone(),
+        decidable: decidable(&policies, &namespaces, &reviews),
+        bindings_listed: Ready::of(&bindings),
+        requests_listed: Ready::from(listed_requests),
         metrics: metrics.clone(),
     });
 
@@ -185,12 +203,7 @@ async fn reconcile(request: Arc<AccessRequest>, context: Arc<Context>) -> Result
     // grant looks unapproved), so wait for them, but not forever. The
     // bindings cache only saves writes; until it has listed, the API server
     // is asked directly.
-    let listed_all = async {
-        let _ = context.policies.wait_until_ready().await;
-        let _ = context.namespaces.wait_until_ready().await;
-        let _ = context.reviews.wait_until_ready().await;
-    };
-    if tokio::time::timeout(CACHE_WAIT, listed_all).await.is_err() {
+    if tokio::time::timeout(CACHE_WAIT, context.decidable.wait()).await.is_err() {
         warn!(request = %request.name_any(), "caches have not listed yet; deciding later");
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
@@ -456,7 +469,7 @@ async fn ensure_binding(context: &Context, request: &AccessRequest, binding_name
     let namespace = request.namespace().unwrap_or_default();
     let desired = desired_binding(request, binding_name);
     let cached = context.bindings.get(&ObjectRef::new(binding_name).within(&namespace));
-    if listed(&context.bindings) && cached.is_some_and(|live| same_binding(&live, &desired)) {
+    if context.bindings_listed.is_ready() && cached.is_some_and(|live| same_binding(&live, &desired)) {
         return Ok(());
     }
     let api: Api<RoleBinding> = Api::namespaced(context.client.clone(), &namespace);
@@ -476,7 +489,9 @@ async fn remove_binding(
     now: Timestamp,
 ) -> Result<(), Error> {
     // Until the cache has listed, ask the API server instead of trusting it.
-    if listed(&context.bindings) && context.bindings.get(&ObjectRef::new(binding_name).within(namespace)).is_none() {
+    if context.bindings_listed.is_ready()
+        && context.bindings.get(&ObjectRef::new(binding_name).within(namespace)).is_none()
+    {
         return Ok(());
     }
     let api: Api<RoleBinding> = Api::namespaced(context.client.clone(), namespace);
@@ -593,10 +608,11 @@ async fn publish(context: &Context, request: &AccessRequest, old: &AccessRequest
 /// Active request in the cache accounts for (its request was deleted while
 /// the operator was down, its status was edited, a bug).
 async fn sweep_forever(context: Arc<Context>, interval: Duration, shutdown: CancellationToken) {
-    let _ = context.bindings.wait_until_ready().await;
-    let _ = context.requests.wait_until_ready().await;
+    context.bindings_listed.wait().await;
+    context.requests_listed.wait().await;
+    let started = Timestamp::now();
     loop {
-        sweep(&context, Timestamp::now()).await;
+        sweep(&context, Timestamp::now(), started).await;
         tokio::select! {
             () = tokio::time::sleep(interval) => {},
             () = shutdown.cancelled() => return,
@@ -604,27 +620,50 @@ async fn sweep_forever(context: Arc<Context>, interval: Duration, shutdown: Canc
     }
 }
 
-async fn sweep(context: &Context, now: Timestamp) {
+/// Whether the sweep removes `binding`, given the request its annotation
+/// names (if the cache has it), at `now`, by a sweeper started at `started`.
+///
+/// A grant whose window has ended is the controller's to remove: it does so
+/// on a timer, and on its first reconcile after a restart. The sweep leaves
+/// it alone until [`SWEEP_GRACE`] after the later of the window's end and
+/// its own start, so the two never race to delete the same binding (the
+/// loser used to report a normal expiry as an orphan, and the expiry went
+/// unmeasured). Young bindings are spared for the same reason.
+fn orphaned(binding: &RoleBinding, request: Option<&AccessRequest>, now: Timestamp, started: Timestamp) -> bool {
+    let grace = k8s_openapi::jiff::SignedDuration::try_from(SWEEP_GRACE).unwrap_or_default();
+    let created = binding.metadata.creation_timestamp.as_ref().map(to_timestamp).unwrap_or(now);
+    if now.duration_since(created) < grace {
+        return false;
+    }
+    let Some(request) =
+        request.filter(|r| r.uid().as_deref() == binding.labels().get(REQUEST_UID_LABEL).map(String::as_str))
+    else {
+        return true;
+    };
+    let status = request.status.as_ref();
+    if status.and_then(|s| s.phase) != Some(AccessPhase::Active) {
+        return true;
+    }
+    match status.and_then(|s| s.expires_at.as_ref()).map(to_timestamp) {
+        Some(expires) if expires > now => false,
+        Some(expires) => now.duration_since(expires.max(started)) >= grace,
+        None => true,
+    }
+}
+
+async fn sweep(context: &Context, now: Timestamp, started: Timestamp) {
     for binding in context.bindings.state() {
         let (Some(namespace), Some(name)) = (binding.namespace(), binding.metadata.name.clone()) else { continue };
-        let created = binding.metadata.creation_timestamp.as_ref().map(to_timestamp).unwrap_or(now);
-        if now.duration_since(created) < k8s_openapi::jiff::SignedDuration::try_from(SWEEP_GRACE).unwrap_or_default() {
-            continue;
-        }
         let request_name = binding.annotations().get(REQUEST_ANNOTATION).cloned().unwrap_or_default();
         let request = context.requests.get(&ObjectRef::new(&request_name).within(&namespace));
-        let accounted = request.as_ref().is_some_and(|r| {
-            let status = r.status.as_ref();
-            r.uid().as_deref() == binding.labels().get(REQUEST_UID_LABEL).map(String::as_str)
-                && status.and_then(|s| s.phase) == Some(AccessPhase::Active)
-                && status.and_then(|s| s.expires_at.as_ref()).is_some_and(|e| to_timestamp(e) > now)
-        });
-        if accounted {
+        if !orphaned(&binding, request.as_deref(), now, started) {
             continue;
         }
         let api: Api<RoleBinding> = Api::namespaced(context.client.clone(), &namespace);
         match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Ok(_) => {}
+            // Already gone (the controller removed it): nothing was swept.
+            Err(kube::Error::Api(status)) if status.code == 404 => continue,
             Err(error) => {
                 warn!(%namespace, binding = %name, %error, "sweeping an orphaned RoleBinding failed");
                 continue;
@@ -705,6 +744,74 @@ mod tests {
         assert_eq!(binding.subjects.as_ref().unwrap()[0].kind, "User");
         assert_eq!(binding.labels().get(REQUEST_UID_LABEL).map(String::as_str), Some("u1"));
         assert!(same_binding(&binding, &desired_binding(&request, "driftwarden-r")));
+    }
+
+    #[test]
+    fn the_sweep_leaves_ended_grants_to_the_controller_for_a_while() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "driftwarden-r", "namespace": "shop", "creationTimestamp": "2026-01-01T10:00:00Z",
+                         "labels": {REQUEST_UID_LABEL: "u1"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        }))
+        .unwrap();
+        let request = |uid: &str, phase: AccessPhase, expires: &str| -> AccessRequest {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessRequest",
+                "metadata": {"name": "r", "namespace": "shop", "uid": uid},
+                "spec": {"requester": "alice", "role": {"kind": "ClusterRole", "name": "edit"},
+                         "duration": "10m", "reason": "INC-1: roll back the frontend"},
+                "status": {"phase": phase, "expiresAt": expires},
+            }))
+            .unwrap()
+        };
+        let active = request("u1", AccessPhase::Active, "2026-01-01T10:10:00Z");
+        let long_running = at("2026-01-01T09:00:00Z");
+        // (case, request, now, sweeper started, swept)
+        let cases = [
+            ("young binding, no request", None, "2026-01-01T10:00:20Z", long_running, false),
+            ("no request", None, "2026-01-01T10:05:00Z", long_running, true),
+            (
+                "another request's uid",
+                Some(request("u2", AccessPhase::Active, "2026-01-01T10:10:00Z")),
+                "2026-01-01T10:05:00Z",
+                long_running,
+                true,
+            ),
+            (
+                "request finished",
+                Some(request("u1", AccessPhase::Expired, "2026-01-01T10:10:00Z")),
+                "2026-01-01T10:05:00Z",
+                long_running,
+                true,
+            ),
+            ("inside the window", Some(active.clone()), "2026-01-01T10:05:00Z", long_running, false),
+            ("just ended: the controller's", Some(active.clone()), "2026-01-01T10:10:05Z", long_running, false),
+            (
+                "ended long ago: the controller is stuck",
+                Some(active.clone()),
+                "2026-01-01T10:11:00Z",
+                long_running,
+                true,
+            ),
+            (
+                "ended during an outage, sweeper just started",
+                Some(active.clone()),
+                "2026-01-01T12:00:05Z",
+                at("2026-01-01T12:00:00Z"),
+                false,
+            ),
+            (
+                "ended during an outage, sweeper started long ago",
+                Some(active),
+                "2026-01-01T12:01:00Z",
+                at("2026-01-01T12:00:00Z"),
+                true,
+            ),
+        ];
+        for (case, request, now, started, swept) in cases {
+            assert_eq!(orphaned(&binding, request.as_ref(), at(now), started), swept, "{case}");
+        }
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub struct Caches {
     pub requests: Store<AccessRequest>,
     pub cluster_roles: Store<ClusterRole>,
     pub roles: Store<Role>,
+    /// Ready once all three have listed. Until then an open window would
+    /// look like none, and a session's held change like unauthorized drift
+    /// (after a restart or a takeover): nothing is judged before.
+    pub listed: crate::operator::ready::Ready,
 }
 
 fn to_rules(rules: Option<&Vec<PolicyRule>>) -> Vec<Rule> {
@@ -105,20 +109,6 @@ pub fn revoked_at(status: &AccessRequestStatus) -> Option<Timestamp> {
 }
 
 impl Caches {
-    /// Waits until the requests and roles have been listed once. Until then
-    /// an open window would look like no window at all, and a session's
-    /// held change like unauthorized drift (after a restart or a takeover).
-    /// False if they have not within `timeout` (the API server refuses or
-    /// is away): nothing may be judged then.
-    pub async fn wait_until_ready(&self, timeout: Duration) -> bool {
-        let all = futures::future::join3(
-            self.requests.wait_until_ready(),
-            self.cluster_roles.wait_until_ready(),
-            self.roles.wait_until_ready(),
-        );
-        tokio::time::timeout(timeout, all).await.is_ok()
-    }
-
     fn grants(&self, namespace: &str) -> Vec<OwnedGrant> {
         self.requests
             .state()

@@ -11,6 +11,7 @@ pub mod gate;
 mod health;
 pub mod leader;
 pub mod metrics;
+pub mod ready;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Property-based fuzzing of the pure cores that read untrusted input: the
-//! source parser, the normalizer and diff, duration and policy checks, and
-//! the access state machine. No cluster; runs on stable Rust with proptest.
+//! source parser, the normalizer and diff, duration and policy checks, the
+//! access state machine and the audit EventList parser. No cluster; runs on
+//! stable Rust with proptest.
 //!
 //! Each target is one `#[test]`. How long it runs:
 //! - `DRIFTWARDEN_FUZZ_CASES=N`: N generated cases per target (default:
@@ -13,6 +14,7 @@
 //! run. `tests/fuzz/corpus/` holds a few hand-made nasty inputs that run on
 //! every run too.
 
+mod audit;
 mod diff;
 mod durations;
 mod machine;

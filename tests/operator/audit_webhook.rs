@@ -1,6 +1,7 @@
 //! The audit webhook endpoint refuses whatever is not the API server: no or
 //! a wrong bearer token, plain HTTP, malformed or oversized bodies. The
-//! operator keeps running through all of it.
+//! admission endpoints answer over TLS only. The operator keeps running
+//! through all of it.
 
 use std::process::Command;
 
@@ -69,4 +70,59 @@ async fn the_audit_endpoint_refuses_everything_but_the_api_server() {
         assert!(got == expected || cut_off, "{case}: got {got:?}, expected {expected:?}");
         assert_eq!(http_get(operator.http_port, "/healthz").map(|(code, _)| code), Some(200), "after {case}");
     }
+}
+
+/// The admission endpoints answer the API server over TLS only: the same
+/// AdmissionReview gets a decision over HTTPS and none over plain HTTP.
+#[tokio::test]
+async fn the_admission_endpoints_refuse_plain_http() {
+    let _running = OPERATOR.read().await;
+    let operator = operator_env();
+    let dir = tempfile::tempdir().unwrap();
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "plain-http-probe",
+            "kind": {"group": "driftwarden.io", "version": "v1alpha1", "kind": "AccessRequest"},
+            "resource": {"group": "driftwarden.io", "version": "v1alpha1", "resource": "accessrequests"},
+            "namespace": "driftwarden-system", "operation": "CREATE",
+            "userInfo": {"username": "alice", "groups": ["dev"]},
+            "object": {"apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessRequest",
+                       "metadata": {"name": "probe", "namespace": "driftwarden-system"},
+                       "spec": {"role": {"kind": "ClusterRole", "name": "edit"}, "duration": "1m",
+                                "reason": "probing the admission webhooks"}},
+        },
+    });
+    let body = dir.path().join("review.json");
+    std::fs::write(&body, serde_json::to_vec(&review).unwrap()).unwrap();
+    let port = operator.webhook_port;
+    for path in [driftwarden::webhook::configuration::MUTATE_PATH, driftwarden::webhook::configuration::VALIDATE_PATH] {
+        let (code, answer) = post_to(path, "https", port, &body).expect("an answer over HTTPS");
+        assert_eq!(code, 200, "{path} over HTTPS: {answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["response"]["uid"], "plain-http-probe", "{path}: {answer}");
+        // Plain HTTP to the TLS port: no HTTP answer, or a 400 from the TLS layer.
+        let plain = post_to(path, "http", port, &body);
+        assert!(plain.as_ref().is_none_or(|(code, _)| *code == 400), "{path} over plain HTTP answered {plain:?}");
+        assert!(
+            plain.as_ref().is_none_or(|(_, text)| !text.contains("plain-http-probe")),
+            "{path} over plain HTTP made a decision: {plain:?}"
+        );
+        assert_eq!(http_get(operator.http_port, "/healthz").map(|(code, _)| code), Some(200), "after {path}");
+    }
+}
+
+/// POSTs `body` to `path`: (HTTP status, response body), or None when no
+/// HTTP answer came back.
+fn post_to(path: &str, scheme: &str, port: u16, body: &std::path::Path) -> Option<(u16, String)> {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-w", "\n%{http_code}", "--max-time", "20", "--insecure"])
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("{scheme}://127.0.0.1:{port}{path}"));
+    let out = curl.output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (answer, code) = text.rsplit_once('\n')?;
+    let code: u16 = code.trim().parse().ok().filter(|code| *code != 0)?;
+    Some((code, answer.to_owned()))
 }

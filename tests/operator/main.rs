@@ -27,3 +27,4 @@ mod operator_probes;
 mod restart;
 mod revocation;
 mod secret_canaries;
+mod service_accounts;

@@ -37,6 +37,7 @@ use crate::api::{
 };
 use crate::drift::{self, DiffOptions, KindResolver, Scope, SourceConfigMap, SourceScope};
 use crate::gate::Decision;
+use crate::operator::ready::Ready;
 use watches::{WatchKey, Watches};
 
 const CONTROLLER: &str = "drift";
@@ -111,6 +112,8 @@ struct Context {
     clean_at: Mutex<HashMap<(ObjectRef<DesiredState>, crate::api::ObjectRef), Timestamp>>,
     /// Metadata of every ConfigMap: which sources changed, without reading them.
     source_meta: Store<PartialObjectMeta<ConfigMap>>,
+    /// Every reconcile waits for it at once: see `operator::ready`.
+    source_meta_listed: crate::operator::ready::Ready,
     /// The last good parse per DesiredState, reused while its sources are unchanged.
     parsed: Mutex<HashMap<ObjectRef<DesiredState>, CachedParse>>,
     last_diffs: Mutex<HashMap<ObjectRef<DesiredState>, LastDiffs>>,
@@ -173,10 +176,16 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         discovery: tokio::sync::RwLock::new((Arc::new(discovery), Instant::now())),
         pending_since,
         drifted: Mutex::default(),
-        gate: Caches { requests: requests.clone(), cluster_roles, roles },
+        gate: Caches {
+            listed: Ready::all_of(vec![Ready::of(&requests), Ready::of(&cluster_roles), Ready::of(&roles)]),
+            requests: requests.clone(),
+            cluster_roles,
+            roles,
+        },
         limiter,
         reverted: Mutex::default(),
         clean_at: Mutex::default(),
+        source_meta_listed: crate::operator::ready::Ready::of(&source_meta),
         source_meta,
         parsed: Mutex::default(),
         last_diffs: Mutex::default(),
@@ -267,8 +276,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let me = ObjectRef::from_obj(&*state);
     let triggered_at = context.pending_since.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
     forget_deleted(&context);
-    let _ = context.source_meta.wait_until_ready().await;
-    if !context.gate.wait_until_ready(WATCH_READY_TIMEOUT).await {
+    context.source_meta_listed.wait().await;
+    if tokio::time::timeout(WATCH_READY_TIMEOUT, context.gate.listed.wait()).await.is_err() {
         return Err(Error::GateNotReady);
     }
     if state.spec.suspend {
@@ -372,7 +381,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
             let live = key.as_ref().and_then(|key| {
                 let reference = ObjectRef::new_with(&declared.key.name, kinds.get(key)?.clone())
                     .within_opt(key.namespace.as_deref());
-                stores.get(key)?.get(&reference)
+                stores.get(key)?.0.get(&reference)
             });
             let version = live.as_ref().and_then(|l| l.metadata.resource_version.clone());
             let unchanged = previous.as_ref().and_then(|p| p.versions.get(index).zip(p.diffs.get(index)));

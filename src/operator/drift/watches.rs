@@ -14,6 +14,8 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc::UnboundedSender;
+
+use crate::operator::ready::Ready;
 use tokio::task::JoinHandle;
 
 use crate::api::DesiredState;
@@ -56,6 +58,8 @@ type Users = Arc<Mutex<HashMap<WatchKey, HashSet<ObjectRef<DesiredState>>>>>;
 
 struct Running {
     store: Store<DynamicObject>,
+    /// Several DesiredStates may wait for one cache at once: see `operator::ready`.
+    ready: Ready,
     task: JoinHandle<()>,
 }
 
@@ -91,7 +95,7 @@ impl Watches {
         &self,
         user: &ObjectRef<DesiredState>,
         keys: &BTreeSet<WatchKey>,
-    ) -> HashMap<WatchKey, Store<DynamicObject>> {
+    ) -> HashMap<WatchKey, (Store<DynamicObject>, Ready)> {
         let mut users = lock(&self.users);
         let mut running = lock(&self.running);
         for (key, key_users) in users.iter_mut() {
@@ -114,7 +118,7 @@ impl Watches {
         keys.iter()
             .map(|key| {
                 let watch = running.entry(key.clone()).or_insert_with(|| self.start(key));
-                (key.clone(), watch.store.clone())
+                (key.clone(), (watch.store.clone(), watch.ready.clone()))
             })
             .collect()
     }
@@ -162,7 +166,8 @@ impl Watches {
                 }
             }
         });
-        Running { store, task }
+        let ready = Ready::of(&store);
+        Running { store, ready, task }
     }
 }
 
@@ -192,9 +197,9 @@ fn drop_unread(object: &mut DynamicObject) {
 }
 
 /// Waits until every cache has listed, or `timeout` passes.
-pub async fn wait_until_ready(stores: &HashMap<WatchKey, Store<DynamicObject>>, timeout: Duration) -> bool {
-    let all = futures::future::join_all(stores.values().map(|s| s.wait_until_ready()));
-    tokio::time::timeout(timeout, all).await.is_ok()
+pub async fn wait_until_ready(stores: &HashMap<WatchKey, (Store<DynamicObject>, Ready)>, timeout: Duration) -> bool {
+    let readies: Vec<Ready> = stores.values().map(|(_, ready)| ready.clone()).collect();
+    tokio::time::timeout(timeout, crate::operator::ready::all(&readies)).await.is_ok()
 }
 
 #[cfg(test)]
