@@ -50,7 +50,6 @@ impl Drop for Standby {
 }
 
 #[tokio::test]
-#[ignore = "run on its own by .ci/run: in the full suite the new leader's first revert has stalled (open bug, docs/GATE.md)"]
 async fn of_two_replicas_one_reverts_each_drift_once_and_the_standby_takes_over_when_it_dies() {
     let mut t = drift_setup("gate-failover").await;
     t.running.take();
