@@ -5,6 +5,7 @@
 //!
 //! A source that does not parse is reported and changes nothing.
 
+pub mod cached;
 pub mod status;
 mod watches;
 
@@ -179,10 +180,12 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         last_diffs: Mutex::default(),
     });
 
-    // Source ConfigMaps by metadata only: their contents are read when a
-    // DesiredState that uses them reconciles.
+    // Source ConfigMaps by metadata only, and of that only what selects and
+    // fingerprints a source: their contents are read when a DesiredState
+    // that uses them reconciles.
     let sources = watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default())
         .backoff(crate::operator::backoff::WatchBackoff::default())
+        .modify(cached::source_identity)
         .reflect(source_meta_writer)
         .touched_objects();
     // A grant that opens, ends or logs a write may change the gate's verdict
@@ -373,7 +376,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
             let diff = match unchanged {
                 Some((seen, diff)) if *seen == version && version.is_some() => diff.clone(),
                 _ => {
-                    let live = live.as_ref().and_then(|object| serde_json::to_value(&**object).ok());
+                    let live = live.as_deref().and_then(cached::live_value);
                     let diff = drift::diff(&declared.object, live.as_ref(), &options);
                     if diff.in_sync() {
                         clean.push(declared.key.object_ref());
@@ -590,7 +593,7 @@ async fn act(
     let name = state.name_any();
     let now = Timestamp::now();
     let mut outcome = Outcome::default();
-    let live_value = |index: usize| lives[index].as_ref().and_then(|l| serde_json::to_value(&**l).ok());
+    let live_value = |index: usize| lives[index].as_deref().and_then(cached::live_value);
 
     // Codify: a window that ended with its changes still live. The patches
     // are made now, from what the drift was seen on, and written after the
