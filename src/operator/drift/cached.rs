@@ -1,7 +1,8 @@
 //! What the drift controller's caches keep of each object, and how the
 //! reconcile reads a cached object back. Pure: the watches apply these
 //! before an object is stored (`WatchStreamExt::modify`), the reconcile
-//! calls [`live_value`] on the objects it diffs.
+//! calls [`live_value`] on the objects it diffs; the parsed sources are
+//! kept as [`Declarations`].
 //!
 //! Memory is the reason: at 10,000 managed objects the caches were most of
 //! the operator's heap (docs/BENCHMARKS.md, "The missed goal"). Each object
@@ -12,6 +13,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ObjectMeta};
 use kube::api::{DynamicObject, PartialObjectMeta};
 use serde_json::Value;
+
+use crate::drift::{ObjectKey, Origin, ParsedSources};
 
 /// kubectl's copy of the whole last applied manifest: as large as the object.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -93,6 +96,50 @@ pub fn source_identity(config_map: &mut PartialObjectMeta<ConfigMap>) {
         resource_version: metadata.resource_version,
         ..ObjectMeta::default()
     };
+}
+
+/// The parsed sources as the drift controller keeps them between
+/// reconciles: each manifest as its JSON text. A parsed manifest is nested
+/// serde_json maps, several times the size of its text, and only the objects
+/// whose live resourceVersion changed are diffed again: [`Declared::object`]
+/// parses those, a few microseconds each.
+#[derive(Debug)]
+pub struct Declarations {
+    /// The Git revision, when the ConfigMaps carry one.
+    pub revision: Option<String>,
+    /// The declared objects, in source order.
+    pub objects: Vec<Declared>,
+}
+
+/// A declared object: its identity and origin as parsed, its manifest as text.
+#[derive(Debug)]
+pub struct Declared {
+    pub key: ObjectKey,
+    pub origin: Origin,
+    manifest: Box<str>,
+}
+
+impl Declared {
+    /// The manifest, as the parser made it.
+    pub fn object(&self) -> Value {
+        // Our own serialization of a `Value`: it always parses back.
+        serde_json::from_str(&self.manifest).expect("a declared manifest is JSON text")
+    }
+}
+
+impl From<ParsedSources> for Declarations {
+    fn from(parsed: ParsedSources) -> Self {
+        let objects = parsed
+            .objects
+            .into_iter()
+            .map(|declared| Declared {
+                key: declared.key,
+                origin: declared.origin,
+                manifest: declared.object.to_string().into_boxed_str(),
+            })
+            .collect();
+        Declarations { revision: parsed.revision, objects }
+    }
 }
 
 #[cfg(test)]
@@ -283,5 +330,37 @@ mod tests {
         };
         assert_eq!(kept.metadata, expected);
         assert_eq!(kept.types, config_map.types);
+    }
+
+    #[test]
+    fn declarations_give_back_each_object_as_parsed() {
+        let files = [
+            ("deployment.yaml", include_str!("../../drift/testdata/deployment-declared.yaml")),
+            ("configmap.yaml", include_str!("../../../benches/data/configmap-100-keys.yaml")),
+            ("crd.yaml", include_str!("../../../benches/data/crd-50kb.yaml")),
+            ("role.yaml", include_str!("../../../benches/data/role-20-rules.yaml")),
+            (
+                "numbers.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: n}\nx: [1, -2, 0.5, 1e300, true, null]\n",
+            ),
+        ];
+        let source = drift::SourceConfigMap {
+            name: "state".into(),
+            data: files.iter().map(|(key, text)| ((*key).to_owned(), (*text).to_owned())).collect(),
+            ..Default::default()
+        };
+        let scope = drift::SourceScope { namespace: "driftwarden", operator_namespace: "driftwarden" };
+        let parsed = drift::parse_sources(&[source], &scope, &|_: &str, kind: &str| {
+            Some(if kind == "CustomResourceDefinition" { drift::Scope::Cluster } else { drift::Scope::Namespaced })
+        })
+        .unwrap();
+        assert_eq!(parsed.objects.len(), files.len());
+        let kept = Declarations::from(parsed.clone());
+        assert_eq!(kept.revision, parsed.revision);
+        for (declared, kept) in parsed.objects.iter().zip(&kept.objects) {
+            assert_eq!(kept.key, declared.key);
+            assert_eq!(kept.origin, declared.origin);
+            assert_eq!(kept.object(), declared.object, "{}", declared.key.name);
+        }
     }
 }

@@ -38,6 +38,7 @@ use crate::api::{
 };
 use crate::drift::{self, DiffOptions, KindResolver, Scope, SourceConfigMap, SourceScope};
 use crate::gate::Decision;
+use cached::Declarations;
 use watches::{WatchKey, Watches};
 
 const CONTROLLER: &str = "drift";
@@ -119,7 +120,7 @@ type DriftTally = HashMap<ObjectRef<DesiredState>, (DriftCounts, Option<Timestam
 
 /// The diffs of the last reconcile, with the live resourceVersions they saw.
 struct LastDiffs {
-    sources: Arc<drift::ParsedSources>,
+    sources: Arc<Declarations>,
     versions: Vec<Option<String>>,
     diffs: Vec<drift::ObjectDiff>,
     /// Which objects were left drifting (not in sync, not reverted).
@@ -130,7 +131,7 @@ struct LastDiffs {
 /// each source ConfigMap's resourceVersion.
 struct CachedParse {
     fingerprint: (Option<i64>, Vec<(String, String)>),
-    sources: Arc<drift::ParsedSources>,
+    sources: Arc<Declarations>,
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -377,7 +378,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
                 Some((seen, diff)) if *seen == version && version.is_some() => diff.clone(),
                 _ => {
                     let live = live.as_deref().and_then(cached::live_value);
-                    let diff = drift::diff(&declared.object, live.as_ref(), &options);
+                    let diff = drift::diff(&declared.object(), live.as_ref(), &options);
                     if diff.in_sync() {
                         clean.push(declared.key.object_ref());
                     }
@@ -496,7 +497,7 @@ fn judge(
     context: &Context,
     state: &DesiredState,
     me: &ObjectRef<DesiredState>,
-    parsed: &drift::ParsedSources,
+    parsed: &Declarations,
     resources: &[Option<WatchKey>],
     diffs: &[drift::ObjectDiff],
     old: &DesiredStateStatus,
@@ -581,7 +582,7 @@ async fn act(
     context: &Context,
     state: &DesiredState,
     me: &ObjectRef<DesiredState>,
-    parsed: &drift::ParsedSources,
+    parsed: &Declarations,
     resources: &[Option<WatchKey>],
     kinds: &HashMap<&WatchKey, ApiResource>,
     diffs: &[drift::ObjectDiff],
@@ -614,7 +615,7 @@ async fn act(
             object,
             &name,
             &declared.origin,
-            &declared.object,
+            &declared.object(),
             live_value(index).as_ref(),
             &diffs[index],
             now,
@@ -652,11 +653,11 @@ async fn act(
     let reverts = admitted.into_iter().map(|(index, judgement)| {
         let declared = &parsed.objects[index];
         let resource = resources[index].as_ref().and_then(|key| kinds.get(key)).cloned();
-        let live = live_value(index);
+        let (declared, live) = (declared.object(), live_value(index));
         async move {
             let started = Instant::now();
             let result = match resource {
-                Some(resource) => gate::revert(&context.client, &resource, &declared.object, live, options).await,
+                Some(resource) => gate::revert(&context.client, &resource, &declared, live, options).await,
                 None => return (index, judgement, Err("unknown kind".to_owned()), started),
             };
             (index, judgement, result.map_err(|e| e.to_string()), started)
@@ -923,7 +924,7 @@ async fn parse(
     context: &Context,
     config_maps: &Arc<Vec<SourceConfigMap>>,
     scope: &SourceScope<'_>,
-) -> Result<(Result<drift::ParsedSources, drift::SourceErrors>, Resolver), Error> {
+) -> Result<(Result<Declarations, drift::SourceErrors>, Resolver), Error> {
     let resolver = Resolver { discovery: context.discovery.read().await.0.clone() };
     let parsed = parse_off_runtime(config_maps, scope, &resolver).await;
     match &parsed {
@@ -943,17 +944,18 @@ async fn parse(
 
 /// Parsing a large source takes a while (seconds for 10,000 documents on a
 /// slow core): on a blocking thread, so that it never stalls the runtime's
-/// workers (lease renewals, grant expiry, other reconciles).
+/// workers (lease renewals, grant expiry, other reconciles). The result is
+/// kept in its compact form, made there too.
 async fn parse_off_runtime(
     config_maps: &Arc<Vec<SourceConfigMap>>,
     scope: &SourceScope<'_>,
     resolver: &Resolver,
-) -> Result<drift::ParsedSources, drift::SourceErrors> {
+) -> Result<Declarations, drift::SourceErrors> {
     let (config_maps, resolver) = (config_maps.clone(), Resolver { discovery: resolver.discovery.clone() });
     let (namespace, operator_namespace) = (scope.namespace.to_owned(), scope.operator_namespace.to_owned());
     tokio::task::spawn_blocking(move || {
         let scope = SourceScope { namespace: &namespace, operator_namespace: &operator_namespace };
-        drift::parse_sources(&config_maps, &scope, &resolver)
+        drift::parse_sources(&config_maps, &scope, &resolver).map(Declarations::from)
     })
     .await
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
