@@ -45,6 +45,8 @@ pub async fn footprint(client: Client, namespace: &str, objects: usize) -> anyho
     let as_value =
         retained(|| live.iter().map(|o| serde_json::to_value(o).unwrap_or_default()).collect::<Vec<Value>>());
     let declared = retained(|| parse_declarations(objects));
+    // A copy of the parse, turned into the kept form: what it still holds.
+    let kept_declared = retained(|| declared.0.clone().map(cached::Declarations::from)).1;
     let per = |bytes: u64| bytes / objects.max(1) as u64;
     let kinds = captured_kinds()?;
     Ok(Footprint {
@@ -58,6 +60,7 @@ pub async fn footprint(client: Client, namespace: &str, objects: usize) -> anyho
             ("  as the sources' metadata cache keeps it (which holds every ConfigMap's)", per(metadata_cached)),
             ("live object as a serde_json::Value (made per diff, then dropped)", per(as_value.1)),
             ("declared object, parsed from the sources", per(declared.1)),
+            ("  as the drift controller keeps it (the manifest as JSON text)", per(kept_declared)),
         ],
         kinds,
     })
