@@ -3,6 +3,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use driftwarden::cli::Cli;
 
+// mimalloc instead of glibc's malloc: it returns freed memory to the system
+// and fragments less, which kept the operator's resident size at rest
+// smaller with 10,000 cached objects (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // clap prints a clear message and exits with status 2 on bad arguments.
     let cli = Cli::parse();

@@ -3,6 +3,7 @@
 //! process (see [`crate::footprint`]).
 
 use driftwarden::drift::{self, Scope, SourceConfigMap, SourceScope};
+use driftwarden::operator::drift::cached;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, PartialObjectMeta};
@@ -15,11 +16,9 @@ use crate::footprint::retained;
 pub struct Footprint {
     rows: Vec<(&'static str, u64)>,
     objects: usize,
-    /// Per captured kind: bytes whole, bytes without status and last-applied.
+    /// Per captured kind: bytes whole, bytes as the watch cache keeps it.
     kinds: Vec<(String, u64, u64)>,
 }
-
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Reads the bench's managed objects as the operator's caches hold them and
 /// measures each form.
@@ -28,34 +27,46 @@ pub async fn footprint(client: Client, namespace: &str, objects: usize) -> anyho
     let live = api.list(&ListParams::default().labels("app=bench")).await?.items;
     anyhow::ensure!(live.len() == objects, "listed {} of {objects} objects", live.len());
     let whole = kept(&live, |_| {});
-    let no_last_applied = kept(&live, |o| drop(o.metadata.annotations.as_mut().map(|a| a.remove(LAST_APPLIED))));
-    let no_managed_fields = kept(&live, |o| o.metadata.managed_fields = None);
-    let metadata = retained(|| {
-        let meta =
-            |o: &DynamicObject| PartialObjectMeta::<ConfigMap> { metadata: o.metadata.clone(), ..Default::default() };
-        live.iter().map(meta).collect::<Vec<_>>()
+    let no_last_applied = kept(&live, cached::drop_unread);
+    let cached = kept(&live, cached::for_watch_cache);
+    let no_managed_fields = kept(&live, |o| {
+        cached::drop_unread(o);
+        o.metadata.managed_fields = None;
     });
+    let metadata = |trim: fn(&mut PartialObjectMeta<ConfigMap>)| {
+        let meta = |o: &DynamicObject| {
+            let mut meta = PartialObjectMeta::<ConfigMap> { metadata: o.metadata.clone(), ..Default::default() };
+            trim(&mut meta);
+            meta
+        };
+        retained(|| live.iter().map(meta).collect::<Vec<_>>()).1
+    };
+    let (metadata_whole, metadata_cached) = (metadata(|_| {}), metadata(cached::source_identity));
     let as_value =
         retained(|| live.iter().map(|o| serde_json::to_value(o).unwrap_or_default()).collect::<Vec<Value>>());
     let declared = retained(|| parse_declarations(objects));
+    // A copy of the parse, turned into the kept form: what it still holds.
+    let kept_declared = retained(|| declared.0.clone().map(cached::Declarations::from)).1;
     let per = |bytes: u64| bytes / objects.max(1) as u64;
     let kinds = captured_kinds()?;
     Ok(Footprint {
         objects,
         rows: vec![
-            ("live object as the watch cache keeps it (DynamicObject)", per(whole)),
-            ("  the same without the last-applied-configuration annotation", per(no_last_applied)),
+            ("live object as listed (DynamicObject)", per(whole)),
+            ("  without status and the last-applied-configuration annotation", per(no_last_applied)),
             ("  the same without managedFields", per(no_managed_fields)),
-            ("its metadata (the sources' metadata cache holds every ConfigMap's)", per(metadata.1)),
+            ("  as the watch cache keeps it (the above, managedFields as JSON text)", per(cached)),
+            ("its whole metadata", per(metadata_whole)),
+            ("  as the sources' metadata cache keeps it (which holds every ConfigMap's)", per(metadata_cached)),
             ("live object as a serde_json::Value (made per diff, then dropped)", per(as_value.1)),
             ("declared object, parsed from the sources", per(declared.1)),
+            ("  as the drift controller keeps it (the manifest as JSON text)", per(kept_declared)),
         ],
         kinds,
     })
 }
 
-/// Each object of `benches/data` as the watch cache keeps it, whole and
-/// without what the diff never reads (status, the last-applied annotation).
+/// Each object of `benches/data`, whole and as the watch cache keeps it.
 fn captured_kinds() -> anyhow::Result<Vec<(String, u64, u64)>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data");
     let mut kinds = Vec::new();
@@ -64,10 +75,7 @@ fn captured_kinds() -> anyhow::Result<Vec<(String, u64, u64)>> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()?.strip_suffix(".live.json")) else { continue };
         let object: DynamicObject = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
         let objects = std::slice::from_ref(&object);
-        let trimmed = kept(objects, |o| {
-            o.metadata.annotations.as_mut().map(|a| a.remove(LAST_APPLIED));
-            o.data.as_object_mut().map(|d| d.remove("status"));
-        });
+        let trimmed = kept(objects, cached::for_watch_cache);
         kinds.push((name.to_owned(), kept(objects, |_| {}), trimmed));
     }
     kinds.sort();
@@ -103,7 +111,7 @@ impl Footprint {
             println!("| {what} | {bytes} | {} |", crate::process::mib(bytes * self.objects as u64));
         }
         println!();
-        println!("| captured object (benches/data) | cached whole | without status and last-applied |");
+        println!("| captured object (benches/data) | cached whole | as the watch cache keeps it |");
         println!("|---|---:|---:|");
         for (name, whole, trimmed) in &self.kinds {
             println!("| {name} | {whole} B | {trimmed} B ({:.0}%) |", 100.0 * *trimmed as f64 / *whole as f64);

@@ -5,6 +5,7 @@
 //!
 //! A source that does not parse is reported and changes nothing.
 
+pub mod cached;
 pub mod status;
 mod watches;
 
@@ -38,6 +39,7 @@ use crate::api::{
 use crate::drift::{self, DiffOptions, KindResolver, Scope, SourceConfigMap, SourceScope};
 use crate::gate::Decision;
 use crate::operator::ready::Ready;
+use cached::Declarations;
 use watches::{WatchKey, Watches};
 
 const CONTROLLER: &str = "drift";
@@ -124,7 +126,7 @@ type DriftTally = HashMap<ObjectRef<DesiredState>, (DriftCounts, Option<Timestam
 
 /// The diffs of the last reconcile, with the live resourceVersions they saw.
 struct LastDiffs {
-    sources: Arc<drift::ParsedSources>,
+    sources: Arc<Declarations>,
     versions: Vec<Option<String>>,
     diffs: Vec<drift::ObjectDiff>,
     /// Which objects were left drifting (not in sync, not reverted).
@@ -135,7 +137,7 @@ struct LastDiffs {
 /// each source ConfigMap's resourceVersion.
 struct CachedParse {
     fingerprint: (Option<i64>, Vec<(String, String)>),
-    sources: Arc<drift::ParsedSources>,
+    sources: Arc<Declarations>,
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -191,10 +193,12 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         last_diffs: Mutex::default(),
     });
 
-    // Source ConfigMaps by metadata only: their contents are read when a
-    // DesiredState that uses them reconciles.
+    // Source ConfigMaps by metadata only, and of that only what selects and
+    // fingerprints a source: their contents are read when a DesiredState
+    // that uses them reconciles.
     let sources = watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default())
         .backoff(crate::operator::backoff::WatchBackoff::default())
+        .modify(cached::source_identity)
         .reflect(source_meta_writer)
         .touched_objects();
     // A grant that opens, ends or logs a write may change the gate's verdict
@@ -388,8 +392,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
             let diff = match unchanged {
                 Some((seen, diff)) if *seen == version && version.is_some() => diff.clone(),
                 _ => {
-                    let live = live.as_ref().and_then(|object| serde_json::to_value(&**object).ok());
-                    let diff = drift::diff(&declared.object, live.as_ref(), &options);
+                    let live = live.as_deref().and_then(cached::live_value);
+                    let diff = drift::diff(&declared.object(), live.as_ref(), &options);
                     if diff.in_sync() {
                         clean.push(declared.key.object_ref());
                     }
@@ -508,7 +512,7 @@ fn judge(
     context: &Context,
     state: &DesiredState,
     me: &ObjectRef<DesiredState>,
-    parsed: &drift::ParsedSources,
+    parsed: &Declarations,
     resources: &[Option<WatchKey>],
     diffs: &[drift::ObjectDiff],
     old: &DesiredStateStatus,
@@ -604,7 +608,7 @@ async fn act(
     context: &Context,
     state: &DesiredState,
     me: &ObjectRef<DesiredState>,
-    parsed: &drift::ParsedSources,
+    parsed: &Declarations,
     resources: &[Option<WatchKey>],
     kinds: &HashMap<&WatchKey, ApiResource>,
     diffs: &[drift::ObjectDiff],
@@ -616,7 +620,7 @@ async fn act(
     let name = state.name_any();
     let now = Timestamp::now();
     let mut outcome = Outcome::default();
-    let live_value = |index: usize| lives[index].as_ref().and_then(|l| serde_json::to_value(&**l).ok());
+    let live_value = |index: usize| lives[index].as_deref().and_then(cached::live_value);
 
     // Codify: a window that ended with its changes still live. The patches
     // are made now, from what the drift was seen on, and written after the
@@ -637,7 +641,7 @@ async fn act(
             object,
             &name,
             &declared.origin,
-            &declared.object,
+            &declared.object(),
             live_value(index).as_ref(),
             &diffs[index],
             now,
@@ -675,11 +679,11 @@ async fn act(
     let reverts = admitted.into_iter().map(|(index, judgement)| {
         let declared = &parsed.objects[index];
         let resource = resources[index].as_ref().and_then(|key| kinds.get(key)).cloned();
-        let live = live_value(index);
+        let (declared, live) = (declared.object(), live_value(index));
         async move {
             let started = Instant::now();
             let result = match resource {
-                Some(resource) => gate::revert(&context.client, &resource, &declared.object, live, options).await,
+                Some(resource) => gate::revert(&context.client, &resource, &declared, live, options).await,
                 None => return (index, judgement, Err("unknown kind".to_owned()), started),
             };
             (index, judgement, result.map_err(|e| e.to_string()), started)
@@ -946,7 +950,7 @@ async fn parse(
     context: &Context,
     config_maps: &Arc<Vec<SourceConfigMap>>,
     scope: &SourceScope<'_>,
-) -> Result<(Result<drift::ParsedSources, drift::SourceErrors>, Resolver), Error> {
+) -> Result<(Result<Declarations, drift::SourceErrors>, Resolver), Error> {
     let resolver = Resolver { discovery: context.discovery.read().await.0.clone() };
     let parsed = parse_off_runtime(config_maps, scope, &resolver).await;
     match &parsed {
@@ -966,17 +970,18 @@ async fn parse(
 
 /// Parsing a large source takes a while (seconds for 10,000 documents on a
 /// slow core): on a blocking thread, so that it never stalls the runtime's
-/// workers (lease renewals, grant expiry, other reconciles).
+/// workers (lease renewals, grant expiry, other reconciles). The result is
+/// kept in its compact form, made there too.
 async fn parse_off_runtime(
     config_maps: &Arc<Vec<SourceConfigMap>>,
     scope: &SourceScope<'_>,
     resolver: &Resolver,
-) -> Result<drift::ParsedSources, drift::SourceErrors> {
+) -> Result<Declarations, drift::SourceErrors> {
     let (config_maps, resolver) = (config_maps.clone(), Resolver { discovery: resolver.discovery.clone() });
     let (namespace, operator_namespace) = (scope.namespace.to_owned(), scope.operator_namespace.to_owned());
     tokio::task::spawn_blocking(move || {
         let scope = SourceScope { namespace: &namespace, operator_namespace: &operator_namespace };
-        drift::parse_sources(&config_maps, &scope, &resolver)
+        drift::parse_sources(&config_maps, &scope, &resolver).map(Declarations::from)
     })
     .await
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))

@@ -1,8 +1,8 @@
 //! Watches on exactly the kinds and namespaces that sources declare, started
 //! and stopped as DesiredStates change. Each is a reflector (a cache kept
 //! current by a watch, never a poll); an event on it asks every DesiredState
-//! that uses it to reconcile. What the diff never reads is dropped before an
-//! object is cached.
+//! that uses it to reconcile. Objects are cached in the compact form of
+//! [`super::cached`].
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -143,7 +143,7 @@ impl Watches {
         let store = writer.as_reader();
         let stream = watcher(api, watcher::Config::default())
             .backoff(crate::operator::backoff::WatchBackoff::default())
-            .modify(drop_unread)
+            .modify(super::cached::for_watch_cache)
             .reflect(writer);
         let (trigger, users, key) = (self.trigger.clone(), self.users.clone(), key.clone());
         let pending_since = self.pending_since.clone();
@@ -179,99 +179,8 @@ impl Drop for Watches {
     }
 }
 
-/// kubectl's copy of the whole last applied manifest: as large as the object.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// Drops what no reader of the cache uses, before the object is stored: its
-/// `status` and the last-applied annotation. The diff skips both (in either
-/// direction), reverts and codify work from the diff and managedFields, so
-/// their results are the same; together they are often half of an object.
-/// managedFields stay: the diff needs them to find foreign additions.
-fn drop_unread(object: &mut DynamicObject) {
-    if let Some(annotations) = object.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-    }
-    if let Some(fields) = object.data.as_object_mut() {
-        fields.remove("status");
-    }
-}
-
 /// Waits until every cache has listed, or `timeout` passes.
 pub async fn wait_until_ready(stores: &HashMap<WatchKey, (Store<DynamicObject>, Ready)>, timeout: Duration) -> bool {
     let readies: Vec<Ready> = stores.values().map(|(_, ready)| ready.clone()).collect();
     tokio::time::timeout(timeout, crate::operator::ready::all(&readies)).await.is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::Value;
-
-    use super::*;
-    use crate::drift::{self, DiffOptions};
-
-    /// Live objects as a real API server returns them (defaults,
-    /// managedFields, status, the last-applied annotation), in sync and
-    /// edited by hand, with what was declared.
-    fn cases() -> Vec<(&'static str, Value, Value)> {
-        let yaml = |text: &str| serde_yaml_ng::from_str::<Value>(text).unwrap();
-        let json = |text: &str| serde_json::from_str::<Value>(text).unwrap();
-        let deployment = yaml(include_str!("../../drift/testdata/deployment-declared.yaml"));
-        let live = json(include_str!("../../drift/testdata/deployment-live.json"));
-        let mut scaled = live.clone();
-        scaled["spec"]["replicas"] = 9.into();
-        scaled["status"]["replicas"] = 9.into();
-        let mut annotated = live.clone();
-        annotated["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = "{}".into();
-        macro_rules! captured {
-            ($name:literal) => {{
-                let declared = yaml(include_str!(concat!("../../../benches/data/", $name, ".yaml")));
-                let live = json(include_str!(concat!("../../../benches/data/", $name, ".live.json")));
-                let drifted = json(include_str!(concat!("../../../benches/data/", $name, ".drifted.json")));
-                [($name, declared.clone(), live), ($name, declared, drifted)]
-            }};
-        }
-        let mut all = vec![
-            ("deployment", deployment.clone(), live),
-            ("deployment scaled", deployment.clone(), scaled),
-            ("deployment, last-applied edited", deployment, annotated),
-        ];
-        all.extend(captured!("deployment"));
-        all.extend(captured!("service"));
-        all.extend(captured!("configmap-100-keys"));
-        all.extend(captured!("role-20-rules"));
-        all.extend(captured!("crd-50kb"));
-        all
-    }
-
-    #[test]
-    fn dropping_what_the_diff_never_reads_changes_no_diff() {
-        let options = DiffOptions::default();
-        let mut drifted = 0;
-        for (name, declared, live) in cases() {
-            let cached: DynamicObject = serde_json::from_value(live).unwrap();
-            let mut stripped = cached.clone();
-            drop_unread(&mut stripped);
-            let whole = serde_json::to_value(&cached).unwrap();
-            let stripped = serde_json::to_value(&stripped).unwrap();
-            assert!(stripped.get("status").is_none(), "{name}");
-            let before = drift::diff(&declared, Some(&whole), &options);
-            let after = drift::diff(&declared, Some(&stripped), &options);
-            assert_eq!(before, after, "{name}");
-            drifted += usize::from(!after.in_sync());
-        }
-        assert_eq!(drifted, 6, "the cases must include drift");
-    }
-
-    #[test]
-    fn dropping_what_the_diff_never_reads_keeps_other_annotations_and_managed_fields() {
-        let live: DynamicObject =
-            serde_json::from_str(include_str!("../../drift/testdata/deployment-live.json")).unwrap();
-        let mut stripped = live.clone();
-        drop_unread(&mut stripped);
-        let annotations = stripped.metadata.annotations.unwrap();
-        assert!(!annotations.contains_key(LAST_APPLIED));
-        assert!(annotations.contains_key("deployment.kubernetes.io/revision"));
-        assert_eq!(stripped.metadata.managed_fields, live.metadata.managed_fields);
-        assert_eq!(stripped.data["spec"], live.data["spec"]);
-    }
 }

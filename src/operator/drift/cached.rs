@@ -1,0 +1,366 @@
+//! What the drift controller's caches keep of each object, and how the
+//! reconcile reads a cached object back. Pure: the watches apply these
+//! before an object is stored (`WatchStreamExt::modify`), the reconcile
+//! calls [`live_value`] on the objects it diffs; the parsed sources are
+//! kept as [`Declarations`].
+//!
+//! Memory is the reason: at 10,000 managed objects the caches were most of
+//! the operator's heap (docs/BENCHMARKS.md, "The missed goal"). Each object
+//! is kept in the smallest form its readers can use; what no reader uses is
+//! dropped.
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ObjectMeta};
+use kube::api::{DynamicObject, PartialObjectMeta};
+use serde_json::Value;
+
+use crate::drift::{ObjectKey, Origin, ParsedSources};
+
+/// kubectl's copy of the whole last applied manifest: as large as the object.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A live object as the watch cache keeps it: without what no reader uses
+/// ([`drop_unread`]) and with its managedFields compact
+/// ([`compact_managed_fields`]). [`live_value`] reads it back.
+pub fn for_watch_cache(object: &mut DynamicObject) {
+    drop_unread(object);
+    compact_managed_fields(object);
+}
+
+/// Drops the object's `status` and the last-applied annotation. The diff
+/// skips both (in either direction), reverts and codify work from the diff
+/// and managedFields, so their results are the same; together they are
+/// often half of an object. managedFields stay: the diff needs them to find
+/// foreign additions.
+pub fn drop_unread(object: &mut DynamicObject) {
+    if let Some(annotations) = object.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+    if let Some(fields) = object.data.as_object_mut() {
+        fields.remove("status");
+    }
+}
+
+/// Keeps each managedFields entry's `fieldsV1` as its JSON text (a
+/// `Value::String`) instead of nested maps. fieldsV1 is almost nothing but
+/// small maps, and serde_json spends a B-tree node (hundreds of bytes) on
+/// each: as text it takes a tenth. Only objects whose resourceVersion
+/// changed are diffed, so it is parsed again rarely, a few microseconds each.
+///
+/// The API server only ever sends fieldsV1 as a JSON object, so a string
+/// there can only be this encoding.
+pub fn compact_managed_fields(object: &mut DynamicObject) {
+    for entry in object.metadata.managed_fields.iter_mut().flatten() {
+        if let Some(FieldsV1(fields)) = entry.fields_v1.as_mut()
+            && !fields.is_string()
+        {
+            *fields = Value::String(fields.to_string());
+        }
+    }
+}
+
+/// A cached object as the diff, reverts and codify read it: as JSON, with
+/// managedFields whole again. Every reader of a watch-cached object must go
+/// through here: the diff skips a manager whose fieldsV1 is not a map, so a
+/// compact one would hide that manager's additions.
+pub fn live_value(object: &DynamicObject) -> Option<Value> {
+    let mut value = serde_json::to_value(object).ok()?;
+    expand_managed_fields(&mut value);
+    Some(value)
+}
+
+/// Parses back each fieldsV1 that [`compact_managed_fields`] made text.
+fn expand_managed_fields(live: &mut Value) {
+    let Some(Value::Array(entries)) = live.pointer_mut("/metadata/managedFields") else { return };
+    for entry in entries {
+        if let Some(fields) = entry.get_mut("fieldsV1")
+            && let Value::String(text) = fields
+        {
+            // Our own encoding of a Value: it parses.
+            *fields = serde_json::from_str(text).unwrap_or_default();
+        }
+    }
+}
+
+/// A ConfigMap's metadata as the sources' metadata cache keeps it. That
+/// cache holds every ConfigMap of the cluster, sources or not, and its only
+/// readers (`users_of`, `source_fingerprint`) read the name, namespace,
+/// labels and resourceVersion: the rest, managedFields and annotations
+/// above all, is dropped.
+pub fn source_identity(config_map: &mut PartialObjectMeta<ConfigMap>) {
+    let metadata = std::mem::take(&mut config_map.metadata);
+    config_map.metadata = ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        labels: metadata.labels,
+        resource_version: metadata.resource_version,
+        ..ObjectMeta::default()
+    };
+}
+
+/// The parsed sources as the drift controller keeps them between
+/// reconciles: each manifest as its JSON text. A parsed manifest is nested
+/// serde_json maps, several times the size of its text, and only the objects
+/// whose live resourceVersion changed are diffed again: [`Declared::object`]
+/// parses those, a few microseconds each.
+#[derive(Debug)]
+pub struct Declarations {
+    /// The Git revision, when the ConfigMaps carry one.
+    pub revision: Option<String>,
+    /// The declared objects, in source order.
+    pub objects: Vec<Declared>,
+}
+
+/// A declared object: its identity and origin as parsed, its manifest as text.
+#[derive(Debug)]
+pub struct Declared {
+    pub key: ObjectKey,
+    pub origin: Origin,
+    manifest: Box<str>,
+}
+
+impl Declared {
+    /// The manifest, as the parser made it.
+    pub fn object(&self) -> Value {
+        // Our own serialization of a `Value`: it always parses back.
+        serde_json::from_str(&self.manifest).expect("a declared manifest is JSON text")
+    }
+}
+
+impl From<ParsedSources> for Declarations {
+    fn from(parsed: ParsedSources) -> Self {
+        let objects = parsed
+            .objects
+            .into_iter()
+            .map(|declared| Declared {
+                key: declared.key,
+                origin: declared.origin,
+                manifest: declared.object.to_string().into_boxed_str(),
+            })
+            .collect();
+        Declarations { revision: parsed.revision, objects }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::api::IgnoreRule;
+    use crate::drift::{self, DiffOptions};
+    use crate::gate::revert;
+
+    /// Live objects as a real API server returns them (defaults,
+    /// managedFields, status, the last-applied annotation), in sync and
+    /// edited by hand, with what was declared.
+    fn cases() -> Vec<(&'static str, Value, Value)> {
+        let yaml = |text: &str| serde_yaml_ng::from_str::<Value>(text).unwrap();
+        let json = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+        let deployment = yaml(include_str!("../../drift/testdata/deployment-declared.yaml"));
+        let live = json(include_str!("../../drift/testdata/deployment-live.json"));
+        let mut scaled = live.clone();
+        scaled["spec"]["replicas"] = 9.into();
+        scaled["status"]["replicas"] = 9.into();
+        let mut annotated = live.clone();
+        annotated["metadata"]["annotations"][LAST_APPLIED] = "{}".into();
+        macro_rules! captured {
+            ($name:literal) => {{
+                let declared = yaml(include_str!(concat!("../../../benches/data/", $name, ".yaml")));
+                let live = json(include_str!(concat!("../../../benches/data/", $name, ".live.json")));
+                let drifted = json(include_str!(concat!("../../../benches/data/", $name, ".drifted.json")));
+                [($name, declared.clone(), live), ($name, declared, drifted)]
+            }};
+        }
+        let mut all = vec![
+            ("deployment", deployment.clone(), live),
+            ("deployment scaled", deployment.clone(), scaled),
+            ("deployment, last-applied edited", deployment, annotated),
+        ];
+        all.extend(captured!("deployment"));
+        all.extend(captured!("service"));
+        all.extend(captured!("configmap-100-keys"));
+        all.extend(captured!("role-20-rules"));
+        all.extend(captured!("crd-50kb"));
+        all
+    }
+
+    /// The captured ConfigMap edited by hand (`setting-042` changed, `extra`
+    /// added), with the managedFields a real API server would give it: the
+    /// captures have none. The foreign `kubectl-patch` owns both edits.
+    fn configmap_edited_by_a_foreign_manager() -> (Value, Value) {
+        let declared: Value =
+            serde_yaml_ng::from_str(include_str!("../../../benches/data/configmap-100-keys.yaml")).unwrap();
+        let mut live: Value =
+            serde_json::from_str(include_str!("../../../benches/data/configmap-100-keys.drifted.json")).unwrap();
+        let applied: serde_json::Map<String, Value> = declared["data"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|key| *key != "setting-042")
+            .map(|key| (format!("f:{key}"), json!({})))
+            .collect();
+        let entry = |manager: &str, fields: Value| {
+            json!({"manager": manager, "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+                   "time": "2026-11-21T22:08:00Z", "fieldsV1": fields})
+        };
+        live["metadata"]["managedFields"] = json!([
+            entry("kubectl-client-side-apply", json!({"f:data": applied, "f:metadata": {"f:labels": {"f:app": {}}}})),
+            entry("kubectl-patch", json!({"f:data": {"f:extra": {}, "f:setting-042": {}}})),
+        ]);
+        (declared, live)
+    }
+
+    #[test]
+    fn caching_an_object_changes_no_diff() {
+        let options = DiffOptions::default();
+        let mut drifted = 0;
+        let edited = configmap_edited_by_a_foreign_manager();
+        for (name, declared, live) in cases().into_iter().chain([("edited", edited.0, edited.1)]) {
+            let whole: DynamicObject = serde_json::from_value(live).unwrap();
+            let mut cached = whole.clone();
+            for_watch_cache(&mut cached);
+            let read_back = live_value(&cached).unwrap();
+            assert!(read_back.get("status").is_none(), "{name}");
+            let before = drift::diff(&declared, Some(&serde_json::to_value(&whole).unwrap()), &options);
+            let after = drift::diff(&declared, Some(&read_back), &options);
+            assert_eq!(before, after, "{name}");
+            drifted += usize::from(!after.in_sync());
+        }
+        assert_eq!(drifted, 7, "the cases must include drift");
+    }
+
+    #[test]
+    fn dropping_what_the_diff_never_reads_keeps_other_annotations_and_managed_fields() {
+        let live: DynamicObject =
+            serde_json::from_str(include_str!("../../drift/testdata/deployment-live.json")).unwrap();
+        let mut stripped = live.clone();
+        drop_unread(&mut stripped);
+        let annotations = stripped.metadata.annotations.unwrap();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert!(annotations.contains_key("deployment.kubernetes.io/revision"));
+        assert_eq!(stripped.metadata.managed_fields, live.metadata.managed_fields);
+        assert_eq!(stripped.data["spec"], live.data["spec"]);
+    }
+
+    #[test]
+    fn compact_managed_fields_read_back_are_the_object_without_what_is_dropped() {
+        let (_, edited) = configmap_edited_by_a_foreign_manager();
+        let mut with_managed_fields = 0;
+        for (name, live) in cases().into_iter().map(|(name, _, live)| (name, live)).chain([("edited", edited)]) {
+            let whole: DynamicObject = serde_json::from_value(live).unwrap();
+            let mut cached = whole.clone();
+            for_watch_cache(&mut cached);
+            let entries = cached.metadata.managed_fields.as_deref().unwrap_or_default();
+            with_managed_fields += usize::from(!entries.is_empty());
+            assert!(entries.iter().all(|e| e.fields_v1.as_ref().is_none_or(|f| f.0.is_string())), "{name}");
+            let mut expected = whole.clone();
+            drop_unread(&mut expected);
+            assert_eq!(live_value(&cached), Some(serde_json::to_value(&expected).unwrap()), "{name}");
+        }
+        assert!(with_managed_fields >= 4, "the cases must have managedFields");
+    }
+
+    #[test]
+    fn compacting_twice_is_compacting_once() {
+        let mut once: DynamicObject =
+            serde_json::from_str(include_str!("../../drift/testdata/deployment-live.json")).unwrap();
+        compact_managed_fields(&mut once);
+        let mut twice = once.clone();
+        compact_managed_fields(&mut twice);
+        assert_eq!(once.metadata.managed_fields, twice.metadata.managed_fields);
+    }
+
+    #[test]
+    fn a_revert_from_a_cached_object_is_the_revert_from_the_whole_object() {
+        let (declared, live) = configmap_edited_by_a_foreign_manager();
+        let whole_object: DynamicObject = serde_json::from_value(live).unwrap();
+        let mut cached = whole_object.clone();
+        for_watch_cache(&mut cached);
+        let whole = serde_json::to_value(&whole_object).unwrap();
+        let read_back = live_value(&cached).unwrap();
+        let options = DiffOptions::default();
+        let diff = drift::diff(&declared, Some(&whole), &options);
+        assert_eq!(drift::diff(&declared, Some(&read_back), &options), diff);
+
+        // The removal patch: the foreign addition goes.
+        let version = whole_object.metadata.resource_version.clone().unwrap();
+        let removal = revert::removal_patch(&diff, &version).expect("a foreign addition to remove");
+        assert!(removal.to_string().contains(r#"{"op":"remove","path":"/data/extra"}"#), "{removal}");
+        let from_cache = drift::diff(&declared, Some(&read_back), &options);
+        assert_eq!(revert::removal_patch(&from_cache, &version), Some(removal));
+
+        // The applied object: an ignore rule by field manager reads managedFields.
+        let ignore = [IgnoreRule {
+            json_pointers: Vec::new(),
+            field_managers: vec!["kubectl-patch".into()],
+            kind: None,
+            name: None,
+        }];
+        let applied = revert::applied_object(&declared, Some(&whole), &ignore);
+        assert!(applied.pointer("/data/setting-042").is_none(), "kubectl-patch owns it: left alone");
+        assert_eq!(revert::applied_object(&declared, Some(&read_back), &ignore), applied);
+
+        // Read without decoding, the foreign manager would be invisible: the
+        // addition would not be drift and the ignored field would be applied.
+        let undecoded = serde_json::to_value(&cached).unwrap();
+        assert_ne!(drift::diff(&declared, Some(&undecoded), &options), diff);
+        assert_ne!(revert::applied_object(&declared, Some(&undecoded), &ignore), applied);
+    }
+
+    #[test]
+    fn source_identity_keeps_what_selects_and_fingerprints_a_source() {
+        let config_map: PartialObjectMeta<ConfigMap> = serde_json::from_value(json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "state", "namespace": "team", "resourceVersion": "42", "uid": "u-1",
+                         "labels": {"driftwarden.io/source": "true"},
+                         "annotations": {LAST_APPLIED: "{\"data\": {}}"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Update",
+                                            "fieldsV1": {"f:data": {"f:a": {}}}}]}
+        }))
+        .unwrap();
+        let mut kept = config_map.clone();
+        source_identity(&mut kept);
+        let expected = ObjectMeta {
+            name: Some("state".into()),
+            namespace: Some("team".into()),
+            labels: config_map.metadata.labels.clone(),
+            resource_version: Some("42".into()),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(kept.metadata, expected);
+        assert_eq!(kept.types, config_map.types);
+    }
+
+    #[test]
+    fn declarations_give_back_each_object_as_parsed() {
+        let files = [
+            ("deployment.yaml", include_str!("../../drift/testdata/deployment-declared.yaml")),
+            ("configmap.yaml", include_str!("../../../benches/data/configmap-100-keys.yaml")),
+            ("crd.yaml", include_str!("../../../benches/data/crd-50kb.yaml")),
+            ("role.yaml", include_str!("../../../benches/data/role-20-rules.yaml")),
+            (
+                "numbers.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: n}\nx: [1, -2, 0.5, 1e300, true, null]\n",
+            ),
+        ];
+        let source = drift::SourceConfigMap {
+            name: "state".into(),
+            data: files.iter().map(|(key, text)| ((*key).to_owned(), (*text).to_owned())).collect(),
+            ..Default::default()
+        };
+        let scope = drift::SourceScope { namespace: "driftwarden", operator_namespace: "driftwarden" };
+        let parsed = drift::parse_sources(&[source], &scope, &|_: &str, kind: &str| {
+            Some(if kind == "CustomResourceDefinition" { drift::Scope::Cluster } else { drift::Scope::Namespaced })
+        })
+        .unwrap();
+        assert_eq!(parsed.objects.len(), files.len());
+        let kept = Declarations::from(parsed.clone());
+        assert_eq!(kept.revision, parsed.revision);
+        for (declared, kept) in parsed.objects.iter().zip(&kept.objects) {
+            assert_eq!(kept.key, declared.key);
+            assert_eq!(kept.origin, declared.origin);
+            assert_eq!(kept.object(), declared.object, "{}", declared.key.name);
+        }
+    }
+}
