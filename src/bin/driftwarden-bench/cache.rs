@@ -7,7 +7,6 @@ use driftwarden::operator::drift::cached;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, PartialObjectMeta};
-use kube::core::ApiResource;
 use serde_json::Value;
 
 use crate::footprint::retained;
@@ -23,9 +22,15 @@ pub struct Footprint {
 /// Reads the bench's managed objects as the operator's caches hold them and
 /// measures each form.
 pub async fn footprint(client: Client, namespace: &str, objects: usize) -> anyhow::Result<Footprint> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &ApiResource::erase::<ConfigMap>(&()));
-    let live = api.list(&ListParams::default().labels("app=bench")).await?.items;
+    let mut live = Vec::with_capacity(objects);
+    for kind in crate::mix::KINDS {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &crate::mix::resource(kind));
+        live.extend(api.list(&ListParams::default().labels("app=bench")).await?.items);
+    }
     anyhow::ensure!(live.len() == objects, "listed {} of {objects} objects", live.len());
+    // Only ConfigMaps are in the sources' metadata cache.
+    let config_maps: Vec<&DynamicObject> =
+        live.iter().filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "ConfigMap")).collect();
     let whole = kept(&live, |_| {});
     let no_last_applied = kept(&live, cached::drop_unread);
     let cached = kept(&live, cached::for_watch_cache);
@@ -39,7 +44,7 @@ pub async fn footprint(client: Client, namespace: &str, objects: usize) -> anyho
             trim(&mut meta);
             meta
         };
-        retained(|| live.iter().map(meta).collect::<Vec<_>>()).1
+        retained(|| config_maps.iter().map(|o| meta(o)).collect::<Vec<_>>()).1
     };
     let (metadata_whole, metadata_cached) = (metadata(|_| {}), metadata(cached::source_identity));
     let as_value =
@@ -56,8 +61,11 @@ pub async fn footprint(client: Client, namespace: &str, objects: usize) -> anyho
             ("  without status and the last-applied-configuration annotation", per(no_last_applied)),
             ("  the same without managedFields", per(no_managed_fields)),
             ("  as the watch cache keeps it (the above, managedFields as JSON text)", per(cached)),
-            ("its whole metadata", per(metadata_whole)),
-            ("  as the sources' metadata cache keeps it (which holds every ConfigMap's)", per(metadata_cached)),
+            ("whole metadata of the managed ConfigMaps (per managed object)", per(metadata_whole)),
+            (
+                "  as the sources' metadata cache keeps it (it holds every ConfigMap's; per managed object)",
+                per(metadata_cached),
+            ),
             ("live object as a serde_json::Value (made per diff, then dropped)", per(as_value.1)),
             ("declared object, parsed from the sources", per(declared.1)),
             ("  as the drift controller keeps it (the manifest as JSON text)", per(kept_declared)),

@@ -33,7 +33,10 @@ pub fn kind(i: usize) -> Kind {
     }
 }
 
-fn resource(kind: Kind) -> ApiResource {
+/// Every kind of the mix.
+pub const KINDS: [Kind; 5] = [Kind::ConfigMap, Kind::Service, Kind::Deployment, Kind::ServiceAccount, Kind::Role];
+
+pub fn resource(kind: Kind) -> ApiResource {
     match kind {
         Kind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
         Kind::Service => ApiResource::erase::<Service>(&()),
