@@ -25,6 +25,21 @@ pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration
 pub fn for_watch_cache(object: &mut DynamicObject) {
     drop_unread(object);
     compact_managed_fields(object);
+    compact_body(object);
+}
+
+/// Keeps the object's body (everything but apiVersion, kind and metadata:
+/// `spec`, `data`, `rules`...) as its JSON text, for the same reason as
+/// [`compact_managed_fields`]: nested maps cost a B-tree node each, and only
+/// the objects that changed are read back. Metadata stays parsed: the
+/// reconcile reads resourceVersions of every object.
+///
+/// The API server only ever sends a body that is a JSON object, so a string
+/// there can only be this encoding.
+pub fn compact_body(object: &mut DynamicObject) {
+    if !object.data.is_string() {
+        object.data = Value::String(object.data.to_string());
+    }
 }
 
 /// Drops the object's `status` and the last-applied annotation. The diff
@@ -64,7 +79,17 @@ pub fn compact_managed_fields(object: &mut DynamicObject) {
 /// through here: the diff skips a manager whose fieldsV1 is not a map, so a
 /// compact one would hide that manager's additions.
 pub fn live_value(object: &DynamicObject) -> Option<Value> {
-    let mut value = serde_json::to_value(object).ok()?;
+    let mut value = match &object.data {
+        // Our own encoding of a JSON object: it parses.
+        Value::String(text) => serde_json::from_str(text).ok()?,
+        body => body.clone(),
+    };
+    let fields = value.as_object_mut()?;
+    if let Some(types) = &object.types {
+        fields.insert("apiVersion".into(), types.api_version.clone().into());
+        fields.insert("kind".into(), types.kind.clone().into());
+    }
+    fields.insert("metadata".into(), serde_json::to_value(&object.metadata).ok()?);
     expand_managed_fields(&mut value);
     Some(value)
 }
@@ -301,9 +326,14 @@ mod tests {
         assert!(applied.pointer("/data/setting-042").is_none(), "kubectl-patch owns it: left alone");
         assert_eq!(revert::applied_object(&declared, Some(&read_back), &ignore), applied);
 
-        // Read without decoding, the foreign manager would be invisible: the
-        // addition would not be drift and the ignored field would be applied.
-        let undecoded = serde_json::to_value(&cached).unwrap();
+        // The body is text: an object read without live_value does not even
+        // serialize. With the body but not managedFields decoded, the foreign
+        // manager would be invisible: the addition would not be drift and
+        // the ignored field would be applied.
+        assert!(serde_json::to_value(&cached).is_err());
+        let mut undecoded = cached.clone();
+        undecoded.data = serde_json::from_str(undecoded.data.as_str().unwrap()).unwrap();
+        let undecoded = serde_json::to_value(&undecoded).unwrap();
         assert_ne!(drift::diff(&declared, Some(&undecoded), &options), diff);
         assert_ne!(revert::applied_object(&declared, Some(&undecoded), &ignore), applied);
     }
