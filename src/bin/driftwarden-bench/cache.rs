@@ -29,8 +29,11 @@ pub async fn footprint(client: Client, namespace: &str, objects: usize) -> anyho
     }
     anyhow::ensure!(live.len() == objects, "listed {} of {objects} objects", live.len());
     // Only ConfigMaps are in the sources' metadata cache.
-    let config_maps: Vec<&DynamicObject> =
-        live.iter().filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "ConfigMap")).collect();
+    let is_config_map = |o: &&DynamicObject| {
+        let index = o.metadata.name.as_deref().and_then(|n| n.strip_prefix("obj-")?.parse().ok());
+        index.is_some_and(|i| crate::mix::kind(i) == crate::mix::Kind::ConfigMap)
+    };
+    let config_maps: Vec<&DynamicObject> = live.iter().filter(is_config_map).collect();
     let whole = kept(&live, |_| {});
     let no_last_applied = kept(&live, cached::drop_unread);
     let cached = kept(&live, cached::for_watch_cache);
