@@ -166,6 +166,12 @@ pub fn parse(body: &[u8]) -> Result<Vec<AuditWrite>, Error> {
     Ok(writes)
 }
 
+/// Whether a request body says it is a Secret (whatever resource the
+/// event names).
+fn is_secret_body(body: &serde_json::Value) -> bool {
+    body.get("kind").and_then(serde_json::Value::as_str) == Some("Secret")
+}
+
 fn write_of(event: Event) -> Option<AuditWrite> {
     if event.stage != "ResponseComplete" || !WRITE_VERBS.contains(&event.verb.as_str()) {
         return None;
@@ -186,8 +192,12 @@ fn write_of(event: Event) -> Option<AuditWrite> {
         Some(sub) => format!("{}/{sub}", object.resource),
         None => object.resource.clone(),
     };
+    // A body is read only when the event says what it belongs to and that
+    // is no Secret: an event without a resource (the API server never
+    // sends one for a write) might be one.
+    let readable = !object.resource.is_empty() && !SECRET_RESOURCES.contains(&rbac_resource.as_str());
     let fields = match (&event.request_object, event.verb.as_str()) {
-        (Some(body), "patch") if !SECRET_RESOURCES.contains(&rbac_resource.as_str()) => patched_paths(body),
+        (Some(body), "patch") if readable && !is_secret_body(body) => patched_paths(body),
         _ => Vec::new(),
     };
     let user = event.impersonated_user.map_or(event.user.username, |u| u.username);
@@ -391,6 +401,18 @@ mod tests {
         assert_eq!(writes[0].fields, ["/spec/replicas"]);
         assert_eq!(writes[1].rbac_resource(), "deployments/scale");
         assert_eq!(writes[1].entry().resource, "deployments.apps/scale");
+    }
+
+    #[test]
+    fn a_body_of_unknown_or_secret_kind_is_not_read() {
+        let unknown = json!({"namespace": "shop", "name": "db", "apiVersion": "v1"});
+        let configmap = json!({"resource": "configmaps", "namespace": "shop", "name": "db", "apiVersion": "v1"});
+        let body = json!({"requestObject": {"data": {"password": "aHVudGVyMg=="}}});
+        let secret_body = json!({"requestObject": {"kind": "Secret", "data": {"password": "aHVudGVyMg=="}}});
+        let writes =
+            parse(&list(vec![event("patch", "alice", unknown, body), event("patch", "alice", configmap, secret_body)]))
+                .unwrap();
+        assert!(writes.iter().all(|w| w.fields.is_empty()), "{writes:?}");
     }
 
     #[test]
