@@ -10,6 +10,7 @@
 pub mod diff;
 pub mod normalize;
 pub mod source;
+pub mod yaml;
 
 #[cfg(test)]
 mod corpus_tests;

@@ -13,7 +13,6 @@ use std::fmt;
 use std::io::Read as _;
 
 use base64::Engine as _;
-use serde::Deserialize as _;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -616,18 +615,9 @@ fn parse_text(
     }
 }
 
-/// The documents of one key. JSON goes through serde_json first (YAML
-/// rejects some valid JSON, e.g. tab indentation); anything else, or JSON
-/// that does not parse, is YAML. A syntax error ends the key: the parser
-/// cannot find the next document boundary reliably after it.
+/// The documents of one key, read as kubectl reads a file (see
+/// [`super::yaml`]). A syntax error ends the key: kubectl stops there too.
 fn split_documents(text: &str) -> Vec<Result<Value, DocumentError>> {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let json: Result<Vec<Value>, _> = serde_json::Deserializer::from_str(text).into_iter::<Value>().collect();
-        if let Ok(values) = json {
-            return values.into_iter().map(check_depth).collect();
-        }
-    }
     // The YAML parser's cost per character grows with flow nesting; refuse
     // what would be too deep anyway before it starts.
     if let Some(document) = flow_too_deep(text, MAX_DEPTH) {
@@ -635,17 +625,15 @@ fn split_documents(text: &str) -> Vec<Result<Value, DocumentError>> {
         documents.push(Err(DocumentError::TooDeep { limit: MAX_DEPTH }));
         return documents;
     }
-    let mut documents = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(text) {
-        match Value::deserialize(document) {
-            Ok(value) => documents.push(check_depth(value)),
-            Err(error) => {
-                documents.push(Err(DocumentError::Yaml(error.to_string())));
-                break;
-            }
-        }
-    }
-    documents
+    super::yaml::read_documents(text, MAX_DEPTH)
+        .into_iter()
+        .map(|document| {
+            document.map_err(|error| match error {
+                super::yaml::ReadError::Syntax(message) => DocumentError::Yaml(message),
+                super::yaml::ReadError::TooDeep => DocumentError::TooDeep { limit: MAX_DEPTH },
+            })
+        })
+        .collect()
 }
 
 /// The document (0-based) in which flow collections (`[`, `{`) nest deeper
@@ -676,10 +664,6 @@ fn flow_too_deep(text: &str, limit: usize) -> Option<usize> {
         }
     }
     None
-}
-
-fn check_depth(value: Value) -> Result<Value, DocumentError> {
-    if depth_exceeds(&value, MAX_DEPTH) { Err(DocumentError::TooDeep { limit: MAX_DEPTH }) } else { Ok(value) }
 }
 
 /// Whether `value` nests deeper than `limit`; iterative, so any input is safe.
