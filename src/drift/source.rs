@@ -402,6 +402,17 @@ pub enum DocumentError {
         /// The operator's namespace.
         operator: String,
     },
+    /// A metadata field kubectl decodes into its Go type holds another type
+    /// (kubectl refuses the file; the API server would refuse the object).
+    #[error("{path} must be {expected}, found {found}{}", type_hint(.found))]
+    FieldType {
+        /// Where, e.g. `metadata.labels.tier`.
+        path: String,
+        /// The type it must have.
+        expected: &'static str,
+        /// The type it has.
+        found: &'static str,
+    },
     /// The same object is declared twice.
     #[error("{object} is declared twice (first in {first})")]
     Duplicate {
@@ -410,6 +421,15 @@ pub enum DocumentError {
         /// Where it was declared first.
         first: Origin,
     },
+}
+
+/// Numbers and booleans where text belongs are mostly YAML 1.1 at work.
+fn type_hint(found: &str) -> &'static str {
+    if found == "a number" || found == "a boolean" {
+        " (quote the value: kubectl reads an unquoted 0x1F, 017, 1_000, yes, on or y as a number or a boolean)"
+    } else {
+        ""
+    }
 }
 
 /// Why a revision annotation is rejected.
@@ -721,6 +741,7 @@ fn declared_object(mut value: Value, context: &DocumentContext<'_>) -> Result<(O
         Some(_) => return Err(DocumentError::WrongType { field: "metadata", expected: "mapping" }),
     };
     let name = required_string(metadata, "name", "metadata.name")?;
+    check_metadata_types(metadata)?;
     check_length("metadata.name", &name, MAX_NAME_LEN)?;
     let declared_namespace = match metadata.get("namespace") {
         None | Some(Value::Null) => None,
@@ -751,6 +772,104 @@ fn declared_object(mut value: Value, context: &DocumentContext<'_>) -> Result<(O
         }
     }
     Ok((key, value))
+}
+
+/// kubectl decodes `metadata` of every object into its Go type
+/// (metav1.ObjectMeta) and refuses the file when a field does not fit; so
+/// does this. `null` fits anything, as in Go; unknown fields are ignored.
+fn check_metadata_types(metadata: &Map<String, Value>) -> Result<(), DocumentError> {
+    const STRINGS: [&str; 6] = ["name", "generateName", "namespace", "selfLink", "uid", "resourceVersion"];
+    for (field, value) in metadata {
+        let path = format!("metadata.{}", short_key(field));
+        match field.as_str() {
+            field if STRINGS.contains(&field) => expect_string(value, &path)?,
+            "generation" | "deletionGracePeriodSeconds" => expect_integer(value, &path)?,
+            "creationTimestamp" | "deletionTimestamp" => expect_time(value, &path)?,
+            "labels" | "annotations" => {
+                for (key, value) in expect_map(value, &path)? {
+                    expect_string(value, &format!("{path}.{}", short_key(key)))?;
+                }
+            }
+            "finalizers" => {
+                for (index, value) in expect_list(value, &path)?.iter().enumerate() {
+                    expect_string(value, &format!("{path}[{index}]"))?;
+                }
+            }
+            "ownerReferences" => {
+                for (index, reference) in expect_list(value, &path)?.iter().enumerate() {
+                    let path = format!("{path}[{index}]");
+                    for (key, value) in expect_map(reference, &path)? {
+                        let path = format!("{path}.{}", short_key(key));
+                        match key.as_str() {
+                            "apiVersion" | "kind" | "name" | "uid" => expect_string(value, &path)?,
+                            "controller" | "blockOwnerDeletion" => expect_bool(value, &path)?,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Keys quoted in errors are cut short: errors end up in status and Events.
+fn short_key(key: &str) -> Cow<'_, str> {
+    match key.char_indices().nth(64) {
+        Some((at, _)) => Cow::Owned(format!("{}...", &key[..at])),
+        None => Cow::Borrowed(key),
+    }
+}
+
+fn field_type(path: &str, expected: &'static str, value: &Value) -> DocumentError {
+    DocumentError::FieldType { path: path.to_owned(), expected, found: type_name(value) }
+}
+
+fn expect_string(value: &Value, path: &str) -> Result<(), DocumentError> {
+    if matches!(value, Value::String(_) | Value::Null) { Ok(()) } else { Err(field_type(path, "a string", value)) }
+}
+
+fn expect_bool(value: &Value, path: &str) -> Result<(), DocumentError> {
+    if matches!(value, Value::Bool(_) | Value::Null) { Ok(()) } else { Err(field_type(path, "a boolean", value)) }
+}
+
+fn expect_integer(value: &Value, path: &str) -> Result<(), DocumentError> {
+    match value {
+        Value::Null => Ok(()),
+        Value::Number(number) if number.is_i64() => Ok(()),
+        _ => Err(field_type(path, "an integer", value)),
+    }
+}
+
+fn expect_map<'a>(value: &'a Value, path: &str) -> Result<Vec<(&'a String, &'a Value)>, DocumentError> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Object(map) => Ok(map.iter().collect()),
+        _ => Err(field_type(path, "a mapping", value)),
+    }
+}
+
+fn expect_list<'a>(value: &'a Value, path: &str) -> Result<&'a [Value], DocumentError> {
+    match value {
+        Value::Null => Ok(&[]),
+        Value::Array(items) => Ok(items),
+        _ => Err(field_type(path, "a list", value)),
+    }
+}
+
+/// metav1.Time: null, or RFC 3339 text (`2026-12-01T10:00:00Z`).
+fn expect_time(value: &Value, path: &str) -> Result<(), DocumentError> {
+    match value {
+        Value::Null => Ok(()),
+        Value::String(text) if time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).is_ok() => Ok(()),
+        Value::String(_) => Err(DocumentError::FieldType {
+            path: path.to_owned(),
+            expected: "an RFC 3339 time",
+            found: "other text",
+        }),
+        _ => Err(field_type(path, "an RFC 3339 time", value)),
+    }
 }
 
 fn check_namespace(key: &ObjectKey, scope: &SourceScope<'_>) -> Result<(), DocumentError> {

@@ -78,7 +78,11 @@ fn read_json_stream(text: &str, max_depth: usize) -> Vec<Result<Value, ReadError
 fn normalize_numbers(value: Value) -> Value {
     match value {
         Value::Number(number) => match number.as_f64() {
-            Some(float) if number.is_f64() => float_value(float).unwrap_or(Value::Number(number)),
+            // `-0.0` stays a float: kubectl keeps a JSON literal that is not
+            // an integer as float64, and writes negative zero as `-0`.
+            Some(float) if number.is_f64() && !(float == 0.0 && float.is_sign_negative()) => {
+                float_value(float).unwrap_or(Value::Number(number))
+            }
             _ => Value::Number(number),
         },
         Value::Array(items) => Value::Array(items.into_iter().map(normalize_numbers).collect()),
@@ -150,7 +154,16 @@ fn syntax(piece: &Piece, error: &libyaml_safer::Error) -> ReadError {
 /// The first document of a piece (go-yaml's Unmarshal reads no further), as
 /// JSON; `null` when the piece holds none.
 fn read_piece(piece: &Piece, max_depth: usize) -> Result<Value, ReadError> {
-    let Some(root) = parse_first_document(piece, max_depth)? else { return Ok(Value::Null) };
+    // libyaml-safer still has a few `panic!`s where libyaml goes on (a tag
+    // right before `,` in a flow collection); a manifest must never take
+    // the operator down, so such a piece is refused instead.
+    let parsed = std::panic::catch_unwind(|| parse_first_document(piece, max_depth)).unwrap_or_else(|_| {
+        Err(ReadError::Syntax(format!(
+            "line {}: the YAML parser cannot read this document (a tag right before ',' in a flow collection?)",
+            piece.first_line + 1
+        )))
+    });
+    let Some(root) = parsed? else { return Ok(Value::Null) };
     let mut decoder = Decoder { decoded: 0, aliased: 0, alias_depth: 0, max_depth };
     let value = decoder.decode(&root, 1)?;
     to_json(value, max_depth, 1)
@@ -567,6 +580,13 @@ fn float_value(float: f64) -> Option<Value> {
     }
     if float.fract() == 0.0 && float.abs() < 9.223_372_036_854_775_808e18 {
         return Some(Value::Number(Number::from(float as i64)));
+    }
+    // Up to 1e21 encoding/json writes the shortest digits, padded with
+    // zeros, as an integer; what fits a u64 is read back as one.
+    if float.fract() == 0.0 && float > 0.0 && float < 1e21 {
+        if let Ok(unsigned) = format!("{float}").parse::<u64>() {
+            return Some(Value::Number(Number::from(unsigned)));
+        }
     }
     Number::from_f64(float).map(Value::Number)
 }

@@ -35,7 +35,7 @@ fn plain_scalars_resolve_by_yaml_1_1_rules() {
         ("-.5", json!(-0.5)),
         ("1.", json!(1)),
         ("9223372036854775807", json!(9223372036854775807_i64)),
-        ("18446744073709551615", json!(18446744073709551615_f64)),
+        ("18446744073709551615", json!(18446744073709552000_u64)),
         ("yes", json!(true)),
         ("Yes", json!(true)),
         ("on", json!(true)),
@@ -123,4 +123,11 @@ fn excessive_aliasing_and_self_reference_are_refused() {
 fn deep_nesting_is_refused() {
     let deep: String = (0..120).map(|depth| format!("{}k:\n", "  ".repeat(depth))).collect();
     assert_eq!(read_documents(&deep, 100), vec![Err(ReadError::TooDeep)]);
+}
+
+#[test]
+fn large_integers_go_out_as_encoding_json_writes_them() {
+    assert_eq!(value_of("0x8000000000000000"), json!(9223372036854776000_u64));
+    assert_eq!(value_of("-0.0"), json!(0));
+    assert_eq!(read_documents("{\"v\": -0.0}", 100), vec![Ok(json!({"v": -0.0}))]);
 }
