@@ -9,6 +9,7 @@
 
 pub mod diff;
 pub mod normalize;
+pub mod schema;
 pub mod source;
 pub mod yaml;
 

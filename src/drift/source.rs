@@ -413,6 +413,22 @@ pub enum DocumentError {
         /// The type it has.
         found: &'static str,
     },
+    /// A value the API server cannot decode into its field's type: the
+    /// object could never be applied, nor a drift on it reverted.
+    #[error(
+        "{path} must be {expected} (the API's type for {kind}), found {found}{}",
+        type_hint(.found)
+    )]
+    SchemaType {
+        /// The kind.
+        kind: String,
+        /// Where, e.g. `spec.replicas`.
+        path: String,
+        /// The field's type.
+        expected: String,
+        /// The declared value's type.
+        found: String,
+    },
     /// The same object is declared twice.
     #[error("{object} is declared twice (first in {first})")]
     Duplicate {
@@ -425,7 +441,7 @@ pub enum DocumentError {
 
 /// Numbers and booleans where text belongs are mostly YAML 1.1 at work.
 fn type_hint(found: &str) -> &'static str {
-    if found == "a number" || found == "a boolean" {
+    if found == "a number" || found == "an integer" || found == "a boolean" {
         " (quote the value: kubectl reads an unquoted 0x1F, 017, 1_000, yes, on or y as a number or a boolean)"
     } else {
         ""
@@ -770,6 +786,14 @@ fn declared_object(mut value: Value, context: &DocumentContext<'_>) -> Result<(O
             metadata.remove("namespace");
             check_cluster_scope(&key, context.scope)?;
         }
+    }
+    if let Some(mismatch) = super::schema::type_mismatch(&key.group, &key.version, &key.kind, &value) {
+        return Err(DocumentError::SchemaType {
+            kind: key.kind,
+            path: mismatch.path,
+            expected: mismatch.expected,
+            found: mismatch.found,
+        });
     }
     Ok((key, value))
 }

@@ -15,7 +15,7 @@
 //! refuse it. The shared corpora (`tests/data/corpus/`,
 //! `tests/fuzz/corpus/sources/`) run on every run too.
 //!
-//! `DRIFTWARDEN_FUZZ_CASES=N` files (default 3,000), or
+//! `DRIFTWARDEN_FUZZ_CASES=N` files (default 10,000), or
 //! `DRIFTWARDEN_FUZZ_SECONDS=S` of batches; `DRIFTWARDEN_FUZZ_SEED` replays.
 
 use std::collections::BTreeMap;
@@ -26,7 +26,7 @@ use driftwarden::controlplane::{self, ControlPlane, User};
 use driftwarden::drift::{Scope, SourceConfigMap, SourceScope, parse_sources};
 use serde_json::Value;
 
-const DEFAULT_CASES: u64 = 3_000;
+const DEFAULT_CASES: u64 = 10_000;
 const BATCH: usize = 500;
 const GROUP: &str = "fuzz.driftwarden.io";
 
