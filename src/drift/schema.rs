@@ -155,16 +155,19 @@ mod tests {
         let limits = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": 1, "memory": "1Gi"}}}]}});
         assert_eq!(mismatch("", "Pod", limits), None);
-        let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"enabled": true}});
+        let config_map =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"enabled": true}});
         assert_eq!(
             mismatch("", "ConfigMap", config_map),
             Some(("data.enabled".into(), "a string".into(), "a boolean".into()))
         );
-        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"token": 123456}});
+        let secret =
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"token": 123456}});
         let found = type_mismatch("", "v1", "Secret", &secret).unwrap();
         assert!(!format!("{found:?}").contains("123456"), "{found:?}");
         // Missing required fields are the API server's business.
-        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "b"}});
+        let binding =
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "b"}});
         assert_eq!(type_mismatch("rbac.authorization.k8s.io", "v1", "RoleBinding", &binding), None);
         assert_eq!(type_mismatch("example.com", "v1", "Widget", &json!({"spec": {"replicas": "3"}})), None);
     }

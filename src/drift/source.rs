@@ -886,12 +886,14 @@ fn expect_list<'a>(value: &'a Value, path: &str) -> Result<&'a [Value], Document
 fn expect_time(value: &Value, path: &str) -> Result<(), DocumentError> {
     match value {
         Value::Null => Ok(()),
-        Value::String(text) if time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).is_ok() => Ok(()),
-        Value::String(_) => Err(DocumentError::FieldType {
-            path: path.to_owned(),
-            expected: "an RFC 3339 time",
-            found: "other text",
-        }),
+        Value::String(text)
+            if time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).is_ok() =>
+        {
+            Ok(())
+        }
+        Value::String(_) => {
+            Err(DocumentError::FieldType { path: path.to_owned(), expected: "an RFC 3339 time", found: "other text" })
+        }
         _ => Err(field_type(path, "an RFC 3339 time", value)),
     }
 }

@@ -351,10 +351,7 @@ impl Decoder {
 
     fn merge(&mut self, node: &Node, map: &mut Vec<(Yaml, Yaml)>, depth: usize) -> Result<(), ReadError> {
         let want_map = || {
-            ReadError::Syntax(format!(
-                "{}map merge requires map or sequence of maps as the value",
-                line_prefix(node)
-            ))
+            ReadError::Syntax(format!("{}map merge requires map or sequence of maps as the value", line_prefix(node)))
         };
         match node {
             Node::Mapping(pairs) => {
@@ -424,9 +421,9 @@ fn scalar(value: &str, tag: Option<&str>, plain: bool, line: usize) -> Result<Ya
         Some("!!binary") => {
             use base64::Engine as _;
             let compact: String = value.chars().filter(|c| *c != '\n' && *c != '\r').collect();
-            let bytes = base64::engine::general_purpose::STANDARD.decode(compact).map_err(|_| {
-                ReadError::Syntax(format!("line {line}: !!binary value contains invalid base64 data"))
-            })?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .map_err(|_| ReadError::Syntax(format!("line {line}: !!binary value contains invalid base64 data")))?;
             Ok(Yaml::Str(String::from_utf8_lossy(&bytes).into_owned()))
         }
         Some(wanted @ ("!!bool" | "!!int" | "!!float" | "!!null" | "!!timestamp")) => {
@@ -470,11 +467,9 @@ fn resolve_plain(value: &str) -> Yaml {
         _ => {}
     }
     match value.as_bytes()[0] {
-        b'.' => {
-            if is_go_float(value, false) {
-                if let Some(float) = parse_float(value) {
-                    return Yaml::Float(float);
-                }
+        b'.' if is_go_float(value, false) => {
+            if let Some(float) = parse_float(value) {
+                return Yaml::Float(float);
             }
         }
         b'0'..=b'9' | b'+' | b'-' => {
@@ -483,10 +478,10 @@ fn resolve_plain(value: &str) -> Yaml {
             if let Some(int) = parse_go_int(&plain) {
                 return int;
             }
-            if is_go_float(&plain, true) {
-                if let Some(float) = parse_float(&plain) {
-                    return Yaml::Float(float);
-                }
+            if is_go_float(&plain, true)
+                && let Some(float) = parse_float(&plain)
+            {
+                return Yaml::Float(float);
             }
         }
         _ => {}
@@ -578,15 +573,18 @@ fn float_value(float: f64) -> Option<Value> {
     if !float.is_finite() {
         return None;
     }
-    if float.fract() == 0.0 && float.abs() < 9.223_372_036_854_775_808e18 {
+    // 2^63: below it, every integral float is an i64.
+    if float.fract() == 0.0 && float.abs() < 9_223_372_036_854_775_808_f64 {
         return Some(Value::Number(Number::from(float as i64)));
     }
     // Up to 1e21 encoding/json writes the shortest digits, padded with
     // zeros, as an integer; what fits a u64 is read back as one.
-    if float.fract() == 0.0 && float > 0.0 && float < 1e21 {
-        if let Ok(unsigned) = format!("{float}").parse::<u64>() {
-            return Some(Value::Number(Number::from(unsigned)));
-        }
+    if float.fract() == 0.0
+        && float > 0.0
+        && float < 1e21
+        && let Ok(unsigned) = format!("{float}").parse::<u64>()
+    {
+        return Some(Value::Number(Number::from(unsigned)));
     }
     Number::from_f64(float).map(Value::Number)
 }
@@ -601,9 +599,8 @@ fn to_json(value: Yaml, max_depth: usize, depth: usize) -> Result<Value, ReadErr
         Yaml::Bool(bool) => Value::Bool(bool),
         Yaml::Int(int) => Value::Number(int.into()),
         Yaml::Uint(uint) => float_value(uint as f64).expect("a u64 is finite"),
-        Yaml::Float(float) => float_value(float).ok_or_else(|| {
-            ReadError::Syntax(format!("json: unsupported value: {}", go_float_name(float)))
-        })?,
+        Yaml::Float(float) => float_value(float)
+            .ok_or_else(|| ReadError::Syntax(format!("json: unsupported value: {}", go_float_name(float))))?,
         Yaml::Str(text) => Value::String(text),
         Yaml::Seq(items) => {
             Value::Array(items.into_iter().map(|item| to_json(item, max_depth, depth + 1)).collect::<Result<_, _>>()?)

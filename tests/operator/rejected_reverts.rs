@@ -12,7 +12,8 @@ use serde_json::json;
 
 use crate::common::{condition, drift_setup};
 
-const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports:\n  - {port: 80, protocol: TCP}\n";
+const SERVICE: &str =
+    "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports:\n  - {port: 80, protocol: TCP}\n";
 
 /// How many times the operator said so, per reason (Event series count).
 async fn event_counts(t: &crate::common::AccessTest, name: &str) -> Vec<(String, i32)> {

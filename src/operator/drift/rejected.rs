@@ -21,7 +21,10 @@ const MAX_MESSAGE: usize = 400;
 /// Per DesiredState: the parse the rejections belong to, and per declared
 /// object (by index) the server's reason.
 #[derive(Default)]
-pub(super) struct Rejections(Mutex<HashMap<ObjectRef<DesiredState>, (Arc<Declarations>, BTreeMap<usize, String>)>>);
+pub(super) struct Rejections(Mutex<HashMap<ObjectRef<DesiredState>, Refused>>);
+
+/// One parse, and the reasons its objects (by index) were refused.
+type Refused = (Arc<Declarations>, BTreeMap<usize, String>);
 
 impl Rejections {
     /// Whether this parse's object `index` was refused already.
@@ -77,4 +80,54 @@ pub(super) fn refused_declaration(error: &RevertError, kind: &str) -> Option<Str
         message.push_str("...");
     }
     Some(format!("the API server refused it ({}): {message}", status.code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, message: &str) -> RevertError {
+        let status: kube::core::Status =
+            serde_json::from_value(serde_json::json!({"code": code, "message": message})).unwrap();
+        RevertError::Apply(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_declared_object_counts() {
+        let invalid = api_error(422, "Service \"web\" is invalid: spec.ports[0].protocol: Unsupported value: \"tcp\"");
+        assert_eq!(
+            refused_declaration(&invalid, "Service").as_deref(),
+            Some(
+                "the API server refused it (422): Service \"web\" is invalid: spec.ports[0].protocol: Unsupported value: \"tcp\""
+            )
+        );
+        let typed = api_error(500, "failed to create typed patch object: .spec.replicas: expected numeric");
+        assert!(refused_declaration(&typed, "Deployment").is_some());
+        for retried in [api_error(409, "conflict"), api_error(403, "forbidden"), api_error(500, "etcd timeout")] {
+            assert_eq!(refused_declaration(&retried, "Service"), None);
+        }
+        assert_eq!(refused_declaration(&RevertError::Contended(5), "Service"), None);
+        // A Secret's reason may quote its data.
+        let secret = api_error(422, "Secret \"s\" is invalid: data[token]: Invalid value: \"hunter2\"");
+        assert_eq!(refused_declaration(&secret, "Secret").as_deref(), Some("the API server refused it (422)"));
+        let long = api_error(400, &"x".repeat(5000));
+        assert!(refused_declaration(&long, "ConfigMap").unwrap().len() < 500);
+    }
+
+    #[test]
+    fn rejections_belong_to_one_parse() {
+        let me = ObjectRef::new("state").within("shop");
+        let empty = || Arc::new(Declarations { revision: None, objects: Vec::new() });
+        let (first, second) = (empty(), empty());
+        let rejections = Rejections::default();
+        rejections.insert(&me, &first, 2, "refused".into());
+        assert!(rejections.contains(&me, &first, 2));
+        assert!(!rejections.contains(&me, &first, 1));
+        assert!(!rejections.contains(&me, &second, 2), "a new parse is tried again");
+        assert_eq!(rejections.of(&me, &first), vec![(2, "refused".to_owned())]);
+        rejections.insert(&me, &second, 0, "again".into());
+        assert_eq!(rejections.of(&me, &first), vec![]);
+        rejections.forget(&me);
+        assert_eq!(rejections.of(&me, &second), vec![]);
+    }
 }
