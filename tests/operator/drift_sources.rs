@@ -18,7 +18,7 @@ async fn a_malformed_source_is_reported_and_the_last_good_state_is_kept() {
     // Break the source: bad YAML in one key, another namespace in another.
     let patch = json!({"data": {
         "bad.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n",
-        "elsewhere.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: y, namespace: kube-system}\n",
+        "elsewhere.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: elsewhere, namespace: kube-system}\n",
     }})
     .to_string();
     t.kubectl(&["patch", "configmap/broken-source", "-p", &patch], None);
