@@ -704,6 +704,132 @@ fn go_float32_key(float: f64) -> String {
     }
 }
 
+// ---------------------------------------------------------------- writing
+
+/// YAML for people to read and commit that kubectl reads back as `values`:
+/// serde_yaml_ng's (YAML 1.2) rendering, unless kubectl would read any of
+/// it otherwise (it writes the strings `yes`, `on`, `1_000` unquoted); then
+/// all of them are written by [`to_kubectl_yaml`], so that a diff between
+/// two renderings compares like with like.
+pub fn render_all(values: &[Option<&Value>]) -> Vec<String> {
+    let usual: Vec<String> = values
+        .iter()
+        .map(|value| value.map(|v| serde_yaml_ng::to_string(v).unwrap_or_else(|e| format!("# {e}\n"))))
+        .map(Option::unwrap_or_default)
+        .collect();
+    // Declarations are at most MAX_DEPTH deep; anything deeper (a live
+    // object, say) is shown as it is rather than walked again.
+    const DEPTH: usize = super::source::MAX_DEPTH + 2;
+    if values.iter().flatten().any(|value| super::source::depth_exceeds(value, DEPTH)) {
+        return usual;
+    }
+    let faithful = values.iter().zip(&usual).all(|(value, text)| {
+        value.is_none_or(|value| read_documents(text, DEPTH).first() == Some(&Ok(normalize_numbers(value.clone()))))
+    });
+    if faithful {
+        return usual;
+    }
+    values.iter().map(|value| value.map(to_kubectl_yaml).unwrap_or_default()).collect()
+}
+
+/// Block YAML in serde_yaml_ng's layout in which every string that a YAML
+/// 1.1 reader would take for something else is quoted.
+pub fn to_kubectl_yaml(value: &Value) -> String {
+    let mut out = String::new();
+    match value {
+        Value::Object(map) if !map.is_empty() => write_map(map, 0, &mut out),
+        Value::Array(items) if !items.is_empty() => write_seq(items, 0, &mut out),
+        scalar => {
+            out.push_str(&inline(scalar));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn write_map(map: &Map<String, Value>, indent: usize, out: &mut String) {
+    for (key, value) in map {
+        out.push_str(&" ".repeat(indent));
+        out.push_str(&quote(key));
+        out.push(':');
+        write_child(value, indent, false, out);
+    }
+}
+
+fn write_seq(items: &[Value], indent: usize, out: &mut String) {
+    for item in items {
+        out.push_str(&" ".repeat(indent));
+        out.push('-');
+        write_child(item, indent, true, out);
+    }
+}
+
+/// What follows `key:` or `-`.
+fn write_child(value: &Value, indent: usize, in_seq: bool, out: &mut String) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            if in_seq {
+                // `- key: value`, the rest of the mapping under the first key.
+                out.push(' ');
+                let mut rest = String::new();
+                write_map(map, indent + 2, &mut rest);
+                out.push_str(rest.trim_start_matches(' '));
+            } else {
+                out.push('\n');
+                write_map(map, indent + 2, out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            if in_seq {
+                out.push(' ');
+                let mut rest = String::new();
+                write_seq(items, indent + 2, &mut rest);
+                out.push_str(rest.trim_start_matches(' '));
+            } else {
+                out.push('\n');
+                write_seq(items, indent, out);
+            }
+        }
+        scalar => {
+            out.push(' ');
+            out.push_str(&inline(scalar));
+            out.push('\n');
+        }
+    }
+}
+
+fn inline(value: &Value) -> String {
+    match value {
+        Value::String(text) => quote(text),
+        Value::Object(_) => "{}".into(),
+        Value::Array(_) => "[]".into(),
+        other => other.to_string(),
+    }
+}
+
+/// A string plain when every YAML reader takes it for that string, else
+/// single-quoted, or double-quoted (JSON escapes) when it spans lines or
+/// holds control characters.
+fn quote(text: &str) -> String {
+    // Plain in block context: no indicator first, no `: ` or ` #` inside,
+    // no space at either end, nothing a YAML 1.1 reader resolves.
+    let safe_char = |c: char| c.is_alphanumeric() || " -_./=+@()%$~^:,;[]{}<>".contains(c);
+    let plain = !text.is_empty()
+        && text.chars().all(safe_char)
+        && !text.starts_with(['-', '%', '@', '~', ':', ',', '[', ']', '{', '}', '<', '>', ' '])
+        && !text.ends_with([' ', ':'])
+        && !text.contains(": ")
+        && !text.contains("  ")
+        && matches!(resolve_plain(text), Yaml::Str(_));
+    if plain {
+        text.to_owned()
+    } else if text.chars().any(|c| c.is_control()) {
+        serde_json::to_string(text).expect("a string serializes")
+    } else {
+        format!("'{}'", text.replace('\'', "''"))
+    }
+}
+
 #[cfg(test)]
 #[path = "yaml_tests.rs"]
 mod tests;

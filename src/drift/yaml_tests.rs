@@ -131,3 +131,29 @@ fn large_integers_go_out_as_encoding_json_writes_them() {
     assert_eq!(value_of("-0.0"), json!(0));
     assert_eq!(read_documents("{\"v\": -0.0}", 100), vec![Ok(json!({"v": -0.0}))]);
 }
+
+#[test]
+fn what_driftwarden_writes_kubectl_reads_back_unchanged() {
+    let value = json!({
+        "metadata": {"name": "web", "labels": {"tier": "yes", "on": "1_000", "plain": "web-1"}},
+        "data": {"script": "#!/bin/sh\necho 'hi'\n", "empty": "", "port": "0x1F", "n": 3, "f": 1.5, "z": null},
+        "list": ["y", [], {}, [1, "Off"], {"a": "b", "c": "1:20"}],
+    });
+    let text = super::to_kubectl_yaml(&value);
+    assert_eq!(read_documents(&text, 100), vec![Ok(value.clone())], "{text}");
+    // The usual rendering stays where it is faithful; otherwise both sides switch.
+    let usual = json!({"a": "b", "count": 1});
+    assert_eq!(super::render_all(&[Some(&usual)]), vec![serde_yaml_ng::to_string(&usual).unwrap()]);
+    let rendered = super::render_all(&[Some(&usual), Some(&value)]);
+    assert_eq!(rendered[0], super::to_kubectl_yaml(&usual));
+    assert!(rendered[1].contains("tier: 'yes'"), "{}", rendered[1]);
+}
+
+#[test]
+fn plain_where_safe_quoted_where_not() {
+    let value =
+        json!({"a": ["nginx:1.27", "a b", "x: y", "x #y", "-x", "a:", " a", "{a}", "<<", "1e3", "~", "é", "a,b"]});
+    let text = super::to_kubectl_yaml(&value);
+    assert!(text.contains("- nginx:1.27\n- a b\n- 'x: y'\n"), "{text}");
+    assert_eq!(read_documents(&text, 100), vec![Ok(value)], "{text}");
+}
