@@ -51,7 +51,12 @@ pub fn control_plane() -> &'static ControlPlane {
 /// `helm`, from `DRIFTWARDEN_HELM` or built and cached by
 /// `tests/controlplane/build.sh helm` (see `controlplane::helm_binary`).
 pub fn helm_binary() -> PathBuf {
-    controlplane::helm_binary().unwrap_or_else(|err| panic!("helm is not available: {err}"))
+    controlplane::helm_binary().unwrap_or_else(|err| {
+        panic!(
+            "helm is not available: {err}\nto get it: the harness builds it with Go from the Go module proxy \
+             (`bash tests/controlplane/build.sh helm`), or set DRIFTWARDEN_HELM to a helm v3 executable"
+        )
+    })
 }
 
 /// A tool a test needs that the harness could not provide: under CI
