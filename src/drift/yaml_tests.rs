@@ -157,3 +157,10 @@ fn plain_where_safe_quoted_where_not() {
     assert!(text.contains("- nginx:1.27\n- a b\n- 'x: y'\n"), "{text}");
     assert_eq!(read_documents(&text, 100), vec![Ok(value)], "{text}");
 }
+
+#[test]
+fn a_parser_panic_is_a_refusal() {
+    // libyaml-safer panics on a tag right before `,` in a flow collection.
+    let read = read_documents("a: [!x, y]\n", 100);
+    assert!(matches!(&read[..], [Err(ReadError::Syntax(m))] if m.contains("cannot read")), "{read:?}");
+}
