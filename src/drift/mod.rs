@@ -9,6 +9,7 @@
 
 pub mod diff;
 pub mod normalize;
+pub mod signature;
 pub mod source;
 
 #[cfg(test)]

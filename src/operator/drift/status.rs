@@ -141,6 +141,7 @@ pub fn observed(
         drifted_objects: drifted,
         reverts: old.reverts,
         last_revert: old.last_revert.clone(),
+        signature: old.signature.clone(),
         conditions,
     }
 }
