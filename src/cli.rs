@@ -217,6 +217,12 @@ pub struct QuickstartArgs {
     #[arg(long, default_value = "examples/platform")]
     pub examples: PathBuf,
 
+    /// A directory of manifests, as in Git, that the quickstart signs and
+    /// publishes as CI would: into ConfigMap `<dir name>-desired-state` in
+    /// the namespace named like the directory.
+    #[arg(long, default_value = "examples/git/shop")]
+    pub source: PathBuf,
+
     /// Where the local control plane keeps its certificates, kubeconfigs
     /// and logs.
     #[arg(long, default_value = ".driftwarden/quickstart")]

@@ -42,33 +42,49 @@ fn signing_key(args: &PublishArgs) -> anyhow::Result<Option<ed25519_dalek::Signi
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    use crate::publish::{SOURCE_LABEL, live_sequence, pack, read_manifest_dir, sign, signed_unchanged, unchanged};
-    use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-
     let key = signing_key(&args)?;
-    let files = read_manifest_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
+    let files = crate::publish::read_manifest_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
     let revision = match args.revision {
         Some(revision) => Some(revision),
         None => git_revision(&args.dir),
     };
-    if let Some(revision) = &revision {
-        crate::drift::source::validate_revision(revision).map_err(|e| anyhow::anyhow!("revision {revision:?}: {e}"))?;
-    }
     let client = client(&args.cluster).await?;
     let namespace = args.namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-    let mut desired = pack(&files, &args.configmap, &namespace, revision.as_deref())?;
-    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let selector = format!("{SOURCE_LABEL}={}", args.configmap);
+    let summary = publish_files(&client, &files, &args.configmap, &namespace, revision.as_deref(), key.as_ref()).await?;
+    println!("published {} files from {}: {summary}", files.len(), args.dir.display());
+    Ok(())
+}
+
+/// Packs `files` into the source ConfigMaps `name`, `name-1`, ... in
+/// `namespace`, signs them with `key` (unless None), and applies what
+/// changed. Returns a one-line summary.
+pub async fn publish_files(
+    client: &Client,
+    files: &[crate::publish::ManifestFile],
+    name: &str,
+    namespace: &str,
+    revision: Option<&str>,
+    key: Option<&ed25519_dalek::SigningKey>,
+) -> anyhow::Result<String> {
+    use crate::publish::{SOURCE_LABEL, live_sequence, pack, sign, signed_unchanged, unchanged};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+
+    if let Some(revision) = revision {
+        crate::drift::source::validate_revision(revision).map_err(|e| anyhow::anyhow!("revision {revision:?}: {e}"))?;
+    }
+    let mut desired = pack(files, name, namespace, revision)?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("{SOURCE_LABEL}={name}");
     let live = api.list(&ListParams::default().labels(&selector)).await?.items;
     // A signed set is one unit: unchanged as a whole, or re-signed with a
     // higher sequence and every ConfigMap written.
-    let rewrite_all = match &key {
-        Some(key) if signed_unchanged(&live, &desired, &key.verifying_key(), &namespace) => false,
+    let rewrite_all = match key {
+        Some(key) if signed_unchanged(&live, &desired, &key.verifying_key(), namespace) => false,
         Some(key) => {
             let now = u64::try_from(k8s_openapi::jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
             let sequence = now.max(live_sequence(&live) + 1);
-            sign(&mut desired, key, &namespace, sequence);
+            sign(&mut desired, key, namespace, sequence);
             true
         }
         None => false,
@@ -78,7 +94,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     for config_map in &desired {
         let name = config_map.metadata.name.clone().unwrap_or_default();
         let current = live.iter().find(|l| l.metadata.name.as_deref() == Some(name.as_str()));
-        let keep = match &key {
+        let keep = match key {
             Some(_) => !rewrite_all,
             None => current.is_some_and(|live| unchanged(live, config_map)),
         };
@@ -101,28 +117,32 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             removed += 1;
         }
     }
-    let signed = match &key {
+    let signed = match key {
         Some(key) => format!("signed by key {}", crate::drift::signature::key_id(&key.verifying_key())),
         None => "UNSIGNED".to_owned(),
     };
-    println!(
-        "published {} files from {} into {} ConfigMap(s) in {namespace} at revision {}, {signed}: {applied} written, {kept} unchanged, {removed} removed",
-        files.len(),
-        args.dir.display(),
+    Ok(format!(
+        "{} ConfigMap(s) in {namespace} at revision {}, {signed}: {applied} written, {kept} unchanged, {removed} removed",
         desired.len(),
-        revision.as_deref().unwrap_or("<none>")
-    );
-    Ok(())
+        revision.unwrap_or("<none>")
+    ))
 }
 
 fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    let public = write_key_pair(&args.out)?;
+    print!("{}", publisher_key_yaml(&args.name, &public));
+    Ok(())
+}
+
+/// A fresh key pair in `out`.key (0600) and `out`.pub; returns the public PEM.
+pub fn write_key_pair(out: &Path) -> anyhow::Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
     let (private, public) = crate::drift::signature::key_pair_pem(&seed);
-    let private_path = args.out.with_extension("key");
-    let public_path = args.out.with_extension("pub");
+    let private_path = out.with_extension("key");
+    let public_path = out.with_extension("pub");
     let create = |path: &Path, mode: u32| {
         std::fs::OpenOptions::new()
             .write(true)
@@ -140,8 +160,7 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
         public_path.display(),
         crate::drift::signature::key_id(&key)
     );
-    print!("{}", publisher_key_yaml(&args.name, &public));
-    Ok(())
+    Ok(public)
 }
 
 /// A PublisherKey trusting `public` in every namespace, as YAML to apply.
@@ -153,7 +172,7 @@ pub fn publisher_key_yaml(name: &str, public: &str) -> String {
 }
 
 /// The commit checked out in `dir`, if it is in a Git repository.
-fn git_revision(dir: &Path) -> Option<String> {
+pub fn git_revision(dir: &Path) -> Option<String> {
     let out = std::process::Command::new("git").arg("-C").arg(dir).args(["rev-parse", "HEAD"]).output().ok()?;
     if !out.status.success() {
         tracing::warn!(dir = %dir.display(), "not a Git checkout; publishing without a revision");
