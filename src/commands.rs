@@ -43,14 +43,16 @@ fn signing_key(args: &PublishArgs) -> anyhow::Result<Option<ed25519_dalek::Signi
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let key = signing_key(&args)?;
-    let files = crate::publish::read_manifest_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
+    let files =
+        crate::publish::read_manifest_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
     let revision = match args.revision {
         Some(revision) => Some(revision),
         None => git_revision(&args.dir),
     };
     let client = client(&args.cluster).await?;
     let namespace = args.namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-    let summary = publish_files(&client, &files, &args.configmap, &namespace, revision.as_deref(), key.as_ref()).await?;
+    let summary =
+        publish_files(&client, &files, &args.configmap, &namespace, revision.as_deref(), key.as_ref()).await?;
     println!("published {} files from {}: {summary}", files.len(), args.dir.display());
     Ok(())
 }

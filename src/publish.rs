@@ -139,7 +139,11 @@ pub fn sign(config_maps: &mut [ConfigMap], key: &SigningKey, namespace: &str, se
     let sources: Vec<SourceConfigMap> = config_maps.iter().map(SourceConfigMap::from_config_map).collect();
     let envelope = signature::sign(key, namespace, sequence, &sources).to_annotation();
     for config_map in config_maps {
-        config_map.metadata.annotations.get_or_insert_default().insert(SIGNATURE_ANNOTATION.to_owned(), envelope.clone());
+        config_map
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(SIGNATURE_ANNOTATION.to_owned(), envelope.clone());
     }
 }
 
@@ -154,9 +158,9 @@ pub fn signed_unchanged(live: &[ConfigMap], desired: &[ConfigMap], key: &Verifyi
     if by_name(live) != by_name(desired) {
         return false;
     }
-    let same_content = desired.iter().all(|d| {
-        live.iter().find(|l| l.metadata.name == d.metadata.name).is_some_and(|l| unchanged(l, d))
-    });
+    let same_content = desired
+        .iter()
+        .all(|d| live.iter().find(|l| l.metadata.name == d.metadata.name).is_some_and(|l| unchanged(l, d)));
     let sources: Vec<SourceConfigMap> = live.iter().map(SourceConfigMap::from_config_map).collect();
     let trusted = [signature::TrustedKey { name: "publisher".into(), key: *key }];
     same_content && signature::verify(namespace, &sources, &trusted, None).is_ok()

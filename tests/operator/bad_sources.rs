@@ -227,13 +227,16 @@ async fn bad_sources_are_refused_clearly_and_change_nothing() {
     let admin = t.env.api::<ConfigMap>(User::Admin).await;
     for (case, version) in broken.iter().zip(versions) {
         let target = admin.get(&case.target()).await.unwrap();
-        assert_eq!(target.metadata.resource_version, Some(version), "{}: a reporting state wrote the object", case.name);
+        assert_eq!(
+            target.metadata.resource_version,
+            Some(version),
+            "{}: a reporting state wrote the object",
+            case.name
+        );
         assert_eq!(target.data.unwrap()["mode"], "slow", "{}", case.name);
         // The last good state is still enforced: the drift is seen (and,
         // as these DesiredStates only report, reported).
-        let status = t
-            .wait_for_status(case.name, Duration::from_secs(30), |s| s.drifted == Some(1))
-            .await;
+        let status = t.wait_for_status(case.name, Duration::from_secs(30), |s| s.drifted == Some(1)).await;
         assert_eq!(status.drifted_objects[0].object.name, case.target(), "{}", case.name);
     }
 

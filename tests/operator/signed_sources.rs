@@ -74,10 +74,9 @@ async fn a_forged_source_creates_nothing_and_the_last_verified_state_is_still_en
 
     // An unauthorized change while the source is forged is still reverted.
     set_mode(&t, "slow").await;
-    let back = crate::support::eventually(Duration::from_secs(10), || async {
-        (mode(&t).await == "fast").then_some(())
-    })
-    .await;
+    let back =
+        crate::support::eventually(Duration::from_secs(10), || async { (mode(&t).await == "fast").then_some(()) })
+            .await;
     assert!(back.is_some(), "drift made while the source is forged was not reverted");
     let bindings = t.env.api::<RoleBinding>(User::Admin).await;
     assert!(bindings.get_opt("alice-forever").await.unwrap().is_none(), "the forged RoleBinding was created");
@@ -98,10 +97,9 @@ async fn a_forged_source_creates_nothing_and_the_last_verified_state_is_still_en
     forge(&t, |s| drop(s.data.get_or_insert_default().remove("settings.yaml"))).await;
     t.wait_for_status("state", Duration::from_secs(10), refused_with("SignatureInvalid")).await;
     set_mode(&t, "slower").await;
-    let back = crate::support::eventually(Duration::from_secs(10), || async {
-        (mode(&t).await == "fast").then_some(())
-    })
-    .await;
+    let back =
+        crate::support::eventually(Duration::from_secs(10), || async { (mode(&t).await == "fast").then_some(()) })
+            .await;
     assert!(back.is_some(), "removing a key from a forged source stopped enforcement");
 
     // The signature removed altogether.
@@ -204,7 +202,12 @@ async fn publish_with(t: &AccessTest, key: &ed25519_dalek::SigningKey, mode: &st
     let mut source = api.get("state-source").await.unwrap();
     source.data.get_or_insert_default().insert("settings.yaml".into(), settings(mode));
     source.metadata.annotations.get_or_insert_default().insert("driftwarden.io/revision".into(), revision.into());
-    driftwarden::publish::sign(std::slice::from_mut(&mut source), key, &t.env.namespace, t.operator.publisher.next_sequence());
+    driftwarden::publish::sign(
+        std::slice::from_mut(&mut source),
+        key,
+        &t.env.namespace,
+        t.operator.publisher.next_sequence(),
+    );
     api.replace("state-source", &PostParams::default(), &source).await.unwrap();
 }
 
@@ -221,7 +224,8 @@ async fn untrusted_keys_are_refused_two_keys_rotate_and_a_removed_key_stops_work
 
     // Rotation: the new key trusted next to the old one; both verify.
     trust(&t, &key_name, &next).await;
-    let status = t.wait_for_status("state", Duration::from_secs(20), |s| s.revision.as_deref() == Some("cafe0001")).await;
+    let status =
+        t.wait_for_status("state", Duration::from_secs(20), |s| s.revision.as_deref() == Some("cafe0001")).await;
     assert_eq!(status.signature.as_ref().map(|s| s.key.clone()), Some(key_name.clone()));
     t.update_source("state-source", |s| {
         s.metadata.annotations.get_or_insert_default().insert("driftwarden.io/revision".into(), "cafe0002".into());
@@ -243,10 +247,9 @@ async fn untrusted_keys_are_refused_two_keys_rotate_and_a_removed_key_stops_work
     publish_with(&t, &next, "evil", "cafe0004").await;
     t.wait_for_status("state", Duration::from_secs(20), refused_with("SignatureUntrusted")).await;
     set_mode(&t, "slow").await;
-    let back = crate::support::eventually(Duration::from_secs(10), || async {
-        (mode(&t).await == "fast").then_some(())
-    })
-    .await;
+    let back =
+        crate::support::eventually(Duration::from_secs(10), || async { (mode(&t).await == "fast").then_some(()) })
+            .await;
     assert!(back.is_some(), "enforcement stopped when the key was removed");
 }
 

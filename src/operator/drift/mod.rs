@@ -195,7 +195,9 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     ];
     let limiter = RevertLimiter::new(settings.revert_rate, settings.revert_burst);
     if !settings.verify_sources {
-        warn!("source signature verification is OFF (--insecure-skip-source-verification): anyone who can write a source ConfigMap decides what is enforced");
+        warn!(
+            "source signature verification is OFF (--insecure-skip-source-verification): anyone who can write a source ConfigMap decides what is enforced"
+        );
     }
     let (trust, key_events, namespace_events) = trust::Anchors::start(&client);
     let key_status = tokio::spawn(trust::keep_key_status(client.clone()));
@@ -249,7 +251,12 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         // A key added, changed or removed may accept or refuse any source.
         .watches_stream(key_events.map(Ok), move |_: crate::api::PublisherKey| all_of(&states_of_keys))
         .watches_stream(namespace_events.map(Ok), move |ns: PartialObjectMeta<Namespace>| {
-            states_of_namespaces.state().iter().filter(|ds| ds.namespace() == Some(ns.name_any())).map(|ds| ObjectRef::from_obj(&**ds)).collect::<Vec<_>>()
+            states_of_namespaces
+                .state()
+                .iter()
+                .filter(|ds| ds.namespace() == Some(ns.name_any()))
+                .map(|ds| ObjectRef::from_obj(&**ds))
+                .collect::<Vec<_>>()
         })
         .reconcile_on(tokio_stream_from(triggers))
         .graceful_shutdown_on(shutdown.cancelled_owned())
@@ -373,12 +380,18 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
                     let entry = CachedParse { fingerprint: fingerprint.clone(), sources, signature };
                     context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(me.clone(), entry.clone());
                     context.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
+                    // "Already reverted at this version" held for the old
+                    // declarations: a new revision may declare other values.
+                    context.reverted.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != me);
                     (Some(entry.sources), resolver, None)
                 }
                 Err((refusal, resolver)) => {
                     let mut refused = context.refused.lock().unwrap_or_else(|p| p.into_inner());
                     let since = refused.get(&me).map_or_else(Instant::now, |r| r.since);
-                    refused.insert(me.clone(), Refused { fingerprint: fingerprint.clone(), refusal: refusal.clone(), since });
+                    refused.insert(
+                        me.clone(),
+                        Refused { fingerprint: fingerprint.clone(), refusal: refusal.clone(), since },
+                    );
                     drop(refused);
                     // A split source is written one ConfigMap at a time: a
                     // set caught half-way through a publish is given a moment
@@ -1017,7 +1030,12 @@ async fn check_sources(
     let verified = if context.settings.verify_sources {
         // The highest sequence this DesiredState accepted: in memory, or
         // (after a restart) in its status.
-        let remembered = context.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&me).and_then(|c| c.signature.as_ref().map(|s| s.sequence));
+        let remembered = context
+            .parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&me)
+            .and_then(|c| c.signature.as_ref().map(|s| s.sequence));
         let recorded = old.signature.as_ref().and_then(|s| u64::try_from(s.sequence).ok());
         let accepted = remembered.max(recorded);
         let trusted = context.trust.trusted_for(state);
@@ -1040,8 +1058,14 @@ async fn check_sources(
 
 /// An Event and a count when sources begin to be refused (or are refused
 /// for a new reason); nothing while the same refusal lasts.
-async fn announce_refusal(context: &Context, state: &DesiredState, old: &DesiredStateStatus, refusal: &status::Refusal) {
-    let same = old.conditions.iter().any(|c| c.type_ == "SourceValid" && c.status == "False" && c.reason == refusal.reason);
+async fn announce_refusal(
+    context: &Context,
+    state: &DesiredState,
+    old: &DesiredStateStatus,
+    refusal: &status::Refusal,
+) {
+    let same =
+        old.conditions.iter().any(|c| c.type_ == "SourceValid" && c.status == "False" && c.reason == refusal.reason);
     if same {
         return;
     }

@@ -212,12 +212,18 @@ pub fn invalid(
 
 /// A status built from the last verified sources while the current ones
 /// are refused: SourceValid says why, Ready says what is enforced instead.
-pub fn enforce_last_verified(status: &mut DesiredStateStatus, old: &DesiredStateStatus, refusal: &Refusal, now: Timestamp) {
+pub fn enforce_last_verified(
+    status: &mut DesiredStateStatus,
+    old: &DesiredStateStatus,
+    refusal: &Refusal,
+    now: Timestamp,
+) {
     let generation = status.observed_generation;
     let revision = status.revision.as_deref().unwrap_or("without a revision");
     let ready = format!("the current sources are refused; enforcing the last verified state (revision {revision})");
     set(status, condition(&old.conditions, "Ready", true, "EnforcingLastVerified", ready, generation, now));
-    let source = condition(&old.conditions, "SourceValid", false, refusal.reason, refusal.message.clone(), generation, now);
+    let source =
+        condition(&old.conditions, "SourceValid", false, refusal.reason, refusal.message.clone(), generation, now);
     set(status, source);
 }
 
@@ -226,7 +232,10 @@ pub fn unverified(status: &mut DesiredStateStatus, old: &DesiredStateStatus, now
     let generation = status.observed_generation;
     let message = "the sources parse and stay in scope; their signatures are NOT checked \
                    (the operator runs with --insecure-skip-source-verification)";
-    set(status, condition(&old.conditions, "SourceValid", true, "VerificationDisabled", message.into(), generation, now));
+    set(
+        status,
+        condition(&old.conditions, "SourceValid", true, "VerificationDisabled", message.into(), generation, now),
+    );
 }
 
 fn set(status: &mut DesiredStateStatus, fresh: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) {

@@ -6,7 +6,7 @@
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PartialObjectMeta};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -61,11 +61,7 @@ impl Anchors {
     /// that does not parse is skipped (its status says why).
     pub fn trusted_for(&self, state: &DesiredState) -> Vec<TrustedKey> {
         let namespace = state.namespace().unwrap_or_default();
-        let labels = self
-            .namespaces
-            .get(&ObjectRef::new(&namespace))
-            .map(|ns| ns.labels().clone())
-            .unwrap_or_default();
+        let labels = self.namespaces.get(&ObjectRef::new(&namespace)).map(|ns| ns.labels().clone()).unwrap_or_default();
         let mut keys: Vec<TrustedKey> = self
             .keys
             .state()
@@ -87,11 +83,8 @@ impl Anchors {
         let mut found: Fingerprint =
             self.keys.state().iter().map(|k| (k.name_any(), k.resource_version().unwrap_or_default())).collect();
         found.sort();
-        let namespace_version = self
-            .namespaces
-            .get(&ObjectRef::new(&namespace))
-            .and_then(|ns| ns.resource_version())
-            .unwrap_or_default();
+        let namespace_version =
+            self.namespaces.get(&ObjectRef::new(&namespace)).and_then(|ns| ns.resource_version()).unwrap_or_default();
         found.push((format!("namespace/{namespace}"), namespace_version));
         found
     }
