@@ -18,6 +18,7 @@ mod audit;
 mod diff;
 mod durations;
 mod machine;
+mod signatures;
 mod sources;
 mod values;
 
