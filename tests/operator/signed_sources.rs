@@ -297,3 +297,32 @@ async fn a_grantee_cannot_touch_sources_policy_or_keys() {
     let (code, _) = api_error(alice_keys.create(&PostParams::default(), &key).await);
     assert_eq!(code, 403, "alice created a PublisherKey");
 }
+
+/// The last verified sources outlive the operator: restarted while a source
+/// is forged, it still enforces them (from the copy it keeps in its own
+/// namespace, verified again), and applies nothing of the forgery.
+#[tokio::test]
+async fn a_restarted_operator_facing_a_forged_source_still_enforces_the_last_verified_state() {
+    let mut t = drift_setup("signed-restart").await;
+    enforced(&t).await;
+    t.running.take();
+    let exclusive = crate::support::operator::OPERATOR.write().await;
+    t.operator.wait_until_serving().await.unwrap();
+
+    let outage = crate::restart::Outage::begin(t.operator);
+    forge(&t, |s| drop(s.data.get_or_insert_default().insert("grant.yaml".into(), SELF_GRANT.into()))).await;
+    set_mode(&t, "slow").await;
+    outage.end();
+    t.operator.wait_until_serving().await.unwrap();
+
+    let status = t.wait_for_status("state", Duration::from_secs(30), refused_with("SignatureInvalid")).await;
+    assert_eq!(condition(&status, "Ready").unwrap().reason, "EnforcingLastVerified", "{status:#?}");
+    let back = crate::support::eventually(Duration::from_secs(15), || async {
+        (mode(&t).await == "fast").then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "the drift made during the outage was not reverted to the last verified state");
+    let bindings = t.env.api::<RoleBinding>(User::Admin).await;
+    assert!(bindings.get_opt("alice-forever").await.unwrap().is_none(), "the forged RoleBinding was created");
+    drop(exclusive);
+}

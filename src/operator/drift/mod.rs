@@ -6,6 +6,7 @@
 //! A source that does not parse is reported and changes nothing.
 
 pub mod cached;
+mod snapshot;
 pub mod status;
 mod trust;
 mod watches;
@@ -368,15 +369,21 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         .map(|r| r.refusal.clone());
     let scope = SourceScope { namespace: &namespace, operator_namespace: &context.settings.operator_namespace };
     let discovered = || async { Resolver { discovery: context.discovery.read().await.0.clone() } };
-    let (parsed, resolver, refusal) = match (remembered.filter(|c| c.fingerprint == fingerprint), still_refused) {
+    let (parsed, resolver, refusal) = match (remembered.clone().filter(|c| c.fingerprint == fingerprint), still_refused)
+    {
         (Some(current), _) => (Some(current.sources), discovered().await, None),
         (None, Some(refusal)) => (None, discovered().await, Some(refusal)),
         (None, None) => {
             let (config_maps, missing) = read_sources(&context.client, &namespace, &state.spec.sources)
                 .await
                 .map_err(|source| Error::ReadSources { desired_state: format!("{namespace}/{name}"), source })?;
-            match check_sources(&context, &state, &old, config_maps, missing, &scope).await? {
+            let config_maps = Arc::new(config_maps);
+            match check_sources(&context, &state, &old, config_maps.clone(), missing, &scope).await? {
                 Ok((sources, signature, resolver)) => {
+                    let known = remembered.as_ref().and_then(|c| c.signature.as_ref());
+                    if signature.is_some() && known != signature.as_ref() {
+                        keep_verified(&context, &namespace, &name, &config_maps).await;
+                    }
                     let entry = CachedParse { fingerprint: fingerprint.clone(), sources, signature };
                     context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(me.clone(), entry.clone());
                     context.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
@@ -405,7 +412,11 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         }
     };
     // What is enforced: the current sources, or the last verified ones.
-    let last_good = context.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&me).map(|c| c.sources.clone());
+    let mut last_good = context.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&me).map(|c| c.sources.clone());
+    if parsed.is_none() && last_good.is_none() && context.settings.verify_sources {
+        // A restarted operator facing refused sources: the copy it kept.
+        last_good = recover_verified(&context, &state, &old, &scope).await;
+    }
     let parsed = match parsed.or(last_good) {
         Some(parsed) => parsed,
         None => {
@@ -916,6 +927,13 @@ fn forget_deleted(context: &Context) {
             context.limiter.forget(&user);
             context.parsed.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
             context.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+            let (client, operator_namespace) = (context.client.clone(), context.settings.operator_namespace.clone());
+            let (namespace, name) = (user.namespace.clone().unwrap_or_default(), user.name.clone());
+            tokio::spawn(async move {
+                if let Err(error) = snapshot::forget(&client, &operator_namespace, &namespace, &name).await {
+                    warn!(%error, desired_state = %name, %namespace, "removing the copy of its verified sources failed");
+                }
+            });
             context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
             context.clean_at.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != user);
             context.reverted.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != user);
@@ -1013,7 +1031,7 @@ async fn check_sources(
     context: &Context,
     state: &DesiredState,
     old: &DesiredStateStatus,
-    config_maps: Vec<SourceConfigMap>,
+    config_maps: Arc<Vec<SourceConfigMap>>,
     missing: Vec<String>,
     scope: &SourceScope<'_>,
 ) -> Result<Checked, Error> {
@@ -1049,11 +1067,53 @@ async fn check_sources(
     } else {
         None
     };
-    let (parsed, resolver) = parse(context, &Arc::new(config_maps), scope).await?;
+    let (parsed, resolver) = parse(context, &config_maps, scope).await?;
     Ok(match parsed {
         Ok(parsed) => Ok((Arc::new(parsed), verified, resolver)),
         Err(errors) => Err((status::Refusal::from_errors(&errors), resolver)),
     })
+}
+
+/// Keeps a copy of sources that just verified, for a restarted operator.
+async fn keep_verified(context: &Context, namespace: &str, name: &str, sources: &[SourceConfigMap]) {
+    let operator_namespace = &context.settings.operator_namespace;
+    if let Err(error) = snapshot::save(&context.client, operator_namespace, namespace, name, sources).await {
+        warn!(%error, desired_state = %name, %namespace, "keeping a copy of the verified sources failed");
+    }
+}
+
+/// The copy of the last verified sources, verified and parsed again, as the
+/// state to enforce while the current sources are refused. Remembered under
+/// a fingerprint no live source has, so the current sources stay refused.
+async fn recover_verified(
+    context: &Context,
+    state: &DesiredState,
+    old: &DesiredStateStatus,
+    scope: &SourceScope<'_>,
+) -> Option<Arc<Declarations>> {
+    let (namespace, name) = (scope.namespace, state.name_any());
+    let copy = snapshot::load(&context.client, &context.settings.operator_namespace, namespace, &name).await;
+    let copy = match copy {
+        Ok(copy) if !copy.is_empty() => copy,
+        Ok(_) => return None,
+        Err(error) => {
+            warn!(%error, desired_state = %name, %namespace, "reading the copy of the verified sources failed");
+            return None;
+        }
+    };
+    // No older than what status says was enforced.
+    let accepted = old.signature.as_ref().and_then(|s| u64::try_from(s.sequence).ok());
+    let verified = signature::verify(namespace, &copy, &context.trust.trusted_for(state), accepted).ok()?;
+    let (parsed, _) = parse(context, &Arc::new(copy), scope).await.ok()?;
+    let sources = Arc::new(parsed.ok()?);
+    info!(desired_state = %name, %namespace, sequence = verified.sequence, "enforcing the kept copy of the last verified sources");
+    let entry = CachedParse {
+        fingerprint: (None, Vec::new(), Vec::new()),
+        sources: sources.clone(),
+        signature: Some(verified),
+    };
+    context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(ObjectRef::from_obj(state), entry);
+    Some(sources)
 }
 
 /// An Event and a count when sources begin to be refused (or are refused
