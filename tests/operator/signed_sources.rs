@@ -317,10 +317,9 @@ async fn a_restarted_operator_facing_a_forged_source_still_enforces_the_last_ver
 
     let status = t.wait_for_status("state", Duration::from_secs(30), refused_with("SignatureInvalid")).await;
     assert_eq!(condition(&status, "Ready").unwrap().reason, "EnforcingLastVerified", "{status:#?}");
-    let back = crate::support::eventually(Duration::from_secs(15), || async {
-        (mode(&t).await == "fast").then_some(())
-    })
-    .await;
+    let back =
+        crate::support::eventually(Duration::from_secs(15), || async { (mode(&t).await == "fast").then_some(()) })
+            .await;
     assert!(back.is_some(), "the drift made during the outage was not reverted to the last verified state");
     let bindings = t.env.api::<RoleBinding>(User::Admin).await;
     assert!(bindings.get_opt("alice-forever").await.unwrap().is_none(), "the forged RoleBinding was created");

@@ -421,7 +421,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         Some(parsed) => parsed,
         None => {
             // Nothing verified to enforce yet: report, and wait for a good source.
-            let refusal = refusal.unwrap_or_else(|| status::Refusal::unknown());
+            let refusal = refusal.unwrap_or_else(status::Refusal::unknown);
             let status = status::invalid(&old, generation, &refusal, now);
             write_status(&context, &state, &old, &status).await?;
             announce_refusal(&context, &state, &old, &refusal).await;
