@@ -294,8 +294,21 @@ mod tests {
     #[test]
     fn a_signed_pack_verifies_and_a_rerun_of_the_same_content_is_unchanged() {
         let key = SigningKey::from_bytes(&[3; 32]);
-        let files: Vec<ManifestFile> =
-            (0..40).map(|i| file(&format!("f{i}.yaml"), &config_map(&format!("n{i}"), i).repeat(900))).collect();
+        // Letters that do not compress: 40 files of 30 KB fill two ConfigMaps.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> String {
+            (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    char::from(b'a' + (state % 26) as u8)
+                })
+                .collect()
+        };
+        let files: Vec<ManifestFile> = (0..40)
+            .map(|i| file(&format!("f{i}.yaml"), &format!("{}# {}\n", config_map(&format!("n{i}"), i), noise(30_000))))
+            .collect();
         let mut packed = pack(&files, "state", "ns", Some("abc")).unwrap();
         assert!(packed.len() > 1, "the state is split");
         sign(&mut packed, &key, "ns", 42);

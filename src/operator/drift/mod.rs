@@ -532,6 +532,11 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     if let Some(refusal) = &refusal {
         status::enforce_last_verified(&mut status, &old, refusal, now);
         announce_refusal(&context, &state, &old, refusal).await;
+    } else if old.conditions.iter().any(|c| c.type_ == "SourceValid" && c.status == "False") {
+        let revision = status.revision.as_deref().unwrap_or("without a revision");
+        let by = status.signature.as_ref().map(|s| format!(", signed by {}", s.key)).unwrap_or_default();
+        let note = format!("the sources are valid again{by}: enforcing revision {revision}");
+        publish(&context, &state, EventType::Normal, "SourceAccepted", note).await;
     }
     if outcome.last.is_some() {
         status.reverts = Some(old.reverts.unwrap_or(0) + i64::try_from(outcome.reverted.len()).unwrap_or(0));
