@@ -318,6 +318,33 @@ mod tests {
     }
 
     #[test]
+    fn refused_sources_say_why_and_what_is_enforced_instead() {
+        let t = Timestamp::from_second(1).unwrap();
+        let scaled = drift("/spec/replicas", ChangeKind::Changed);
+        let seen = [Observed { object: object("a"), diff: &scaled, judgement: None }];
+        let good = observed(&DesiredStateStatus::default(), Some(1), Some("abc".into()), &seen, t);
+        let refusal = Refusal { reason: "SignatureInvalid", message: "changed after signing".into() };
+        let mut enforcing = good.clone();
+        enforce_last_verified(&mut enforcing, &good, &refusal, t);
+        let source = enforcing.conditions.iter().find(|c| c.type_ == "SourceValid").unwrap();
+        assert_eq!((source.status.as_str(), source.reason.as_str()), ("False", "SignatureInvalid"));
+        let ready = enforcing.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "EnforcingLastVerified"));
+        assert!(ready.message.contains("revision abc"), "{}", ready.message);
+        assert_eq!(enforcing.drifted, Some(1), "drift is still counted");
+        // Nothing verified yet: not ready, nothing enforced.
+        let nothing = invalid(&DesiredStateStatus::default(), Some(1), &refusal, t);
+        let ready = nothing.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "SignatureInvalid"));
+        // Verification off: status says so.
+        let mut unchecked = good.clone();
+        unverified(&mut unchecked, &good, t);
+        let source = unchecked.conditions.iter().find(|c| c.type_ == "SourceValid").unwrap();
+        assert_eq!(source.reason, "VerificationDisabled");
+        assert!(source.message.contains("NOT checked"), "{}", source.message);
+    }
+
+    #[test]
     fn an_empty_source_manages_nothing_and_is_in_sync() {
         let status = observed(&DesiredStateStatus::default(), None, None, &[], Timestamp::from_second(1).unwrap());
         assert_eq!((status.managed, status.drifted), (Some(0), Some(0)));
