@@ -32,6 +32,10 @@ pub enum Command {
     /// stamped with the current commit. Safe to re-run: writes only what
     /// changed.
     Publish(PublishArgs),
+    /// Make an Ed25519 key pair for signing sources: the private key for
+    /// CI (`publish --signing-key`), the public key for the cluster (a
+    /// PublisherKey, printed as YAML to apply).
+    Keygen(KeygenArgs),
     /// Show how the live cluster differs from a directory of manifests,
     /// changing nothing. Exit code 0: no drift, 1: drift, 2: error.
     Diff(DiffArgs),
@@ -134,6 +138,12 @@ pub struct OperatorArgs {
     /// Reverts one DesiredState may make at once before the rate applies.
     #[arg(long, env = "DRIFTWARDEN_REVERT_BURST", default_value_t = 200)]
     pub revert_burst: u32,
+
+    /// Accept source ConfigMaps without checking their signatures. For
+    /// experiments only: anyone who can write a source ConfigMap then
+    /// decides what is enforced. Every DesiredState's status says so.
+    #[arg(long, env = "DRIFTWARDEN_INSECURE_SKIP_SOURCE_VERIFICATION", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_skip_source_verification: bool,
 }
 
 #[derive(Debug, Args)]
@@ -166,8 +176,27 @@ pub struct PublishArgs {
     /// The revision to stamp instead of the directory's Git HEAD.
     #[arg(long)]
     pub revision: Option<String>,
+    /// The Ed25519 private key (PKCS#8 PEM) to sign with. In CI, pass the
+    /// key itself in DRIFTWARDEN_SIGNING_KEY instead.
+    #[arg(long, env = "DRIFTWARDEN_SIGNING_KEY_FILE", conflicts_with = "unsigned")]
+    pub signing_key: Option<PathBuf>,
+    /// Publish without a signature (only an operator running with
+    /// --insecure-skip-source-verification accepts it).
+    #[arg(long)]
+    pub unsigned: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Writes the private key to PATH.key (mode 0600) and the public key to
+    /// PATH.pub; refuses to overwrite either.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Name of the PublisherKey printed for the cluster.
+    #[arg(long, default_value = "publisher")]
+    pub name: String,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +216,12 @@ pub struct QuickstartArgs {
     /// directory of .yaml files).
     #[arg(long, default_value = "examples/platform")]
     pub examples: PathBuf,
+
+    /// A directory of manifests, as in Git, that the quickstart signs and
+    /// publishes as CI would: into ConfigMap `<dir name>-desired-state` in
+    /// the namespace named like the directory.
+    #[arg(long, default_value = "examples/git/shop")]
+    pub source: PathBuf,
 
     /// Where the local control plane keeps its certificates, kubeconfigs
     /// and logs.

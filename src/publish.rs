@@ -10,14 +10,17 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use crate::drift::REVISION_ANNOTATION;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+
+use crate::drift::signature::{self, SIGNATURE_ANNOTATION};
+use crate::drift::{REVISION_ANNOTATION, SourceConfigMap};
 
 /// ConfigMaps are limited to 1 MiB in all; keep room for metadata.
 pub const MAX_CHUNK_BYTES: usize = 900 * 1024;
 /// Files larger than this are compressed when it saves at least a quarter.
 const COMPRESS_ABOVE: usize = 4 * 1024;
 /// The label that ties split ConfigMaps to one source; select them with it.
-pub const SOURCE_LABEL: &str = "driftwarden.io/source";
+pub use crate::drift::signature::SOURCE_LABEL;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PackError {
@@ -127,6 +130,50 @@ pub fn pack(
             config_map
         })
         .collect())
+}
+
+/// Signs a packed set of ConfigMaps for `namespace`: every one of them gets
+/// the same envelope (see `drift::signature`). `sequence` must be higher
+/// than that of any earlier publish of the same source.
+pub fn sign(config_maps: &mut [ConfigMap], key: &SigningKey, namespace: &str, sequence: u64) {
+    let sources: Vec<SourceConfigMap> = config_maps.iter().map(SourceConfigMap::from_config_map).collect();
+    let envelope = signature::sign(key, namespace, sequence, &sources).to_annotation();
+    for config_map in config_maps {
+        config_map
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(SIGNATURE_ANNOTATION.to_owned(), envelope.clone());
+    }
+}
+
+/// Whether the live set already is `desired`, signed by `key`: then a
+/// re-run writes nothing (and keeps the sequence it was accepted with).
+pub fn signed_unchanged(live: &[ConfigMap], desired: &[ConfigMap], key: &VerifyingKey, namespace: &str) -> bool {
+    let by_name = |set: &[ConfigMap]| -> Vec<String> {
+        let mut names: Vec<String> = set.iter().filter_map(|c| c.metadata.name.clone()).collect();
+        names.sort();
+        names
+    };
+    if by_name(live) != by_name(desired) {
+        return false;
+    }
+    let same_content = desired
+        .iter()
+        .all(|d| live.iter().find(|l| l.metadata.name == d.metadata.name).is_some_and(|l| unchanged(l, d)));
+    let sources: Vec<SourceConfigMap> = live.iter().map(SourceConfigMap::from_config_map).collect();
+    let trusted = [signature::TrustedKey { name: "publisher".into(), key: *key }];
+    same_content && signature::verify(namespace, &sources, &trusted, None).is_ok()
+}
+
+/// The sequence of a live signed set (0 when unsigned).
+pub fn live_sequence(live: &[ConfigMap]) -> u64 {
+    live.iter()
+        .filter_map(|c| c.metadata.annotations.as_ref()?.get(SIGNATURE_ANNOTATION).cloned())
+        .filter_map(|text| signature::Envelope::from_annotation("", &text).ok())
+        .map(|e| e.sequence)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Every `.yaml`, `.yml` and `.json` file under `dir`, sorted by path,
@@ -272,6 +319,38 @@ mod tests {
             .collect();
         let err = pack(&[file("huge.yaml", &noise)], "src", "ns", None).unwrap_err();
         assert!(matches!(err, PackError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_signed_pack_verifies_and_a_rerun_of_the_same_content_is_unchanged() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        // Letters that do not compress: 40 files of 30 KB fill two ConfigMaps.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> String {
+            (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    char::from(b'a' + (state % 26) as u8)
+                })
+                .collect()
+        };
+        let files: Vec<ManifestFile> = (0..40)
+            .map(|i| file(&format!("f{i}.yaml"), &format!("{}# {}\n", config_map(&format!("n{i}"), i), noise(30_000))))
+            .collect();
+        let mut packed = pack(&files, "state", "ns", Some("abc")).unwrap();
+        assert!(packed.len() > 1, "the state is split");
+        sign(&mut packed, &key, "ns", 42);
+        let sources: Vec<SourceConfigMap> = packed.iter().map(SourceConfigMap::from_config_map).collect();
+        let trusted = [signature::TrustedKey { name: "ci".into(), key: key.verifying_key() }];
+        assert_eq!(signature::verify("ns", &sources, &trusted, None).unwrap().sequence, 42);
+        assert_eq!(live_sequence(&packed), 42);
+        let again = pack(&files, "state", "ns", Some("abc")).unwrap();
+        assert!(signed_unchanged(&packed, &again, &key.verifying_key(), "ns"));
+        let newer = pack(&files, "state", "ns", Some("def")).unwrap();
+        assert!(!signed_unchanged(&packed, &newer, &key.verifying_key(), "ns"));
+        assert!(!signed_unchanged(&packed, &again, &SigningKey::from_bytes(&[4; 32]).verifying_key(), "ns"));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     info!("CRDs installed");
     let applied = apply_manifests(&client, &args.examples).await?;
     info!(objects = applied, from = %args.examples.display(), "examples applied");
+    let published = publish_source(&client, &args.dir, &args.source).await?;
+    info!(%published, from = %args.source.display(), "source signed and published, as CI would");
 
     if let Some(wiring) = &wiring {
         wiring.install(&client, &operator.namespace).await.context("storing the audit webhook's token")?;
@@ -64,6 +66,31 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let result = crate::operator::run(client, operator, crate::commands::shutdown_signal()).await;
     drop(control_plane);
     Ok(result?)
+}
+
+/// Plays the CI job: a signing key (made once, kept in `dir`) that a
+/// PublisherKey trusts signs and publishes the manifests in `source`.
+async fn publish_source(client: &Client, dir: &Path, source: &Path) -> anyhow::Result<String> {
+    use crate::drift::signature::signing_key_from_pem;
+    std::fs::create_dir_all(dir)?;
+    let base = dir.join("publisher");
+    if !base.with_extension("key").exists() {
+        crate::commands::write_key_pair(&base)?;
+    }
+    let private = std::fs::read_to_string(base.with_extension("key"))?;
+    let public = std::fs::read_to_string(base.with_extension("pub"))?;
+    let key = signing_key_from_pem(&private).context("reading the quickstart's signing key")?;
+    let trusted: DynamicObject = serde_yaml_ng::from_str(&crate::commands::publisher_key_yaml("quickstart", &public))?;
+    let keys: Api<DynamicObject> =
+        Api::all_with(client.clone(), &kube::core::ApiResource::erase::<crate::api::PublisherKey>(&()));
+    keys.patch("quickstart", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&trusted))
+        .await
+        .context("trusting the quickstart's signing key")?;
+    let files = crate::publish::read_manifest_dir(source).with_context(|| format!("reading {}", source.display()))?;
+    let namespace = source.file_name().and_then(|n| n.to_str()).context("the source directory has no name")?;
+    let revision = crate::commands::git_revision(source);
+    let name = format!("{namespace}-desired-state");
+    crate::commands::publish_files(client, &files, &name, namespace, revision.as_deref(), Some(&key)).await
 }
 
 /// Server-side applies every object in a YAML file or a directory of them;

@@ -48,6 +48,13 @@ pub struct DesiredStateSpec {
     /// Report what would be reverted without changing anything.
     #[serde(default)]
     pub dry_run: bool,
+
+    /// The PublisherKeys (by name) whose signatures this DesiredState
+    /// accepts. Empty: any PublisherKey trusted for this namespace. Keys are
+    /// only ever named here, never supplied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 253)))]
+    pub trusted_keys: Vec<String>,
 }
 
 /// One source ConfigMap, or a set of them.
@@ -137,10 +144,24 @@ pub struct DesiredStateStatus {
     /// The last revert the operator made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_revert: Option<RevertRecord>,
+    /// The signed publish the enforced state comes from. A publish with a
+    /// lower sequence is refused as a replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SourceSignature>,
     /// `Ready`, `Drifted` and `SourceValid`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The signature of the publish that was last accepted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSignature {
+    /// The PublisherKey that verified it.
+    pub key: String,
+    /// Its publish sequence (publish time in milliseconds, or higher).
+    pub sequence: i64,
 }
 
 /// Drifted objects by class.

@@ -15,6 +15,7 @@ mod access_request;
 mod access_review;
 mod desired_state;
 pub mod identity;
+mod publisher_key;
 mod validation;
 
 pub use access_policy::{AccessPolicy, AccessPolicySpec, AccessPolicyStatus, Approvers, WindowStart};
@@ -25,8 +26,9 @@ pub use access_request::{
 pub use access_review::{AccessReview, AccessReviewSpec, AccessReviewStatus, ReviewDecision};
 pub use desired_state::{
     Attribution, DesiredState, DesiredStateSpec, DesiredStateStatus, DriftAction, DriftClass, DriftCounts,
-    DriftedObject, IgnoreRule, ObjectRef, Remediation, RevertRecord, SourceRef,
+    DriftedObject, IgnoreRule, ObjectRef, Remediation, RevertRecord, SourceRef, SourceSignature,
 };
+pub use publisher_key::{PublisherKey, PublisherKeySpec, PublisherKeyStatus};
 pub use validation::MAX_ACCESS_DURATION;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -70,7 +72,7 @@ pub enum RemediationAction {
 
 /// Every CustomResourceDefinition driftwarden serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![DesiredState::crd(), AccessRequest::crd(), AccessReview::crd(), AccessPolicy::crd()]
+    vec![DesiredState::crd(), AccessRequest::crd(), AccessReview::crd(), AccessPolicy::crd(), PublisherKey::crd()]
 }
 
 /// The CRDs, and the admission policy that holds identity at the API

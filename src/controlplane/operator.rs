@@ -33,6 +33,51 @@ pub const CHART_VALUES: &str = "chart-values-operator-tests.yaml";
 const RBAC_KINDS: &[&str] = &["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
 /// The identity of the first replica in the leader Lease.
 const PRIMARY: &str = "driftwarden-0";
+/// The admission policies taken from the rendered chart too (the guard on
+/// source ConfigMaps).
+const POLICY_KINDS: &[&str] = &["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"];
+/// The PublisherKey the environment trusts in every namespace.
+pub const PUBLISHER_KEY: &str = "tests";
+
+/// The CI job of this environment: it holds the one signing key the
+/// operator trusts, and signs source ConfigMaps as `driftwarden publish` does.
+pub struct Publisher {
+    key: ed25519_dalek::SigningKey,
+    sequence: std::sync::atomic::AtomicU64,
+}
+
+impl Publisher {
+    fn new() -> anyhow::Result<Self> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let start = u64::try_from(k8s_openapi::jiff::Timestamp::now().as_millisecond()).unwrap_or(1);
+        Ok(Self { key: ed25519_dalek::SigningKey::from_bytes(&seed), sequence: start.into() })
+    }
+
+    pub fn key(&self) -> &ed25519_dalek::SigningKey {
+        &self.key
+    }
+
+    /// A sequence higher than every one handed out before.
+    pub fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    /// Signs one source set for `namespace`.
+    pub fn sign(&self, namespace: &str, config_maps: &mut [k8s_openapi::api::core::v1::ConfigMap]) {
+        crate::publish::sign(config_maps, &self.key, namespace, self.next_sequence());
+    }
+
+    /// The PublisherKey (trusted everywhere) as the platform team would apply it.
+    pub fn publisher_key(&self, name: &str) -> Value {
+        use ed25519_dalek::pkcs8::EncodePublicKey as _;
+        let public = self.key.verifying_key().to_public_key_pem(Default::default()).unwrap_or_default();
+        serde_json::json!({
+            "apiVersion": "driftwarden.io/v1alpha1", "kind": "PublisherKey", "metadata": {"name": name},
+            "spec": {"namespaceSelector": {}, "publicKey": public},
+        })
+    }
+}
 
 /// The control plane and the operator process that runs against it.
 pub struct OperatorEnv {
@@ -42,6 +87,8 @@ pub struct OperatorEnv {
     pub webhook_port: u16,
     /// The chart's ServiceAccount the operator authenticates as.
     pub service_account: String,
+    /// Signs sources with the key PublisherKey [`PUBLISHER_KEY`] trusts.
+    pub publisher: Publisher,
     binary: PathBuf,
     kubeconfig: PathBuf,
     supervisor: Supervisor,
@@ -91,7 +138,7 @@ pub fn chart_rbac(home: &Path) -> anyhow::Result<Vec<Value>> {
     })];
     for document in serde_yaml_ng::Deserializer::from_str(&rendered) {
         let object = Value::deserialize(document).context("helm template printed invalid YAML")?;
-        if object["kind"].as_str().is_some_and(|kind| RBAC_KINDS.contains(&kind)) {
+        if object["kind"].as_str().is_some_and(|kind| RBAC_KINDS.contains(&kind) || POLICY_KINDS.contains(&kind)) {
             objects.push(object);
         }
     }
@@ -139,6 +186,12 @@ impl OperatorEnv {
             crate::quickstart::apply_manifests(&admin, &manifests).await?;
         }
         wiring.install(&admin, OPERATOR_NAMESPACE).await.context("storing the webhook certificate and audit token")?;
+        let publisher = Publisher::new()?;
+        let key: DynamicObject = serde_json::from_value(publisher.publisher_key(PUBLISHER_KEY))?;
+        Api::<DynamicObject>::all_with(admin.clone(), &ApiResource::erase::<crate::api::PublisherKey>(&()))
+            .create(&PostParams::default(), &key)
+            .await
+            .context("trusting the publisher's key")?;
         let token = service_account_token(&admin, &service_account).await?;
         let kubeconfig = cp.write_kubeconfig("operator", &token)?;
         let env = Self {
@@ -146,6 +199,7 @@ impl OperatorEnv {
             http_port: free_port()?,
             webhook_port,
             service_account,
+            publisher,
             binary,
             kubeconfig,
             supervisor: Supervisor::new()?,

@@ -10,6 +10,7 @@
 pub mod diff;
 pub mod normalize;
 pub mod schema;
+pub mod signature;
 pub mod source;
 pub mod yaml;
 

@@ -53,6 +53,8 @@ pub struct SourceConfigMap {
     pub binary_data: BTreeMap<String, Vec<u8>>,
     /// `metadata.annotations`.
     pub annotations: BTreeMap<String, String>,
+    /// `metadata.labels` (the source label is part of what is signed).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl SourceConfigMap {
@@ -66,6 +68,8 @@ impl SourceConfigMap {
         }
         let annotations = string_map(config_map.pointer("/metadata/annotations"))
             .map_err(|key| invalid(format!("annotation {key} is not a string")))?;
+        let labels = string_map(config_map.pointer("/metadata/labels"))
+            .map_err(|key| invalid(format!("label {key} is not a string")))?;
         let data =
             string_map(config_map.get("data")).map_err(|key| invalid(format!("data key {key} is not a string")))?;
         let encoded = string_map(config_map.get("binaryData"))
@@ -77,7 +81,7 @@ impl SourceConfigMap {
                 .map_err(|_| invalid(format!("binaryData key {key} is not base64")))?;
             binary_data.insert(key, bytes);
         }
-        Ok(SourceConfigMap { name, data, binary_data, annotations })
+        Ok(SourceConfigMap { name, data, binary_data, annotations, labels })
     }
 
     /// Reads a typed ConfigMap.
@@ -92,6 +96,7 @@ impl SourceConfigMap {
                 .map(|(key, bytes)| (key.clone(), bytes.0.clone()))
                 .collect(),
             annotations: config_map.metadata.annotations.clone().unwrap_or_default(),
+            labels: config_map.metadata.labels.clone().unwrap_or_default(),
         }
     }
 }

@@ -115,6 +115,14 @@ pub struct ErrorLabels {
     pub category: &'static str,
 }
 
+/// Why a DesiredState's sources were refused: the SourceValid reason
+/// (`SignatureMissing`, `SignatureInvalid`, `SignatureIncomplete`,
+/// `SignatureUntrusted`, `SignatureReplayed`, `SourceInvalid`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -136,6 +144,8 @@ pub struct Metrics {
     pub reverts: Family<RevertLabels, Counter>,
     pub revert_failures: Family<RevertLabels, Counter>,
     pub revert_latency_after_window_end: Histogram,
+    pub source_refusals: Family<RefusalLabels, Counter>,
+    pub sources_refused: Gauge,
     unauthorized_drift_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Unix seconds of the oldest unauthorized drift; i64::MAX when none.
     oldest_unauthorized: std::sync::atomic::AtomicI64,
@@ -204,6 +214,18 @@ impl Default for Metrics {
         registry.register("reverts", "Drifted objects put back to Git, by reason", reverts.clone());
         let revert_failures = Family::<RevertLabels, Counter>::default();
         registry.register("revert_failures", "Reverts that failed (retried), by reason", revert_failures.clone());
+        let source_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "source_refusals",
+            "Times a DesiredState's sources began to be refused (unsigned, forged, replayed or invalid), by reason",
+            source_refusals.clone(),
+        );
+        let sources_refused = Gauge::default();
+        registry.register(
+            "sources_refused",
+            "DesiredStates whose current sources are refused (the last verified state is enforced)",
+            sources_refused.clone(),
+        );
         let revert_latency_after_window_end = seconds_buckets();
         registry.register_with_unit(
             "revert_latency_after_window_end",
@@ -252,6 +274,8 @@ impl Default for Metrics {
             reverts,
             revert_failures,
             revert_latency_after_window_end,
+            source_refusals,
+            sources_refused,
             unauthorized_drift_age,
             oldest_unauthorized: std::sync::atomic::AtomicI64::new(i64::MAX),
             audit_events,

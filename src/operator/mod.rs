@@ -172,6 +172,7 @@ async fn lead(
             instance: args.pod_name.clone(),
             revert_rate: args.revert_rate,
             revert_burst: args.revert_burst,
+            verify_sources: !args.insecure_skip_source_verification,
         };
         let drift = drift::run(client.clone(), metrics.clone(), drift_settings, term.clone());
         let running = futures::future::join(access, drift);

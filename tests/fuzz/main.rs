@@ -19,6 +19,7 @@ mod diff;
 mod durations;
 mod kubectl;
 mod machine;
+mod signatures;
 mod sources;
 mod values;
 

@@ -181,6 +181,7 @@ fn config_maps() -> impl Strategy<Value = Vec<SourceConfigMap>> {
                 data,
                 binary_data,
                 annotations: revision.into_iter().map(|r| (REVISION_ANNOTATION.to_owned(), r)).collect(),
+                ..SourceConfigMap::default()
             })
             .collect()
     })

@@ -177,11 +177,17 @@ impl AccessTest {
     pub async fn desired_state_spec(&self, name: &str, files: &[(&str, String)], spec: Value) {
         let data: serde_json::Map<String, Value> =
             files.iter().map(|(k, v)| ((*k).to_owned(), Value::from(v.clone()))).collect();
-        let config_map: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
-            "metadata": {"name": format!("{name}-source"), "annotations": {"driftwarden.io/revision": "0123abcd"}},
+        let source = format!("{name}-source");
+        let mut config_map: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+            "metadata": {
+                "name": source,
+                "labels": {"driftwarden.io/source": source},
+                "annotations": {"driftwarden.io/revision": "0123abcd"},
+            },
             "data": data,
         }))
         .unwrap();
+        self.operator.publisher.sign(&self.env.namespace, std::slice::from_mut(&mut config_map));
         self.env
             .api::<k8s_openapi::api::core::v1::ConfigMap>(User::Admin)
             .await
@@ -200,6 +206,16 @@ impl AccessTest {
             .create(&PostParams::default(), &state)
             .await
             .unwrap();
+    }
+
+    /// Changes the source ConfigMap `name` with `change` and writes it back
+    /// signed, in one write, as the publisher would.
+    pub async fn update_source(&self, name: &str, change: impl FnOnce(&mut k8s_openapi::api::core::v1::ConfigMap)) {
+        let api = self.env.api::<k8s_openapi::api::core::v1::ConfigMap>(User::Admin).await;
+        let mut source = api.get(name).await.unwrap();
+        change(&mut source);
+        self.operator.publisher.sign(&self.env.namespace, std::slice::from_mut(&mut source));
+        api.replace(name, &PostParams::default(), &source).await.unwrap();
     }
 
     /// Waits until the DesiredState's status satisfies `done`; fails with the status.

@@ -15,13 +15,17 @@ async fn a_malformed_source_is_reported_and_the_last_good_state_is_kept() {
     t.desired_state("broken", &[("good.yaml", good.clone())], json!([])).await;
     t.wait_for_status("broken", Duration::from_secs(30), |s| s.managed == Some(1) && s.drifted == Some(0)).await;
 
-    // Break the source: bad YAML in one key, another namespace in another.
-    let patch = json!({"data": {
-        "bad.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n",
-        "elsewhere.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: elsewhere, namespace: kube-system}\n",
-    }})
-    .to_string();
-    t.kubectl(&["patch", "configmap/broken-source", "-p", &patch], None);
+    // The publisher signs a broken source: bad YAML in one key, another
+    // namespace in another.
+    t.update_source("broken-source", |source| {
+        let data = source.data.get_or_insert_default();
+        data.insert("bad.yaml".into(), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n".into());
+        data.insert(
+            "elsewhere.yaml".into(),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: elsewhere, namespace: kube-system}\n".into(),
+        );
+    })
+    .await;
     let status = t
         .wait_for_status("broken", Duration::from_secs(30), |s| {
             condition(s, "SourceValid").is_some_and(|c| c.status == "False")
@@ -31,21 +35,18 @@ async fn a_malformed_source_is_reported_and_the_last_good_state_is_kept() {
     assert!(message.contains("key bad.yaml document 0"), "{message}");
     assert!(message.contains("key elsewhere.yaml document 0"), "{message}");
     assert!(message.contains("kube-system"), "{message}");
-    assert_eq!(condition(&status, "Ready").unwrap().status, "False");
-    // The last good observation stays.
+    // The last verified state is still what is enforced.
+    let ready = condition(&status, "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "EnforcingLastVerified"), "{ready:?}");
     assert_eq!(status.managed, Some(1));
 
     // Fixed again: valid.
-    t.kubectl(
-        &[
-            "patch",
-            "configmap/broken-source",
-            "--type=json",
-            "-p",
-            r#"[{"op":"remove","path":"/data/bad.yaml"},{"op":"remove","path":"/data/elsewhere.yaml"}]"#,
-        ],
-        None,
-    );
+    t.update_source("broken-source", |source| {
+        let data = source.data.get_or_insert_default();
+        data.remove("bad.yaml");
+        data.remove("elsewhere.yaml");
+    })
+    .await;
     t.wait_for_status("broken", Duration::from_secs(30), |s| {
         condition(s, "SourceValid").is_some_and(|c| c.status == "True")
     })

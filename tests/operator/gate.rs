@@ -261,10 +261,11 @@ async fn when_git_catches_up_during_the_window_nothing_is_reverted() {
 
     // The team commits alice's change; the new revision arrives.
     let committed = SHOP.replace("replicas: 2", "replicas: 4");
-    let sources: Api<ConfigMap> = t.env.api(User::Admin).await;
-    let patch = json!({"metadata": {"annotations": {"driftwarden.io/revision": "4567cdef"}},
-                       "data": {"shop.yaml": committed}});
-    sources.patch("shop-source", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    t.update_source("shop-source", |source| {
+        source.metadata.annotations.get_or_insert_default().insert("driftwarden.io/revision".into(), "4567cdef".into());
+        source.data.get_or_insert_default().insert("shop.yaml".into(), committed);
+    })
+    .await;
     t.wait_for_status("shop", Duration::from_secs(10), |s| {
         s.drifted == Some(0) && s.revision.as_deref() == Some("4567cdef")
     })

@@ -29,3 +29,4 @@ mod restart;
 mod revocation;
 mod secret_canaries;
 mod service_accounts;
+mod signed_sources;

@@ -381,9 +381,11 @@ pub(crate) async fn manage(
         .await?;
     eprintln!("created in {:.1}s; publishing the declarations...", started.elapsed().as_secs_f64());
 
-    // The declarations, packed the way `driftwarden publish` packs them.
+    // The declarations, packed and signed the way `driftwarden publish` does.
     let files = declarations(objects);
-    for source in driftwarden::publish::pack(&files, "state", namespace, Some("bench0001"))? {
+    let mut sources = driftwarden::publish::pack(&files, "state", namespace, Some("bench0001"))?;
+    env.publisher.sign(namespace, &mut sources);
+    for source in sources {
         config_maps.create(&PostParams::default(), &source).await?;
     }
     let state: DesiredState = serde_json::from_value(json!({

@@ -7,7 +7,9 @@
 
 pub mod cached;
 mod rejected;
+mod snapshot;
 pub mod status;
+mod trust;
 mod watches;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::core::{ApiResource, GroupVersionKind, Selector, SelectorExt};
@@ -37,7 +39,7 @@ use crate::api::{
     AccessRequest, Attribution, DesiredState, DesiredStateStatus, DriftAction, DriftClass, DriftCounts, RevertRecord,
     SessionChange, SourceRef,
 };
-use crate::drift::{self, DiffOptions, KindResolver, Scope, SourceConfigMap, SourceScope};
+use crate::drift::{self, DiffOptions, KindResolver, Scope, SourceConfigMap, SourceScope, signature};
 use crate::gate::Decision;
 use crate::operator::ready::Ready;
 use cached::Declarations;
@@ -52,6 +54,8 @@ const DISCOVERY_REFRESH: Duration = Duration::from_secs(10);
 const REVERT_CONCURRENCY: usize = 16;
 /// Objects a pending AccessRequest lists by name.
 const PENDING_LISTED: usize = 10;
+/// How long a split source may look half-published before it is refused.
+const PUBLISH_SETTLE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -89,6 +93,9 @@ pub struct Settings {
     /// Reverts per second per DesiredState, after a burst of `revert_burst`.
     pub revert_rate: f64,
     pub revert_burst: u32,
+    /// Refuse sources that no trusted PublisherKey signed (on unless the
+    /// operator runs with --insecure-skip-source-verification).
+    pub verify_sources: bool,
 }
 
 struct Context {
@@ -117,8 +124,13 @@ struct Context {
     source_meta: Store<PartialObjectMeta<ConfigMap>>,
     /// Every reconcile waits for it at once: see `operator::ready`.
     source_meta_listed: crate::operator::ready::Ready,
-    /// The last good parse per DesiredState, reused while its sources are unchanged.
+    /// The last good (verified, parsed) sources per DesiredState: reused
+    /// while they are unchanged, and enforced while newer ones are refused.
     parsed: Mutex<HashMap<ObjectRef<DesiredState>, CachedParse>>,
+    /// DesiredStates whose current sources are refused, and why.
+    refused: Mutex<HashMap<ObjectRef<DesiredState>, Refused>>,
+    /// The PublisherKeys and namespace labels signatures are checked against.
+    trust: trust::Anchors,
     last_diffs: Mutex<HashMap<ObjectRef<DesiredState>, LastDiffs>>,
     /// Declared objects whose revert the API server refused, per parse.
     rejected: rejected::Rejections,
@@ -136,11 +148,26 @@ struct LastDiffs {
     drifting: Vec<bool>,
 }
 
-/// A parse, and what it was parsed from: the DesiredState's generation and
-/// each source ConfigMap's resourceVersion.
+/// What a set of sources is, as far as the caches know: the DesiredState's
+/// generation, each source ConfigMap's resourceVersion, and the trust
+/// anchors' versions.
+type Fingerprint = (Option<i64>, Vec<(String, String)>, trust::Fingerprint);
+
+/// A verified parse, and what it was parsed from.
+#[derive(Clone)]
 struct CachedParse {
-    fingerprint: (Option<i64>, Vec<(String, String)>),
+    fingerprint: Fingerprint,
     sources: Arc<Declarations>,
+    /// The signature that verified (None: verification is off).
+    signature: Option<signature::Verified>,
+}
+
+/// Sources that were refused, until they change.
+struct Refused {
+    fingerprint: Fingerprint,
+    refusal: status::Refusal,
+    /// When the refusal began.
+    since: Instant,
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -171,6 +198,13 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         tokio::spawn(drive(watcher(Api::<Role>::all(client.clone()), watcher::Config::default()), roles_writer)),
     ];
     let limiter = RevertLimiter::new(settings.revert_rate, settings.revert_burst);
+    if !settings.verify_sources {
+        warn!(
+            "source signature verification is OFF (--insecure-skip-source-verification): anyone who can write a source ConfigMap decides what is enforced"
+        );
+    }
+    let (trust, key_events, namespace_events) = trust::Anchors::start(&client);
+    let key_status = tokio::spawn(trust::keep_key_status(client.clone()));
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -193,6 +227,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         source_meta_listed: crate::operator::ready::Ready::of(&source_meta),
         source_meta,
         parsed: Mutex::default(),
+        refused: Mutex::default(),
+        trust,
         last_diffs: Mutex::default(),
         rejected: rejected::Rejections::default(),
     });
@@ -213,15 +249,31 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         .touched_objects();
     let states = desired_states.clone();
     let states_of_requests = desired_states.clone();
+    let (states_of_keys, states_of_namespaces) = (desired_states.clone(), desired_states.clone());
     controller
         .watches_stream(sources, move |config_map: PartialObjectMeta<ConfigMap>| users_of(&states, &config_map))
         .watches_stream(access_requests, move |request: AccessRequest| in_namespace(&states_of_requests, &request))
+        // A key added, changed or removed may accept or refuse any source.
+        .watches_stream(key_events.map(Ok), move |_: crate::api::PublisherKey| all_of(&states_of_keys))
+        .watches_stream(namespace_events.map(Ok), move |ns: PartialObjectMeta<Namespace>| {
+            states_of_namespaces
+                .state()
+                .iter()
+                .filter(|ds| ds.namespace() == Some(ns.name_any()))
+                .map(|ds| ObjectRef::from_obj(&**ds))
+                .collect::<Vec<_>>()
+        })
         .reconcile_on(tokio_stream_from(triggers))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|_| async {})
         .await;
     role_watches.iter().for_each(|task| task.abort());
+    key_status.abort();
+}
+
+fn all_of(states: &Store<DesiredState>) -> Vec<ObjectRef<DesiredState>> {
+    states.state().iter().map(|ds| ObjectRef::from_obj(&**ds)).collect()
 }
 
 /// Keeps a reflector's store current (retrying with backoff).
@@ -285,6 +337,9 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let triggered_at = context.pending_since.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
     forget_deleted(&context);
     context.source_meta_listed.wait().await;
+    if tokio::time::timeout(WATCH_READY_TIMEOUT, context.trust.listed.wait()).await.is_err() {
+        return Err(Error::GateNotReady);
+    }
     if tokio::time::timeout(WATCH_READY_TIMEOUT, context.gate.listed.wait()).await.is_err() {
         return Err(Error::GateNotReady);
     }
@@ -298,54 +353,83 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let old = state.status.clone().unwrap_or_default();
     let generation = state.metadata.generation;
 
-    // Fetch the sources and parse them (pure), unless they are unchanged
-    // since the last good parse.
-    let fingerprint = (generation, source_fingerprint(&context.source_meta, &namespace, &state.spec.sources));
-    let cached = context
-        .parsed
+    // Fetch the sources, verify their signature and parse them (pure),
+    // unless they are unchanged since the last good parse (or the last
+    // refusal). Refused sources change nothing: the last verified state is
+    // still enforced, so breaking or forging a source never switches the
+    // operator off.
+    let fingerprint = (
+        generation,
+        source_fingerprint(&context.source_meta, &namespace, &state.spec.sources),
+        context.trust.fingerprint(&state),
+    );
+    let remembered = context.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&me).cloned();
+    let still_refused = context
+        .refused
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&me)
-        .filter(|c| c.fingerprint == fingerprint)
-        .map(|c| c.sources.clone());
+        .filter(|r| r.fingerprint == fingerprint)
+        .map(|r| r.refusal.clone());
     let scope = SourceScope { namespace: &namespace, operator_namespace: &context.settings.operator_namespace };
-    let (parsed, resolver, missing) = match cached {
-        Some(sources) => (Ok(sources), Resolver { discovery: context.discovery.read().await.0.clone() }, Vec::new()),
-        None => {
+    let discovered = || async { Resolver { discovery: context.discovery.read().await.0.clone() } };
+    let (parsed, resolver, refusal) = match (remembered.clone().filter(|c| c.fingerprint == fingerprint), still_refused)
+    {
+        (Some(current), _) => (Some(current.sources), discovered().await, None),
+        (None, Some(refusal)) => (None, discovered().await, Some(refusal)),
+        (None, None) => {
             let (config_maps, missing) = read_sources(&context.client, &namespace, &state.spec.sources)
                 .await
                 .map_err(|source| Error::ReadSources { desired_state: format!("{namespace}/{name}"), source })?;
-            let (parsed, resolver) = parse(&context, &Arc::new(config_maps), &scope).await?;
-            let parsed = parsed.map(Arc::new);
-            if let (Ok(sources), true) = (&parsed, missing.is_empty()) {
-                let entry = CachedParse { fingerprint: fingerprint.clone(), sources: sources.clone() };
-                context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(me.clone(), entry);
+            let config_maps = Arc::new(config_maps);
+            match check_sources(&context, &state, &old, config_maps.clone(), missing, &scope).await? {
+                Ok((sources, signature, resolver)) => {
+                    let known = remembered.as_ref().and_then(|c| c.signature.as_ref());
+                    if signature.is_some() && known != signature.as_ref() {
+                        keep_verified(&context, &namespace, &name, &config_maps).await;
+                    }
+                    let entry = CachedParse { fingerprint: fingerprint.clone(), sources, signature };
+                    context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(me.clone(), entry.clone());
+                    context.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
+                    // "Already reverted at this version" held for the old
+                    // declarations: a new revision may declare other values.
+                    context.reverted.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != me);
+                    (Some(entry.sources), resolver, None)
+                }
+                Err((refusal, resolver)) => {
+                    let mut refused = context.refused.lock().unwrap_or_else(|p| p.into_inner());
+                    let since = refused.get(&me).map_or_else(Instant::now, |r| r.since);
+                    refused.insert(
+                        me.clone(),
+                        Refused { fingerprint: fingerprint.clone(), refusal: refusal.clone(), since },
+                    );
+                    drop(refused);
+                    // A split source is written one ConfigMap at a time: a
+                    // set caught half-way through a publish is given a moment
+                    // to complete before it is reported.
+                    if refusal.reason == "SignatureIncomplete" && since.elapsed() < PUBLISH_SETTLE {
+                        return Ok(Action::requeue(Duration::from_secs(1)));
+                    }
+                    (None, resolver, Some(refusal))
+                }
             }
-            (parsed, resolver, missing)
         }
     };
-
-    let missing = missing.into_iter().map(|config_map| drift::SourceError::ConfigMap {
-        config_map,
-        reason: format!("not found in namespace {namespace}"),
-    });
-    let parsed = match parsed {
-        Ok(parsed) if missing.len() == 0 => parsed,
-        result => {
-            let mut errors: Vec<drift::SourceError> = missing.collect();
-            if let Err(parse_errors) = result {
-                errors.extend(parse_errors.0);
-            }
-            let errors = drift::SourceErrors(errors);
-            // Fail closed: report, keep the last good observation, touch nothing.
-            let status = status::invalid(&old, generation, &errors, now);
+    // What is enforced: the current sources, or the last verified ones.
+    let mut last_good = context.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&me).map(|c| c.sources.clone());
+    if parsed.is_none() && last_good.is_none() && context.settings.verify_sources {
+        // A restarted operator facing refused sources: the copy it kept.
+        last_good = recover_verified(&context, &state, &old, &scope).await;
+    }
+    let parsed = match parsed.or(last_good) {
+        Some(parsed) => parsed,
+        None => {
+            // Nothing verified to enforce yet: report, and wait for a good source.
+            let refusal = refusal.unwrap_or_else(status::Refusal::unknown);
+            let status = status::invalid(&old, generation, &refusal, now);
             write_status(&context, &state, &old, &status).await?;
-            let was_valid = old.conditions.iter().all(|c| c.type_ != "SourceValid" || c.status == "True");
-            if was_valid {
-                let note = status.conditions.iter().find(|c| c.type_ == "SourceValid").map(|c| c.message.clone());
-                publish(&context, &state, EventType::Warning, "SourceInvalid", note.unwrap_or_default()).await;
-            }
-            warn!(desired_state = %name, %namespace, errors = errors.0.len(), "sources are invalid; nothing will be changed");
+            announce_refusal(&context, &state, &old, &refusal).await;
+            warn!(desired_state = %name, %namespace, reason = refusal.reason, "sources refused; nothing will be changed");
             return Ok(Action::await_change());
         }
     };
@@ -440,14 +524,33 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         })
         .collect();
     let mut status = status::observed(&old, generation, parsed.revision.clone(), &observed, now);
-    let refused: Vec<String> = (context.rejected.of(&me, &parsed).into_iter())
+    let enforced = context.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&me).and_then(|c| c.signature.clone());
+    if let Some(verified) = enforced {
+        let sequence = i64::try_from(verified.sequence).unwrap_or(i64::MAX);
+        status.signature = Some(crate::api::SourceSignature { key: verified.key, sequence });
+    }
+    if !context.settings.verify_sources {
+        status::unverified(&mut status, &old, now);
+    }
+    // Declarations the API server refused on a revert (this parse's).
+    let rejected: Vec<String> = (context.rejected.of(&me, &parsed).into_iter())
         .map(|(index, reason)| {
             let declared = &parsed.objects[index];
             format!("{}: {} cannot be applied: {reason}", declared.origin, declared.key)
         })
         .collect();
-    if !refused.is_empty() {
-        status::rejected(&mut status, &old, generation, &refused, now);
+    if !rejected.is_empty() {
+        status::rejected(&mut status, &old, generation, &rejected, now);
+    }
+    context.metrics.sources_refused.set(context.refused.lock().unwrap_or_else(|p| p.into_inner()).len() as i64);
+    if let Some(refusal) = &refusal {
+        status::enforce_last_verified(&mut status, &old, refusal, now);
+        announce_refusal(&context, &state, &old, refusal).await;
+    } else if rejected.is_empty() && old.conditions.iter().any(|c| c.type_ == "SourceValid" && c.status == "False") {
+        let revision = status.revision.as_deref().unwrap_or("without a revision");
+        let by = status.signature.as_ref().map(|s| format!(", signed by {}", s.key)).unwrap_or_default();
+        let note = format!("the sources are valid again{by}: enforcing revision {revision}");
+        publish(&context, &state, EventType::Normal, "SourceAccepted", note).await;
     }
     if outcome.last.is_some() {
         status.reverts = Some(old.reverts.unwrap_or(0) + i64::try_from(outcome.reverted.len()).unwrap_or(0));
@@ -853,6 +956,14 @@ fn forget_deleted(context: &Context) {
             context.drifted.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
             context.limiter.forget(&user);
             context.parsed.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+            context.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+            let (client, operator_namespace) = (context.client.clone(), context.settings.operator_namespace.clone());
+            let (namespace, name) = (user.namespace.clone().unwrap_or_default(), user.name.clone());
+            tokio::spawn(async move {
+                if let Err(error) = snapshot::forget(&client, &operator_namespace, &namespace, &name).await {
+                    warn!(%error, desired_state = %name, %namespace, "removing the copy of its verified sources failed");
+                }
+            });
             context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
             context.rejected.forget(&user);
             context.clean_at.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != user);
@@ -938,6 +1049,119 @@ async fn read_sources(
     found.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     found.dedup_by(|a, b| a.metadata.name == b.metadata.name);
     Ok((found.iter().map(SourceConfigMap::from_config_map).collect(), missing))
+}
+
+/// What checking the sources gave: the verified parse, or why they are
+/// refused (with the resolver either way).
+type Checked = Result<(Arc<Declarations>, Option<signature::Verified>, Resolver), (status::Refusal, Resolver)>;
+
+/// Verifies the sources' signature (unless verification is off) and only
+/// then parses them: nothing of unverified content is decompressed, parsed
+/// or acted on.
+async fn check_sources(
+    context: &Context,
+    state: &DesiredState,
+    old: &DesiredStateStatus,
+    config_maps: Arc<Vec<SourceConfigMap>>,
+    missing: Vec<String>,
+    scope: &SourceScope<'_>,
+) -> Result<Checked, Error> {
+    let me = ObjectRef::from_obj(state);
+    let namespace = scope.namespace;
+    if !missing.is_empty() {
+        let errors = missing.into_iter().map(|config_map| drift::SourceError::ConfigMap {
+            config_map,
+            reason: format!("not found in namespace {namespace}"),
+        });
+        let refusal = status::Refusal::from_errors(&drift::SourceErrors(errors.collect()));
+        return Ok(Err((refusal, Resolver { discovery: context.discovery.read().await.0.clone() })));
+    }
+    let verified = if context.settings.verify_sources {
+        // The highest sequence this DesiredState accepted: in memory, or
+        // (after a restart) in its status.
+        let remembered = context
+            .parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&me)
+            .and_then(|c| c.signature.as_ref().map(|s| s.sequence));
+        let recorded = old.signature.as_ref().and_then(|s| u64::try_from(s.sequence).ok());
+        let accepted = remembered.max(recorded);
+        let trusted = context.trust.trusted_for(state);
+        match signature::verify(namespace, &config_maps, &trusted, accepted) {
+            Ok(verified) => Some(verified),
+            Err(error) => {
+                let refusal = status::Refusal::from_signature(&error);
+                return Ok(Err((refusal, Resolver { discovery: context.discovery.read().await.0.clone() })));
+            }
+        }
+    } else {
+        None
+    };
+    let (parsed, resolver) = parse(context, &config_maps, scope).await?;
+    Ok(match parsed {
+        Ok(parsed) => Ok((Arc::new(parsed), verified, resolver)),
+        Err(errors) => Err((status::Refusal::from_errors(&errors), resolver)),
+    })
+}
+
+/// Keeps a copy of sources that just verified, for a restarted operator.
+async fn keep_verified(context: &Context, namespace: &str, name: &str, sources: &[SourceConfigMap]) {
+    let operator_namespace = &context.settings.operator_namespace;
+    if let Err(error) = snapshot::save(&context.client, operator_namespace, namespace, name, sources).await {
+        warn!(%error, desired_state = %name, %namespace, "keeping a copy of the verified sources failed");
+    }
+}
+
+/// The copy of the last verified sources, verified and parsed again, as the
+/// state to enforce while the current sources are refused. Remembered under
+/// a fingerprint no live source has, so the current sources stay refused.
+async fn recover_verified(
+    context: &Context,
+    state: &DesiredState,
+    old: &DesiredStateStatus,
+    scope: &SourceScope<'_>,
+) -> Option<Arc<Declarations>> {
+    let (namespace, name) = (scope.namespace, state.name_any());
+    let copy = snapshot::load(&context.client, &context.settings.operator_namespace, namespace, &name).await;
+    let copy = match copy {
+        Ok(copy) if !copy.is_empty() => copy,
+        Ok(_) => return None,
+        Err(error) => {
+            warn!(%error, desired_state = %name, %namespace, "reading the copy of the verified sources failed");
+            return None;
+        }
+    };
+    // No older than what status says was enforced.
+    let accepted = old.signature.as_ref().and_then(|s| u64::try_from(s.sequence).ok());
+    let verified = signature::verify(namespace, &copy, &context.trust.trusted_for(state), accepted).ok()?;
+    let (parsed, _) = parse(context, &Arc::new(copy), scope).await.ok()?;
+    let sources = Arc::new(parsed.ok()?);
+    info!(desired_state = %name, %namespace, sequence = verified.sequence, "enforcing the kept copy of the last verified sources");
+    let entry = CachedParse {
+        fingerprint: (None, Vec::new(), Vec::new()),
+        sources: sources.clone(),
+        signature: Some(verified),
+    };
+    context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(ObjectRef::from_obj(state), entry);
+    Some(sources)
+}
+
+/// An Event and a count when sources begin to be refused (or are refused
+/// for a new reason); nothing while the same refusal lasts.
+async fn announce_refusal(
+    context: &Context,
+    state: &DesiredState,
+    old: &DesiredStateStatus,
+    refusal: &status::Refusal,
+) {
+    let same =
+        old.conditions.iter().any(|c| c.type_ == "SourceValid" && c.status == "False" && c.reason == refusal.reason);
+    if same {
+        return;
+    }
+    context.metrics.source_refusals.get_or_create(&super::metrics::RefusalLabels { reason: refusal.reason }).inc();
+    publish(context, state, EventType::Warning, refusal.reason, refusal.message.clone()).await;
 }
 
 /// Kind lookups for the parser, from a snapshot of discovery.

@@ -6,6 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::super::conditions::condition;
 use crate::api::{Attribution, DesiredStateStatus, DriftAction, DriftClass, DriftCounts, DriftedObject, ObjectRef};
+use crate::drift::signature::SignatureError;
 use crate::drift::{ChangeKind, ObjectDiff, SourceErrors};
 
 /// At most this many drifted objects are listed; `drifted` counts them all.
@@ -125,8 +126,8 @@ pub fn observed(
             &old.conditions,
             "SourceValid",
             true,
-            "Parsed",
-            "the sources parse and stay in scope".into(),
+            "Verified",
+            "the sources are signed by a trusted key, parse and stay in scope".into(),
             generation,
             now,
         ),
@@ -141,23 +142,46 @@ pub fn observed(
         drifted_objects: drifted,
         reverts: old.reverts,
         last_revert: old.last_revert.clone(),
+        signature: old.signature.clone(),
         conditions,
     }
 }
 
-/// Status when the sources are broken: says why, and otherwise keeps the
-/// last good observation (nothing is acted on until they parse again).
+/// Why the current sources are not what is enforced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The SourceValid reason: `SourceInvalid` (does not parse, out of
+    /// scope, missing) or a signature reason (`SignatureMissing`, ...).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn from_errors(errors: &SourceErrors) -> Refusal {
+        let mut lines: Vec<String> = errors.0.iter().take(MAX_ERRORS).map(ToString::to_string).collect();
+        if errors.0.len() > MAX_ERRORS {
+            lines.push(format!("... and {} more", errors.0.len() - MAX_ERRORS));
+        }
+        Refusal { reason: "SourceInvalid", message: lines.join("; ") }
+    }
+
+    pub fn from_signature(error: &SignatureError) -> Refusal {
+        Refusal { reason: error.reason(), message: error.to_string() }
+    }
+
+    pub fn unknown() -> Refusal {
+        Refusal { reason: "SourceInvalid", message: "the sources could not be read".into() }
+    }
+}
+
+/// Status when the sources are refused and nothing verified is known yet:
+/// says why, and otherwise keeps the last observation (nothing is acted on).
 pub fn invalid(
     old: &DesiredStateStatus,
     generation: Option<i64>,
-    errors: &SourceErrors,
+    refusal: &Refusal,
     now: Timestamp,
 ) -> DesiredStateStatus {
-    let mut lines: Vec<String> = errors.0.iter().take(MAX_ERRORS).map(ToString::to_string).collect();
-    if errors.0.len() > MAX_ERRORS {
-        lines.push(format!("... and {} more", errors.0.len() - MAX_ERRORS));
-    }
-    let message = lines.join("; ");
     let mut status = old.clone();
     status.observed_generation = generation;
     let drifted = old.drifted.unwrap_or(0) > 0;
@@ -166,8 +190,9 @@ pub fn invalid(
             &old.conditions,
             "Ready",
             false,
-            "SourceInvalid",
-            "the sources do not parse; nothing is changed until they do".into(),
+            refusal.reason,
+            "the sources are refused and no verified state is known; nothing is changed until a good source arrives"
+                .into(),
             generation,
             now,
         ),
@@ -180,7 +205,7 @@ pub fn invalid(
             generation,
             now,
         ),
-        condition(&old.conditions, "SourceValid", false, "SourceInvalid", message, generation, now),
+        condition(&old.conditions, "SourceValid", false, refusal.reason, refusal.message.clone(), generation, now),
     ];
     status
 }
@@ -203,6 +228,41 @@ pub fn rejected(
         condition(&old.conditions, "SourceValid", false, "DeclarationRejected", lines.join("; "), generation, now);
     status.conditions.retain(|c| c.type_ != "SourceValid");
     status.conditions.push(source_valid);
+}
+
+/// A status built from the last verified sources while the current ones
+/// are refused: SourceValid says why, Ready says what is enforced instead.
+pub fn enforce_last_verified(
+    status: &mut DesiredStateStatus,
+    old: &DesiredStateStatus,
+    refusal: &Refusal,
+    now: Timestamp,
+) {
+    let generation = status.observed_generation;
+    let revision = status.revision.as_deref().unwrap_or("without a revision");
+    let ready = format!("the current sources are refused; enforcing the last verified state (revision {revision})");
+    set(status, condition(&old.conditions, "Ready", true, "EnforcingLastVerified", ready, generation, now));
+    let source =
+        condition(&old.conditions, "SourceValid", false, refusal.reason, refusal.message.clone(), generation, now);
+    set(status, source);
+}
+
+/// Marks a status made with signature verification switched off.
+pub fn unverified(status: &mut DesiredStateStatus, old: &DesiredStateStatus, now: Timestamp) {
+    let generation = status.observed_generation;
+    let message = "the sources parse and stay in scope; their signatures are NOT checked \
+                   (the operator runs with --insecure-skip-source-verification)";
+    set(
+        status,
+        condition(&old.conditions, "SourceValid", true, "VerificationDisabled", message.into(), generation, now),
+    );
+}
+
+fn set(status: &mut DesiredStateStatus, fresh: k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) {
+    match status.conditions.iter_mut().find(|c| c.type_ == fresh.type_) {
+        Some(existing) => *existing = fresh,
+        None => status.conditions.push(fresh),
+    }
 }
 
 /// Objects that started or stopped drifting between two statuses.
@@ -275,6 +335,33 @@ mod tests {
         let status = observed(&DesiredStateStatus::default(), None, None, &seen, Timestamp::from_second(1).unwrap());
         assert_eq!(status.drifted, Some(120));
         assert_eq!(status.drifted_objects.len(), MAX_LISTED);
+    }
+
+    #[test]
+    fn refused_sources_say_why_and_what_is_enforced_instead() {
+        let t = Timestamp::from_second(1).unwrap();
+        let scaled = drift("/spec/replicas", ChangeKind::Changed);
+        let seen = [Observed { object: object("a"), diff: &scaled, judgement: None }];
+        let good = observed(&DesiredStateStatus::default(), Some(1), Some("abc".into()), &seen, t);
+        let refusal = Refusal { reason: "SignatureInvalid", message: "changed after signing".into() };
+        let mut enforcing = good.clone();
+        enforce_last_verified(&mut enforcing, &good, &refusal, t);
+        let source = enforcing.conditions.iter().find(|c| c.type_ == "SourceValid").unwrap();
+        assert_eq!((source.status.as_str(), source.reason.as_str()), ("False", "SignatureInvalid"));
+        let ready = enforcing.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "EnforcingLastVerified"));
+        assert!(ready.message.contains("revision abc"), "{}", ready.message);
+        assert_eq!(enforcing.drifted, Some(1), "drift is still counted");
+        // Nothing verified yet: not ready, nothing enforced.
+        let nothing = invalid(&DesiredStateStatus::default(), Some(1), &refusal, t);
+        let ready = nothing.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "SignatureInvalid"));
+        // Verification off: status says so.
+        let mut unchecked = good.clone();
+        unverified(&mut unchecked, &good, t);
+        let source = unchecked.conditions.iter().find(|c| c.type_ == "SourceValid").unwrap();
+        assert_eq!(source.reason, "VerificationDisabled");
+        assert!(source.message.contains("NOT checked"), "{}", source.message);
     }
 
     #[test]

@@ -22,6 +22,8 @@ const GAUGES_AND_COUNTERS: &[&str] = &[
     "driftwarden_unauthorized_drift_age_seconds",
     "driftwarden_audit_events_total",
     "driftwarden_webhook_requests_total",
+    "driftwarden_sources_refused",
+    "driftwarden_source_refusals_total",
 ];
 /// Histograms, each queried as `_bucket`, `_sum` or `_count`.
 const HISTOGRAMS: &[&str] = &[
@@ -47,6 +49,7 @@ const REQUIRED: &[&str] = &[
     "driftwarden_access_reviews_total",
     "driftwarden_reconcile_errors_total",
     "driftwarden_leader",
+    "driftwarden_sources_refused",
 ];
 const DATASOURCE: &str = "${datasource}";
 

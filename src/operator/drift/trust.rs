@@ -1,0 +1,127 @@
+//! Trust anchors: the PublisherKeys (cluster-scoped, so no tenant can add
+//! one) and the namespace labels their selectors match. Which keys a
+//! DesiredState accepts is read from these caches only, never from anything
+//! in its own namespace.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tracing::warn;
+
+use crate::api::{DesiredState, PublisherKey, PublisherKeyStatus};
+use crate::drift::signature::{self, TrustedKey};
+use crate::operator::conditions::condition;
+use crate::operator::ready::Ready;
+
+/// The caches trust is read from.
+pub struct Anchors {
+    pub keys: Store<PublisherKey>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub listed: Ready,
+}
+
+/// What the anchors are for one DesiredState: changes when a key is added,
+/// changed or removed, or its namespace's labels change.
+pub type Fingerprint = Vec<(String, String)>;
+
+impl Anchors {
+    /// Starts the caches; the returned streams drive them (and say when a
+    /// key or a namespace changed).
+    pub fn start(
+        client: &Client,
+    ) -> (
+        Self,
+        impl futures::Stream<Item = PublisherKey> + use<>,
+        impl futures::Stream<Item = PartialObjectMeta<Namespace>> + use<>,
+    ) {
+        let (keys, keys_writer) = reflector::store();
+        let (namespaces, namespaces_writer) = reflector::store();
+        let key_events = watcher(Api::<PublisherKey>::all(client.clone()), watcher::Config::default())
+            .backoff(crate::operator::backoff::WatchBackoff::default())
+            .reflect(keys_writer)
+            .touched_objects()
+            .filter_map(|event| async move { event.ok() });
+        let namespace_events =
+            watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
+                .backoff(crate::operator::backoff::WatchBackoff::default())
+                .reflect(namespaces_writer)
+                .touched_objects()
+                .filter_map(|event| async move { event.ok() });
+        let listed = Ready::all_of(vec![Ready::of(&keys), Ready::of(&namespaces)]);
+        (Self { keys, namespaces, listed }, key_events, namespace_events)
+    }
+
+    /// The keys `state` accepts: PublisherKeys whose selector matches its
+    /// namespace, narrowed to `spec.trustedKeys` when that names any. A key
+    /// that does not parse is skipped (its status says why).
+    pub fn trusted_for(&self, state: &DesiredState) -> Vec<TrustedKey> {
+        let namespace = state.namespace().unwrap_or_default();
+        let labels = self.namespaces.get(&ObjectRef::new(&namespace)).map(|ns| ns.labels().clone()).unwrap_or_default();
+        let mut keys: Vec<TrustedKey> = self
+            .keys
+            .state()
+            .iter()
+            .filter(|key| state.spec.trusted_keys.is_empty() || state.spec.trusted_keys.contains(&key.name_any()))
+            .filter(|key| Selector::try_from(key.spec.namespace_selector.clone()).is_ok_and(|s| s.matches(&labels)))
+            .filter_map(|key| {
+                let parsed = signature::verifying_key_from_pem(&key.spec.public_key).ok()?;
+                Some(TrustedKey { name: key.name_any(), key: parsed })
+            })
+            .collect();
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
+        keys
+    }
+
+    /// The resourceVersions trust for `state` depends on.
+    pub fn fingerprint(&self, state: &DesiredState) -> Fingerprint {
+        let namespace = state.namespace().unwrap_or_default();
+        let mut found: Fingerprint =
+            self.keys.state().iter().map(|k| (k.name_any(), k.resource_version().unwrap_or_default())).collect();
+        found.sort();
+        let namespace_version =
+            self.namespaces.get(&ObjectRef::new(&namespace)).and_then(|ns| ns.resource_version()).unwrap_or_default();
+        found.push((format!("namespace/{namespace}"), namespace_version));
+        found
+    }
+}
+
+/// Keeps every PublisherKey's status current: its key ID, and whether the
+/// key parses. Runs until the watch ends.
+pub async fn keep_key_status(client: Client) {
+    let api = Api::<PublisherKey>::all(client.clone());
+    let params = PatchParams::apply("driftwarden").force();
+    let mut events = watcher(api.clone(), watcher::Config::default())
+        .backoff(crate::operator::backoff::WatchBackoff::default())
+        .applied_objects()
+        .boxed();
+    while let Some(event) = events.next().await {
+        let Ok(key) = event else { continue };
+        let old = key.status.clone().unwrap_or_default();
+        let now = Timestamp::now();
+        let generation = key.metadata.generation;
+        let (key_id, valid) = match signature::verifying_key_from_pem(&key.spec.public_key) {
+            Ok(parsed) => (
+                Some(signature::key_id(&parsed)),
+                condition(&old.conditions, "Valid", true, "Parsed", "an Ed25519 public key".into(), generation, now),
+            ),
+            Err(error) => {
+                (None, condition(&old.conditions, "Valid", false, "InvalidKey", error.to_string(), generation, now))
+            }
+        };
+        let status = PublisherKeyStatus { key_id, conditions: vec![valid] };
+        if status == old {
+            continue;
+        }
+        let body = serde_json::json!({
+            "apiVersion": "driftwarden.io/v1alpha1", "kind": "PublisherKey", "status": status,
+        });
+        if let Err(error) = api.patch_status(&key.name_any(), &params, &Patch::Apply(body)).await {
+            warn!(%error, key = %key.name_any(), "writing a PublisherKey's status failed");
+        }
+    }
+}
