@@ -58,7 +58,26 @@ async fn publish_stamps_the_commit_compresses_and_is_safe_to_rerun() {
     let head = git(repo.path(), &["rev-parse", "HEAD"]);
 
     let dir = repo.path().to_str().unwrap();
-    let first = driftwarden(&env, &["publish", dir, "--configmap", "state"]);
+    // Without a key, publish refuses (the operator would refuse the result).
+    let unsigned = driftwarden(&env, &["publish", dir, "--configmap", "state"]);
+    assert!(!unsigned.status.success());
+    assert!(String::from_utf8_lossy(&unsigned.stderr).contains("no signing key"), "{unsigned:?}");
+    // A key pair as `driftwarden keygen` makes it; the PublisherKey it prints trusts it.
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_driftwarden"))
+        .args(["keygen", "--name", "ci", "--out"])
+        .arg(keys.path().join("ci"))
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
+    let printed = String::from_utf8_lossy(&keygen.stdout);
+    assert!(printed.contains("kind: PublisherKey") && printed.contains("BEGIN PUBLIC KEY"), "{printed}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(keys.path().join("ci.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the private key is readable by others");
+    let key_file = keys.path().join("ci.key");
+    let key_arg = key_file.to_str().unwrap();
+    let first = driftwarden(&env, &["publish", dir, "--configmap", "state", "--signing-key", key_arg]);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert!(
         String::from_utf8_lossy(&first.stdout).contains("1 written, 0 unchanged"),
@@ -73,8 +92,17 @@ async fn publish_stamps_the_commit_compresses_and_is_safe_to_rerun() {
     assert!(published.data.as_ref().unwrap().contains_key("apps__web.yaml"));
     assert!(published.binary_data.as_ref().unwrap().contains_key("many.yaml"), "the large file is gzipped");
 
-    // Re-running with nothing changed writes nothing.
-    let again = driftwarden(&env, &["publish", dir, "--configmap", "state"]);
+    let public = std::fs::read_to_string(keys.path().join("ci.pub")).unwrap();
+    let trusted = [driftwarden::drift::signature::TrustedKey {
+        name: "ci".into(),
+        key: driftwarden::drift::signature::verifying_key_from_pem(&public).unwrap(),
+    }];
+    let source = driftwarden::drift::SourceConfigMap::from_config_map(&published);
+    let verified = driftwarden::drift::signature::verify(&env.namespace, &[source], &trusted, None).unwrap();
+    assert!(String::from_utf8_lossy(&first.stdout).contains("signed by key"));
+
+    // Re-running with nothing changed writes nothing (and keeps the sequence).
+    let again = driftwarden(&env, &["publish", dir, "--configmap", "state", "--signing-key", key_arg]);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("0 written, 1 unchanged"),
         "{}",
@@ -82,6 +110,16 @@ async fn publish_stamps_the_commit_compresses_and_is_safe_to_rerun() {
     );
     let unchanged = api.get("state").await.unwrap();
     assert_eq!(unchanged.metadata.resource_version, published.metadata.resource_version);
+
+    // A new commit is signed with a higher sequence.
+    std::fs::write(repo.path().join("apps/web.yaml"), DEPLOYMENT.replace("replicas: 2", "replicas: 3")).unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "scale"]);
+    let next = driftwarden(&env, &["publish", dir, "--configmap", "state", "--signing-key", key_arg]);
+    assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
+    let republished = driftwarden::drift::SourceConfigMap::from_config_map(&api.get("state").await.unwrap());
+    let newer =
+        driftwarden::drift::signature::verify(&env.namespace, &[republished], &trusted, Some(verified.sequence));
+    assert!(newer.unwrap().sequence > verified.sequence);
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ const CLUSTER_WRITES: &[(&str, &str)] = &[
     ("driftwarden.io", "accessrequests/status"),
     ("driftwarden.io", "accessreviews/status"),
     ("driftwarden.io", "desiredstates/status"),
+    ("driftwarden.io", "publisherkeys/status"),
     ("rbac.authorization.k8s.io", "rolebindings"),
     ("events.k8s.io", "events"),
     ("authentication.k8s.io", "selfsubjectreviews"),
@@ -24,7 +25,9 @@ const CLUSTER_WRITES: &[(&str, &str)] = &[
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations"),
 ];
 /// ... and its Lease and Secrets in its own namespace.
-const NAMESPACE_WRITES: &[(&str, &str)] = &[("coordination.k8s.io", "leases"), ("", "secrets")];
+/// In its own namespace: the leader Lease, its Secrets, and the copies of
+/// the last verified sources (ConfigMaps).
+const NAMESPACE_WRITES: &[(&str, &str)] = &[("coordination.k8s.io", "leases"), ("", "secrets"), ("", "configmaps")];
 const OWN_SECRETS: &[&str] = &["driftwarden-webhook-tls", "driftwarden-audit"];
 
 /// Every rule of the rendered ClusterRoles and Roles, with the kind that holds it.
