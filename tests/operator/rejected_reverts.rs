@@ -73,9 +73,13 @@ async fn a_revert_the_api_server_refuses_is_reported_once_as_a_source_problem() 
     let failed: i32 = counts.iter().filter(|(r, _)| r == "RevertFailed").map(|(_, n)| n).sum();
     assert_eq!((rejected, failed), (1, 0), "{counts:?}");
 
-    // Fixed in Git: valid again, and the revert goes through.
-    let fixed = json!({"data": {"web.yaml": SERVICE.replace("port: 80,", "port: 80, name: http,")}}).to_string();
-    t.kubectl(&["patch", "configmap/rejected-source", "-p", &fixed], None);
+    // Fixed in Git (and signed again by the publisher): valid again, and the
+    // revert goes through.
+    let fixed = SERVICE.replace("port: 80,", "port: 80, name: http,");
+    t.update_source("rejected-source", |source| {
+        source.data.get_or_insert_default().insert("web.yaml".into(), fixed);
+    })
+    .await;
     t.wait_for_status("rejected", Duration::from_secs(60), |s| {
         condition(s, "SourceValid").is_some_and(|c| c.status == "True") && s.drifted == Some(0)
     })
