@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -42,6 +41,17 @@ struct AppState {
     metrics: Arc<Metrics>,
     audit: Arc<AuditReceiver>,
 }
+
+/// The largest AdmissionReview read: an object may be 1.5 MiB and a review
+/// carries it twice (object and oldObject); driftwarden's own objects are a
+/// few KiB.
+pub const MAX_ADMISSION_BODY_BYTES: usize = 4 << 20;
+/// Admission calls read and handled at once (the rest wait for a permit).
+const ADMISSION_CONCURRENCY: usize = 16;
+/// Authenticated audit batches read at once (each up to 32 MiB).
+const AUDIT_CONCURRENCY: usize = 2;
+/// How long a call waits for a permit before it is told to retry.
+const PERMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How often the certificate's expiry is checked.
 const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
@@ -100,12 +110,21 @@ pub async fn serve(
     });
     let renewal = tokio::spawn(keep_renewed(client.clone(), config.clone(), names, serving, rustls.clone()));
 
-    let router = Router::new()
+    // Every call holds a permit while its body is read and handled, so a
+    // flood of large bodies costs at most permits x body limit of memory.
+    let admission_permits = Bounds::new(ADMISSION_CONCURRENCY, MAX_ADMISSION_BODY_BYTES);
+    let audit_permits = Bounds::new(AUDIT_CONCURRENCY, crate::gate::audit::MAX_BODY_BYTES);
+    let admission = Router::new()
         .route(configuration::MUTATE_PATH, post(mutate))
         .route(configuration::VALIDATE_PATH, post(validate))
+        .layer(DefaultBodyLimit::max(MAX_ADMISSION_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(admission_permits, bounded));
+    // `/audit` reads its body itself, after the caller's token is checked.
+    let audit_route = Router::new()
         .route(AUDIT_PATH, post(receive_audit))
-        .layer(DefaultBodyLimit::max(crate::gate::audit::MAX_BODY_BYTES))
-        .with_state(AppState { client, metrics, audit });
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(audit_permits, bounded));
+    let router = admission.merge(audit_route).with_state(AppState { client, metrics, audit });
     info!(addr = %config.addr, endpoint = ?config.endpoint, "serving admission webhooks");
     let served = axum_server::bind_rustls(config.addr, rustls).handle(handle).serve(router.into_make_service()).await;
     renewal.abort();
@@ -183,9 +202,53 @@ fn observe(metrics: &Metrics, webhook: &'static str, outcome: &'static str, star
     metrics.webhook_duration.get_or_create(&WebhookNameLabels { webhook }).observe(started.elapsed().as_secs_f64());
 }
 
-async fn receive_audit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+/// What one group of endpoints may take at once.
+#[derive(Clone)]
+struct Bounds {
+    permits: Arc<tokio::sync::Semaphore>,
+    max_body: usize,
+}
+
+impl Bounds {
+    fn new(concurrency: usize, max_body: usize) -> Self {
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(concurrency)), max_body }
+    }
+}
+
+/// Refuses a body that says it is too large before reading any of it, then
+/// waits (briefly) for one of the endpoints' permits and handles the call.
+async fn bounded(
+    State(bounds): State<Bounds>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let declared = request.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    if declared.and_then(|v| v.parse::<usize>().ok()).is_some_and(|length| length > bounds.max_body) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than the operator accepts").into_response();
+    }
+    match tokio::time::timeout(PERMIT_WAIT, bounds.permits.acquire_owned()).await {
+        Ok(Ok(_permit)) => next.run(request).await,
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "busy; retry").into_response(),
+    }
+}
+
+async fn receive_audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> (StatusCode, &'static str) {
     let started = std::time::Instant::now();
-    let answer = state.audit.receive(&headers, &body).await;
+    if let Err(refused) = state.audit.admit(&headers).await {
+        observe(&state.metrics, "audit", "refused", started);
+        return refused;
+    }
+    let Ok(body) = axum::body::to_bytes(body, crate::gate::audit::MAX_BODY_BYTES).await else {
+        state.audit.too_large();
+        observe(&state.metrics, "audit", "refused", started);
+        return (StatusCode::PAYLOAD_TOO_LARGE, "the batch is larger than the operator accepts");
+    };
+    let answer = state.audit.receive(&body).await;
     observe(&state.metrics, "audit", if answer.0.is_success() { "accepted" } else { "refused" }, started);
     answer
 }

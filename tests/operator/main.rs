@@ -29,3 +29,4 @@ mod revocation;
 mod secret_canaries;
 mod service_accounts;
 mod signed_sources;
+mod webhook_flood;
