@@ -30,7 +30,17 @@ pub const RELEASE: &str = "driftwarden";
 pub const CHART_VALUES: &str = "chart-values-operator-tests.yaml";
 /// What the harness takes from the rendered chart: the identity and its
 /// RBAC. (The Deployment needs a kubelet; the operator runs as a process.)
-const RBAC_KINDS: &[&str] = &["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
+/// What the chart installs for the operator's identity: its RBAC, and the
+/// admission policy that lets only that identity write status.
+const RBAC_KINDS: &[&str] = &[
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
 /// The identity of the first replica in the leader Lease.
 const PRIMARY: &str = "driftwarden-0";
 

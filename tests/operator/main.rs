@@ -28,3 +28,4 @@ mod restart;
 mod revocation;
 mod secret_canaries;
 mod service_accounts;
+mod trust;
