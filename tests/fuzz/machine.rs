@@ -28,24 +28,12 @@ fn at(offset: i64) -> Timestamp {
     Timestamp::from_second(T0 + offset).expect("in range")
 }
 
-fn phase() -> impl Strategy<Value = AccessPhase> {
-    use AccessPhase::*;
-    proptest::sample::select(&[Pending, Approved, Denied, Active, Expired, Revoked][..])
-}
-
 fn instant() -> impl Strategy<Value = Timestamp> {
     prop_oneof![
         8 => (-3600i64..50 * 3600).prop_map(at),
         1 => Just(Timestamp::MAX),
         1 => Just(Timestamp::MIN),
     ]
-}
-
-fn window() -> impl Strategy<Value = Window> {
-    (instant(), 0i64..48 * 3600).prop_map(|(starts_at, length)| Window {
-        starts_at,
-        expires_at: starts_at.checked_add(jiff_seconds(length)).unwrap_or(Timestamp::MAX),
-    })
 }
 
 fn jiff_seconds(seconds: i64) -> k8s_openapi::jiff::SignedDuration {
