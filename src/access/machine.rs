@@ -597,16 +597,7 @@ mod tests {
                 Binding::Absent,
                 None,
             ),
-            (
-                "over the policy maximum, never approved",
-                too_long,
-                vec![],
-                1,
-                2 * MIN,
-                Denied,
-                Binding::Absent,
-                None,
-            ),
+            ("over the policy maximum, never approved", too_long, vec![], 1, 2 * MIN, Denied, Binding::Absent, None),
             ("trivial reason", trivial, vec![], 1, MIN, Denied, Binding::Absent, None),
             // Status is not read: with its approval gone, a grant is just a
             // request waiting for approval again.
@@ -624,7 +615,10 @@ mod tests {
             (
                 "re-created request: a review for the new UID counts",
                 recreated,
-                vec![approve("r1", "carol", 5 * MIN), Review { request_uid: Some("uid-2"), ..approve("r2", "dave", 22 * MIN) }],
+                vec![
+                    approve("r1", "carol", 5 * MIN),
+                    Review { request_uid: Some("uid-2"), ..approve("r2", "dave", 22 * MIN) },
+                ],
                 1,
                 23 * MIN,
                 Active,
@@ -744,7 +738,8 @@ mod tests {
     #[test]
     fn the_window_follows_from_the_approval_and_the_duration_only() {
         // A later approval cannot shift the window: the first one opened it.
-        let decision = run(&request(), &[approve("first", "carol", 5 * MIN), approve("late", "dave", 20 * MIN)], 1, 21 * MIN);
+        let decision =
+            run(&request(), &[approve("first", "carol", 5 * MIN), approve("late", "dave", 20 * MIN)], 1, 21 * MIN);
         assert_eq!(decision.window, Some(window(5 * MIN, 30)));
         assert_eq!(decision.wake_at, Some(at(35 * MIN)));
         assert_eq!(decision.ignored[0].reason, "the request was already approved");

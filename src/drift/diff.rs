@@ -19,11 +19,11 @@
 use serde_json::{Map, Value};
 use similar::TextDiff;
 
-use super::server_fields;
 use super::normalize::{
     is_dropped_by_server, is_quantity_field, quantities_equal, scalars_equal, secret_data_equal,
     secret_string_data_equal,
 };
+use super::server_fields;
 use crate::api::IgnoreRule;
 
 /// The operator's own field manager.

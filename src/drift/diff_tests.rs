@@ -258,7 +258,12 @@ fn deployment_edits_are_classified() {
             "a label added by plain kubectl apply is drift",
             |live| {
                 set(live, "/metadata/labels/owner", json!("mallory"));
-                managed_by(live, "kubectl-client-side-apply", None, json!({"f:metadata": {"f:labels": {"f:owner": {}}}}));
+                managed_by(
+                    live,
+                    "kubectl-client-side-apply",
+                    None,
+                    json!({"f:metadata": {"f:labels": {"f:owner": {}}}}),
+                );
             },
             vec![],
             vec![("/metadata/labels/owner", Added)],

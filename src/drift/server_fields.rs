@@ -54,7 +54,10 @@ const POD_SPEC: &[(&[&str], Expect)] = &[
     (&["volumes", "*", "projected", "defaultMode"], Expect::Int(0o644)),
     (&["volumes", "*", "downwardAPI", "defaultMode"], Expect::Int(0o644)),
     (&["volumes", "*", "downwardAPI", "items", "*", "fieldRef", "apiVersion"], Expect::Str("v1")),
-    (&["volumes", "*", "projected", "sources", "*", "downwardAPI", "items", "*", "fieldRef", "apiVersion"], Expect::Str("v1")),
+    (
+        &["volumes", "*", "projected", "sources", "*", "downwardAPI", "items", "*", "fieldRef", "apiVersion"],
+        Expect::Str("v1"),
+    ),
     (&["volumes", "*", "projected", "sources", "*", "serviceAccountToken", "expirationSeconds"], Expect::Int(3600)),
     (&["volumes", "*", "hostPath", "type"], Expect::Str("")),
     (&["volumes", "*", "emptyDir"], Expect::EmptyMap),
@@ -235,9 +238,9 @@ pub(super) fn is_server_set(
         Expect::Bool(wanted) => value.as_bool() == Some(wanted),
         Expect::EmptyMap => value.as_object().is_some_and(Map::is_empty),
         Expect::Any => true,
-        Expect::Sibling(field) => parent.and_then(|p| p.get(field)).is_some_and(|sibling| {
-            sibling == value || (int(sibling).is_some() && int(sibling) == int(value))
-        }),
+        Expect::Sibling(field) => parent
+            .and_then(|p| p.get(field))
+            .is_some_and(|sibling| sibling == value || (int(sibling).is_some() && int(sibling) == int(value))),
         Expect::PullPolicy => {
             let image = parent.and_then(|container| container.get("image")).and_then(Value::as_str).unwrap_or("");
             value.as_str() == Some(default_pull_policy(image))
@@ -308,10 +311,28 @@ mod tests {
             ("Deployment", "/spec/template/spec/dnsPolicy", json!("None"), None, false),
             ("Deployment", "/spec/template/spec/securityContext", json!({}), None, true),
             ("Deployment", "/spec/template/spec/securityContext", json!({"runAsUser": 0}), None, false),
-            ("Deployment", "/spec/template/spec/containers/0/imagePullPolicy", json!("IfNotPresent"), Some(&container), true),
-            ("Deployment", "/spec/template/spec/containers/0/imagePullPolicy", json!("Always"), Some(&container), false),
+            (
+                "Deployment",
+                "/spec/template/spec/containers/0/imagePullPolicy",
+                json!("IfNotPresent"),
+                Some(&container),
+                true,
+            ),
+            (
+                "Deployment",
+                "/spec/template/spec/containers/0/imagePullPolicy",
+                json!("Always"),
+                Some(&container),
+                false,
+            ),
             ("Deployment", "/spec/template/spec/containers/0/imagePullPolicy", json!("Always"), Some(&latest), true),
-            ("CronJob", "/spec/jobTemplate/spec/template/spec/containers/0/terminationMessagePolicy", json!("File"), None, true),
+            (
+                "CronJob",
+                "/spec/jobTemplate/spec/template/spec/containers/0/terminationMessagePolicy",
+                json!("File"),
+                None,
+                true,
+            ),
             ("Deployment", "/spec/template/spec/containers/0/readinessProbe/periodSeconds", json!(10), None, true),
             ("Deployment", "/spec/template/spec/containers/0/securityContext/privileged", json!(true), None, false),
             ("Deployment", "/spec/template/spec/containers/0/securityContext/runAsUser", json!(0), None, false),
@@ -327,7 +348,11 @@ mod tests {
         ];
         for (kind, pointer, value, parent, expected) in cases {
             let parent = parent.and_then(Value::as_object);
-            assert_eq!(is_server_set(kind, &path(pointer), &value, parent, &root), expected, "{kind} {pointer} {value}");
+            assert_eq!(
+                is_server_set(kind, &path(pointer), &value, parent, &root),
+                expected,
+                "{kind} {pointer} {value}"
+            );
         }
     }
 

@@ -256,7 +256,11 @@ async fn validate(
 /// Logs a revocation with who made it and on what authority, and says so in
 /// an Event on the request: a break-glass revocation is an incident action
 /// the platform team must be able to find afterwards.
-async fn record_revocation(recorder: &Recorder, request: &AdmissionRequest<DynamicObject>, revoker: &admission::Revoker) {
+async fn record_revocation(
+    recorder: &Recorder,
+    request: &AdmissionRequest<DynamicObject>,
+    revoker: &admission::Revoker,
+) {
     let user = request.user_info.username.clone().unwrap_or_default();
     let groups = request.user_info.groups.clone().unwrap_or_default();
     let authority = match revoker {

@@ -176,13 +176,7 @@ fn pointer(path: &[String]) -> String {
 
 #[test]
 fn diff_reports_a_field_a_foreign_manager_added() {
-    let case = (
-        manifest(),
-        any_manager(),
-        any::<proptest::sample::Index>(),
-        any_json(2),
-        any_manager(),
-    );
+    let case = (manifest(), any_manager(), any::<proptest::sample::Index>(), any_json(2), any_manager());
     fuzz("diff_foreign", 1200, case, |(declared, manager, at, added, foreign)| {
         // Null and empty maps add no field.
         prop_assume!(!is_empty(&added));

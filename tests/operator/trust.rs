@@ -55,7 +55,10 @@ async fn privileged_under_the_controller_managers_name_is_drift() {
     .to_string();
     for manager in ["kube-controller-manager", "driftwarden", "helm"] {
         let patch = json!([{"op": "add", "path": "/metadata/labels/by", "value": manager}]).to_string();
-        t.kubectl(&["patch", "deployment/frontend", &format!("--field-manager={manager}"), "--type=json", "-p", &patch], None);
+        t.kubectl(
+            &["patch", "deployment/frontend", &format!("--field-manager={manager}"), "--type=json", "-p", &patch],
+            None,
+        );
     }
     t.kubectl(
         &["patch", "deployment/frontend", "--field-manager=kube-controller-manager", "--type=json", "-p", &privileged],
@@ -106,9 +109,11 @@ async fn an_approval_never_carries_over_to_a_recreated_request() {
 
     let requests = t.env.api::<AccessRequest>(User::Admin).await;
     requests.delete("same-name", &DeleteParams::foreground()).await.unwrap();
-    eventually(Duration::from_secs(30), || async { requests.get_opt("same-name").await.unwrap().is_none().then_some(()) })
-        .await
-        .expect("the request was not deleted");
+    eventually(Duration::from_secs(30), || async {
+        requests.get_opt("same-name").await.unwrap().is_none().then_some(())
+    })
+    .await
+    .expect("the request was not deleted");
     t.request(User::Alice, "same-name", "edit", "1h").await.unwrap();
     let pending = t.wait_for_phase("same-name", AccessPhase::Pending, Duration::from_secs(10)).await;
     let ignored = &pending.status.unwrap().ignored_reviews;
@@ -153,9 +158,7 @@ async fn a_user_with_status_rights_can_neither_extend_end_nor_erase_a_window() {
     let active = t.wait_for_phase("alices", AccessPhase::Active, Duration::from_secs(10)).await;
     let expires = active.status.as_ref().and_then(|s| s.expires_at.clone()).expect("an expiry");
 
-    let tamper = |status: serde_json::Value| {
-        Patch::Merge(json!({"status": status}))
-    };
+    let tamper = |status: serde_json::Value| Patch::Merge(json!({"status": status}));
     let attempts = [
         ("extend", json!({"expiresAt": "2099-01-01T00:00:00Z"})),
         ("end", json!({"phase": "Expired", "message": "tampered"})),
@@ -164,7 +167,8 @@ async fn a_user_with_status_rights_can_neither_extend_end_nor_erase_a_window() {
     for user in [User::Bob, User::Admin] {
         let api = t.env.raw_api::<AccessRequest>(user).await;
         for (what, status) in &attempts {
-            let (code, message) = api_error(api.patch_status("alices", &PatchParams::default(), &tamper(status.clone())).await);
+            let (code, message) =
+                api_error(api.patch_status("alices", &PatchParams::default(), &tamper(status.clone())).await);
             assert!(code == 403 || code == 422 || code == 400, "{user:?} {what}: {code} {message}");
             assert!(message.contains("written only by the operator"), "{user:?} {what}: {message}");
         }

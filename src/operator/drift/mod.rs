@@ -365,7 +365,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     }
 
     // Diff (pure) against the caches.
-    let options = DiffOptions::with_ignore(drift::with_global_ignore(&state.spec.ignore, &context.settings.ignore_pointers));
+    let options =
+        DiffOptions::with_ignore(drift::with_global_ignore(&state.spec.ignore, &context.settings.ignore_pointers));
     // An object whose live resourceVersion is what it was at the last
     // reconcile of the same parse has the same diff: only changed objects
     // are diffed again, so one edit costs one diff, not one per object.
