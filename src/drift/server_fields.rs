@@ -49,6 +49,8 @@ const POD_SPEC: &[(&[&str], Expect)] = &[
     (&["terminationGracePeriodSeconds"], Expect::Int(30)),
     (&["schedulerName"], Expect::Str("default-scheduler")),
     (&["securityContext"], Expect::EmptyMap),
+    // The deprecated alias, filled in from serviceAccountName.
+    (&["serviceAccount"], Expect::Sibling("serviceAccountName")),
     (&["volumes", "*", "secret", "defaultMode"], Expect::Int(0o644)),
     (&["volumes", "*", "configMap", "defaultMode"], Expect::Int(0o644)),
     (&["volumes", "*", "projected", "defaultMode"], Expect::Int(0o644)),
@@ -302,6 +304,7 @@ mod tests {
         let container = json!({"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}]});
         let latest = json!({"name": "web", "image": "nginx"});
         let port = json!({"port": 80});
+        let pod = json!({"serviceAccountName": "web"});
         let root = json!({});
         // (kind, path, value, parent, server set)
         let cases: Vec<(&str, &'static str, Value, Option<&Value>, bool)> = vec![
@@ -339,6 +342,8 @@ mod tests {
             ("Deployment", "/spec/template/spec/hostNetwork", json!(false), None, false),
             ("Deployment", "/metadata/labels/owner", json!("mallory"), None, false),
             ("Service", "/spec/ports/0/targetPort", json!(80), Some(&port), true),
+            ("Deployment", "/spec/template/spec/serviceAccount", json!("web"), Some(&pod), true),
+            ("Deployment", "/spec/template/spec/serviceAccount", json!("admin"), Some(&pod), false),
             ("Service", "/spec/ports/0/targetPort", json!(8080), Some(&port), false),
             ("Service", "/spec/clusterIP", json!("10.0.0.12"), None, true),
             ("Service", "/spec/type", json!("NodePort"), None, false),
