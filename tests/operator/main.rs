@@ -24,6 +24,7 @@ mod grant_lifecycle;
 mod identity;
 mod kubectl_flow;
 mod operator_probes;
+mod readme_walkthrough;
 mod restart;
 mod revocation;
 mod secret_canaries;
