@@ -59,7 +59,9 @@ fn run(dir: &Path, prelude: &str, line: &str, bin: &Path) -> (bool, String) {
 
 /// What a README line must show, from the README's own words: the output it
 /// promises (waited for: the operator acts on its own time), or just success.
-fn expectation(line: &str, comment: Option<&str>) -> Option<Box<dyn Fn(&str) -> bool>> {
+type Check = Box<dyn Fn(&str) -> bool>;
+
+fn expectation(line: &str, comment: Option<&str>) -> Option<Check> {
     let comment = comment.unwrap_or_default();
     if line.contains("get accessrequests") {
         return Some(Box::new(|out: &str| out.contains("Active")));
