@@ -317,7 +317,7 @@ fn to_timestamp(time: &Time) -> Timestamp {
 
 /// What the machine reads of a request: its spec and what the API server
 /// recorded. Never its status, which is output only.
-fn machine_request(request: &AccessRequest) -> access::Request<'_> {
+pub(crate) fn machine_request(request: &AccessRequest) -> access::Request<'_> {
     access::Request {
         uid: request.metadata.uid.as_deref(),
         requester: request.spec.requester.as_deref(),
@@ -330,7 +330,7 @@ fn machine_request(request: &AccessRequest) -> access::Request<'_> {
     }
 }
 
-fn machine_reviews(reviews: &[Arc<AccessReview>]) -> Vec<access::Review<'_>> {
+pub(crate) fn machine_reviews(reviews: &[Arc<AccessReview>]) -> Vec<access::Review<'_>> {
     reviews
         .iter()
         .map(|review| access::Review {

@@ -167,6 +167,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         )),
         tokio::spawn(drive(watcher(Api::<Role>::all(client.clone()), watcher::Config::default()), roles_writer)),
     ];
+    let (approvals, approvals_listed) = gate::Approvals::watch(&client, shutdown.clone());
     let limiter = RevertLimiter::new(settings.revert_rate, settings.revert_burst);
     let context = Arc::new(Context {
         client: client.clone(),
@@ -179,10 +180,16 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         pending_since,
         drifted: Mutex::default(),
         gate: Caches {
-            listed: Ready::all_of(vec![Ready::of(&requests), Ready::of(&cluster_roles), Ready::of(&roles)]),
+            listed: Ready::all_of(vec![
+                Ready::of(&requests),
+                Ready::of(&cluster_roles),
+                Ready::of(&roles),
+                approvals_listed,
+            ]),
             requests: requests.clone(),
             cluster_roles,
             roles,
+            approvals,
         },
         limiter,
         reverted: Mutex::default(),
