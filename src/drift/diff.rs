@@ -560,7 +560,7 @@ impl<'a, 'o> Walker<'a, 'o> {
         if server_fields::is_server_set(self.kind, &self.path, live, parent, self.live_root) {
             return true;
         }
-        server_fields::controller_of(self.kind, &self.path).is_some_and(|controller| {
+        server_fields::controller_of(self.kind, &self.path, self.live_root).is_some_and(|controller| {
             let mut holders = owners.holders(true).peekable();
             holders.peek().is_none() || holders.all(|m| self.managers[m].name == controller)
         })

@@ -26,9 +26,11 @@ enum Expect {
     /// generated selector): the value is the server's, not a person's.
     Any,
     /// The value of a sibling field (a Service port's `targetPort` defaults
-    /// to its `port`, a host-network container port's `hostPort` to its
-    /// `containerPort`).
+    /// to its `port`).
     Sibling(&'static str),
+    /// A container port's `containerPort`, and only in a pod on the host's
+    /// network: elsewhere a `hostPort` opens a port on the node.
+    HostPort,
     /// `Always` for an untagged or `:latest` image, `IfNotPresent` otherwise.
     PullPolicy,
     /// `["Ingress"]`, plus `"Egress"` when the policy has egress rules.
@@ -72,7 +74,7 @@ const CONTAINER: &[(&[&str], Expect)] = &[
     (&["imagePullPolicy"], Expect::PullPolicy),
     (&["resources"], Expect::EmptyMap),
     (&["ports", "*", "protocol"], Expect::Str("TCP")),
-    (&["ports", "*", "hostPort"], Expect::Sibling("containerPort")),
+    (&["ports", "*", "hostPort"], Expect::HostPort),
     (&["env", "*", "valueFrom", "fieldRef", "apiVersion"], Expect::Str("v1")),
     (&["*", "timeoutSeconds"], Expect::Int(1)),
     (&["*", "periodSeconds"], Expect::Int(10)),
@@ -243,6 +245,15 @@ pub(super) fn is_server_set(
         Expect::Sibling(field) => parent
             .and_then(|p| p.get(field))
             .is_some_and(|sibling| sibling == value || (int(sibling).is_some() && int(sibling) == int(value))),
+        Expect::HostPort => {
+            let host_network = pod_spec_root(kind)
+                .and_then(|root_path| root_path.iter().try_fold(root, |node, key| node.get(*key)))
+                .and_then(|pod| pod.get("hostNetwork"))
+                .and_then(Value::as_bool)
+                == Some(true);
+            let container_port = parent.and_then(|p| p.get("containerPort")).and_then(int);
+            host_network && container_port.is_some() && container_port == int(value)
+        }
         Expect::PullPolicy => {
             let image = parent.and_then(|container| container.get("image")).and_then(Value::as_str).unwrap_or("");
             value.as_str() == Some(default_pull_policy(image))
@@ -279,8 +290,13 @@ fn default_pull_policy(image: &str) -> &'static str {
     }
 }
 
-/// The controller whose field `path` is, in an object of `kind`.
-pub(super) fn controller_of(kind: &str, path: &[Step<'_>]) -> Option<&'static str> {
+/// The controller whose field `path` is, in the live object `root` of `kind`.
+pub(super) fn controller_of(kind: &str, path: &[Step<'_>], root: &Value) -> Option<&'static str> {
+    // The token controller fills only ServiceAccount token Secrets; in any
+    // other Secret a `token` key is someone's.
+    if kind == "Secret" && root.get("type").and_then(Value::as_str) != Some("kubernetes.io/service-account-token") {
+        return None;
+    }
     CONTROLLER_FIELDS.iter().find(|(k, pattern, _)| *k == kind && matches(pattern, path)).map(|(_, _, c)| *c)
 }
 
@@ -362,6 +378,18 @@ mod tests {
     }
 
     #[test]
+    fn a_host_port_is_the_servers_only_on_the_host_network() {
+        let port = json!({"containerPort": 8080});
+        let parent = port.as_object();
+        let hostport = path("/spec/template/spec/containers/0/ports/0/hostPort");
+        let on_host = json!({"spec": {"template": {"spec": {"hostNetwork": true}}}});
+        let on_pod_network = json!({"spec": {"template": {"spec": {}}}});
+        assert!(is_server_set("Deployment", &hostport, &json!(8080), parent, &on_host));
+        assert!(!is_server_set("Deployment", &hostport, &json!(8080), parent, &on_pod_network));
+        assert!(!is_server_set("Deployment", &hostport, &json!(80), parent, &on_host));
+    }
+
+    #[test]
     fn network_policy_types_follow_its_rules() {
         let ingress_only = json!({"spec": {"ingress": []}});
         let with_egress = json!({"spec": {"egress": []}});
@@ -382,10 +410,20 @@ mod tests {
                 other => other,
             })
             .collect();
-        assert_eq!(controller_of("Deployment", &revision), Some("kube-controller-manager"));
-        assert_eq!(controller_of("StatefulSet", &revision), None);
-        assert_eq!(controller_of("Deployment", &path("/spec/template/spec/containers/0/securityContext")), None);
-        assert_eq!(controller_of("Deployment", &path("/metadata/labels/pod-template-hash")), None);
+        let root = json!({});
+        assert_eq!(controller_of("Deployment", &revision, &root), Some("kube-controller-manager"));
+        assert_eq!(controller_of("StatefulSet", &revision, &root), None);
+        assert_eq!(controller_of("Deployment", &path("/spec/template/spec/containers/0/securityContext"), &root), None);
+        assert_eq!(controller_of("Deployment", &path("/metadata/labels/pod-template-hash"), &root), None);
+        let token = path("/data/token");
+        let token_secret = json!({"type": "kubernetes.io/service-account-token"});
+        assert_eq!(controller_of("Secret", &token, &token_secret), Some("kube-controller-manager"));
+        assert_eq!(
+            controller_of("Secret", &token, &json!({"type": "Opaque"})),
+            None,
+            "a token key in an Opaque Secret"
+        );
+        assert_eq!(controller_of("Secret", &token, &root), None);
     }
 
     #[test]
