@@ -98,6 +98,42 @@ async fn a_label_added_by_plain_kubectl_apply_is_drift_and_reverted() {
     t.wait_for_status("app", Duration::from_secs(30), |s| s.drifted == Some(0) && s.last_revert.is_some()).await;
 }
 
+/// Measured case 2, inside a window: alice's plain `kubectl apply` adds a
+/// label and changes the image; when her window ends both are reverted.
+#[tokio::test]
+async fn a_label_added_in_a_window_is_reverted_with_the_rest_when_it_ends() {
+    let t = drift_setup("trust-window-label").await;
+    t.kubectl(&["apply", "-f", "-"], Some(&deployment("")));
+    let revert = json!({"unauthorized": "Revert", "windowEnd": "Revert"});
+    t.desired_state_spec("app", &[("app.yaml", deployment(""))], json!({"remediation": revert})).await;
+    t.wait_for_status("app", Duration::from_secs(30), |s| s.managed == Some(1) && s.drifted == Some(0)).await;
+    crate::gate::alice_window(&t, "alice-apply", "30m").await;
+
+    let modified = deployment(", owner: alice").replace("nginx:1.27", "nginx:1.28");
+    let mut apply = t.env.kubectl(User::Alice);
+    apply.args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = apply.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), modified.as_bytes()).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success(), "alice's kubectl apply failed");
+    let held = t
+        .wait_for_status("app", Duration::from_secs(30), |s| {
+            crate::gate::held_for(s, "frontend", "alice-apply") && has_field(s, "/metadata/labels/owner (added)")
+        })
+        .await;
+    assert!(has_field(&held, "/spec/template/spec/containers/0/image (changed)"), "{held:#?}");
+
+    let revoke = Patch::Merge(json!({"spec": {"revoked": true}}));
+    raw_requests(&t, User::Alice).await.patch("alice-apply", &PatchParams::default(), &revoke).await.unwrap();
+    let reverted = eventually(Duration::from_secs(30), || async {
+        let live = t.kubectl(&["get", "deployment", "frontend", "-o", "json"], None);
+        let live: serde_json::Value = serde_json::from_str(&live).ok()?;
+        let image = live["spec"]["template"]["spec"]["containers"][0]["image"].as_str().map(str::to_owned);
+        (image.as_deref() == Some("nginx:1.27") && live["metadata"]["labels"].get("owner").is_none()).then_some(())
+    })
+    .await;
+    assert!(reverted.is_some(), "the image or the label survived the window-end revert");
+}
+
 /// Measured case 3: an approval for `view` for 10 minutes was carried over
 /// to a request of the same name asking for `edit`.
 #[tokio::test]
