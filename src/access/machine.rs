@@ -164,24 +164,23 @@ fn decide(
     let timeout: Duration = judge.spec.pending_timeout.into();
     let deadline = request.created_at.checked_add(timeout).unwrap_or(Timestamp::MAX);
     let tally = tally(requester, request, reviews, judge, deadline);
-    // What has ended stays ended: revoking a denied, timed-out or expired
-    // request changes nothing.
+    // A revoked or deleted request is Revoked, whatever else happened:
+    // `spec.revoked` cannot be unset, so this never changes again (when it
+    // was revoked is not an input, so no earlier end can be told apart).
     let mut decision = match (tally.outcome, ended(request)) {
-        (Outcome::Denied { reviewer, reason }, _) => {
-            Decision::new(AccessPhase::Denied, format!("denied by {reviewer}: {reason}"), Binding::Absent)
-        }
-        (Outcome::Approved { at }, Some(message)) if now < window(request, judge, at).expires_at => {
+        (Outcome::Approved { at }, Some(message)) => {
             // A revoked grant keeps the window it had: the gate needs to know
             // which changes were made inside it.
             let mut revoked = Decision::new(AccessPhase::Revoked, message, Binding::Absent);
             revoked.window = Some(window(request, judge, at));
             revoked
         }
-        (Outcome::Approved { at }, _) => grant(window(request, judge, at), now),
-        (Outcome::Undecided, Some(message)) if now < deadline => {
-            Decision::new(AccessPhase::Revoked, message, Binding::Absent)
+        (_, Some(message)) => Decision::new(AccessPhase::Revoked, message, Binding::Absent),
+        (Outcome::Denied { reviewer, reason }, None) => {
+            Decision::new(AccessPhase::Denied, format!("denied by {reviewer}: {reason}"), Binding::Absent)
         }
-        (Outcome::Undecided, _) => pending(judge, tally.approvals.len(), deadline, now),
+        (Outcome::Approved { at }, None) => grant(window(request, judge, at), now),
+        (Outcome::Undecided, None) => pending(judge, tally.approvals.len(), deadline, now),
     };
     decision.approvals = tally.approvals;
     decision.ignored = tally.ignored;

@@ -251,10 +251,13 @@ fn machine_step() {
     });
 }
 
-/// The transitions a life may take (docs/ACCESS.md).
-fn allowed(from: Option<AccessPhase>, to: AccessPhase) -> bool {
+/// The transitions a life may take (docs/ACCESS.md). `ended`: the request
+/// is revoked or being deleted, which makes it Revoked from any phase (when
+/// it was revoked is not an input) and for good.
+fn allowed(from: Option<AccessPhase>, to: AccessPhase, ended: bool) -> bool {
     use AccessPhase::*;
     match from {
+        _ if ended && to == Revoked => true,
         None | Some(Pending) => true,
         Some(Approved) => matches!(to, Approved | Active | Expired | Revoked),
         Some(Active) => matches!(to, Active | Expired | Revoked),
@@ -283,7 +286,8 @@ fn machine_life() {
             let decision = decide(&request, &visible, spec.as_ref(), now);
             check_decision(&request, &visible, spec.as_ref(), now, &decision)?;
             let from = last.map(|(phase, _)| phase);
-            prop_assert!(allowed(from, decision.phase), "{from:?} -> {:?} at {now}", decision.phase);
+            let ended = request.revoked || request.deleting;
+            prop_assert!(allowed(from, decision.phase, ended), "{from:?} -> {:?} at {now}", decision.phase);
             let before = last.and_then(|(_, window)| window);
             if let (Some(before), AccessPhase::Approved | AccessPhase::Active | AccessPhase::Expired) =
                 (before, decision.phase)
