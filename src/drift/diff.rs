@@ -85,7 +85,7 @@ pub fn with_global_ignore(rules: &[IgnoreRule], pointers: &[String]) -> Vec<Igno
 pub enum ChangeKind {
     /// Declared, and live holds another value.
     Changed,
-    /// Not declared, and a foreign manager added it to live (or an atomic
+    /// Not declared, live, and none of the server's fields (or an atomic
     /// list holds more items than declared).
     Added,
     /// Declared, and gone from live.

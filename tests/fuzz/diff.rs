@@ -2,9 +2,9 @@
 //! diff on arbitrary JSON.
 //!
 //! Properties: no panic on any pair; an object read back as the API server
-//! stores it (system metadata, status, our own managedFields, unowned
-//! defaults) is in sync with its manifest; a field a foreign manager adds is
-//! reported at its path; no Secret value ever shows in a changed path or in
+//! stores it (system metadata, status, managedFields under any manager
+//! name) is in sync with its manifest; a field someone adds is reported at
+//! its path under any manager name, and also when nobody owns it; no Secret value ever shows in a changed path or in
 //! the unified diff; quantities compare by value.
 
 use base64::Engine as _;
