@@ -698,8 +698,9 @@ impl<'a, 'o> Walker<'a, 'o> {
             return None;
         }
         match live {
-            // An empty map adds no field.
-            Value::Object(map) if !is_item => {
+            // An empty map is reported whole (a revert removes it: it is not
+            // in Git); others by their fields.
+            Value::Object(map) if !is_item && !map.is_empty() => {
                 let mut added = Map::new();
                 // kubectl's last-applied copy (a Secret's values included)
                 // is never compared, also when all of metadata is live-only.
@@ -716,6 +717,8 @@ impl<'a, 'o> Walker<'a, 'o> {
                 }
                 (!added.is_empty()).then_some(Value::Object(added))
             }
+            // An empty list adds nothing.
+            Value::Array(items) if items.is_empty() => None,
             Value::Array(items) if self.merged_by_item(items) => self.foreign_items(items, owners, depth),
             _ => {
                 self.report(ChangeKind::Added);

@@ -313,6 +313,18 @@ fn deployment_edits_are_classified() {
             vec![],
         ),
         (
+            "an empty map nobody declared is drift (a revert leaves none behind)",
+            |live| set(live, "/spec/template/spec/containers/0/securityContext", json!({})),
+            vec![],
+            vec![("/spec/template/spec/containers/0/securityContext", Added)],
+        ),
+        (
+            "an empty list nobody declared adds nothing",
+            |live| set(live, "/spec/template/spec/containers/0/command", json!([])),
+            vec![],
+            vec![],
+        ),
+        (
             "a default-named field at another value is drift",
             |live| set(live, "/spec/progressDeadlineSeconds", json!(60)),
             vec![],

@@ -305,10 +305,22 @@ async fn reviewed_request(
     }
     let namespace = request.namespace.clone().unwrap_or_default();
     let target = request.object.as_ref().and_then(|o| o.data["spec"]["accessRequest"].as_str()).unwrap_or_default();
-    if target.is_empty() {
+    // Mutation runs before the schema: a name that is no object name
+    // (`../other-namespace/...`) is left for the schema to refuse, never
+    // looked up.
+    if !is_object_name(target) {
         return Ok(None);
     }
     Api::<AccessRequest>::namespaced(client.clone(), &namespace).get_opt(target).await
+}
+
+/// A DNS subdomain, as every object name is.
+fn is_object_name(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (1..=253).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
 }
 
 /// Looks up, fresh from the API server, what [`admission::validate`] needs.
@@ -330,4 +342,24 @@ async fn facts(
         Kind::AccessRequest => None,
     };
     Ok(Facts { policies, namespace_labels, reviewed_request, break_glass: break_glass.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_object_names_are_looked_up() {
+        for (name, ok) in [
+            ("open", true),
+            ("alice-frontend-hotfix", true),
+            ("a.b-c", true),
+            ("", false),
+            ("../../other/accessrequests/x", false),
+            ("open?watch=true", false),
+            ("Open", false),
+            ("-a", false),
+            ("a-", false),
+        ] {
+            assert_eq!(super::is_object_name(name), ok, "{name}");
+        }
+    }
 }

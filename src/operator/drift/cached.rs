@@ -50,6 +50,11 @@ pub fn compact_body(object: &mut DynamicObject) {
 pub fn drop_unread(object: &mut DynamicObject) {
     if let Some(annotations) = object.metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
+        // The API server never serves an empty map there; neither do we (an
+        // empty map nobody declared reads as drift).
+        if annotations.is_empty() {
+            object.metadata.annotations = None;
+        }
     }
     if let Some(fields) = object.data.as_object_mut() {
         fields.remove("status");
