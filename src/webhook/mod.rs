@@ -19,11 +19,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::{info, warn};
 
 use crate::api::{AccessPolicy, AccessRequest};
@@ -40,6 +41,8 @@ struct AppState {
     client: Client,
     metrics: Arc<Metrics>,
     audit: Arc<AuditReceiver>,
+    break_glass: admission::BreakGlass,
+    recorder: Recorder,
 }
 
 /// The largest AdmissionReview read: an object may be 1.5 MiB and a review
@@ -68,6 +71,8 @@ pub struct Config {
     /// A directory with `tls.crt`, `tls.key` and `ca.crt` (e.g. from
     /// cert-manager) to serve instead of a self-managed certificate.
     pub cert_dir: Option<PathBuf>,
+    /// Who may revoke any request in an incident.
+    pub break_glass: admission::BreakGlass,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +129,13 @@ pub async fn serve(
         .route(AUDIT_PATH, post(receive_audit))
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(audit_permits, bounded));
-    let router = admission.merge(audit_route).with_state(AppState { client, metrics, audit });
+    let router = admission.merge(audit_route).with_state(AppState {
+        recorder: Recorder::new(client.clone(), Reporter { controller: "driftwarden".into(), instance: None }),
+        client,
+        metrics,
+        audit,
+        break_glass: config.break_glass.clone(),
+    });
     info!(addr = %config.addr, endpoint = ?config.endpoint, "serving admission webhooks");
     let served = axum_server::bind_rustls(config.addr, rustls).handle(handle).serve(router.into_make_service()).await;
     renewal.abort();
@@ -259,7 +270,13 @@ async fn mutate(
 ) -> Json<AdmissionReview<DynamicObject>> {
     let started = std::time::Instant::now();
     let response = match into_request(review) {
-        Ok(request) => admission::mutate(&request),
+        Ok(request) => match reviewed_request(&state.client, &request).await {
+            Ok(reviewed) => admission::mutate(&request, reviewed.as_ref().and_then(|r| r.metadata.uid.as_deref())),
+            // Fail closed: a review whose request cannot be looked up is not admitted.
+            Err(error) => {
+                AdmissionResponse::from(&request).deny(format!("driftwarden could not check this request: {error}"))
+            }
+        },
         Err(invalid) => *invalid,
     };
     observe(&state.metrics, "mutate", if response.allowed { "allowed" } else { "denied" }, started);
@@ -276,8 +293,16 @@ async fn validate(
         Err(invalid) => return Json(invalid.into_review()),
     };
     let client = &state.client;
-    let response = match facts(client, &request).await {
-        Ok(facts) => admission::validate(&request, &facts),
+    let response = match facts(client, &request, &state.break_glass).await {
+        Ok(facts) => {
+            let response = admission::validate(&request, &facts);
+            if response.allowed
+                && let Some(revoker) = admission::revocation(&request, &facts)
+            {
+                record_revocation(&state.recorder, &request, &revoker).await;
+            }
+            response
+        }
         // Fail closed: what cannot be checked is not admitted.
         Err(error) => {
             AdmissionResponse::from(&request).deny(format!("driftwarden could not check this request: {error}"))
@@ -291,9 +316,83 @@ async fn validate(
     Json(response.into_review())
 }
 
+/// Logs a revocation with who made it and on what authority, and says so in
+/// an Event on the request: a break-glass revocation is an incident action
+/// the platform team must be able to find afterwards.
+async fn record_revocation(
+    recorder: &Recorder,
+    request: &AdmissionRequest<DynamicObject>,
+    revoker: &admission::Revoker,
+) {
+    let user = request.user_info.username.clone().unwrap_or_default();
+    let groups = request.user_info.groups.clone().unwrap_or_default();
+    let authority = match revoker {
+        admission::Revoker::Requester => "the requester".to_owned(),
+        admission::Revoker::Approver => "an approver".to_owned(),
+        admission::Revoker::BreakGlass(by) => format!("break-glass ({by})"),
+    };
+    let break_glass = matches!(revoker, admission::Revoker::BreakGlass(_));
+    if break_glass {
+        warn!(%user, ?groups, namespace = ?request.namespace, request = %request.name, %authority,
+              "break-glass revocation of an AccessRequest");
+    } else {
+        info!(%user, namespace = ?request.namespace, request = %request.name, %authority, "AccessRequest revoked");
+    }
+    let reference = ObjectReference {
+        api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
+        kind: Some("AccessRequest".into()),
+        name: Some(request.name.clone()),
+        namespace: request.namespace.clone(),
+        uid: request.old_object.as_ref().and_then(|o| o.metadata.uid.clone()),
+        ..ObjectReference::default()
+    };
+    let event = Event {
+        type_: if break_glass { EventType::Warning } else { EventType::Normal },
+        reason: if break_glass { "BreakGlassRevocation".into() } else { "RevocationRequested".into() },
+        note: Some(format!("revoked by {user} as {authority}")),
+        action: "Revoke".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &reference).await {
+        warn!(%error, "publishing the revocation event failed");
+    }
+}
+
+/// For a review: the request it names, fresh from the API server.
+async fn reviewed_request(
+    client: &Client,
+    request: &AdmissionRequest<DynamicObject>,
+) -> Result<Option<AccessRequest>, kube::Error> {
+    if Kind::of(request) != Some(Kind::AccessReview) {
+        return Ok(None);
+    }
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let target = request.object.as_ref().and_then(|o| o.data["spec"]["accessRequest"].as_str()).unwrap_or_default();
+    // Mutation runs before the schema: a name that is no object name
+    // (`../other-namespace/...`) is left for the schema to refuse, never
+    // looked up.
+    if !is_object_name(target) {
+        return Ok(None);
+    }
+    Api::<AccessRequest>::namespaced(client.clone(), &namespace).get_opt(target).await
+}
+
+/// A DNS subdomain, as every object name is.
+fn is_object_name(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (1..=253).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+}
+
 /// Looks up, fresh from the API server, what [`admission::validate`] needs.
 /// Admission is rare and must not act on a stale cache.
-async fn facts(client: &Client, request: &AdmissionRequest<DynamicObject>) -> Result<Facts, kube::Error> {
+async fn facts(
+    client: &Client,
+    request: &AdmissionRequest<DynamicObject>,
+    break_glass: &admission::BreakGlass,
+) -> Result<Facts, kube::Error> {
     let Some(kind) = Kind::of(request) else { return Ok(Facts::default()) };
     let namespace = request.namespace.clone().unwrap_or_default();
     let policies = Api::<AccessPolicy>::all(client.clone()).list(&Default::default()).await?.items;
@@ -302,16 +401,28 @@ async fn facts(client: &Client, request: &AdmissionRequest<DynamicObject>) -> Re
         .await?
         .map(|ns| ns.metadata.labels.unwrap_or_default());
     let reviewed_request = match kind {
-        Kind::AccessReview => {
-            let target =
-                request.object.as_ref().and_then(|o| o.data["spec"]["accessRequest"].as_str()).unwrap_or_default();
-            if target.is_empty() {
-                None
-            } else {
-                Api::<AccessRequest>::namespaced(client.clone(), &namespace).get_opt(target).await?
-            }
-        }
+        Kind::AccessReview => reviewed_request(client, request).await?,
         Kind::AccessRequest => None,
     };
-    Ok(Facts { policies, namespace_labels, reviewed_request })
+    Ok(Facts { policies, namespace_labels, reviewed_request, break_glass: break_glass.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_object_names_are_looked_up() {
+        for (name, ok) in [
+            ("open", true),
+            ("alice-frontend-hotfix", true),
+            ("a.b-c", true),
+            ("", false),
+            ("../../other/accessrequests/x", false),
+            ("open?watch=true", false),
+            ("Open", false),
+            ("-a", false),
+            ("a-", false),
+        ] {
+            assert_eq!(super::is_object_name(name), ok, "{name}");
+        }
+    }
 }
