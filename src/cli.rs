@@ -105,11 +105,21 @@ pub struct OperatorArgs {
     #[arg(long, env = "DRIFTWARDEN_SWEEP_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub sweep_interval: kube::core::Duration,
 
-    /// Field managers whose fields are the declared state, besides
-    /// driftwarden's own and the usual IaC tools (kubectl apply, helm,
-    /// kustomize-controller, argocd); comma-separated.
-    #[arg(long, env = "DRIFTWARDEN_IAC_FIELD_MANAGERS", value_delimiter = ',')]
-    pub iac_field_managers: Vec<String>,
+    /// JSON pointers left out of every DesiredState's comparison, in
+    /// addition to its own `spec.ignore` (e.g. the labels and annotations
+    /// Helm adds); comma-separated. Who wrote a field never matters: a field
+    /// Git does not declare is drift unless a rule like this names it.
+    #[arg(long, env = "DRIFTWARDEN_IGNORE_POINTERS", value_delimiter = ',')]
+    pub ignore_pointers: Vec<String>,
+
+    /// Groups whose members may revoke any AccessRequest (break-glass),
+    /// besides its requester and approvers; comma-separated.
+    #[arg(long, env = "DRIFTWARDEN_BREAK_GLASS_GROUPS", value_delimiter = ',', default_value = "system:masters")]
+    pub break_glass_groups: Vec<String>,
+
+    /// Users who may revoke any AccessRequest (break-glass); comma-separated.
+    #[arg(long, env = "DRIFTWARDEN_BREAK_GLASS_USERS", value_delimiter = ',')]
+    pub break_glass_users: Vec<String>,
 
     /// This replica's name in Events and in the leader Lease (the Pod name;
     /// the host name when unset).

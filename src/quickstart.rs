@@ -63,6 +63,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     if let Some(wiring) = &wiring {
         wiring.install(&client, &operator.namespace).await.context("storing the audit webhook's token")?;
     }
+    let admin_kubeconfig = match (&args.kubeconfig, &control_plane) {
+        (Some(path), _) => path.clone(),
+        (None, Some(cp)) => cp.kubeconfig(User::Admin),
+        (None, None) => bail!("no cluster to run against"),
+    };
+    let client = operator_client(&client, &admin_kubeconfig, &operator.namespace, &args.dir).await?;
     let result = crate::operator::run(client, operator, crate::commands::shutdown_signal()).await;
     drop(control_plane);
     Ok(result?)
@@ -91,6 +97,27 @@ async fn publish_source(client: &Client, dir: &Path, source: &Path) -> anyhow::R
     let revision = crate::commands::git_revision(source);
     let name = format!("{namespace}-desired-state");
     crate::commands::publish_files(client, &files, &name, namespace, revision.as_deref(), Some(&key)).await
+}
+
+/// The operator's client: its own ServiceAccount under the RBAC and status
+/// admission policy the chart renders with its default values, as in a
+/// cluster; never the admin who set the quickstart up (the admin's writes
+/// would be taken for the operator's own).
+async fn operator_client(
+    admin: &Client,
+    admin_kubeconfig: &Path,
+    namespace: &str,
+    work: &Path,
+) -> anyhow::Result<Client> {
+    use crate::controlplane::operator::{chart_dir, client_with_token, install_chart_identity};
+    let values = chart_dir().join("values.yaml");
+    std::fs::create_dir_all(work)?;
+    let (account, token) = install_chart_identity(admin, namespace, &values, &std::path::absolute(work)?)
+        .await
+        .context("installing the chart's ServiceAccount, RBAC and status policy for the operator")?;
+    info!(%account, %namespace, "the operator runs as the chart's ServiceAccount, under the chart's RBAC");
+    let config = crate::commands::kubeconfig_file(admin_kubeconfig, &Default::default()).await?;
+    client_with_token(config, token)
 }
 
 /// Server-side applies every object in a YAML file or a directory of them;

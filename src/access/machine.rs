@@ -1,9 +1,13 @@
 //! The access state machine: `(request, reviews, policy, now) -> decision`.
 //!
-//! Pure and deterministic: every instant it uses comes from the inputs
-//! (review creation times are set by the API server), so evaluating the same
-//! world twice gives the same answer and a restarted operator reaches the
-//! same conclusions as the one that stopped.
+//! Pure and deterministic: every instant it uses comes from the inputs, and
+//! those are what the API server recorded (the request's and the reviews'
+//! creation times, the request's UID) or what the requester asked for and
+//! cannot change afterwards (`spec.duration`, `spec.startAt`, `spec.revoked`
+//! once set). The request's status is output only: its phase, window and
+//! activity are never read back, so whoever can write status cannot extend,
+//! end or reopen a grant. Evaluating the same world twice gives the same
+//! answer, and a restarted operator reaches the same conclusions.
 
 use std::time::Duration;
 
@@ -15,6 +19,8 @@ use crate::api::{AccessPhase, ReviewDecision, WindowStart};
 /// What the machine needs to know about an AccessRequest.
 #[derive(Clone, Debug)]
 pub struct Request<'a> {
+    /// The UID the API server gave this request; reviews count only for it.
+    pub uid: Option<&'a str>,
     /// Stamped by admission from the authenticated user; `None` means the
     /// request bypassed admission, which fails closed.
     pub requester: Option<&'a str>,
@@ -25,16 +31,6 @@ pub struct Request<'a> {
     /// The request is being deleted.
     pub deleting: bool,
     pub created_at: Timestamp,
-    /// What status already says; final phases and granted windows stick.
-    pub previous: Previous,
-}
-
-/// The parts of the current status that the machine must not contradict.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Previous {
-    pub phase: Option<AccessPhase>,
-    pub message: Option<String>,
-    pub window: Option<Window>,
 }
 
 /// One AccessReview of the request.
@@ -46,6 +42,8 @@ pub struct Review<'a> {
     pub decision: ReviewDecision,
     pub reason: &'a str,
     pub created_at: Timestamp,
+    /// The UID of the request the review was made for, stamped by admission.
+    pub request_uid: Option<&'a str>,
 }
 
 /// When access starts and ends.
@@ -123,23 +121,19 @@ pub fn evaluate(
 ) -> Decision {
     let mut decision = decide(request, reviews, judge, now);
     decision.policy = judge.ok().map(|j| j.name.clone());
-    // A revoked grant keeps the window it had: the gate needs to know which
-    // changes were made inside it.
-    if decision.phase == AccessPhase::Revoked && decision.window.is_none() {
-        decision.window = request.previous.window;
-    }
-    // Final phases are final: a denied request is never approved later, an
-    // expired one never reactivated. Only the binding's absence is re-asserted.
-    if let Some(previous) = request.previous.phase.filter(|p| is_final(*p)) {
-        decision.phase = previous;
-        decision.binding = Binding::Absent;
-        decision.wake_at = None;
-        decision.window = request.previous.window;
-        if let Some(message) = &request.previous.message {
-            decision.message = message.clone();
-        }
-    }
     decision
+}
+
+/// Whether the request is ended by its requester or an admin (revoked or
+/// deleted), and how to say so.
+fn ended(request: &Request<'_>) -> Option<&'static str> {
+    if request.deleting {
+        Some("the request was deleted")
+    } else if request.revoked {
+        Some("revoked")
+    } else {
+        None
+    }
 }
 
 fn decide(
@@ -148,22 +142,17 @@ fn decide(
     judge: Result<&Judge<'_>, &NoPolicy>,
     now: Timestamp,
 ) -> Decision {
-    let was_granted = matches!(request.previous.phase, Some(AccessPhase::Active | AccessPhase::Approved));
-    // A grant that loses its footing is revoked; a request that never had one is denied.
-    let refuse = |message: String| {
-        let phase = if was_granted { AccessPhase::Revoked } else { AccessPhase::Denied };
-        Decision::new(phase, message, Binding::Absent)
-    };
-
     let Some(requester) = request.requester else {
-        return refuse("the request has no requester: it was not admitted through driftwarden's webhook".into());
+        return Decision::new(
+            AccessPhase::Denied,
+            "the request has no requester: it was not admitted through driftwarden's webhook",
+            Binding::Absent,
+        );
     };
-    if request.deleting {
-        return Decision::new(AccessPhase::Revoked, "the request was deleted", Binding::Absent);
-    }
-    if request.revoked {
-        return Decision::new(AccessPhase::Revoked, "revoked", Binding::Absent);
-    }
+    // A request without a policy that allows it is denied. Status is not
+    // read, so a grant that loses its policy is denied too: its binding
+    // goes either way.
+    let refuse = |message: String| Decision::new(AccessPhase::Denied, message, Binding::Absent);
     let judge = match judge {
         Ok(judge) => judge,
         Err(no_policy) => return refuse(no_policy.to_string()),
@@ -172,14 +161,26 @@ fn decide(
         return refuse(violation.to_string());
     }
 
-    let tally = tally(requester, reviews, judge);
-    let mut decision = match tally.outcome {
-        Outcome::Denied { reviewer, reason } => refuse(format!("denied by {reviewer}: {reason}")),
-        Outcome::Approved { at } => grant(request, judge, at, now),
-        // The approvals behind a grant are gone (an approver deleted a
-        // review): the grant loses its footing.
-        Outcome::Undecided if was_granted => refuse("the approvals behind this grant were withdrawn".into()),
-        Outcome::Undecided => pending(request, judge, tally.approvals.len(), now),
+    let timeout: Duration = judge.spec.pending_timeout.into();
+    let deadline = request.created_at.checked_add(timeout).unwrap_or(Timestamp::MAX);
+    let tally = tally(requester, request, reviews, judge, deadline);
+    // A revoked or deleted request is Revoked, whatever else happened:
+    // `spec.revoked` cannot be unset, so this never changes again (when it
+    // was revoked is not an input, so no earlier end can be told apart).
+    let mut decision = match (tally.outcome, ended(request)) {
+        (Outcome::Approved { at }, Some(message)) => {
+            // A revoked grant keeps the window it had: the gate needs to know
+            // which changes were made inside it.
+            let mut revoked = Decision::new(AccessPhase::Revoked, message, Binding::Absent);
+            revoked.window = Some(window(request, judge, at));
+            revoked
+        }
+        (_, Some(message)) => Decision::new(AccessPhase::Revoked, message, Binding::Absent),
+        (Outcome::Denied { reviewer, reason }, None) => {
+            Decision::new(AccessPhase::Denied, format!("denied by {reviewer}: {reason}"), Binding::Absent)
+        }
+        (Outcome::Approved { at }, None) => grant(window(request, judge, at), now),
+        (Outcome::Undecided, None) => pending(judge, tally.approvals.len(), deadline, now),
     };
     decision.approvals = tally.approvals;
     decision.ignored = tally.ignored;
@@ -198,9 +199,41 @@ struct Tally {
     ignored: Vec<Ignored>,
 }
 
+/// Why a review does not count, before its reviewer is judged: it belongs
+/// to another request, or came too early or too late.
+fn out_of_place(request: &Request<'_>, review: &Review<'_>, deadline: Timestamp) -> Option<String> {
+    match review.request_uid {
+        None => {
+            return Some(
+                "the review names no request UID: it was not admitted through driftwarden's webhook".to_owned(),
+            );
+        }
+        Some(uid) if Some(uid) != request.uid => {
+            return Some(format!(
+                "the review was made for an earlier request of the same name (UID {uid}); approvals never carry \
+                 over to a new request"
+            ));
+        }
+        Some(_) => {}
+    }
+    if review.created_at < request.created_at {
+        return Some("the review was made before the request was created".to_owned());
+    }
+    if review.created_at >= deadline {
+        return Some(format!("the review came after the request timed out at {deadline}"));
+    }
+    None
+}
+
 /// Goes through the reviews in the order the API server created them until
 /// the request is decided; every review is either counted or reported.
-fn tally(requester: &str, reviews: &[Review<'_>], judge: &Judge<'_>) -> Tally {
+fn tally(
+    requester: &str,
+    request: &Request<'_>,
+    reviews: &[Review<'_>],
+    judge: &Judge<'_>,
+    deadline: Timestamp,
+) -> Tally {
     let mut ordered: Vec<&Review<'_>> = reviews.iter().collect();
     ordered.sort_by(|a, b| (a.created_at, a.name).cmp(&(b.created_at, b.name)));
     let required = usize::try_from(judge.spec.required_approvals.max(1)).unwrap_or(1);
@@ -218,6 +251,7 @@ fn tally(requester: &str, reviews: &[Review<'_>], judge: &Judge<'_>) -> Tally {
             (_, None) => {
                 Some("the review has no reviewer: it was not admitted through driftwarden's webhook".to_owned())
             }
+            _ if out_of_place(request, review, deadline).is_some() => out_of_place(request, review, deadline),
             (_, Some(reviewer)) if reviewer == requester => {
                 Some("requesters cannot review their own request".to_owned())
             }
@@ -254,15 +288,17 @@ fn tally(requester: &str, reviews: &[Review<'_>], judge: &Judge<'_>) -> Tally {
     tally
 }
 
-fn grant(request: &Request<'_>, judge: &Judge<'_>, approved_at: Timestamp, now: Timestamp) -> Decision {
-    // Once a window is in status it never moves: a request cannot be extended.
-    let window = request.previous.window.unwrap_or_else(|| {
-        let starts_at = match (judge.spec.window_start, request.start_at) {
-            (WindowStart::RequestedStart, Some(start)) => start.max(approved_at),
-            _ => approved_at,
-        };
-        Window { starts_at, expires_at: starts_at.checked_add(request.duration).unwrap_or(Timestamp::MAX) }
-    });
+/// The window: from the approval that completed the request (or the
+/// requested start, where the policy allows it), for `spec.duration`.
+fn window(request: &Request<'_>, judge: &Judge<'_>, approved_at: Timestamp) -> Window {
+    let starts_at = match (judge.spec.window_start, request.start_at) {
+        (WindowStart::RequestedStart, Some(start)) => start.max(approved_at),
+        _ => approved_at,
+    };
+    Window { starts_at, expires_at: starts_at.checked_add(request.duration).unwrap_or(Timestamp::MAX) }
+}
+
+fn grant(window: Window, now: Timestamp) -> Decision {
     let mut decision = if now >= window.expires_at {
         Decision::new(AccessPhase::Expired, format!("expired at {}", window.expires_at), Binding::Absent)
     } else if now >= window.starts_at {
@@ -283,9 +319,8 @@ fn grant(request: &Request<'_>, judge: &Judge<'_>, approved_at: Timestamp, now: 
     decision
 }
 
-fn pending(request: &Request<'_>, judge: &Judge<'_>, approvals: usize, now: Timestamp) -> Decision {
+fn pending(judge: &Judge<'_>, approvals: usize, deadline: Timestamp, now: Timestamp) -> Decision {
     let timeout: Duration = judge.spec.pending_timeout.into();
-    let deadline = request.created_at.checked_add(timeout).unwrap_or(Timestamp::MAX);
     if now >= deadline {
         let message = format!("no decision within {}", policy::format_duration(timeout));
         return Decision::new(AccessPhase::Denied, message, Binding::Absent);
@@ -329,8 +364,11 @@ mod tests {
         }
     }
 
-    fn request(previous: Previous) -> Request<'static> {
+    const UID: &str = "uid-1";
+
+    fn request() -> Request<'static> {
         Request {
+            uid: Some(UID),
             requester: Some("alice"),
             duration: Duration::from_secs(30 * 60),
             reason: "INC-1234: roll back the frontend",
@@ -338,7 +376,6 @@ mod tests {
             revoked: false,
             deleting: false,
             created_at: at(0),
-            previous,
         }
     }
 
@@ -362,6 +399,7 @@ mod tests {
             decision,
             reason: "looked at the incident",
             created_at: at(offset),
+            request_uid: Some(UID),
         }
     }
 
@@ -384,20 +422,21 @@ mod tests {
 
     #[test]
     fn phase_table() {
-        let none = Previous::default();
-        let active = Previous { phase: Some(Active), message: None, window: Some(window(5 * MIN, 30)) };
-        let revoked_req = Request { revoked: true, ..request(active.clone()) };
-        let deleting_req = Request { deleting: true, ..request(active.clone()) };
-        let unstamped = Request { requester: None, ..request(none.clone()) };
-        let too_long = Request { duration: Duration::from_secs(5 * 3600), ..request(none.clone()) };
-        let trivial = Request { reason: "fix", ..request(none.clone()) };
+        let revoked_req = Request { revoked: true, ..request() };
+        let deleting_req = Request { deleting: true, ..request() };
+        let unstamped = Request { requester: None, ..request() };
+        let too_long = Request { duration: Duration::from_secs(5 * 3600), ..request() };
+        let trivial = Request { reason: "fix", ..request() };
+        // The same name, deleted and created again 20 minutes later: a new UID.
+        let recreated = Request { uid: Some("uid-2"), created_at: at(20 * MIN), ..request() };
+        let stale = |review: Review<'static>| Review { request_uid: Some("uid-0"), ..review };
 
         let cases: Vec<Case<'_>> = vec![
-            ("no reviews yet", request(none.clone()), vec![], 1, MIN, Pending, Binding::Absent, Some(60 * MIN)),
-            ("pending times out", request(none.clone()), vec![], 1, 60 * MIN, Denied, Binding::Absent, None),
+            ("no reviews yet", request(), vec![], 1, MIN, Pending, Binding::Absent, Some(60 * MIN)),
+            ("pending times out", request(), vec![], 1, 60 * MIN, Denied, Binding::Absent, None),
             (
                 "approved by an sre",
-                request(none.clone()),
+                request(),
                 vec![approve("r1", "carol", 5 * MIN)],
                 1,
                 6 * MIN,
@@ -407,7 +446,7 @@ mod tests {
             ),
             (
                 "approved by a named user",
-                request(none.clone()),
+                request(),
                 vec![approve("r1", "erin", 5 * MIN)],
                 1,
                 6 * MIN,
@@ -417,7 +456,7 @@ mod tests {
             ),
             (
                 "window over",
-                request(none.clone()),
+                request(),
                 vec![approve("r1", "carol", 5 * MIN)],
                 1,
                 35 * MIN,
@@ -427,7 +466,7 @@ mod tests {
             ),
             (
                 "operator was down past expiry",
-                request(active.clone()),
+                request(),
                 vec![approve("r1", "carol", 5 * MIN)],
                 1,
                 10 * 60 * MIN,
@@ -437,7 +476,7 @@ mod tests {
             ),
             (
                 "self approval ignored",
-                request(none.clone()),
+                request(),
                 vec![approve("r1", "alice", MIN)],
                 1,
                 2 * MIN,
@@ -447,7 +486,7 @@ mod tests {
             ),
             (
                 "non-approver ignored",
-                request(none.clone()),
+                request(),
                 vec![approve("r1", "mallory", MIN)],
                 1,
                 2 * MIN,
@@ -457,7 +496,7 @@ mod tests {
             ),
             (
                 "one of two approvals",
-                request(none.clone()),
+                request(),
                 vec![approve("r1", "carol", MIN)],
                 2,
                 2 * MIN,
@@ -467,7 +506,7 @@ mod tests {
             ),
             (
                 "same approver twice",
-                request(none.clone()),
+                request(),
                 vec![approve("r1", "carol", MIN), approve("r2", "carol", 2 * MIN)],
                 2,
                 3 * MIN,
@@ -477,7 +516,7 @@ mod tests {
             ),
             (
                 "two distinct approvers",
-                request(none.clone()),
+                request(),
                 vec![approve("r1", "carol", MIN), approve("r2", "dave", 2 * MIN)],
                 2,
                 3 * MIN,
@@ -487,7 +526,7 @@ mod tests {
             ),
             (
                 "a deny denies",
-                request(none.clone()),
+                request(),
                 vec![approve("r1", "carol", MIN), review("r2", "dave", ReviewDecision::Deny, 2 * MIN)],
                 2,
                 3 * MIN,
@@ -497,7 +536,7 @@ mod tests {
             ),
             (
                 "deny by non-approver ignored",
-                request(none.clone()),
+                request(),
                 vec![review("r1", "mallory", ReviewDecision::Deny, MIN), approve("r2", "carol", 2 * MIN)],
                 1,
                 3 * MIN,
@@ -507,7 +546,7 @@ mod tests {
             ),
             (
                 "deny after approval ignored",
-                request(none.clone()),
+                request(),
                 vec![approve("r1", "carol", MIN), review("r2", "dave", ReviewDecision::Deny, 2 * MIN)],
                 1,
                 3 * MIN,
@@ -546,8 +585,10 @@ mod tests {
                 None,
             ),
             (
+                // Admission refuses such a request: it got here because the
+                // policy was tightened after an approver approved it.
                 "over the policy maximum",
-                too_long,
+                too_long.clone(),
                 vec![approve("r1", "carol", MIN)],
                 1,
                 2 * MIN,
@@ -555,8 +596,84 @@ mod tests {
                 Binding::Absent,
                 None,
             ),
+            ("over the policy maximum, never approved", too_long, vec![], 1, 2 * MIN, Denied, Binding::Absent, None),
             ("trivial reason", trivial, vec![], 1, MIN, Denied, Binding::Absent, None),
-            ("approval withdrawn", request(active.clone()), vec![], 1, 6 * MIN, Revoked, Binding::Absent, None),
+            // Status is not read: with its approval gone, a grant is just a
+            // request waiting for approval again.
+            ("approval withdrawn", request(), vec![], 1, 6 * MIN, Pending, Binding::Absent, Some(60 * MIN)),
+            (
+                "re-created request: the old approval does not carry over",
+                recreated.clone(),
+                vec![approve("r1", "carol", 5 * MIN)],
+                1,
+                21 * MIN,
+                Pending,
+                Binding::Absent,
+                Some(80 * MIN),
+            ),
+            (
+                "re-created request: a review for the new UID counts",
+                recreated,
+                vec![
+                    approve("r1", "carol", 5 * MIN),
+                    Review { request_uid: Some("uid-2"), ..approve("r2", "dave", 22 * MIN) },
+                ],
+                1,
+                23 * MIN,
+                Active,
+                Binding::Present,
+                Some(52 * MIN),
+            ),
+            (
+                "review stamped with another UID",
+                request(),
+                vec![stale(approve("r1", "carol", MIN))],
+                1,
+                2 * MIN,
+                Pending,
+                Binding::Absent,
+                Some(60 * MIN),
+            ),
+            (
+                "review without a UID fails closed",
+                request(),
+                vec![Review { request_uid: None, ..approve("r1", "carol", MIN) }],
+                1,
+                2 * MIN,
+                Pending,
+                Binding::Absent,
+                Some(60 * MIN),
+            ),
+            (
+                "review older than the request",
+                Request { created_at: at(10 * MIN), ..request() },
+                vec![approve("r1", "carol", 5 * MIN)],
+                1,
+                11 * MIN,
+                Pending,
+                Binding::Absent,
+                Some(70 * MIN),
+            ),
+            (
+                "approval after the pending timeout does not reopen",
+                request(),
+                vec![approve("late", "carol", 61 * MIN)],
+                1,
+                62 * MIN,
+                Denied,
+                Binding::Absent,
+                None,
+            ),
+            (
+                "a deny of an earlier request does not deny this one",
+                request(),
+                vec![stale(review("r0", "dave", ReviewDecision::Deny, MIN)), approve("r1", "carol", 2 * MIN)],
+                1,
+                3 * MIN,
+                Active,
+                Binding::Present,
+                Some(32 * MIN),
+            ),
         ];
         for (case, req, reviews, required, now, phase, binding, wake) in cases {
             let decision = run(&req, &reviews, required, now);
@@ -568,16 +685,23 @@ mod tests {
     }
 
     #[test]
-    fn final_phases_stick() {
-        for final_phase in [Denied, Expired, Revoked] {
-            let previous = Previous { phase: Some(final_phase), message: Some("was final".into()), window: None };
-            // Even a fresh, valid approval cannot bring it back.
-            let decision = run(&request(previous), &[approve("r1", "carol", MIN)], 1, 2 * MIN);
-            assert_eq!(decision.phase, final_phase);
-            assert_eq!(decision.binding, Binding::Absent);
-            assert_eq!(decision.message, "was final");
-            assert_eq!(decision.wake_at, None);
-        }
+    fn final_phases_stick_without_reading_status() {
+        // Expired: a later approval by another approver does not reopen it.
+        let reviews = [approve("r1", "carol", MIN), approve("r2", "dave", 40 * MIN)];
+        let expired = run(&request(), &reviews, 1, 41 * MIN);
+        assert_eq!((expired.phase, expired.binding), (Expired, Binding::Absent));
+        // Denied by a review: a later approval does not count.
+        let reviews = [review("r1", "dave", ReviewDecision::Deny, MIN), approve("r2", "carol", 2 * MIN)];
+        assert_eq!(run(&request(), &reviews, 1, 3 * MIN).phase, Denied);
+        // Timed out: an approval that comes later is ignored.
+        let late = run(&request(), &[approve("r1", "carol", 90 * MIN)], 1, 91 * MIN);
+        assert_eq!(late.phase, Denied);
+        assert!(late.ignored[0].reason.contains("after the request timed out"), "{:?}", late.ignored);
+        // Revoked: spec.revoked cannot be unset (CEL), and it wins over approvals.
+        let revoked = Request { revoked: true, ..request() };
+        let decision = run(&revoked, &[approve("r1", "carol", MIN)], 1, 2 * MIN);
+        assert_eq!((decision.phase, decision.binding, decision.wake_at), (Revoked, Binding::Absent, None));
+        assert_eq!(decision.window, Some(window(MIN, 30)), "a revoked grant keeps its window for the gate");
     }
 
     #[test]
@@ -589,7 +713,7 @@ mod tests {
             approve("first", "carol", 4 * MIN),
             approve("again", "carol", 5 * MIN),
         ];
-        let decision = run(&request(Previous::default()), &reviews, 2, 6 * MIN);
+        let decision = run(&request(), &reviews, 2, 6 * MIN);
         assert_eq!(decision.phase, Pending);
         assert_eq!(decision.approvals.len(), 1);
         let reasons: Vec<(&str, &str)> =
@@ -611,20 +735,20 @@ mod tests {
     }
 
     #[test]
-    fn a_granted_window_never_moves_or_grows() {
-        let granted = window(5 * MIN, 30);
-        let previous = Previous { phase: Some(Active), message: None, window: Some(granted) };
+    fn the_window_follows_from_the_approval_and_the_duration_only() {
         // A later approval cannot shift the window: the first one opened it.
-        let decision = run(&request(previous), &[approve("late", "carol", 20 * MIN)], 1, 21 * MIN);
-        assert_eq!(decision.window, Some(granted));
-        assert_eq!(decision.wake_at, Some(granted.expires_at));
+        let decision =
+            run(&request(), &[approve("first", "carol", 5 * MIN), approve("late", "dave", 20 * MIN)], 1, 21 * MIN);
+        assert_eq!(decision.window, Some(window(5 * MIN, 30)));
+        assert_eq!(decision.wake_at, Some(at(35 * MIN)));
+        assert_eq!(decision.ignored[0].reason, "the request was already approved");
     }
 
     #[test]
     fn requested_start_time_is_honoured_when_the_policy_allows_it() {
         let spec = spec(1, WindowStart::RequestedStart);
         let judge = Judge { name: "oncall".into(), spec: &spec };
-        let req = Request { start_at: Some(at(30 * MIN)), ..request(Previous::default()) };
+        let req = Request { start_at: Some(at(30 * MIN)), ..request() };
         let reviews = [approve("r1", "carol", 5 * MIN)];
         let before = evaluate(&req, &reviews, Ok(&judge), at(10 * MIN));
         assert_eq!((before.phase, before.binding, before.wake_at), (Approved, Binding::Absent, Some(at(30 * MIN))));
@@ -637,13 +761,14 @@ mod tests {
     }
 
     #[test]
-    fn losing_the_policy_revokes_a_grant_and_denies_a_request() {
+    fn losing_the_policy_ends_a_grant() {
         let no_policy = NoPolicy::NoneForNamespace { namespace: "shop".into() };
-        let fresh = evaluate(&request(Previous::default()), &[], Err(&no_policy), at(MIN));
+        let fresh = evaluate(&request(), &[], Err(&no_policy), at(MIN));
         assert_eq!((fresh.phase, fresh.message.as_str()), (Denied, "no AccessPolicy covers namespace shop"));
-        let active = Previous { phase: Some(Active), message: None, window: Some(window(0, 30)) };
-        let granted = evaluate(&request(active), &[], Err(&no_policy), at(MIN));
-        assert_eq!((granted.phase, granted.binding), (Revoked, Binding::Absent));
+        let granted = evaluate(&request(), &[approve("r1", "carol", 0)], Err(&no_policy), at(MIN));
+        assert_eq!((granted.phase, granted.binding), (Denied, Binding::Absent));
+        let revoked = Request { revoked: true, ..request() };
+        assert_eq!(evaluate(&revoked, &[], Err(&no_policy), at(MIN)).binding, Binding::Absent);
     }
 
     /// Invariant over many inputs: the binding exists only while Active, and
@@ -656,7 +781,7 @@ mod tests {
                 for second in &reviewers[i..] {
                     for required in 1..=2 {
                         let reviews = [approve("a", first, MIN), approve("b", second, 3 * MIN)];
-                        let d = run(&request(Previous::default()), &reviews, required, now);
+                        let d = run(&request(), &reviews, required, now);
                         let inside = d.window.is_some_and(|w| at(now) >= w.starts_at && at(now) < w.expires_at);
                         assert_eq!(d.binding == Binding::Present, d.phase == Active);
                         assert_eq!(d.phase == Active, inside, "{first}/{second}/{required}@{now}");

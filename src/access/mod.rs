@@ -5,5 +5,5 @@
 pub mod machine;
 pub mod policy;
 
-pub use machine::{Binding, Decision, Previous, Request, Review, Window, evaluate, is_final};
+pub use machine::{Binding, Decision, Request, Review, Window, evaluate, is_final};
 pub use policy::{Judge, NoPolicy, Violation};

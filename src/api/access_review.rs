@@ -12,7 +12,7 @@ use super::validation;
     group = "driftwarden.io",
     version = "v1alpha1",
     kind = "AccessReview",
-    doc = "An approver's decision on an AccessRequest in the same namespace. Immutable once created. Reviews by the requester, by someone the policy does not name as an approver, or for an unknown request do not count; the request's status says which were ignored and why.",
+    doc = "An approver's decision on an AccessRequest in the same namespace. Immutable once created. Reviews by the requester, by someone the policy does not name as an approver, for an unknown request, or made for an earlier request of the same name do not count; the request's status says which were ignored and why.",
     namespaced,
     status = "AccessReviewStatus",
     shortname = "arev",
@@ -49,6 +49,15 @@ pub struct AccessReviewSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256), inner(length(max = 253)))]
     pub reviewer_groups: Vec<String>,
+
+    /// The UID of the AccessRequest this review answers. Set by the API
+    /// server's admission from the request as it exists when the review is
+    /// created; a different value is rejected. A review counts only for the
+    /// request with this UID: deleting a request and creating another of
+    /// the same name never carries an approval over.
+    #[serde(default, rename = "accessRequestUID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub access_request_uid: Option<String>,
 }
 
 /// An approver's decision.

@@ -11,7 +11,8 @@ pub mod supervisor;
 mod users;
 
 pub use binaries::{
-    BIN_DIR_ENV, HELM_ENV, KUBERNETES_VERSION, PROMETHEUS_ENV, helm as helm_binary, prometheus as prometheus_binary,
+    BIN_DIR_ENV, HELM_ENV, KUBERNETES_VERSION, PROMETHEUS_ENV, ensure as binary_dir, helm as helm_binary,
+    prometheus as prometheus_binary,
 };
 pub use flags::AuditWebhook;
 pub use supervisor::Supervisor;

@@ -28,14 +28,21 @@ pub const RELEASE: &str = "driftwarden";
 /// The values the chart is rendered with, in [`fixtures_dir`]: the kinds the
 /// tests' DesiredStates manage and observe, and the roles policies grant.
 pub const CHART_VALUES: &str = "chart-values-operator-tests.yaml";
-/// What the harness takes from the rendered chart: the identity and its
-/// RBAC. (The Deployment needs a kubelet; the operator runs as a process.)
-const RBAC_KINDS: &[&str] = &["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
+/// What the harness (and the quickstart) take from the rendered chart: the
+/// operator's identity, its RBAC, and the admission policy that lets only
+/// that identity write status. (The Deployment needs a kubelet; the
+/// operator runs as a process.)
+const RBAC_KINDS: &[&str] = &[
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
 /// The identity of the first replica in the leader Lease.
 const PRIMARY: &str = "driftwarden-0";
-/// The admission policies taken from the rendered chart too (the guard on
-/// source ConfigMaps).
-const POLICY_KINDS: &[&str] = &["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"];
 /// The PublisherKey the environment trusts in every namespace.
 pub const PUBLISHER_KEY: &str = "tests";
 
@@ -118,13 +125,16 @@ pub fn chart_dir() -> PathBuf {
 /// bindings, with the namespace in front. `home` keeps helm's cache and
 /// configuration out of $HOME.
 pub fn chart_rbac(home: &Path) -> anyhow::Result<Vec<Value>> {
+    chart_identity(home, OPERATOR_NAMESPACE, &fixtures_dir().join(CHART_VALUES))
+}
+
+/// The chart rendered by helm (release [`RELEASE`] in `namespace`, with
+/// `values`), reduced to what gives the operator its identity: the
+/// namespace, ServiceAccount, RBAC and status admission policy.
+pub fn chart_identity(home: &Path, namespace: &str, values: &Path) -> anyhow::Result<Vec<Value>> {
     let helm = super::helm_binary()?;
     let mut command = Command::new(&helm);
-    command
-        .args(["template", RELEASE])
-        .arg(chart_dir())
-        .args(["--namespace", OPERATOR_NAMESPACE, "--values"])
-        .arg(fixtures_dir().join(CHART_VALUES));
+    command.args(["template", RELEASE]).arg(chart_dir()).args(["--namespace", namespace, "--values"]).arg(values);
     for (var, dir) in [("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")] {
         command.env(var, home.join(dir));
     }
@@ -134,11 +144,11 @@ pub fn chart_rbac(home: &Path) -> anyhow::Result<Vec<Value>> {
     }
     let rendered = String::from_utf8(output.stdout).context("helm template printed non-UTF-8")?;
     let mut objects = vec![serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE},
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace},
     })];
     for document in serde_yaml_ng::Deserializer::from_str(&rendered) {
         let object = Value::deserialize(document).context("helm template printed invalid YAML")?;
-        if object["kind"].as_str().is_some_and(|kind| RBAC_KINDS.contains(&kind) || POLICY_KINDS.contains(&kind)) {
+        if object["kind"].as_str().is_some_and(|kind| RBAC_KINDS.contains(&kind)) {
             objects.push(object);
         }
     }
@@ -171,20 +181,10 @@ impl OperatorEnv {
         let admin = cp.client(User::Admin).await?;
         crate::operator::crds::install(&admin, Duration::from_secs(60)).await?;
         // The operator's identity and RBAC are the chart's, rendered by helm.
-        let home = files.path().join("helm");
-        let rbac = tokio::task::spawn_blocking(move || chart_rbac(&home)).await??;
-        let service_account = rbac
-            .iter()
-            .find(|o| o["kind"] == "ServiceAccount")
-            .and_then(|o| o["metadata"]["name"].as_str())
-            .context("the chart's ServiceAccount has no name")?
-            .to_owned();
-        let rbac_file = cp.dir().join("chart-rbac.yaml");
-        let yaml = rbac.iter().map(serde_yaml_ng::to_string).collect::<Result<Vec<_>, _>>()?.join("---\n");
-        std::fs::write(&rbac_file, yaml)?;
-        for manifests in [rbac_file, fixtures_dir().join("user-roles.yaml")] {
-            crate::quickstart::apply_manifests(&admin, &manifests).await?;
-        }
+        let values = fixtures_dir().join(CHART_VALUES);
+        let (service_account, token) =
+            install_chart_identity(&admin, OPERATOR_NAMESPACE, &values, files.path()).await?;
+        crate::quickstart::apply_manifests(&admin, &fixtures_dir().join("user-roles.yaml")).await?;
         wiring.install(&admin, OPERATOR_NAMESPACE).await.context("storing the webhook certificate and audit token")?;
         let publisher = Publisher::new()?;
         let key: DynamicObject = serde_json::from_value(publisher.publisher_key(PUBLISHER_KEY))?;
@@ -192,7 +192,6 @@ impl OperatorEnv {
             .create(&PostParams::default(), &key)
             .await
             .context("trusting the publisher's key")?;
-        let token = service_account_token(&admin, &service_account).await?;
         let kubeconfig = cp.write_kubeconfig("operator", &token)?;
         let env = Self {
             cp,
@@ -299,8 +298,40 @@ impl OperatorEnv {
 
 /// A token of `name` in the operator's namespace, by TokenRequest, as the
 /// kubelet would mount it into the operator's Pod.
-async fn service_account_token(admin: &kube::Client, name: &str) -> anyhow::Result<String> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
+/// Installs the operator's identity as the chart renders it with `values`
+/// (see [`chart_identity`]) in `namespace`, and issues a token (valid 24 h)
+/// for its ServiceAccount. Returns the ServiceAccount's name and the token.
+/// `work` is a scratch directory (helm's home, the rendered objects).
+pub async fn install_chart_identity(
+    admin: &kube::Client,
+    namespace: &str,
+    values: &Path,
+    work: &Path,
+) -> anyhow::Result<(String, String)> {
+    let (home, ns, values_file) = (work.join("helm"), namespace.to_owned(), values.to_owned());
+    let identity = tokio::task::spawn_blocking(move || chart_identity(&home, &ns, &values_file)).await??;
+    let service_account = identity
+        .iter()
+        .find(|o| o["kind"] == "ServiceAccount")
+        .and_then(|o| o["metadata"]["name"].as_str())
+        .context("the chart's ServiceAccount has no name")?
+        .to_owned();
+    let rendered = work.join("chart-identity.yaml");
+    let yaml = identity.iter().map(serde_yaml_ng::to_string).collect::<Result<Vec<_>, _>>()?.join("---\n");
+    std::fs::write(&rendered, yaml)?;
+    crate::quickstart::apply_manifests(admin, &rendered).await?;
+    let token = service_account_token(admin, namespace, &service_account).await?;
+    Ok((service_account, token))
+}
+
+/// A client for the same cluster as `admin`, authenticated by `token`.
+pub fn client_with_token(mut admin: kube::Config, token: String) -> anyhow::Result<kube::Client> {
+    admin.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
+    Ok(kube::Client::try_from(admin)?)
+}
+
+async fn service_account_token(admin: &kube::Client, namespace: &str, name: &str) -> anyhow::Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
     let request: TokenRequest =
         serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 86400}}))?;
     let issued = accounts

@@ -4,15 +4,17 @@
 //! What counts as drift:
 //! - a declared field whose live value differs (after [`normalize`]), or
 //!   that is gone, or a declared list item that is gone;
-//! - a live field nobody declared, if `metadata.managedFields` says it is
-//!   owned only by a foreign field manager (`kubectl edit` adding
-//!   `privileged: true`, an extra container, an extra label);
+//! - a live field nobody declared (`kubectl edit` adding `privileged: true`,
+//!   an extra container, an extra label), whoever's field manager name it
+//!   carries: a name is whatever the client sent, and so is all of
+//!   `metadata.managedFields`;
 //! - a deleted object.
 //!
-//! What does not: `status`, system metadata, server defaults (owned by no
-//! manager, by our own managers or by system controllers), and whatever the
-//! DesiredState's ignore rules exclude. Secret values never leave this
-//! module: changes name the key, the unified diff shows a marker.
+//! What does not: `status`, system metadata, the closed set of fields the
+//! API server defaults or allocates and the controllers write
+//! ([`server_fields`](super::server_fields)), and whatever the DesiredState's
+//! ignore rules exclude. Secret values never leave this module: changes
+//! name the key, the unified diff shows a marker.
 
 use serde_json::{Map, Value};
 use similar::TextDiff;
@@ -21,36 +23,11 @@ use super::normalize::{
     is_dropped_by_server, is_quantity_field, quantities_equal, scalars_equal, secret_data_equal,
     secret_string_data_equal,
 };
+use super::server_fields;
 use crate::api::IgnoreRule;
 
 /// The operator's own field manager.
 pub const OPERATOR_MANAGER: &str = "driftwarden";
-
-/// Managers whose fields are the declared state itself: the operator and
-/// the usual IaC tools. `kubectl` is the name `kubectl apply --server-side`
-/// uses; `kubectl-client-side-apply` is plain `kubectl apply`.
-pub const DEFAULT_OWN_MANAGERS: &[&str] =
-    &[OPERATOR_MANAGER, "kubectl-client-side-apply", "kubectl", "helm", "kustomize-controller", "argocd-controller"];
-
-/// Managers of the control plane whose fields are never drift.
-///
-/// A manager's name is the `fieldManager` a client sends or, by default, the
-/// first part of its user agent. Every in-tree controller (deployment,
-/// replicaset, HPA, endpoints, service-account ...) runs in the controller
-/// manager and so appears as `kube-controller-manager`; the other names
-/// cover clusters that run a controller on its own. `before-first-apply` is
-/// the server's name for whatever existed before the first server-side apply
-/// of an object that had no managed fields: its origin is unknown, and
-/// calling it foreign would make every such object drift.
-pub const SYSTEM_MANAGERS: &[&str] = &[
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kube-apiserver",
-    "kubelet",
-    "cloud-controller-manager",
-    "horizontal-pod-autoscaler",
-    "before-first-apply",
-];
 
 /// Marker shown instead of a Secret value.
 pub const REDACTED: &str = "<redacted>";
@@ -78,32 +55,29 @@ const SYSTEM_METADATA: &[&str] = &[
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// How to compare.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DiffOptions {
-    /// Field managers that apply the declared state (see
-    /// [`DEFAULT_OWN_MANAGERS`]); fields they own are never foreign.
-    pub own_managers: Vec<String>,
-    /// Control-plane managers (see [`SYSTEM_MANAGERS`]).
-    pub system_managers: Vec<String>,
-    /// The DesiredState's `spec.ignore`.
+    /// The DesiredState's `spec.ignore` (and the operator's global rules,
+    /// see [`with_global_ignore`]).
     pub ignore: Vec<IgnoreRule>,
-}
-
-impl Default for DiffOptions {
-    fn default() -> Self {
-        DiffOptions {
-            own_managers: DEFAULT_OWN_MANAGERS.iter().map(|name| (*name).to_owned()).collect(),
-            system_managers: SYSTEM_MANAGERS.iter().map(|name| (*name).to_owned()).collect(),
-            ignore: Vec::new(),
-        }
-    }
 }
 
 impl DiffOptions {
     /// The defaults with these ignore rules.
     pub fn with_ignore(ignore: Vec<IgnoreRule>) -> Self {
-        DiffOptions { ignore, ..DiffOptions::default() }
+        DiffOptions { ignore }
     }
+}
+
+/// A DesiredState's ignore rules plus the operator's global pointers
+/// (`--ignore-pointers`, e.g. the labels and annotations Helm adds).
+pub fn with_global_ignore(rules: &[IgnoreRule], pointers: &[String]) -> Vec<IgnoreRule> {
+    let mut all = rules.to_vec();
+    let pointers: Vec<String> = pointers.iter().filter(|p| !p.is_empty()).cloned().collect();
+    if !pointers.is_empty() {
+        all.push(IgnoreRule { json_pointers: pointers, field_managers: Vec::new(), kind: None, name: None });
+    }
+    all
 }
 
 /// What kind of difference a field shows.
@@ -111,7 +85,7 @@ impl DiffOptions {
 pub enum ChangeKind {
     /// Declared, and live holds another value.
     Changed,
-    /// Not declared, and a foreign manager added it to live (or an atomic
+    /// Not declared, live, and none of the server's fields (or an atomic
     /// list holds more items than declared).
     Added,
     /// Declared, and gone from live.
@@ -167,14 +141,15 @@ pub fn diff(declared: &Value, live: Option<&Value>, options: &DiffOptions) -> Ob
         return ObjectDiff { changes: vec![change], unified: missing_object_diff(declared, is_secret) };
     };
     let rules = compile_rules(declared, &options.ignore);
-    let managers = read_managers(live, options);
-    let mut walker = Walker::new(&managers, &rules, is_secret, false);
+    let managers = read_managers(live);
+    let kind = declared.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let mut walker = Walker::new(&managers, &rules, kind, is_secret, false);
     walker.root(declared, live);
     if walker.changes.is_empty() {
         return ObjectDiff::default();
     }
     // Drift is rare: build the readable views only now, in a second walk.
-    let mut viewer = Walker::new(&managers, &rules, is_secret, true);
+    let mut viewer = Walker::new(&managers, &rules, kind, is_secret, true);
     let views = viewer.root(declared, live);
     ObjectDiff { changes: walker.changes, unified: unified_diff(views.declared.as_ref(), views.live.as_ref()) }
 }
@@ -213,7 +188,7 @@ fn unified_diff(declared: Option<&Value>, live: Option<&Value>) -> String {
 
 /// One step of a path, borrowed from the objects being compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step<'a> {
+pub(super) enum Step<'a> {
     Key(&'a str),
     Index(usize),
 }
@@ -282,23 +257,16 @@ impl Rule<'_> {
 
 // ---------------------------------------------------------------- field managers
 
-/// Who a manager is to us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    Own,
-    System,
-    Foreign,
-}
-
-/// One `metadata.managedFields` entry.
+/// One `metadata.managedFields` entry. Its name decides nothing on its
+/// own: it matters only where an ignore rule names it, or for a
+/// controller's own field ([`server_fields::controller_of`]).
 #[derive(Debug)]
 struct Manager<'a> {
     name: &'a str,
-    class: Class,
     fields: &'a Map<String, Value>,
 }
 
-fn read_managers<'a>(live: &'a Value, options: &DiffOptions) -> Vec<Manager<'a>> {
+fn read_managers(live: &Value) -> Vec<Manager<'_>> {
     let Some(Value::Array(entries)) = live.pointer("/metadata/managedFields") else { return Vec::new() };
     entries
         .iter()
@@ -308,14 +276,7 @@ fn read_managers<'a>(live: &'a Value, options: &DiffOptions) -> Vec<Manager<'a>>
         .filter_map(|entry| {
             let name = entry.get("manager").and_then(Value::as_str).unwrap_or_default();
             let fields = entry.get("fieldsV1")?.as_object()?;
-            let class = if options.own_managers.iter().any(|own| own == name) {
-                Class::Own
-            } else if options.system_managers.iter().any(|system| system == name) {
-                Class::System
-            } else {
-                Class::Foreign
-            };
-            Some(Manager { name, class, fields })
+            Some(Manager { name, fields })
         })
         .collect()
 }
@@ -508,6 +469,10 @@ impl Views {
 struct Walker<'a, 'o> {
     managers: &'o [Manager<'a>],
     rules: &'o [Rule<'o>],
+    /// The declared object's kind, for the server's fields.
+    kind: &'o str,
+    /// The live object, for defaults that depend on other fields.
+    live_root: &'a Value,
     is_secret: bool,
     /// Whether to build [`Views`]; the first walk only collects changes.
     build_view: bool,
@@ -517,8 +482,24 @@ struct Walker<'a, 'o> {
 }
 
 impl<'a, 'o> Walker<'a, 'o> {
-    fn new(managers: &'o [Manager<'a>], rules: &'o [Rule<'o>], is_secret: bool, build_view: bool) -> Self {
-        Walker { managers, rules, is_secret, build_view, path: Vec::new(), changes: Vec::new(), buffer: String::new() }
+    fn new(
+        managers: &'o [Manager<'a>],
+        rules: &'o [Rule<'o>],
+        kind: &'o str,
+        is_secret: bool,
+        build_view: bool,
+    ) -> Self {
+        Walker {
+            managers,
+            rules,
+            kind,
+            live_root: &Value::Null,
+            is_secret,
+            build_view,
+            path: Vec::new(),
+            changes: Vec::new(),
+            buffer: String::new(),
+        }
     }
 
     fn report(&mut self, kind: ChangeKind) {
@@ -526,6 +507,7 @@ impl<'a, 'o> Walker<'a, 'o> {
     }
 
     fn root(&mut self, declared: &'a Value, live: &'a Value) -> Views {
+        self.live_root = live;
         let owners = Owners::root(self.managers);
         let (Value::Object(declared), Value::Object(live)) = (declared, live) else {
             if self.is_secret {
@@ -567,13 +549,21 @@ impl<'a, 'o> Walker<'a, 'o> {
         })
     }
 
-    /// Whether the holders of a live-only field make it foreign: at least one
-    /// holder, and each is a foreign manager no ignore rule names.
-    fn foreign(&self, owners: &Owners<'_>) -> bool {
-        let mut holders = owners.holders(true).peekable();
-        holders.peek().is_some()
-            && holders.all(|m| self.managers[m].class == Class::Foreign)
-            && !self.ignored_owner(owners, true)
+    /// Whether a live field nobody declared is exempt from drift: an ignore
+    /// rule names it (or one of the managers that hold it), or it is one of
+    /// the server's or controllers' fields ([`server_fields`]). Whose name
+    /// the field carries decides nothing else.
+    fn exempt(&self, live: &Value, owners: &Owners<'_>, parent: Option<&Map<String, Value>>) -> bool {
+        if live.is_null() || self.ignored_path() || self.ignored_owner(owners, true) {
+            return true;
+        }
+        if server_fields::is_server_set(self.kind, &self.path, live, parent, self.live_root) {
+            return true;
+        }
+        server_fields::controller_of(self.kind, &self.path, self.live_root).is_some_and(|controller| {
+            let mut holders = owners.holders(true).peekable();
+            holders.peek().is_none() || holders.all(|m| self.managers[m].name == controller)
+        })
     }
 
     /// Compares one declared value with the live one at the same path.
@@ -665,7 +655,7 @@ impl<'a, 'o> Walker<'a, 'o> {
             }
             self.path.push(Step::Key(key));
             let child = owners.field(key, &mut self.buffer);
-            let added = self.foreign_additions(live_value, &child, false, depth);
+            let added = self.foreign_additions(live_value, &child, Some(live), false, depth);
             self.path.pop();
             if let Some(added) = added {
                 views.1.insert(key.clone(), added);
@@ -692,22 +682,25 @@ impl<'a, 'o> Walker<'a, 'o> {
     }
 
     /// A live-only subtree: reports, and returns for the live view, the parts
-    /// only foreign managers hold. Items and scalars are reported whole;
-    /// maps by their fields, so `kubectl edit` adding `privileged: true`
-    /// reports `.../securityContext/privileged`.
+    /// that are not exempt ([`Walker::exempt`]). Items and scalars are
+    /// reported whole; maps by their fields, so `kubectl edit` adding
+    /// `privileged: true` reports `.../securityContext/privileged`. `parent`
+    /// is the live map holding the field.
     fn foreign_additions(
         &mut self,
         live: &'a Value,
         owners: &Owners<'a>,
+        parent: Option<&'a Map<String, Value>>,
         is_item: bool,
         depth: usize,
     ) -> Option<Value> {
-        if owners.entries.is_empty() || self.ignored_path() || depth >= MAX_WALK_DEPTH {
+        if depth >= MAX_WALK_DEPTH || self.exempt(live, owners, parent) {
             return None;
         }
-        let foreign = self.foreign(owners);
         match live {
-            Value::Object(map) if !(is_item && foreign) => {
+            // An empty map is reported whole (a revert removes it: it is not
+            // in Git); others by their fields.
+            Value::Object(map) if !is_item && !map.is_empty() => {
                 let mut added = Map::new();
                 // kubectl's last-applied copy (a Secret's values included)
                 // is never compared, also when all of metadata is live-only.
@@ -717,26 +710,31 @@ impl<'a, 'o> Walker<'a, 'o> {
                     }
                     self.path.push(Step::Key(key));
                     let child = owners.field(key, &mut self.buffer);
-                    if let Some(value) = self.foreign_additions(value, &child, false, depth + 1) {
+                    if let Some(value) = self.foreign_additions(value, &child, Some(map), false, depth + 1) {
                         added.insert(key.clone(), value);
                     }
                     self.path.pop();
                 }
-                if added.is_empty() && foreign {
-                    self.report(ChangeKind::Added);
-                    return Some(self.redact(live));
-                }
                 (!added.is_empty()).then_some(Value::Object(added))
             }
-            Value::Array(items) if !owners.atomic && !owners.entries.iter().any(|(_, node)| node.is_empty()) => {
-                self.foreign_items(items, owners, depth)
-            }
-            _ if foreign => {
+            // An empty list adds nothing.
+            Value::Array(items) if items.is_empty() => None,
+            Value::Array(items) if self.merged_by_item(items) => self.foreign_items(items, owners, depth),
+            _ => {
                 self.report(ChangeKind::Added);
                 Some(self.redact(live))
             }
-            _ => None,
         }
+    }
+
+    /// Whether a live-only list is judged item by item (the server merges
+    /// it by key, or as a set), rather than as a whole.
+    fn merged_by_item(&self, items: &[Value]) -> bool {
+        let field = match self.path.last() {
+            Some(Step::Key(field)) => field,
+            _ => "",
+        };
+        matches!(list_kind(field, items), ListKind::Map(_) | ListKind::Set)
     }
 
     /// Live items of a granularly owned list that nobody declared.
@@ -745,7 +743,7 @@ impl<'a, 'o> Walker<'a, 'o> {
         for (index, item) in items.iter().enumerate() {
             self.path.push(Step::Index(index));
             let child = owners.item(index, item, None);
-            if let Some(value) = self.foreign_additions(item, &child, true, depth + 1) {
+            if let Some(value) = self.foreign_additions(item, &child, None, true, depth + 1) {
                 added.push(value);
             }
             self.path.pop();
@@ -819,7 +817,7 @@ impl<'a, 'o> Walker<'a, 'o> {
             self.path.push(Step::Index(position));
             let name = item_key_name(keys, item);
             let child = owners.item(position, item, Some(&name));
-            if let Some(added) = self.foreign_additions(item, &child, true, depth) {
+            if let Some(added) = self.foreign_additions(item, &child, None, true, depth) {
                 views.1.push(added);
             }
             self.path.pop();
@@ -863,7 +861,7 @@ impl<'a, 'o> Walker<'a, 'o> {
             self.path.push(Step::Index(position));
             let name = format!("v:{item}");
             let child = owners.item(position, item, Some(&name));
-            if let Some(added) = self.foreign_additions(item, &child, true, depth) {
+            if let Some(added) = self.foreign_additions(item, &child, None, true, depth) {
                 views.1.push(added);
             }
             self.path.pop();
@@ -939,10 +937,10 @@ impl<'a, 'o> Walker<'a, 'o> {
             self.path.pop();
         }
         self.path.push(Step::Key("data"));
-        for (key, _) in live_data.into_iter().flatten().filter(|(key, _)| !declared_keys.contains(&key.as_str())) {
+        for (key, value) in live_data.into_iter().flatten().filter(|(key, _)| !declared_keys.contains(&key.as_str())) {
             self.path.push(Step::Key(key));
             let child = data_owners.field(key, &mut self.buffer);
-            if !child.entries.is_empty() && !self.ignored_path() && self.foreign(&child) {
+            if !self.exempt(value, &child, live_data) {
                 self.report(ChangeKind::Added);
                 shown.1.insert(key.clone(), Value::String(REDACTED.into()));
             }

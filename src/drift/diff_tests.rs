@@ -219,7 +219,15 @@ fn deployment_edits_are_classified() {
             vec![("/spec/template/spec/containers/0/args/2", Added)],
         ),
         (
-            "label added by a system controller is not drift",
+            "the deployment controller's revision annotation is not drift",
+            |live| {
+                set(live, "/metadata/annotations/deployment.kubernetes.io~1revision", json!("2"));
+            },
+            vec![],
+            vec![],
+        ),
+        (
+            "a label under the controller manager's name is drift: a name proves nothing",
             |live| {
                 set(live, "/metadata/labels/pod-template-hash", json!("abc"));
                 managed_by(
@@ -230,22 +238,97 @@ fn deployment_edits_are_classified() {
                 );
             },
             vec![],
-            vec![],
+            vec![("/metadata/labels/pod-template-hash", Added)],
         ),
         (
-            "label added by our own tool is not drift",
+            "privileged under the controller manager's name is drift",
+            |live| {
+                set(live, "/spec/template/spec/containers/0/securityContext", json!({"privileged": true}));
+                managed_by(
+                    live,
+                    "kube-controller-manager",
+                    None,
+                    container_fields(json!({"f:securityContext": {".": {}, "f:privileged": {}}})),
+                );
+            },
+            vec![],
+            vec![("/spec/template/spec/containers/0/securityContext/privileged", Added)],
+        ),
+        (
+            "a label added by plain kubectl apply is drift",
+            |live| {
+                set(live, "/metadata/labels/owner", json!("mallory"));
+                managed_by(
+                    live,
+                    "kubectl-client-side-apply",
+                    None,
+                    json!({"f:metadata": {"f:labels": {"f:owner": {}}}}),
+                );
+            },
+            vec![],
+            vec![("/metadata/labels/owner", Added)],
+        ),
+        (
+            "a label Helm adds is drift without the chart's ignore rule",
             |live| {
                 set(live, "/metadata/labels/helm.sh~1chart", json!("web-1.0"));
                 managed_by(live, "helm", None, json!({"f:metadata": {"f:labels": {"f:helm.sh/chart": {}}}}));
             },
             vec![],
+            vec![("/metadata/labels/helm.sh~1chart", Added)],
+        ),
+        (
+            "a label Helm adds is not drift under an ignore rule for it",
+            |live| {
+                set(live, "/metadata/labels/helm.sh~1chart", json!("web-1.0"));
+                managed_by(live, "helm", None, json!({"f:metadata": {"f:labels": {"f:helm.sh/chart": {}}}}));
+            },
+            with_global_ignore(&[], &["/metadata/labels/helm.sh~1chart".to_owned()]),
             vec![],
         ),
         (
-            "field nobody owns (defaulted later) is not drift",
-            |live| set(live, "/spec/minReadySeconds", json!(0)),
+            "ownership reset (managedFields cleared): the defaults are still not drift",
+            |live| {
+                live["metadata"]["managedFields"] = json!([]);
+            },
             vec![],
             vec![],
+        ),
+        (
+            "ownership reset hides nothing: a field nobody owns is drift unless it is a default",
+            |live| {
+                set(live, "/spec/template/spec/containers/0/securityContext", json!({"privileged": true}));
+                live["metadata"]["managedFields"] = json!([]);
+            },
+            vec![],
+            vec![("/spec/template/spec/containers/0/securityContext/privileged", Added)],
+        ),
+        (
+            "a default field nobody owns is not drift",
+            |live| {
+                remove(live, "/metadata/managedFields/0");
+                set(live, "/spec/template/spec/containers/0/readinessProbe/timeoutSeconds", json!(1));
+            },
+            vec![],
+            vec![],
+        ),
+        (
+            "an empty map nobody declared is drift (a revert leaves none behind)",
+            |live| set(live, "/spec/template/spec/containers/0/securityContext", json!({})),
+            vec![],
+            vec![("/spec/template/spec/containers/0/securityContext", Added)],
+        ),
+        (
+            "an empty list nobody declared adds nothing",
+            |live| set(live, "/spec/template/spec/containers/0/command", json!([])),
+            vec![],
+            vec![],
+        ),
+        (
+            "a default-named field at another value is drift",
+            |live| set(live, "/spec/progressDeadlineSeconds", json!(60)),
+            vec![],
+            vec![("/spec/progressDeadlineSeconds", Added)],
         ),
         (
             "HPA-owned replicas, not ignored",
@@ -421,7 +504,8 @@ fn service_ports_merge_by_port_and_protocol() {
                 {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"},
                 {"name": "metrics", "port": 9090, "protocol": "UDP", "targetPort": 9090},
             ]),
-            vec![("/spec/ports/1", Removed)],
+            // Nobody declared a UDP port: it is drift whoever owns it.
+            vec![("/spec/ports/1", Removed), ("/spec/ports/1", Added)],
         ),
     ];
     for (name, ports, expected) in cases {
@@ -575,6 +659,56 @@ fn deep_nesting_is_bounded() {
     let live = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": live,
         "extra": {"b": {"c": 1}}});
     let result = diff(&declared, Some(&live), &DiffOptions::default());
-    assert_eq!(result.changes.len(), 1, "{:?}", result.changes);
+    assert_eq!(result.changes.len(), 2, "{:?}", result.changes);
     assert_eq!(result.changes[0].kind, Changed);
+    assert_eq!((result.changes[1].path.as_str(), result.changes[1].kind), ("/extra/b/c", Added));
+}
+
+/// Every field manager name a person can send (`--field-manager`), the
+/// IaC tools', the controllers' and driftwarden's own included: an
+/// undeclared field under that name is drift, and a declared field it
+/// changed is drift.
+#[test]
+fn no_field_manager_name_makes_a_field_declared() {
+    let names = [
+        OPERATOR_MANAGER,
+        "kubectl",
+        "kubectl-client-side-apply",
+        "kubectl-edit",
+        "kubectl-patch",
+        "helm",
+        "kustomize-controller",
+        "argocd-controller",
+        "terraform",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kube-apiserver",
+        "kubelet",
+        "cloud-controller-manager",
+        "horizontal-pod-autoscaler",
+        "before-first-apply",
+    ];
+    for name in names {
+        for operation in ["Update", "Apply"] {
+            let mut live = live_deployment();
+            set(&mut live, "/metadata/labels/owner", json!("mallory"));
+            set(&mut live, "/spec/template/spec/containers/0/securityContext", json!({"privileged": true}));
+            set(&mut live, "/spec/template/spec/containers/0/image", json!("evil:1"));
+            live["metadata"]["managedFields"].as_array_mut().unwrap().push(json!({
+                "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "manager": name, "operation": operation,
+                "fieldsV1": {"f:metadata": {"f:labels": {"f:owner": {}}}, "f:spec": {"f:template": {"f:spec": {
+                    "f:containers": {"k:{\"name\":\"web\"}": {"f:image": {},
+                        "f:securityContext": {".": {}, "f:privileged": {}}}}}}}}}));
+            let result = diff(&declared_deployment(), Some(&live), &DiffOptions::default());
+            assert_eq!(
+                changes(&result),
+                expect(&[
+                    ("/metadata/labels/owner", Added),
+                    ("/spec/template/spec/containers/0/image", Changed),
+                    ("/spec/template/spec/containers/0/securityContext/privileged", Added),
+                ]),
+                "{name} ({operation})"
+            );
+        }
+    }
 }

@@ -10,6 +10,7 @@
 pub mod diff;
 pub mod normalize;
 pub mod schema;
+mod server_fields;
 pub mod signature;
 pub mod source;
 pub mod yaml;
@@ -19,9 +20,7 @@ mod corpus_tests;
 #[cfg(test)]
 mod test_support;
 
-pub use diff::{
-    ChangeKind, DEFAULT_OWN_MANAGERS, DiffOptions, FieldChange, OPERATOR_MANAGER, ObjectDiff, SYSTEM_MANAGERS, diff,
-};
+pub use diff::{ChangeKind, DiffOptions, FieldChange, OPERATOR_MANAGER, ObjectDiff, diff, with_global_ignore};
 pub use normalize::{Quantity, QuantityError, parse_quantity};
 pub use source::{
     ConfigMapError, DeclaredObject, DocumentError, KeyError, KindResolver, ObjectKey, Origin, ParsedSources,

@@ -74,7 +74,7 @@ fn push(path: &mut String, step: &str) -> usize {
 }
 
 /// Declared, with live values where the diff says they changed and live
-/// fields a foreign manager added; `path` is the pointer into live.
+/// fields Git does not declare; `path` is the pointer into live.
 fn merge(declared: &Value, live: &Value, marks: &Marks<'_>, path: &mut String) -> Value {
     if marks.changed.contains(&path.as_str()) {
         return live.clone();
@@ -132,7 +132,7 @@ fn merge(declared: &Value, live: &Value, marks: &Marks<'_>, path: &mut String) -
     }
 }
 
-/// The parts of a live-only value that a foreign manager added (the diff
+/// The parts of a live-only value the diff reports as added (it
 /// names the added leaves, e.g. `.../securityContext/privileged`).
 fn pick_added(live: &Value, marks: &Marks<'_>, path: &mut String) -> Option<Value> {
     if marks.added.contains(&path.as_str()) {

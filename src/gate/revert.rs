@@ -5,7 +5,7 @@
 //!    manager, with force: it sets every declared field (and re-creates a
 //!    deleted object). Fields an ignore rule covers are left out of it, so
 //!    an HPA keeps `spec.replicas`;
-//! 2. if the applied object still holds fields a foreign manager added (a
+//! 2. if the applied object still holds fields Git does not declare (a
 //!    sidecar, `privileged: true`, a label), a JSON patch that removes them,
 //!    guarded by the resourceVersion the apply returned.
 

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use super::crds::FIELD_MANAGER;
 use super::metrics::{Metrics, Phase, PhaseLabels, ReviewLabels, ReviewOutcome};
 use super::ready::Ready;
-use crate::access::{self, Binding, Decision, Previous, Window, policy};
+use crate::access::{self, Binding, Decision, policy};
 use crate::api::{
     AccessPhase, AccessPolicy, AccessRequest, AccessRequestStatus, AccessReview, Approval, IgnoredReview, RoleKind,
 };
@@ -315,13 +315,11 @@ fn to_timestamp(time: &Time) -> Timestamp {
     time.0
 }
 
-fn machine_request(request: &AccessRequest) -> access::Request<'_> {
-    let status = request.status.as_ref();
-    let window = status.and_then(|s| match (&s.granted_at, &s.expires_at) {
-        (Some(start), Some(end)) => Some(Window { starts_at: to_timestamp(start), expires_at: to_timestamp(end) }),
-        _ => None,
-    });
+/// What the machine reads of a request: its spec and what the API server
+/// recorded. Never its status, which is output only.
+pub(crate) fn machine_request(request: &AccessRequest) -> access::Request<'_> {
     access::Request {
+        uid: request.metadata.uid.as_deref(),
         requester: request.spec.requester.as_deref(),
         duration: request.spec.duration.into(),
         reason: &request.spec.reason,
@@ -329,15 +327,10 @@ fn machine_request(request: &AccessRequest) -> access::Request<'_> {
         revoked: request.spec.revoked,
         deleting: request.metadata.deletion_timestamp.is_some(),
         created_at: request.metadata.creation_timestamp.as_ref().map(to_timestamp).unwrap_or_else(Timestamp::now),
-        previous: Previous {
-            phase: status.and_then(|s| s.phase),
-            message: status.and_then(|s| s.message.clone()),
-            window,
-        },
     }
 }
 
-fn machine_reviews(reviews: &[Arc<AccessReview>]) -> Vec<access::Review<'_>> {
+pub(crate) fn machine_reviews(reviews: &[Arc<AccessReview>]) -> Vec<access::Review<'_>> {
     reviews
         .iter()
         .map(|review| access::Review {
@@ -347,6 +340,7 @@ fn machine_reviews(reviews: &[Arc<AccessReview>]) -> Vec<access::Review<'_>> {
             decision: review.spec.decision,
             reason: &review.spec.reason,
             created_at: review.metadata.creation_timestamp.as_ref().map(to_timestamp).unwrap_or(Timestamp::MAX),
+            request_uid: review.spec.access_request_uid.as_deref(),
         })
         .collect()
 }

@@ -6,18 +6,25 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tracing::info;
 
-use crate::api::{AccessPhase, AccessRequest, AccessRequestStatus, DesiredState, RoleKind, SessionChange};
+use crate::access;
+use crate::api::{
+    AccessPhase, AccessPolicy, AccessRequest, AccessRequestStatus, AccessReview, DesiredState, RoleKind, SessionChange,
+};
 use crate::drift::{self, DiffOptions, OPERATOR_MANAGER};
 use crate::gate::{self, Decision, Drifted, Grant, Remediation, Rule, Write, audit, codify, revert};
+use crate::operator::ready::Ready;
 
 /// Writes logged up to this long before drift was first seen still count
 /// toward it (audit batches and watch events race; clocks differ a little).
@@ -81,10 +88,84 @@ pub struct Caches {
     pub requests: Store<AccessRequest>,
     pub cluster_roles: Store<ClusterRole>,
     pub roles: Store<Role>,
-    /// Ready once all three have listed. Until then an open window would
+    /// What a grant's window is computed from (see [`Approvals`]).
+    pub approvals: Approvals,
+    /// Ready once all of them have listed. Until then an open window would
     /// look like none, and a session's held change like unauthorized drift
     /// (after a restart or a takeover): nothing is judged before.
     pub listed: crate::operator::ready::Ready,
+}
+
+/// The reviews, policies and namespaces a grant's window is computed from,
+/// with the access state machine, as the access controller computes it: the
+/// gate never takes a window or a phase from a request's status.
+#[derive(Clone)]
+pub struct Approvals {
+    pub reviews: Store<AccessReview>,
+    pub policies: Store<AccessPolicy>,
+    pub namespaces: Store<Namespace>,
+}
+
+impl Approvals {
+    /// Starts the reflectors (until `shutdown`); returns the caches and a
+    /// readiness that holds once all three have listed.
+    pub fn watch(client: &Client, shutdown: tokio_util::sync::CancellationToken) -> (Approvals, Ready) {
+        let (reviews, reviews_writer) = reflector::store();
+        let (policies, policies_writer) = reflector::store();
+        let (namespaces, namespaces_writer) = reflector::store();
+        let config = watcher::Config::default();
+        tokio::spawn(reflect(
+            watcher(Api::<AccessReview>::all(client.clone()), config.clone()),
+            reviews_writer,
+            shutdown.clone(),
+        ));
+        tokio::spawn(reflect(
+            watcher(Api::<AccessPolicy>::all(client.clone()), config.clone()),
+            policies_writer,
+            shutdown.clone(),
+        ));
+        tokio::spawn(reflect(
+            watcher::watcher(Api::<Namespace>::all(client.clone()), config),
+            namespaces_writer,
+            shutdown,
+        ));
+        let ready = Ready::all_of(vec![Ready::of(&reviews), Ready::of(&policies), Ready::of(&namespaces)]);
+        (Approvals { reviews, policies, namespaces }, ready)
+    }
+
+    /// What the access state machine decides for `request` at `now`.
+    fn decide(&self, request: &AccessRequest, now: Timestamp) -> Option<access::Decision> {
+        let namespace = request.namespace()?;
+        let labels = self.namespaces.get(&ObjectRef::new(&namespace))?.metadata.labels.clone().unwrap_or_default();
+        let policies: Vec<AccessPolicy> = self.policies.state().iter().map(|p| (**p).clone()).collect();
+        let name = request.name_any();
+        let reviews: Vec<Arc<AccessReview>> = self
+            .reviews
+            .state()
+            .into_iter()
+            .filter(|r| r.namespace().as_deref() == Some(&namespace) && r.spec.access_request == name)
+            .collect();
+        let judge = access::policy::select(&namespace, &labels, &request.spec.role, &policies);
+        let machine_reviews = crate::operator::access::machine_reviews(&reviews);
+        let request = crate::operator::access::machine_request(request);
+        Some(access::evaluate(&request, &machine_reviews, judge.as_ref(), now))
+    }
+}
+
+async fn reflect<K>(
+    stream: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
+    writer: reflector::store::Writer<K>,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    let driven =
+        stream.backoff(crate::operator::backoff::WatchBackoff::default()).reflect(writer).for_each(|_| async {});
+    tokio::select! {
+        () = driven => {},
+        () = shutdown.cancelled() => {},
+    }
 }
 
 fn to_rules(rules: Option<&Vec<PolicyRule>>) -> Vec<Rule> {
@@ -109,13 +190,19 @@ pub fn revoked_at(status: &AccessRequestStatus) -> Option<Timestamp> {
 }
 
 impl Caches {
-    fn grants(&self, namespace: &str) -> Vec<OwnedGrant> {
+    /// The grants of `namespace` at `now`: each request's window and phase
+    /// computed from its approvals and `spec.duration` (never read from its
+    /// status). Only when a revoked grant's window closed is a record: the
+    /// operator's own, in status (which only it may write), or, before it
+    /// has written it, now.
+    fn grants(&self, namespace: &str, now: Timestamp) -> Vec<OwnedGrant> {
         self.requests
             .state()
             .iter()
             .filter(|request| request.namespace().as_deref() == Some(namespace))
             .filter_map(|request| {
-                let status = request.status.as_ref()?;
+                let decision = self.approvals.decide(request, now)?;
+                let window = decision.window?;
                 let rules = match request.spec.role.kind {
                     RoleKind::ClusterRole => {
                         let role = self.cluster_roles.get(&ObjectRef::new(&request.spec.role.name));
@@ -126,15 +213,17 @@ impl Caches {
                         to_rules(role.as_ref().and_then(|r| r.rules.as_ref()))
                     }
                 };
-                let phase = status.phase?;
+                let phase = decision.phase;
+                let ended_at = (phase == AccessPhase::Revoked)
+                    .then(|| request.status.as_ref().and_then(revoked_at).unwrap_or(now).min(now));
                 Some(OwnedGrant {
                     request: request.name_any(),
                     namespace: namespace.to_owned(),
                     requester: request.spec.requester.clone()?,
                     phase,
-                    starts_at: status.granted_at.as_ref()?.0,
-                    expires_at: status.expires_at.as_ref()?.0,
-                    ended_at: (phase == AccessPhase::Revoked).then(|| revoked_at(status)).flatten(),
+                    starts_at: window.starts_at,
+                    expires_at: window.expires_at,
+                    ended_at,
                     rules,
                 })
             })
@@ -183,7 +272,7 @@ impl Caches {
 
     /// Decides for one drifted object (see [`gate::decide`]).
     pub fn verdict(&self, subject: &Subject<'_>, remediation: Remediation, now: Timestamp) -> Verdict {
-        let grants = subject.namespace.map(|ns| self.grants(ns)).unwrap_or_default();
+        let grants = subject.namespace.map(|ns| self.grants(ns, now)).unwrap_or_default();
         let grants: Vec<Grant<'_>> = grants
             .iter()
             .map(|g| Grant {

@@ -85,6 +85,10 @@ pub async fn run(
         secret_namespace: args.namespace.clone(),
         secret_name: args.webhook_secret.clone(),
         cert_dir: args.webhook_cert_dir.clone(),
+        break_glass: webhook::admission::BreakGlass {
+            users: args.break_glass_users.iter().filter(|u| !u.is_empty()).cloned().collect(),
+            groups: args.break_glass_groups.iter().filter(|g| !g.is_empty()).cloned().collect(),
+        },
     };
     // Every replica receives audit events (the API server reaches any of
     // them through the Service) and logs them on AccessRequests.
@@ -168,7 +172,7 @@ async fn lead(
         let access = access::run(client.clone(), metrics.clone(), settings, term.clone());
         let drift_settings = drift::Settings {
             operator_namespace: args.namespace.clone(),
-            iac_field_managers: args.iac_field_managers.clone(),
+            ignore_pointers: args.ignore_pointers.clone(),
             instance: args.pod_name.clone(),
             revert_rate: args.revert_rate,
             revert_burst: args.revert_burst,

@@ -49,10 +49,12 @@ impl Kind {
     }
 }
 
-/// Stamps the requester (or reviewer and groups) on create. A value that
-/// names someone else is refused, not silently replaced: it is either a
-/// mistake or an attempt to act in another's name.
-pub fn mutate(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+/// Stamps the requester (or reviewer, groups and the reviewed request's UID)
+/// on create. A value that names someone else is refused, not silently
+/// replaced: it is either a mistake or an attempt to act in another's name.
+/// `reviewed_uid` is the UID of the AccessRequest a review names, as the
+/// shell found it (`None`: it does not exist; validation refuses it).
+pub fn mutate(request: &AdmissionRequest<DynamicObject>, reviewed_uid: Option<&str>) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
     let (Some(kind), Operation::Create, Some(object)) = (Kind::of(request), &request.operation, &request.object) else {
         return response;
@@ -68,11 +70,19 @@ pub fn mutate(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
         Kind::AccessReview => {
             stamps.push(("reviewer", Value::from(who.username.clone())));
             stamps.push(("reviewerGroups", Value::from(who.groups.clone())));
+            if let Some(uid) = reviewed_uid {
+                stamps.push(("accessRequestUID", Value::from(uid)));
+            }
         }
     }
     let mut operations = Vec::new();
     for (field, value) in stamps {
         match spec.and_then(|s| s.get(field)) {
+            Some(given) if *given != value && field == "accessRequestUID" => {
+                return response.deny(format!(
+                    "spec.accessRequestUID is set from the AccessRequest as it exists now ({value}); leave it out"
+                ));
+            }
             Some(given) if *given != value => {
                 return response.deny(format!(
                     "spec.{field} is set from your identity ({}) and cannot name anyone else; leave it out",
@@ -103,6 +113,66 @@ pub struct Facts {
     pub namespace_labels: Option<BTreeMap<String, String>>,
     /// For a review: the request it answers (`None`: does not exist).
     pub reviewed_request: Option<AccessRequest>,
+    /// Who may revoke any request (break-glass).
+    pub break_glass: BreakGlass,
+}
+
+/// The cluster admins who may revoke any request in an incident, whoever
+/// asked for it and whatever the policy says about approvers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakGlass {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+impl Default for BreakGlass {
+    fn default() -> Self {
+        BreakGlass { users: Vec::new(), groups: vec!["system:masters".into()] }
+    }
+}
+
+impl BreakGlass {
+    /// The user or group that makes `who` a break-glass admin, if any.
+    pub fn grants(&self, who: &Identity) -> Option<String> {
+        if self.users.contains(&who.username) {
+            return Some(format!("user {}", who.username));
+        }
+        who.groups.iter().find(|group| self.groups.contains(group)).map(|group| format!("group {group}"))
+    }
+}
+
+/// Who revoked a request, and on what authority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revoker {
+    Requester,
+    Approver,
+    /// A break-glass admin; the user or group that made them one.
+    BreakGlass(String),
+}
+
+/// Whether this admission request revokes an AccessRequest, and by whose
+/// authority (for the log line and the Event). `None` when it does not, or
+/// when the revocation is not allowed.
+pub fn revocation(request: &AdmissionRequest<DynamicObject>, facts: &Facts) -> Option<Revoker> {
+    if Kind::of(request) != Some(Kind::AccessRequest) || request.operation != Operation::Update {
+        return None;
+    }
+    let new = typed::<AccessRequest>(request.object.as_ref()).ok()?;
+    let old = typed::<AccessRequest>(request.old_object.as_ref()).ok()?;
+    if !new.spec.revoked || old.spec.revoked {
+        return None;
+    }
+    revoker(&old, &Identity::of(request), facts)
+}
+
+fn revoker(old: &AccessRequest, who: &Identity, facts: &Facts) -> Option<Revoker> {
+    if old.spec.requester.as_deref() == Some(who.username.as_str()) {
+        return Some(Revoker::Requester);
+    }
+    if judge(old, facts).is_ok_and(|j| policy::is_approver(j.spec, &who.username, &who.groups)) {
+        return Some(Revoker::Approver);
+    }
+    facts.break_glass.grants(who).map(Revoker::BreakGlass)
 }
 
 /// Checks a create (or a revocation) against identity and policy, naming
@@ -148,12 +218,11 @@ fn create_request(request: &AccessRequest, who: &Identity, facts: &Facts) -> Res
 }
 
 fn update_request(new: &AccessRequest, old: &AccessRequest, who: &Identity, facts: &Facts) -> Result<(), String> {
-    if new.spec.revoked && !old.spec.revoked {
+    if new.spec.revoked && !old.spec.revoked && revoker(old, who, facts).is_none() {
         let requester = old.spec.requester.as_deref().unwrap_or_default();
-        let approver = judge(old, facts).is_ok_and(|j| policy::is_approver(j.spec, &who.username, &who.groups));
-        if who.username != requester && !approver {
-            return Err(format!("only the requester ({requester}) or an approver may revoke this request"));
-        }
+        return Err(format!(
+            "only the requester ({requester}), an approver or a break-glass admin may revoke this request"
+        ));
     }
     Ok(())
 }
@@ -176,6 +245,13 @@ fn create_review(review: &AccessReview, who: &Identity, facts: &Facts) -> Result
     let Some(request) = &facts.reviewed_request else {
         return Err(format!("AccessRequest {target} does not exist in namespace {namespace}"));
     };
+    let uid = request.metadata.uid.as_deref().unwrap_or_default();
+    if review.spec.access_request_uid.as_deref() != Some(uid) {
+        return Err(format!(
+            "spec.accessRequestUID must be the UID of AccessRequest {target} as it exists now ({uid}); it is stamped \
+             by the mutating webhook"
+        ));
+    }
     if let Some(phase) = request.status.as_ref().and_then(|s| s.phase).filter(|p| access::is_final(*p)) {
         return Err(format!("AccessRequest {target} is already {phase:?}; a review can no longer change it"));
     }
@@ -235,7 +311,7 @@ mod tests {
     #[test]
     fn requester_is_stamped_from_the_authenticated_user() {
         let response =
-            mutate(&admission("AccessRequest", "CREATE", "alice", &["dev"], request_object(base_spec()), None));
+            mutate(&admission("AccessRequest", "CREATE", "alice", &["dev"], request_object(base_spec()), None), None);
         assert!(response.allowed);
         assert_eq!(
             patch_of(&response),
@@ -254,6 +330,9 @@ mod tests {
         forged_review["reviewer"] = "dave".into();
         let mut forged_groups = review.clone();
         forged_groups["reviewerGroups"] = serde_json::json!(["sre", "admins"]);
+        // A review prepared for a request that was since deleted and created again.
+        let mut stale_uid = review.clone();
+        stale_uid["accessRequestUID"] = "uid-of-the-deleted-request".into();
         // (case, kind, user, groups, object, allowed, message fragment)
         let cases = [
             (
@@ -285,18 +364,29 @@ mod tests {
                 "reviewerGroups",
             ),
             ("no user name", "AccessRequest", "", vec![], request_object(base_spec()), false, "without an identity"),
+            (
+                "review of an earlier request",
+                "AccessReview",
+                "carol",
+                vec!["sre"],
+                review_object(stale_uid),
+                false,
+                "accessRequestUID is set from the AccessRequest",
+            ),
         ];
         for (case, kind, user, groups, object, allowed, fragment) in cases {
-            let response = mutate(&admission(kind, "CREATE", user, &groups, object, None));
+            let response = mutate(&admission(kind, "CREATE", user, &groups, object, None), Some("uid-1"));
             assert_eq!(response.allowed, allowed, "{case}: {}", response.result.message);
             assert!(response.result.message.contains(fragment), "{case}: {}", response.result.message);
         }
-        let stamped = mutate(&admission("AccessReview", "CREATE", "carol", &["sre"], review_object(review), None));
+        let stamped =
+            mutate(&admission("AccessReview", "CREATE", "carol", &["sre"], review_object(review), None), Some("uid-1"));
         assert_eq!(
             patch_of(&stamped),
             serde_json::json!([
                 {"op": "add", "path": "/spec/reviewer", "value": "carol"},
-                {"op": "add", "path": "/spec/reviewerGroups", "value": ["sre"]}
+                {"op": "add", "path": "/spec/reviewerGroups", "value": ["sre"]},
+                {"op": "add", "path": "/spec/accessRequestUID", "value": "uid-1"}
             ])
         );
     }
@@ -318,8 +408,14 @@ mod tests {
         let mut spec = base_spec();
         spec["requester"] = "alice".into();
         let mut reviewed: AccessRequest = serde_json::from_value(request_object(spec)).unwrap();
+        reviewed.metadata.uid = Some("uid-1".into());
         reviewed.status = phase.map(|phase| AccessRequestStatus { phase: Some(phase), ..Default::default() });
-        Facts { policies: vec![policy], namespace_labels: Some(BTreeMap::new()), reviewed_request: Some(reviewed) }
+        Facts {
+            policies: vec![policy],
+            namespace_labels: Some(BTreeMap::new()),
+            reviewed_request: Some(reviewed),
+            break_glass: BreakGlass::default(),
+        }
     }
 
     #[test]
@@ -332,10 +428,11 @@ mod tests {
             }
             request_object(spec)
         };
-        let review = |reviewer: &str, groups: &[&str]| {
+        let review_of = |uid: &str, reviewer: &str, groups: &[&str]| {
             review_object(serde_json::json!({"accessRequest": "r", "decision": "Approve", "reason": "checked INC-1 ok",
-                "reviewer": reviewer, "reviewerGroups": groups}))
+                "reviewer": reviewer, "reviewerGroups": groups, "accessRequestUID": uid}))
         };
+        let review = |reviewer: &str, groups: &[&str]| review_of("uid-1", reviewer, groups);
         let no_request = Facts { reviewed_request: None, ..facts(None) };
         let no_policy = Facts { policies: vec![], ..facts(None) };
         // (case, kind, user, groups, object, facts, allowed, message fragment)
@@ -413,6 +510,27 @@ mod tests {
                 "already Expired",
             ),
             (
+                "review stamped for an earlier request of the same name",
+                "AccessReview",
+                "carol",
+                vec!["sre"],
+                review_of("uid-0", "carol", &["sre"]),
+                facts(None),
+                false,
+                "must be the UID of AccessRequest r as it exists now (uid-1)",
+            ),
+            (
+                "review without the request's UID",
+                "AccessReview",
+                "carol",
+                vec!["sre"],
+                review_object(serde_json::json!({"accessRequest": "r", "decision": "Approve",
+                    "reason": "checked INC-1 ok", "reviewer": "carol", "reviewerGroups": ["sre"]})),
+                facts(None),
+                false,
+                "accessRequestUID",
+            ),
+            (
                 "review in another's name",
                 "AccessReview",
                 "carol",
@@ -431,14 +549,29 @@ mod tests {
     }
 
     #[test]
-    fn only_the_requester_or_an_approver_may_revoke() {
+    fn only_the_requester_an_approver_or_a_break_glass_admin_may_revoke() {
         let mut old_spec = base_spec();
         old_spec["requester"] = "alice".into();
         let mut new_spec = old_spec.clone();
         new_spec["revoked"] = true.into();
-        for (user, groups, allowed) in
-            [("alice", vec!["dev"], true), ("carol", vec!["sre"], true), ("bob", vec!["dev"], false)]
-        {
+        let on_call = BreakGlass { users: vec!["erin".into()], groups: vec!["platform".into()] };
+        // (user, groups, break-glass set, on whose authority; None: refused)
+        let cases = [
+            ("alice", vec!["dev"], BreakGlass::default(), Some(Revoker::Requester)),
+            ("carol", vec!["sre"], BreakGlass::default(), Some(Revoker::Approver)),
+            ("bob", vec!["dev"], BreakGlass::default(), None),
+            (
+                "admin",
+                vec!["system:masters", "system:authenticated"],
+                BreakGlass::default(),
+                Some(Revoker::BreakGlass("group system:masters".into())),
+            ),
+            ("admin", vec!["system:masters"], on_call.clone(), None),
+            ("erin", vec![], on_call.clone(), Some(Revoker::BreakGlass("user erin".into()))),
+            ("frank", vec!["platform"], on_call.clone(), Some(Revoker::BreakGlass("group platform".into()))),
+            ("bob", vec!["dev"], on_call, None),
+        ];
+        for (user, groups, break_glass, revoker) in cases {
             let request = admission(
                 "AccessRequest",
                 "UPDATE",
@@ -447,7 +580,10 @@ mod tests {
                 request_object(new_spec.clone()),
                 Some(request_object(old_spec.clone())),
             );
-            assert_eq!(validate(&request, &facts(None)).allowed, allowed, "{user}");
+            let facts = Facts { break_glass, ..facts(None) };
+            let response = validate(&request, &facts);
+            assert_eq!(response.allowed, revoker.is_some(), "{user} {groups:?}: {}", response.result.message);
+            assert_eq!(revocation(&request, &facts), revoker, "{user} {groups:?}");
         }
     }
 }

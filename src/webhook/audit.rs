@@ -113,13 +113,24 @@ impl AuditReceiver {
         false
     }
 
-    /// Handles one POST from the API server.
-    pub async fn receive(&self, headers: &HeaderMap, body: &Bytes) -> (StatusCode, &'static str) {
-        let count = |outcome| self.metrics.audit_events.get_or_create(&AuditLabels { outcome }).inc();
-        if !self.authenticated(headers).await {
-            count(AuditOutcome::unauthenticated);
-            return (StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    /// Checks the caller before its body is read: an unauthenticated POST
+    /// costs no more than its headers.
+    pub async fn admit(&self, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+        if self.authenticated(headers).await {
+            return Ok(());
         }
+        self.metrics.audit_events.get_or_create(&AuditLabels { outcome: AuditOutcome::unauthenticated }).inc();
+        Err((StatusCode::UNAUTHORIZED, "a valid bearer token is required"))
+    }
+
+    /// Counts a batch that was refused for its size.
+    pub fn too_large(&self) {
+        self.metrics.audit_events.get_or_create(&AuditLabels { outcome: AuditOutcome::malformed }).inc();
+    }
+
+    /// Handles one POST from the API server, once [`Self::admit`] let it in.
+    pub async fn receive(&self, body: &Bytes) -> (StatusCode, &'static str) {
+        let count = |outcome| self.metrics.audit_events.get_or_create(&AuditLabels { outcome }).inc();
         let writes = match audit::parse(body) {
             Ok(writes) => writes,
             Err(error) => {

@@ -14,17 +14,17 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::{info, warn};
 
 use crate::api::{AccessPolicy, AccessRequest};
@@ -41,7 +41,20 @@ struct AppState {
     client: Client,
     metrics: Arc<Metrics>,
     audit: Arc<AuditReceiver>,
+    break_glass: admission::BreakGlass,
+    recorder: Recorder,
 }
+
+/// The largest AdmissionReview read: an object may be 1.5 MiB and a review
+/// carries it twice (object and oldObject); driftwarden's own objects are a
+/// few KiB.
+pub const MAX_ADMISSION_BODY_BYTES: usize = 4 << 20;
+/// Admission calls read and handled at once (the rest wait for a permit).
+const ADMISSION_CONCURRENCY: usize = 16;
+/// Authenticated audit batches read at once (each up to 32 MiB).
+const AUDIT_CONCURRENCY: usize = 2;
+/// How long a call waits for a permit before it is told to retry.
+const PERMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How often the certificate's expiry is checked.
 const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
@@ -58,6 +71,8 @@ pub struct Config {
     /// A directory with `tls.crt`, `tls.key` and `ca.crt` (e.g. from
     /// cert-manager) to serve instead of a self-managed certificate.
     pub cert_dir: Option<PathBuf>,
+    /// Who may revoke any request in an incident.
+    pub break_glass: admission::BreakGlass,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +115,27 @@ pub async fn serve(
     });
     let renewal = tokio::spawn(keep_renewed(client.clone(), config.clone(), names, serving, rustls.clone()));
 
-    let router = Router::new()
+    // Every call holds a permit while its body is read and handled, so a
+    // flood of large bodies costs at most permits x body limit of memory.
+    let admission_permits = Bounds::new(ADMISSION_CONCURRENCY, MAX_ADMISSION_BODY_BYTES);
+    let audit_permits = Bounds::new(AUDIT_CONCURRENCY, crate::gate::audit::MAX_BODY_BYTES);
+    let admission = Router::new()
         .route(configuration::MUTATE_PATH, post(mutate))
         .route(configuration::VALIDATE_PATH, post(validate))
+        .layer(DefaultBodyLimit::max(MAX_ADMISSION_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(admission_permits, bounded));
+    // `/audit` reads its body itself, after the caller's token is checked.
+    let audit_route = Router::new()
         .route(AUDIT_PATH, post(receive_audit))
-        .layer(DefaultBodyLimit::max(crate::gate::audit::MAX_BODY_BYTES))
-        .with_state(AppState { client, metrics, audit });
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(audit_permits, bounded));
+    let router = admission.merge(audit_route).with_state(AppState {
+        recorder: Recorder::new(client.clone(), Reporter { controller: "driftwarden".into(), instance: None }),
+        client,
+        metrics,
+        audit,
+        break_glass: config.break_glass.clone(),
+    });
     info!(addr = %config.addr, endpoint = ?config.endpoint, "serving admission webhooks");
     let served = axum_server::bind_rustls(config.addr, rustls).handle(handle).serve(router.into_make_service()).await;
     renewal.abort();
@@ -183,9 +213,53 @@ fn observe(metrics: &Metrics, webhook: &'static str, outcome: &'static str, star
     metrics.webhook_duration.get_or_create(&WebhookNameLabels { webhook }).observe(started.elapsed().as_secs_f64());
 }
 
-async fn receive_audit(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+/// What one group of endpoints may take at once.
+#[derive(Clone)]
+struct Bounds {
+    permits: Arc<tokio::sync::Semaphore>,
+    max_body: usize,
+}
+
+impl Bounds {
+    fn new(concurrency: usize, max_body: usize) -> Self {
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(concurrency)), max_body }
+    }
+}
+
+/// Refuses a body that says it is too large before reading any of it, then
+/// waits (briefly) for one of the endpoints' permits and handles the call.
+async fn bounded(
+    State(bounds): State<Bounds>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let declared = request.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    if declared.and_then(|v| v.parse::<usize>().ok()).is_some_and(|length| length > bounds.max_body) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than the operator accepts").into_response();
+    }
+    match tokio::time::timeout(PERMIT_WAIT, bounds.permits.acquire_owned()).await {
+        Ok(Ok(_permit)) => next.run(request).await,
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "busy; retry").into_response(),
+    }
+}
+
+async fn receive_audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> (StatusCode, &'static str) {
     let started = std::time::Instant::now();
-    let answer = state.audit.receive(&headers, &body).await;
+    if let Err(refused) = state.audit.admit(&headers).await {
+        observe(&state.metrics, "audit", "refused", started);
+        return refused;
+    }
+    let Ok(body) = axum::body::to_bytes(body, crate::gate::audit::MAX_BODY_BYTES).await else {
+        state.audit.too_large();
+        observe(&state.metrics, "audit", "refused", started);
+        return (StatusCode::PAYLOAD_TOO_LARGE, "the batch is larger than the operator accepts");
+    };
+    let answer = state.audit.receive(&body).await;
     observe(&state.metrics, "audit", if answer.0.is_success() { "accepted" } else { "refused" }, started);
     answer
 }
@@ -196,7 +270,13 @@ async fn mutate(
 ) -> Json<AdmissionReview<DynamicObject>> {
     let started = std::time::Instant::now();
     let response = match into_request(review) {
-        Ok(request) => admission::mutate(&request),
+        Ok(request) => match reviewed_request(&state.client, &request).await {
+            Ok(reviewed) => admission::mutate(&request, reviewed.as_ref().and_then(|r| r.metadata.uid.as_deref())),
+            // Fail closed: a review whose request cannot be looked up is not admitted.
+            Err(error) => {
+                AdmissionResponse::from(&request).deny(format!("driftwarden could not check this request: {error}"))
+            }
+        },
         Err(invalid) => *invalid,
     };
     observe(&state.metrics, "mutate", if response.allowed { "allowed" } else { "denied" }, started);
@@ -213,8 +293,16 @@ async fn validate(
         Err(invalid) => return Json(invalid.into_review()),
     };
     let client = &state.client;
-    let response = match facts(client, &request).await {
-        Ok(facts) => admission::validate(&request, &facts),
+    let response = match facts(client, &request, &state.break_glass).await {
+        Ok(facts) => {
+            let response = admission::validate(&request, &facts);
+            if response.allowed
+                && let Some(revoker) = admission::revocation(&request, &facts)
+            {
+                record_revocation(&state.recorder, &request, &revoker).await;
+            }
+            response
+        }
         // Fail closed: what cannot be checked is not admitted.
         Err(error) => {
             AdmissionResponse::from(&request).deny(format!("driftwarden could not check this request: {error}"))
@@ -228,9 +316,83 @@ async fn validate(
     Json(response.into_review())
 }
 
+/// Logs a revocation with who made it and on what authority, and says so in
+/// an Event on the request: a break-glass revocation is an incident action
+/// the platform team must be able to find afterwards.
+async fn record_revocation(
+    recorder: &Recorder,
+    request: &AdmissionRequest<DynamicObject>,
+    revoker: &admission::Revoker,
+) {
+    let user = request.user_info.username.clone().unwrap_or_default();
+    let groups = request.user_info.groups.clone().unwrap_or_default();
+    let authority = match revoker {
+        admission::Revoker::Requester => "the requester".to_owned(),
+        admission::Revoker::Approver => "an approver".to_owned(),
+        admission::Revoker::BreakGlass(by) => format!("break-glass ({by})"),
+    };
+    let break_glass = matches!(revoker, admission::Revoker::BreakGlass(_));
+    if break_glass {
+        warn!(%user, ?groups, namespace = ?request.namespace, request = %request.name, %authority,
+              "break-glass revocation of an AccessRequest");
+    } else {
+        info!(%user, namespace = ?request.namespace, request = %request.name, %authority, "AccessRequest revoked");
+    }
+    let reference = ObjectReference {
+        api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
+        kind: Some("AccessRequest".into()),
+        name: Some(request.name.clone()),
+        namespace: request.namespace.clone(),
+        uid: request.old_object.as_ref().and_then(|o| o.metadata.uid.clone()),
+        ..ObjectReference::default()
+    };
+    let event = Event {
+        type_: if break_glass { EventType::Warning } else { EventType::Normal },
+        reason: if break_glass { "BreakGlassRevocation".into() } else { "RevocationRequested".into() },
+        note: Some(format!("revoked by {user} as {authority}")),
+        action: "Revoke".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &reference).await {
+        warn!(%error, "publishing the revocation event failed");
+    }
+}
+
+/// For a review: the request it names, fresh from the API server.
+async fn reviewed_request(
+    client: &Client,
+    request: &AdmissionRequest<DynamicObject>,
+) -> Result<Option<AccessRequest>, kube::Error> {
+    if Kind::of(request) != Some(Kind::AccessReview) {
+        return Ok(None);
+    }
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let target = request.object.as_ref().and_then(|o| o.data["spec"]["accessRequest"].as_str()).unwrap_or_default();
+    // Mutation runs before the schema: a name that is no object name
+    // (`../other-namespace/...`) is left for the schema to refuse, never
+    // looked up.
+    if !is_object_name(target) {
+        return Ok(None);
+    }
+    Api::<AccessRequest>::namespaced(client.clone(), &namespace).get_opt(target).await
+}
+
+/// A DNS subdomain, as every object name is.
+fn is_object_name(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (1..=253).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+}
+
 /// Looks up, fresh from the API server, what [`admission::validate`] needs.
 /// Admission is rare and must not act on a stale cache.
-async fn facts(client: &Client, request: &AdmissionRequest<DynamicObject>) -> Result<Facts, kube::Error> {
+async fn facts(
+    client: &Client,
+    request: &AdmissionRequest<DynamicObject>,
+    break_glass: &admission::BreakGlass,
+) -> Result<Facts, kube::Error> {
     let Some(kind) = Kind::of(request) else { return Ok(Facts::default()) };
     let namespace = request.namespace.clone().unwrap_or_default();
     let policies = Api::<AccessPolicy>::all(client.clone()).list(&Default::default()).await?.items;
@@ -239,16 +401,28 @@ async fn facts(client: &Client, request: &AdmissionRequest<DynamicObject>) -> Re
         .await?
         .map(|ns| ns.metadata.labels.unwrap_or_default());
     let reviewed_request = match kind {
-        Kind::AccessReview => {
-            let target =
-                request.object.as_ref().and_then(|o| o.data["spec"]["accessRequest"].as_str()).unwrap_or_default();
-            if target.is_empty() {
-                None
-            } else {
-                Api::<AccessRequest>::namespaced(client.clone(), &namespace).get_opt(target).await?
-            }
-        }
+        Kind::AccessReview => reviewed_request(client, request).await?,
         Kind::AccessRequest => None,
     };
-    Ok(Facts { policies, namespace_labels, reviewed_request })
+    Ok(Facts { policies, namespace_labels, reviewed_request, break_glass: break_glass.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_object_names_are_looked_up() {
+        for (name, ok) in [
+            ("open", true),
+            ("alice-frontend-hotfix", true),
+            ("a.b-c", true),
+            ("", false),
+            ("../../other/accessrequests/x", false),
+            ("open?watch=true", false),
+            ("Open", false),
+            ("-a", false),
+            ("a-", false),
+        ] {
+            assert_eq!(super::is_object_name(name), ok, "{name}");
+        }
+    }
 }

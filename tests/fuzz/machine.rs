@@ -1,16 +1,18 @@
 //! Targets `machine_step` and `machine_life`: `access::machine::evaluate` on
-//! arbitrary requests, reviews, policies, previous statuses and instants,
-//! and over whole lives (status fed back, time moving forward).
+//! arbitrary requests (two UIDs under one name: deleted and re-created),
+//! reviews, policies and instants, and over whole lives (time moving
+//! forward, reviews appearing). Status is never an input.
 //!
-//! Properties: no panic, even at the ends of time; final phases stay final
-//! and hold no binding; the binding exists exactly while Active and inside
-//! the window; approvals come from distinct approvers other than the
-//! requester; review order does not matter; a life only moves along the
-//! documented transitions and a granted window never moves.
+//! Properties: no panic, even at the ends of time; final phases hold no
+//! binding; the binding exists exactly while Active and inside the window;
+//! approvals come from distinct approvers other than the requester, made
+//! for this request's UID after it was created; review order does not
+//! matter; a life only moves along the documented transitions and a granted
+//! window never moves.
 
 use std::time::Duration;
 
-use driftwarden::access::machine::{Binding, Decision, Previous, Request, Review, Window, evaluate, is_final};
+use driftwarden::access::machine::{Binding, Decision, Request, Review, Window, evaluate, is_final};
 use driftwarden::access::policy::{Judge, NoPolicy};
 use driftwarden::api::{AccessPhase, AccessPolicySpec, Approvers, ReviewDecision, RoleKind, RoleRef, WindowStart};
 use k8s_openapi::jiff::Timestamp;
@@ -26,24 +28,12 @@ fn at(offset: i64) -> Timestamp {
     Timestamp::from_second(T0 + offset).expect("in range")
 }
 
-fn phase() -> impl Strategy<Value = AccessPhase> {
-    use AccessPhase::*;
-    proptest::sample::select(&[Pending, Approved, Denied, Active, Expired, Revoked][..])
-}
-
 fn instant() -> impl Strategy<Value = Timestamp> {
     prop_oneof![
         8 => (-3600i64..50 * 3600).prop_map(at),
         1 => Just(Timestamp::MAX),
         1 => Just(Timestamp::MIN),
     ]
-}
-
-fn window() -> impl Strategy<Value = Window> {
-    (instant(), 0i64..48 * 3600).prop_map(|(starts_at, length)| Window {
-        starts_at,
-        expires_at: starts_at.checked_add(jiff_seconds(length)).unwrap_or(Timestamp::MAX),
-    })
 }
 
 fn jiff_seconds(seconds: i64) -> k8s_openapi::jiff::SignedDuration {
@@ -53,18 +43,19 @@ fn jiff_seconds(seconds: i64) -> k8s_openapi::jiff::SignedDuration {
 /// An owned request; [`OwnedRequest::view`] lends it to the machine.
 #[derive(Debug, Clone)]
 struct OwnedRequest {
+    uid: &'static str,
     requester: Option<&'static str>,
     duration: Duration,
     reason: &'static str,
     start_at: Option<Timestamp>,
     revoked: bool,
     deleting: bool,
-    previous: Previous,
 }
 
 impl OwnedRequest {
     fn view(&self) -> Request<'_> {
         Request {
+            uid: Some(self.uid),
             requester: self.requester,
             duration: self.duration,
             reason: self.reason,
@@ -72,7 +63,6 @@ impl OwnedRequest {
             revoked: self.revoked,
             deleting: self.deleting,
             created_at: at(0),
-            previous: self.previous.clone(),
         }
     }
 }
@@ -85,12 +75,11 @@ fn duration() -> impl Strategy<Value = Duration> {
     ]
 }
 
-fn previous() -> impl Strategy<Value = Previous> {
-    (proptest::option::of(phase()), proptest::option::of("[a-z ]{0,10}"), proptest::option::of(window()))
-        .prop_map(|(phase, message, window)| Previous { phase, message, window })
-}
+/// The UIDs of two requests of the same name: the one the machine judges,
+/// and an earlier one, deleted, whose reviews are still around.
+const UIDS: &[&str] = &["uid-now", "uid-earlier"];
 
-fn request(previous: impl Strategy<Value = Previous>) -> impl Strategy<Value = OwnedRequest> {
+fn request() -> impl Strategy<Value = OwnedRequest> {
     (
         proptest::option::weighted(0.9, proptest::sample::select(&USERS[..3])),
         duration(),
@@ -98,16 +87,15 @@ fn request(previous: impl Strategy<Value = Previous>) -> impl Strategy<Value = O
         proptest::option::of(instant()),
         proptest::bool::weighted(0.1),
         proptest::bool::weighted(0.1),
-        previous,
     )
-        .prop_map(|(requester, duration, reason, start_at, revoked, deleting, previous)| OwnedRequest {
+        .prop_map(|(requester, duration, reason, start_at, revoked, deleting)| OwnedRequest {
+            uid: UIDS[0],
             requester,
             duration,
             reason,
             start_at,
             revoked,
             deleting,
-            previous,
         })
 }
 
@@ -118,6 +106,7 @@ struct OwnedReview {
     groups: Vec<String>,
     decision: ReviewDecision,
     created_at: Timestamp,
+    request_uid: Option<&'static str>,
 }
 
 fn reviews() -> impl Strategy<Value = Vec<OwnedReview>> {
@@ -126,17 +115,19 @@ fn reviews() -> impl Strategy<Value = Vec<OwnedReview>> {
         proptest::sample::select(GROUPS),
         proptest::bool::weighted(0.8),
         prop_oneof![9 => (0i64..3 * 3600).prop_map(at), 1 => instant()],
+        prop_oneof![6 => Just(Some(UIDS[0])), 3 => Just(Some(UIDS[1])), 1 => Just(None)],
     );
     proptest::collection::vec(review, 0..6).prop_map(|reviews| {
         reviews
             .into_iter()
             .enumerate()
-            .map(|(i, (reviewer, groups, approve, created_at))| OwnedReview {
+            .map(|(i, (reviewer, groups, approve, created_at, request_uid))| OwnedReview {
                 name: format!("r{i}"),
                 reviewer,
                 groups: groups.iter().map(|g| (*g).to_owned()).collect(),
                 decision: if approve { ReviewDecision::Approve } else { ReviewDecision::Deny },
                 created_at,
+                request_uid,
             })
             .collect()
     })
@@ -152,6 +143,7 @@ fn view(reviews: &[OwnedReview]) -> Vec<Review<'_>> {
             decision: r.decision,
             reason: "looked at the incident",
             created_at: r.created_at,
+            request_uid: r.request_uid,
         })
         .collect()
 }
@@ -203,10 +195,9 @@ fn check_decision(
     now: Timestamp,
     decision: &Decision,
 ) -> Result<(), TestCaseError> {
-    if let Some(previous) = request.previous.phase.filter(|p| is_final(*p)) {
-        prop_assert_eq!(decision.phase, previous, "a final phase changed");
+    if is_final(decision.phase) {
+        prop_assert_eq!(decision.binding, Binding::Absent, "a final phase holds a binding");
         prop_assert_eq!(decision.wake_at, None);
-        prop_assert_eq!(decision.window, request.previous.window);
     }
     prop_assert_eq!(decision.binding == Binding::Present, decision.phase == AccessPhase::Active);
     if decision.phase == AccessPhase::Active {
@@ -226,6 +217,8 @@ fn check_decision(
     for approval in &decision.approvals {
         let review = reviews.iter().find(|r| r.name == approval.review).expect("an approval names a review");
         prop_assert!(is_approver(review), "{} is no approver", approval.reviewer);
+        prop_assert_eq!(review.request_uid, Some(request.uid), "an approval of another request counted");
+        prop_assert!(review.created_at >= at(0), "an approval older than the request counted");
     }
     // Every review counted, or was ignored with a reason, or is the one deny
     // that decided; unless the request was refused before any review counted.
@@ -238,6 +231,7 @@ fn check_decision(
         prop_assert!(unaccounted.len() <= 1, "reviews neither counted nor ignored: {unaccounted:?}");
         for review in unaccounted {
             prop_assert!(review.decision == ReviewDecision::Deny && is_approver(review), "{review:?} vanished");
+            prop_assert_eq!(review.request_uid, Some(request.uid), "a deny of another request decided");
             prop_assert!(review.reviewer != request.requester, "the requester denied her own request");
         }
     }
@@ -246,7 +240,7 @@ fn check_decision(
 
 #[test]
 fn machine_step() {
-    let case = (request(previous()), reviews(), policy(), instant());
+    let case = (request(), reviews(), policy(), instant());
     fuzz("machine_step", 10000, case, |(request, reviews, spec, now)| {
         let decision = decide(&request, &reviews, spec.as_ref(), now);
         check_decision(&request, &reviews, spec.as_ref(), now, &decision)?;
@@ -257,10 +251,13 @@ fn machine_step() {
     });
 }
 
-/// The transitions a life may take (docs/ACCESS.md).
-fn allowed(from: Option<AccessPhase>, to: AccessPhase) -> bool {
+/// The transitions a life may take (docs/ACCESS.md). `ended`: the request
+/// is revoked or being deleted, which makes it Revoked from any phase (when
+/// it was revoked is not an input) and for good.
+fn allowed(from: Option<AccessPhase>, to: AccessPhase, ended: bool) -> bool {
     use AccessPhase::*;
     match from {
+        _ if ended && to == Revoked => true,
         None | Some(Pending) => true,
         Some(Approved) => matches!(to, Approved | Active | Expired | Revoked),
         Some(Active) => matches!(to, Active | Expired | Revoked),
@@ -275,9 +272,11 @@ fn machine_life() {
         (0i64..4 * 3600, proptest::bool::weighted(0.05), proptest::bool::weighted(0.03)),
         1..12,
     );
-    let case = (request(Just(Previous::default())), reviews(), policy(), steps);
+    let case = (request(), reviews(), policy(), steps);
     fuzz("machine_life", 10000, case, |(mut request, reviews, spec, steps)| {
         let mut now = at(-60);
+        // What the last evaluation said: the test's memory, not the machine's input.
+        let mut last: Option<(AccessPhase, Option<Window>)> = None;
         for (forward, revoke, delete) in steps {
             now = now.checked_add(jiff_seconds(forward)).unwrap_or(Timestamp::MAX);
             request.revoked |= revoke;
@@ -286,14 +285,16 @@ fn machine_life() {
             let visible: Vec<OwnedReview> = reviews.iter().filter(|r| r.created_at <= now).cloned().collect();
             let decision = decide(&request, &visible, spec.as_ref(), now);
             check_decision(&request, &visible, spec.as_ref(), now, &decision)?;
-            let from = request.previous.phase;
-            prop_assert!(allowed(from, decision.phase), "{from:?} -> {:?} at {now}", decision.phase);
+            let from = last.map(|(phase, _)| phase);
+            let ended = request.revoked || request.deleting;
+            prop_assert!(allowed(from, decision.phase, ended), "{from:?} -> {:?} at {now}", decision.phase);
+            let before = last.and_then(|(_, window)| window);
             if let (Some(before), AccessPhase::Approved | AccessPhase::Active | AccessPhase::Expired) =
-                (request.previous.window, decision.phase)
+                (before, decision.phase)
             {
                 prop_assert_eq!(decision.window, Some(before), "a granted window moved");
             }
-            if let (None, Some(window)) = (request.previous.window, decision.window) {
+            if let (None, Some(window)) = (before, decision.window) {
                 let length =
                     Duration::try_from(window.expires_at.duration_since(window.starts_at)).unwrap_or(Duration::MAX);
                 prop_assert!(
@@ -302,8 +303,7 @@ fn machine_life() {
                     request.duration
                 );
             }
-            request.previous =
-                Previous { phase: Some(decision.phase), message: Some(decision.message), window: decision.window };
+            last = Some((decision.phase, decision.window));
         }
         Ok(())
     });

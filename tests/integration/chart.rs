@@ -145,6 +145,8 @@ fn default_values_render_two_hardened_replicas_with_probes_and_the_dashboard() {
         "RoleBinding",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ];
     assert_eq!(kinds(&objects), expected.into_iter().map(|k| (k, 1)).collect());
 
@@ -219,7 +221,8 @@ fn custom_values_turn_on_cert_manager_monitoring_network_policy_and_the_example_
     let args = strings(&container["args"]);
     assert_eq!(arg(&args, "--log-format"), Some("text"));
     assert_eq!(arg(&args, "--lease-name"), Some("dw-leader"));
-    assert_eq!(arg(&args, "--iac-field-managers"), Some("terraform,pulumi"));
+    assert_eq!(arg(&args, "--ignore-pointers"), Some("/metadata/labels/team,/metadata/annotations/owner"));
+    assert_eq!(arg(&args, "--break-glass-groups"), Some("system:masters"));
     assert_eq!(arg(&args, "--webhook-service"), Some("dw"));
 
     // cert-manager's Secret is mounted where --webhook-cert-dir points, and

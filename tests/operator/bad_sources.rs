@@ -92,6 +92,7 @@ fn cases() -> Vec<Case> {
     let target = |name: &str| config_map_yaml(&format!("{name}-target"), &mode_fast);
     let mut one_mib = Case::new("one-mib", Expect::Valid { managed: 1 });
     one_mib.target_data = (0..1000).map(|i| (format!("key-{i:04}"), "v".repeat(1000))).collect();
+    one_mib.target_data.insert("mode".into(), "fast".into());
     let big = config_map_yaml(&one_mib.target(), &one_mib.target_data);
     let mut garbage_revision = Case::new(
         "garbage-revision",
@@ -152,11 +153,12 @@ async fn run(t: &AccessTest, case: &Case) {
     let admin = t.env.api::<ConfigMap>(User::Admin).await;
     let mut target_data = case.target_data.clone();
     target_data.insert("mode".into(), "fast".into());
-    // Applied as `kubectl apply --server-side` would: by an IaC field manager.
+    // Applied as `kubectl apply --server-side` would, and declared as applied
+    // (a field Git does not declare is drift, whoever applied it).
     let target =
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": case.target()}, "data": target_data});
     admin.patch(&case.target(), &PatchParams::apply("kubectl"), &Patch::Apply(target)).await.unwrap();
-    let good = config_map_yaml(&case.target(), &BTreeMap::from([("mode".into(), "fast".into())]));
+    let good = config_map_yaml(&case.target(), &target_data);
     t.desired_state(case.name, &[("good.yaml", good.clone())], json!([])).await;
     let in_sync = |s: &driftwarden::api::DesiredStateStatus| s.managed == Some(1) && s.drifted == Some(0);
     t.wait_for_status(case.name, Duration::from_secs(60), in_sync).await;

@@ -86,9 +86,9 @@ pub struct Settings {
     /// DesiredStates in this namespace may declare other namespaces and
     /// cluster-scoped objects.
     pub operator_namespace: String,
-    /// Field managers, besides the defaults, whose fields are the declared
-    /// state (an in-house deploy tool, say).
-    pub iac_field_managers: Vec<String>,
+    /// JSON pointers every DesiredState ignores besides its own rules
+    /// (the chart's default: the metadata Helm adds).
+    pub ignore_pointers: Vec<String>,
     pub instance: Option<String>,
     /// Reverts per second per DesiredState, after a burst of `revert_burst`.
     pub revert_rate: f64,
@@ -197,6 +197,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         )),
         tokio::spawn(drive(watcher(Api::<Role>::all(client.clone()), watcher::Config::default()), roles_writer)),
     ];
+    let (approvals, approvals_listed) = gate::Approvals::watch(&client, shutdown.clone());
     let limiter = RevertLimiter::new(settings.revert_rate, settings.revert_burst);
     if !settings.verify_sources {
         warn!(
@@ -216,10 +217,16 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         pending_since,
         drifted: Mutex::default(),
         gate: Caches {
-            listed: Ready::all_of(vec![Ready::of(&requests), Ready::of(&cluster_roles), Ready::of(&roles)]),
+            listed: Ready::all_of(vec![
+                Ready::of(&requests),
+                Ready::of(&cluster_roles),
+                Ready::of(&roles),
+                approvals_listed,
+            ]),
             requests: requests.clone(),
             cluster_roles,
             roles,
+            approvals,
         },
         limiter,
         reverted: Mutex::default(),
@@ -453,8 +460,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     }
 
     // Diff (pure) against the caches.
-    let mut options = DiffOptions::with_ignore(state.spec.ignore.clone());
-    options.own_managers.extend(context.settings.iac_field_managers.iter().cloned());
+    let options =
+        DiffOptions::with_ignore(drift::with_global_ignore(&state.spec.ignore, &context.settings.ignore_pointers));
     // An object whose live resourceVersion is what it was at the last
     // reconcile of the same parse has the same diff: only changed objects
     // are diffed again, so one edit costs one diff, not one per object.
