@@ -45,6 +45,12 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let key = signing_key(&args)?;
     let files =
         crate::publish::read_manifest_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
+    if let Err(errors) = crate::publish::check(&args.dir.display().to_string(), &files) {
+        for error in &errors.0 {
+            eprintln!("error: {error}");
+        }
+        anyhow::bail!("{} problem(s) in {}; nothing was published", errors.0.len(), args.dir.display());
+    }
     let revision = match args.revision {
         Some(revision) => Some(revision),
         None => git_revision(&args.dir),

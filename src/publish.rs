@@ -226,10 +226,40 @@ pub fn unchanged(live: &ConfigMap, desired: &ConfigMap) -> bool {
             .all(|(k, v)| live.metadata.annotations.as_ref().and_then(|a| a.get(k)) == Some(v))
 }
 
+/// Reads the files as the operator will (`drift::parse_sources`, kubectl's
+/// reading of YAML) and returns every problem, so that nothing the operator
+/// would refuse is published. Which kinds exist and where the DesiredState
+/// may declare them are the operator's to judge: every kind passes here.
+pub fn check(dir: &str, files: &[ManifestFile]) -> Result<(), crate::drift::SourceErrors> {
+    use crate::drift::{Scope, SourceConfigMap, SourceScope, parse_sources};
+    let mut source = SourceConfigMap { name: dir.to_owned(), ..Default::default() };
+    for file in files {
+        match String::from_utf8(file.content.clone()) {
+            Ok(text) => drop(source.data.insert(file.path.clone(), text)),
+            Err(bytes) => drop(source.binary_data.insert(file.path.clone(), bytes.into_bytes())),
+        }
+    }
+    let scope = SourceScope { namespace: "default", operator_namespace: "default" };
+    parse_sources(&[source], &scope, &|_: &str, _: &str| Some(Scope::Namespaced)).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::drift::{Scope, SourceConfigMap, SourceScope, parse_sources};
+
+    #[test]
+    fn what_the_operator_would_refuse_is_not_published() {
+        let good =
+            file("web.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 0x3}\n");
+        assert_eq!(check("manifests", std::slice::from_ref(&good)), Ok(()));
+        let label = file("bad.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  labels: {tier: yes}\n");
+        let errors = check("manifests", &[good, label]).unwrap_err().to_string();
+        assert!(
+            errors.contains("key bad.yaml document 0: metadata.labels.tier must be a string, found a boolean"),
+            "{errors}"
+        );
+    }
 
     fn file(path: &str, content: &str) -> ManifestFile {
         ManifestFile { path: path.into(), content: content.as_bytes().to_vec() }

@@ -16,6 +16,9 @@ pub const BIN_DIR_ENV: &str = "DRIFTWARDEN_CONTROLPLANE_BIN";
 /// Set to a `helm` executable to skip building it.
 pub const HELM_ENV: &str = "DRIFTWARDEN_HELM";
 
+/// Set to a `prometheus` executable to skip building it.
+pub const PROMETHEUS_ENV: &str = "DRIFTWARDEN_PROMETHEUS";
+
 /// The build script that lives with the pinned Go modules.
 pub fn build_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/build.sh")
@@ -39,6 +42,19 @@ pub fn helm() -> Result<PathBuf, Error> {
     let found = HELM.get_or_init(|| match std::env::var_os(HELM_ENV) {
         Some(path) => Ok(PathBuf::from(path)),
         None => build("helm").map(|dir| dir.join("helm")).map_err(|e| e.to_string()),
+    });
+    found.clone().map_err(Error::Build)
+}
+
+/// `prometheus`, from [`PROMETHEUS_ENV`] or built from the pinned Go module
+/// in `tests/controlplane/prometheus` and cached like helm (`build.sh
+/// prometheus`); looked up once per process.
+pub fn prometheus() -> Result<PathBuf, Error> {
+    static PROMETHEUS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = PROMETHEUS.get_or_init(|| match std::env::var_os(PROMETHEUS_ENV) {
+        Some(path) if Path::new(&path).is_file() => Ok(PathBuf::from(path)),
+        Some(path) => Err(format!("{PROMETHEUS_ENV}={} is not a file", Path::new(&path).display())),
+        None => build("prometheus").map(|dir| dir.join("prometheus")).map_err(|e| e.to_string()),
     });
     found.clone().map_err(Error::Build)
 }

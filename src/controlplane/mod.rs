@@ -10,7 +10,10 @@ pub mod operator;
 pub mod supervisor;
 mod users;
 
-pub use binaries::{BIN_DIR_ENV, HELM_ENV, KUBERNETES_VERSION, ensure as binary_dir, helm as helm_binary};
+pub use binaries::{
+    BIN_DIR_ENV, HELM_ENV, KUBERNETES_VERSION, PROMETHEUS_ENV, ensure as binary_dir, helm as helm_binary,
+    prometheus as prometheus_binary,
+};
 pub use flags::AuditWebhook;
 pub use supervisor::Supervisor;
 pub use users::User;

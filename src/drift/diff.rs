@@ -177,10 +177,10 @@ fn redacted_secret(declared: &Value) -> Value {
 }
 
 fn unified_diff(declared: Option<&Value>, live: Option<&Value>) -> String {
-    let render = |value: Option<&Value>| {
-        value.map(|value| serde_yaml_ng::to_string(value).unwrap_or_else(|error| format!("# {error}\n")))
-    };
-    let (declared, live) = (render(declared).unwrap_or_default(), render(live).unwrap_or_default());
+    // Shown to people who may copy it into Git: YAML kubectl reads back as
+    // these values.
+    let [declared, live]: [String; 2] =
+        super::yaml::render_all(&[declared, live]).try_into().expect("two renderings for two values");
     TextDiff::from_lines(&declared, &live).unified_diff().context_radius(3).header("declared", "live").to_string()
 }
 

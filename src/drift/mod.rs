@@ -9,9 +9,11 @@
 
 pub mod diff;
 pub mod normalize;
+pub mod schema;
 mod server_fields;
 pub mod signature;
 pub mod source;
+pub mod yaml;
 
 #[cfg(test)]
 mod corpus_tests;

@@ -13,7 +13,6 @@ use std::fmt;
 use std::io::Read as _;
 
 use base64::Engine as _;
-use serde::Deserialize as _;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -408,6 +407,33 @@ pub enum DocumentError {
         /// The operator's namespace.
         operator: String,
     },
+    /// A metadata field kubectl decodes into its Go type holds another type
+    /// (kubectl refuses the file; the API server would refuse the object).
+    #[error("{path} must be {expected}, found {found}{}", type_hint(.found))]
+    FieldType {
+        /// Where, e.g. `metadata.labels.tier`.
+        path: String,
+        /// The type it must have.
+        expected: &'static str,
+        /// The type it has.
+        found: &'static str,
+    },
+    /// A value the API server cannot decode into its field's type: the
+    /// object could never be applied, nor a drift on it reverted.
+    #[error(
+        "{path} must be {expected} (the API's type for {kind}), found {found}{}",
+        type_hint(.found)
+    )]
+    SchemaType {
+        /// The kind.
+        kind: String,
+        /// Where, e.g. `spec.replicas`.
+        path: String,
+        /// The field's type.
+        expected: String,
+        /// The declared value's type.
+        found: String,
+    },
     /// The same object is declared twice.
     #[error("{object} is declared twice (first in {first})")]
     Duplicate {
@@ -416,6 +442,15 @@ pub enum DocumentError {
         /// Where it was declared first.
         first: Origin,
     },
+}
+
+/// Numbers and booleans where text belongs are mostly YAML 1.1 at work.
+fn type_hint(found: &str) -> &'static str {
+    if found == "a number" || found == "an integer" || found == "a boolean" {
+        " (quote the value: kubectl reads an unquoted 0x1F, 017, 1_000, yes, on or y as a number or a boolean)"
+    } else {
+        ""
+    }
 }
 
 /// Why a revision annotation is rejected.
@@ -621,18 +656,9 @@ fn parse_text(
     }
 }
 
-/// The documents of one key. JSON goes through serde_json first (YAML
-/// rejects some valid JSON, e.g. tab indentation); anything else, or JSON
-/// that does not parse, is YAML. A syntax error ends the key: the parser
-/// cannot find the next document boundary reliably after it.
+/// The documents of one key, read as kubectl reads a file (see
+/// [`super::yaml`]). A syntax error ends the key: kubectl stops there too.
 fn split_documents(text: &str) -> Vec<Result<Value, DocumentError>> {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let json: Result<Vec<Value>, _> = serde_json::Deserializer::from_str(text).into_iter::<Value>().collect();
-        if let Ok(values) = json {
-            return values.into_iter().map(check_depth).collect();
-        }
-    }
     // The YAML parser's cost per character grows with flow nesting; refuse
     // what would be too deep anyway before it starts.
     if let Some(document) = flow_too_deep(text, MAX_DEPTH) {
@@ -640,17 +666,15 @@ fn split_documents(text: &str) -> Vec<Result<Value, DocumentError>> {
         documents.push(Err(DocumentError::TooDeep { limit: MAX_DEPTH }));
         return documents;
     }
-    let mut documents = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(text) {
-        match Value::deserialize(document) {
-            Ok(value) => documents.push(check_depth(value)),
-            Err(error) => {
-                documents.push(Err(DocumentError::Yaml(error.to_string())));
-                break;
-            }
-        }
-    }
-    documents
+    super::yaml::read_documents(text, MAX_DEPTH)
+        .into_iter()
+        .map(|document| {
+            document.map_err(|error| match error {
+                super::yaml::ReadError::Syntax(message) => DocumentError::Yaml(message),
+                super::yaml::ReadError::TooDeep => DocumentError::TooDeep { limit: MAX_DEPTH },
+            })
+        })
+        .collect()
 }
 
 /// The document (0-based) in which flow collections (`[`, `{`) nest deeper
@@ -681,10 +705,6 @@ fn flow_too_deep(text: &str, limit: usize) -> Option<usize> {
         }
     }
     None
-}
-
-fn check_depth(value: Value) -> Result<Value, DocumentError> {
-    if depth_exceeds(&value, MAX_DEPTH) { Err(DocumentError::TooDeep { limit: MAX_DEPTH }) } else { Ok(value) }
 }
 
 /// Whether `value` nests deeper than `limit`; iterative, so any input is safe.
@@ -742,6 +762,7 @@ fn declared_object(mut value: Value, context: &DocumentContext<'_>) -> Result<(O
         Some(_) => return Err(DocumentError::WrongType { field: "metadata", expected: "mapping" }),
     };
     let name = required_string(metadata, "name", "metadata.name")?;
+    check_metadata_types(metadata)?;
     check_length("metadata.name", &name, MAX_NAME_LEN)?;
     let declared_namespace = match metadata.get("namespace") {
         None | Some(Value::Null) => None,
@@ -771,7 +792,115 @@ fn declared_object(mut value: Value, context: &DocumentContext<'_>) -> Result<(O
             check_cluster_scope(&key, context.scope)?;
         }
     }
+    if let Some(mismatch) = super::schema::type_mismatch(&key.group, &key.version, &key.kind, &value) {
+        return Err(DocumentError::SchemaType {
+            kind: key.kind,
+            path: mismatch.path,
+            expected: mismatch.expected,
+            found: mismatch.found,
+        });
+    }
     Ok((key, value))
+}
+
+/// kubectl decodes `metadata` of every object into its Go type
+/// (metav1.ObjectMeta) and refuses the file when a field does not fit; so
+/// does this. `null` fits anything, as in Go; unknown fields are ignored.
+fn check_metadata_types(metadata: &Map<String, Value>) -> Result<(), DocumentError> {
+    const STRINGS: [&str; 6] = ["name", "generateName", "namespace", "selfLink", "uid", "resourceVersion"];
+    for (field, value) in metadata {
+        let path = format!("metadata.{}", short_key(field));
+        match field.as_str() {
+            field if STRINGS.contains(&field) => expect_string(value, &path)?,
+            "generation" | "deletionGracePeriodSeconds" => expect_integer(value, &path)?,
+            "creationTimestamp" | "deletionTimestamp" => expect_time(value, &path)?,
+            "labels" | "annotations" => {
+                for (key, value) in expect_map(value, &path)? {
+                    expect_string(value, &format!("{path}.{}", short_key(key)))?;
+                }
+            }
+            "finalizers" => {
+                for (index, value) in expect_list(value, &path)?.iter().enumerate() {
+                    expect_string(value, &format!("{path}[{index}]"))?;
+                }
+            }
+            "ownerReferences" => {
+                for (index, reference) in expect_list(value, &path)?.iter().enumerate() {
+                    let path = format!("{path}[{index}]");
+                    for (key, value) in expect_map(reference, &path)? {
+                        let path = format!("{path}.{}", short_key(key));
+                        match key.as_str() {
+                            "apiVersion" | "kind" | "name" | "uid" => expect_string(value, &path)?,
+                            "controller" | "blockOwnerDeletion" => expect_bool(value, &path)?,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Keys quoted in errors are cut short: errors end up in status and Events.
+fn short_key(key: &str) -> Cow<'_, str> {
+    match key.char_indices().nth(64) {
+        Some((at, _)) => Cow::Owned(format!("{}...", &key[..at])),
+        None => Cow::Borrowed(key),
+    }
+}
+
+fn field_type(path: &str, expected: &'static str, value: &Value) -> DocumentError {
+    DocumentError::FieldType { path: path.to_owned(), expected, found: type_name(value) }
+}
+
+fn expect_string(value: &Value, path: &str) -> Result<(), DocumentError> {
+    if matches!(value, Value::String(_) | Value::Null) { Ok(()) } else { Err(field_type(path, "a string", value)) }
+}
+
+fn expect_bool(value: &Value, path: &str) -> Result<(), DocumentError> {
+    if matches!(value, Value::Bool(_) | Value::Null) { Ok(()) } else { Err(field_type(path, "a boolean", value)) }
+}
+
+fn expect_integer(value: &Value, path: &str) -> Result<(), DocumentError> {
+    match value {
+        Value::Null => Ok(()),
+        Value::Number(number) if number.is_i64() => Ok(()),
+        _ => Err(field_type(path, "an integer", value)),
+    }
+}
+
+fn expect_map<'a>(value: &'a Value, path: &str) -> Result<Vec<(&'a String, &'a Value)>, DocumentError> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Object(map) => Ok(map.iter().collect()),
+        _ => Err(field_type(path, "a mapping", value)),
+    }
+}
+
+fn expect_list<'a>(value: &'a Value, path: &str) -> Result<&'a [Value], DocumentError> {
+    match value {
+        Value::Null => Ok(&[]),
+        Value::Array(items) => Ok(items),
+        _ => Err(field_type(path, "a list", value)),
+    }
+}
+
+/// metav1.Time: null, or RFC 3339 text (`2026-12-01T10:00:00Z`).
+fn expect_time(value: &Value, path: &str) -> Result<(), DocumentError> {
+    match value {
+        Value::Null => Ok(()),
+        Value::String(text)
+            if time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).is_ok() =>
+        {
+            Ok(())
+        }
+        Value::String(_) => {
+            Err(DocumentError::FieldType { path: path.to_owned(), expected: "an RFC 3339 time", found: "other text" })
+        }
+        _ => Err(field_type(path, "an RFC 3339 time", value)),
+    }
 }
 
 fn check_namespace(key: &ObjectKey, scope: &SourceScope<'_>) -> Result<(), DocumentError> {

@@ -40,9 +40,11 @@ pub fn session_patch(declared: &Value, live: Option<&Value>, diff: &ObjectDiff, 
             redact(after, &changed_paths);
         }
     }
-    let render =
-        |value: Option<&Value>| value.map(|v| serde_yaml_ng::to_string(v).unwrap_or_default()).unwrap_or_default();
-    let (old, new) = (render(Some(&before)), render(after.as_ref()));
+    // The patch is committed to Git and read by kubectl: YAML it reads back
+    // as these values (`tier: 'yes'`, not `tier: yes`).
+    let [old, new]: [String; 2] = crate::drift::yaml::render_all(&[Some(&before), after.as_ref()])
+        .try_into()
+        .expect("two renderings for two values");
     let mut patch = TextDiff::from_lines(&old, &new)
         .unified_diff()
         .context_radius(3)

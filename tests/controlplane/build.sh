@@ -7,6 +7,7 @@
 #   build.sh [controlplane]  etcd, kube-apiserver, kube-controller-manager and
 #                            a kubectl of the same release (./etcd, ./kube)
 #   build.sh helm            helm, for the chart tests (./helm)
+#   build.sh prometheus      Prometheus, for the dashboard test (./prometheus)
 #
 #   DRIFTWARDEN_CACHE_DIR  cache root (default: ${XDG_CACHE_HOME:-~/.cache}/driftwarden)
 set -euo pipefail
@@ -15,6 +16,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 KUBE_VERSION=v1.35.4
 ETCD_VERSION=v3.6.5
 HELM_VERSION=v3.20.2
+# Prometheus v3.12.0: the Go module numbers v3.x.y as v0.3xx.y.
+PROMETHEUS_VERSION=v3.12.0
+PROMETHEUS_MODULE_VERSION=v0.312.0
 target=${1:-controlplane}
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -30,8 +34,13 @@ helm)
 	name="helm-$HELM_VERSION"
 	binaries=(helm)
 	;;
+prometheus)
+	inputs=("$here/prometheus/go.mod" "$here/prometheus/go.sum")
+	name="prometheus-$PROMETHEUS_VERSION"
+	binaries=(prometheus)
+	;;
 *)
-	echo "usage: $0 [controlplane|helm]" >&2
+	echo "usage: $0 [controlplane|helm|prometheus]" >&2
 	exit 2
 	;;
 esac
@@ -55,10 +64,10 @@ log="$bin.partial/build.log"
 
 # go build prints one line per compiled package with -v; show a heartbeat
 # instead of thousands of lines.
-build() { # name module-dir package ldflags
-	local name=$1 dir=$2 pkg=$3 ldflags=$4 start=$SECONDS pid
+build() { # name module-dir package ldflags [build tags]
+	local name=$1 dir=$2 pkg=$3 ldflags=$4 tags=${5:-} start=$SECONDS pid
 	echo "building $name (a cold build takes several minutes)..." >&2
-	(cd "$dir" && go build -v -trimpath -ldflags "$ldflags" -o "$bin.partial/$name" "$pkg") >>"$log" 2>&1 &
+	(cd "$dir" && go build -v -trimpath -tags "$tags" -ldflags "$ldflags" -o "$bin.partial/$name" "$pkg") >>"$log" 2>&1 &
 	pid=$!
 	while kill -0 "$pid" 2>/dev/null; do
 		sleep 20
@@ -97,6 +106,17 @@ helm)
 	done
 
 	build helm "$here/helm" helm.sh/helm/v3/cmd/helm "$helm_ldflags"
+	;;
+prometheus)
+	# The test scrapes a static target and asks the HTTP API only:
+	# remove_all_sd leaves out every service discovery but static and file
+	# (most of the dependency tree), and without the builtinassets tag the
+	# web UI is not compiled in.
+	prom_ldflags="-s -w"
+	prom_ldflags+=" -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}"
+	prom_ldflags+=" -X github.com/prometheus/common/version.Branch=release"
+	prom_ldflags+=" -X github.com/prometheus/common/version.Revision=$PROMETHEUS_MODULE_VERSION"
+	build prometheus "$here/prometheus" github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags" remove_all_sd
 	;;
 esac
 

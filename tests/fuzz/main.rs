@@ -17,6 +17,7 @@
 mod audit;
 mod diff;
 mod durations;
+mod kubectl;
 mod machine;
 mod signatures;
 mod sources;

@@ -124,13 +124,13 @@ fn cases() -> Vec<Case> {
             "many-bad-documents",
             invalid(&["key tiny.yaml document 0: expected an object", "... and 9990 more"]),
         )
-        .data("tiny.yaml", "--- 1\n".repeat(10_000)),
+        .data("tiny.yaml", "---\n1\n".repeat(10_000)),
         Case::new(
             "deep",
             invalid(&[
                 "key deep.json document 0: nested deeper than 100 levels",
                 "key deep.yaml document 0: nested deeper than 100 levels",
-                "key indented.yaml document 0: invalid YAML: recursion limit exceeded",
+                "key indented.yaml document 0: nested deeper than 100 levels",
             ]),
         )
         .data("deep.json", format!("{}1{}", r#"{"a":"#.repeat(50_000), "}".repeat(50_000)))

@@ -1,5 +1,5 @@
-//! The chart's Grafana dashboard against a real Prometheus (the Debian
-//! package) scraping the operator through a scenario: a grant that is
+//! The chart's Grafana dashboard against a real Prometheus (built from its
+//! pinned Go module by the harness, like helm) scraping the operator through a scenario: a grant that is
 //! approved and expires, a request denied, an unauthorized change reverted
 //! at once, a session change reverted when its window ends. Afterwards every
 //! panel query, evaluated by Prometheus, returns data.
@@ -11,17 +11,13 @@ use std::time::Duration;
 
 use driftwarden::api::AccessPhase;
 use driftwarden::controlplane::operator::{OPERATOR_NAMESPACE, chart_dir};
-use driftwarden::controlplane::{Supervisor, User};
+use driftwarden::controlplane::{self, PROMETHEUS_ENV, Supervisor, User};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
 use crate::common::{AccessTest, setup};
 use crate::gate::{alice_window, managed_shop, mode, replicas, scale, set_mode};
-use crate::support::{eventually, http_get};
-
-/// Set to a `prometheus` executable; otherwise Debian's (`apt-get install prometheus`).
-const PROMETHEUS_ENV: &str = "DRIFTWARDEN_PROMETHEUS";
-const PROMETHEUS_DEBIAN: &str = "/usr/bin/prometheus";
+use crate::support::{eventually, http_get, required};
 /// What Grafana's interval variables stand for here: long enough to cover
 /// the scenario (a minute at most) at a 1 s scrape interval.
 const INTERVAL: &str = "1m";
@@ -36,19 +32,19 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn binary() -> PathBuf {
-        let path = std::env::var_os(PROMETHEUS_ENV).map_or_else(|| PathBuf::from(PROMETHEUS_DEBIAN), PathBuf::from);
-        assert!(
-            path.is_file(),
-            "{} not found: install Prometheus (`apt-get install prometheus`, as .ci/run does) or set {PROMETHEUS_ENV}",
-            path.display()
+    /// The harness's Prometheus (`tests/controlplane/build.sh prometheus`,
+    /// built on first use), or the one [`PROMETHEUS_ENV`] names.
+    fn binary() -> Option<PathBuf> {
+        let how = format!(
+            "the harness builds it with Go from the Go module proxy (`bash tests/controlplane/build.sh prometheus`); \
+             or set {PROMETHEUS_ENV} to a prometheus v3 executable"
         );
-        path
+        required("Prometheus", controlplane::prometheus_binary().map_err(|e| e.to_string()), &how)
     }
 
     /// Scrapes `127.0.0.1:<target>` as the Prometheus Operator would scrape
     /// a Pod of the release: with the `namespace` label the dashboard filters on.
-    fn start(dir: &Path, target: u16) -> Self {
+    fn start(binary: &Path, dir: &Path, target: u16) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("prometheus.yml");
@@ -65,7 +61,7 @@ impl Prometheus {
         // JSON is YAML.
         std::fs::write(&config, scrape.to_string()).unwrap();
         let log = dir.join("prometheus.log");
-        let mut command = Command::new(Self::binary());
+        let mut command = Command::new(binary);
         command
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
@@ -186,9 +182,10 @@ async fn scenario(t: &AccessTest) {
 
 #[tokio::test]
 async fn every_dashboard_panel_shows_data_from_prometheus_scraping_a_real_run() {
+    let Some(binary) = tokio::task::spawn_blocking(Prometheus::binary).await.unwrap() else { return };
     let t = setup("dashboard", json!({})).await;
     let dir = t.operator.cp.dir().join(format!("prometheus-{}", t.env.namespace));
-    let prometheus = Prometheus::start(&dir, t.operator.http_port);
+    let prometheus = Prometheus::start(&binary, &dir, t.operator.http_port);
     prometheus.wait_until_scraping().await;
 
     scenario(&t).await;

@@ -22,7 +22,7 @@ async fn a_malformed_source_is_reported_and_the_last_good_state_is_kept() {
         data.insert("bad.yaml".into(), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n".into());
         data.insert(
             "elsewhere.yaml".into(),
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: y, namespace: kube-system}\n".into(),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: elsewhere, namespace: kube-system}\n".into(),
         );
     })
     .await;

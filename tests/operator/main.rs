@@ -25,6 +25,7 @@ mod identity;
 mod kubectl_flow;
 mod operator_probes;
 mod readme_walkthrough;
+mod rejected_reverts;
 mod restart;
 mod revocation;
 mod secret_canaries;

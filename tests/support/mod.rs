@@ -51,7 +51,29 @@ pub fn control_plane() -> &'static ControlPlane {
 /// `helm`, from `DRIFTWARDEN_HELM` or built and cached by
 /// `tests/controlplane/build.sh helm` (see `controlplane::helm_binary`).
 pub fn helm_binary() -> PathBuf {
-    controlplane::helm_binary().unwrap_or_else(|err| panic!("helm is not available: {err}"))
+    controlplane::helm_binary().unwrap_or_else(|err| {
+        panic!(
+            "helm is not available: {err}\nto get it: the harness builds it with Go from the Go module proxy \
+             (`bash tests/controlplane/build.sh helm`), or set DRIFTWARDEN_HELM to a helm v3 executable"
+        )
+    })
+}
+
+/// A tool a test needs that the harness could not provide: under CI
+/// (`CI=true`) the test fails with `why` and `how`; elsewhere it prints them
+/// and is skipped (returns None), so a developer's machine without the tool
+/// still runs the rest.
+pub fn required<T>(tool: &str, found: Result<T, String>, how: &str) -> Option<T> {
+    match found {
+        Ok(found) => Some(found),
+        Err(why) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!("{tool} is not available: {why}\nto get it: {how}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED: {tool} is not available: {why}\nto get it: {how}");
+            None
+        }
+    }
 }
 
 /// One test's view of the cluster: its own namespace and an admin client.

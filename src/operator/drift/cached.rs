@@ -377,7 +377,7 @@ mod tests {
             ("role.yaml", include_str!("../../../benches/data/role-20-rules.yaml")),
             (
                 "numbers.yaml",
-                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: n}\nx: [1, -2, 0.5, 1e300, true, null]\n",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: numbers}\nx: [1, -2, 0.5, 1e300, true, null]\n",
             ),
         ];
         let source = drift::SourceConfigMap {

@@ -6,6 +6,7 @@
 //! A source that does not parse is reported and changes nothing.
 
 pub mod cached;
+mod rejected;
 mod snapshot;
 pub mod status;
 mod trust;
@@ -131,6 +132,8 @@ struct Context {
     /// The PublisherKeys and namespace labels signatures are checked against.
     trust: trust::Anchors,
     last_diffs: Mutex<HashMap<ObjectRef<DesiredState>, LastDiffs>>,
+    /// Declared objects whose revert the API server refused, per parse.
+    rejected: rejected::Rejections,
 }
 
 /// Per DesiredState: drift counts by class, and when its oldest unauthorized drift began.
@@ -234,6 +237,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         refused: Mutex::default(),
         trust,
         last_diffs: Mutex::default(),
+        rejected: rejected::Rejections::default(),
     });
 
     // Source ConfigMaps by metadata only, and of that only what selects and
@@ -535,11 +539,21 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     if !context.settings.verify_sources {
         status::unverified(&mut status, &old, now);
     }
+    // Declarations the API server refused on a revert (this parse's).
+    let rejected: Vec<String> = (context.rejected.of(&me, &parsed).into_iter())
+        .map(|(index, reason)| {
+            let declared = &parsed.objects[index];
+            format!("{}: {} cannot be applied: {reason}", declared.origin, declared.key)
+        })
+        .collect();
+    if !rejected.is_empty() {
+        status::rejected(&mut status, &old, generation, &rejected, now);
+    }
     context.metrics.sources_refused.set(context.refused.lock().unwrap_or_else(|p| p.into_inner()).len() as i64);
     if let Some(refusal) = &refusal {
         status::enforce_last_verified(&mut status, &old, refusal, now);
         announce_refusal(&context, &state, &old, refusal).await;
-    } else if old.conditions.iter().any(|c| c.type_ == "SourceValid" && c.status == "False") {
+    } else if rejected.is_empty() && old.conditions.iter().any(|c| c.type_ == "SourceValid" && c.status == "False") {
         let revision = status.revision.as_deref().unwrap_or("without a revision");
         let by = status.signature.as_ref().map(|s| format!(", signed by {}", s.key)).unwrap_or_default();
         let note = format!("the sources are valid again{by}: enforcing revision {revision}");
@@ -717,7 +731,7 @@ async fn act(
     context: &Context,
     state: &DesiredState,
     me: &ObjectRef<DesiredState>,
-    parsed: &Declarations,
+    parsed: &Arc<Declarations>,
     resources: &[Option<WatchKey>],
     kinds: &HashMap<&WatchKey, ApiResource>,
     diffs: &[drift::ObjectDiff],
@@ -762,7 +776,7 @@ async fn act(
     let mut work = Vec::new();
     for (index, judgement) in gated.iter().enumerate() {
         let Some(judgement) = judgement.as_ref().filter(|j| j.action == DriftAction::Revert) else { continue };
-        if resources[index].is_none() {
+        if resources[index].is_none() || context.rejected.contains(me, parsed, index) {
             continue;
         }
         // Our own last revert left the object at this version: reverting
@@ -788,14 +802,16 @@ async fn act(
     let reverts = admitted.into_iter().map(|(index, judgement)| {
         let declared = &parsed.objects[index];
         let resource = resources[index].as_ref().and_then(|key| kinds.get(key)).cloned();
+        let kind = declared.key.kind.clone();
         let (declared, live) = (declared.object(), live_value(index));
         async move {
             let started = Instant::now();
             let result = match resource {
                 Some(resource) => gate::revert(&context.client, &resource, &declared, live, options).await,
-                None => return (index, judgement, Err("unknown kind".to_owned()), started),
+                None => return (index, judgement, Err((None, "unknown kind".to_owned())), started),
             };
-            (index, judgement, result.map_err(|e| e.to_string()), started)
+            let result = result.map_err(|e| (rejected::refused_declaration(&e, &kind), e.to_string()));
+            (index, judgement, result, started)
         }
     });
     let results: Vec<_> = futures::stream::iter(reverts).buffer_unordered(REVERT_CONCURRENCY).collect().await;
@@ -845,7 +861,16 @@ async fn act(
                     access_request: judgement.request.clone(),
                 });
             }
-            Err(error) => {
+            Err((Some(refused), _)) => {
+                // Git declares what the server will not take: say so once,
+                // as a source problem, and leave it until the sources change.
+                context.metrics.revert_failures.get_or_create(&RevertLabels { reason }).inc();
+                warn!(desired_state = %name, %namespace, %object, reason = %refused, "the API server refused the declared object; not retried");
+                let note = format!("{object} as declared in {} cannot be applied: {refused}", declared.origin);
+                publish(context, state, EventType::Warning, "DeclarationRejected", note).await;
+                context.rejected.insert(me, parsed, index, refused);
+            }
+            Err((None, error)) => {
                 context.metrics.revert_failures.get_or_create(&RevertLabels { reason }).inc();
                 warn!(desired_state = %name, %namespace, %object, %error, "revert failed; will retry");
                 let note = format!("reverting {object} failed: {error}");
@@ -947,6 +972,7 @@ fn forget_deleted(context: &Context) {
                 }
             });
             context.last_diffs.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+            context.rejected.forget(&user);
             context.clean_at.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != user);
             context.reverted.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != user);
         }

@@ -210,6 +210,26 @@ pub fn invalid(
     status
 }
 
+/// Status when the API server refused declared objects on a revert: the
+/// observation stands (they do drift), and `SourceValid` says which
+/// declarations Git must fix, and why.
+pub fn rejected(
+    status: &mut DesiredStateStatus,
+    old: &DesiredStateStatus,
+    generation: Option<i64>,
+    reasons: &[String],
+    now: Timestamp,
+) {
+    let mut lines: Vec<String> = reasons.iter().take(MAX_ERRORS).cloned().collect();
+    if reasons.len() > MAX_ERRORS {
+        lines.push(format!("... and {} more", reasons.len() - MAX_ERRORS));
+    }
+    let source_valid =
+        condition(&old.conditions, "SourceValid", false, "DeclarationRejected", lines.join("; "), generation, now);
+    status.conditions.retain(|c| c.type_ != "SourceValid");
+    status.conditions.push(source_valid);
+}
+
 /// A status built from the last verified sources while the current ones
 /// are refused: SourceValid says why, Ready says what is enforced instead.
 pub fn enforce_last_verified(
