@@ -123,12 +123,10 @@ fn one_key(text: &str) -> SourceConfigMap {
     SourceConfigMap { name: "bench".into(), data: [("demo.yaml".into(), text.into())].into(), ..Default::default() }
 }
 
-/// 1,000 objects (the typical captured kinds in turn, renamed) in keys of
-/// 100 documents, and the 50 KB CRD once.
-fn large_source() -> (SourceConfigMap, usize) {
+/// Objects `range`: the typical captured kinds in turn, each renamed `<name>-<i>`.
+fn typical_documents(range: std::ops::Range<usize>) -> Vec<String> {
     let typical: Vec<String> = CAPTURED[..4].iter().map(|name| data(&format!("{name}.yaml"))).collect();
-    let mut source = SourceConfigMap { name: "large".into(), ..Default::default() };
-    let documents: Vec<String> = (0..1000)
+    range
         .map(|i| {
             let text = &typical[i % typical.len()];
             // Each fixture's first `name:` is its metadata.name.
@@ -136,7 +134,14 @@ fn large_source() -> (SourceConfigMap, usize) {
             let (name, rest) = after.split_once('\n').unwrap();
             format!("{before}\n  name: {name}-{i}\n{rest}")
         })
-        .collect();
+        .collect()
+}
+
+/// 1,000 objects (the typical captured kinds in turn, renamed) in keys of
+/// 100 documents, and the 50 KB CRD once.
+fn large_source() -> (SourceConfigMap, usize) {
+    let mut source = SourceConfigMap { name: "large".into(), ..Default::default() };
+    let documents = typical_documents(0..1000);
     for (key, chunk) in documents.chunks(100).enumerate() {
         source.data.insert(format!("part{key:02}.yaml"), chunk.join("---\n"));
     }
@@ -148,17 +153,9 @@ fn large_source() -> (SourceConfigMap, usize) {
 /// 10,000-object state packed and signed as `driftwarden publish` does.
 fn verify(c: &mut Criterion) {
     use driftwarden::drift::signature::{self, TrustedKey};
-    let typical: Vec<String> = CAPTURED[..4].iter().map(|name| data(&format!("{name}.yaml"))).collect();
     let files: Vec<driftwarden::publish::ManifestFile> = (0..20)
         .map(|f| {
-            let documents: Vec<String> = (f * 500..(f + 1) * 500)
-                .map(|i| {
-                    let text = &typical[i % typical.len()];
-                    let (before, after) = text.split_once("\n  name: ").unwrap();
-                    let (name, rest) = after.split_once('\n').unwrap();
-                    format!("{before}\n  name: {name}-{i}\n{rest}")
-                })
-                .collect();
+            let documents = typical_documents(f * 500..(f + 1) * 500);
             driftwarden::publish::ManifestFile {
                 path: format!("part{f:02}.yaml"),
                 content: documents.join("---\n").into_bytes(),

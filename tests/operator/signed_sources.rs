@@ -49,6 +49,11 @@ async fn forge(t: &AccessTest, change: impl FnOnce(&mut ConfigMap)) {
     api.replace("state-source", &PostParams::default(), &source).await.unwrap();
 }
 
+/// Whether the managed ConfigMap comes back to `expected` within `within`.
+async fn comes_back_to(t: &AccessTest, expected: &str, within: Duration) -> bool {
+    crate::support::eventually(within, || async { (mode(t).await == expected).then_some(()) }).await.is_some()
+}
+
 async fn set_mode(t: &AccessTest, mode: &str) {
     let api = t.env.api::<ConfigMap>(User::Admin).await;
     api.patch("settings", &PatchParams::default(), &Patch::Merge(json!({"data": {"mode": mode}}))).await.unwrap();
@@ -74,10 +79,8 @@ async fn a_forged_source_creates_nothing_and_the_last_verified_state_is_still_en
 
     // An unauthorized change while the source is forged is still reverted.
     set_mode(&t, "slow").await;
-    let back =
-        crate::support::eventually(Duration::from_secs(10), || async { (mode(&t).await == "fast").then_some(()) })
-            .await;
-    assert!(back.is_some(), "drift made while the source is forged was not reverted");
+    let back = comes_back_to(&t, "fast", Duration::from_secs(10)).await;
+    assert!(back, "drift made while the source is forged was not reverted");
     let bindings = t.env.api::<RoleBinding>(User::Admin).await;
     assert!(bindings.get_opt("alice-forever").await.unwrap().is_none(), "the forged RoleBinding was created");
 
@@ -97,10 +100,8 @@ async fn a_forged_source_creates_nothing_and_the_last_verified_state_is_still_en
     forge(&t, |s| drop(s.data.get_or_insert_default().remove("settings.yaml"))).await;
     t.wait_for_status("state", Duration::from_secs(10), refused_with("SignatureInvalid")).await;
     set_mode(&t, "slower").await;
-    let back =
-        crate::support::eventually(Duration::from_secs(10), || async { (mode(&t).await == "fast").then_some(()) })
-            .await;
-    assert!(back.is_some(), "removing a key from a forged source stopped enforcement");
+    let back = comes_back_to(&t, "fast", Duration::from_secs(10)).await;
+    assert!(back, "removing a key from a forged source stopped enforcement");
 
     // The signature removed altogether.
     forge(&t, |s| {
@@ -122,10 +123,8 @@ async fn a_forged_source_creates_nothing_and_the_last_verified_state_is_still_en
         })
         .await;
     assert_eq!(status.signature.as_ref().map(|s| s.key.as_str()), Some("tests"));
-    let applied =
-        crate::support::eventually(Duration::from_secs(10), || async { (mode(&t).await == "faster").then_some(()) })
-            .await;
-    assert!(applied.is_some(), "the newly published revision was not enforced");
+    let applied = comes_back_to(&t, "faster", Duration::from_secs(10)).await;
+    assert!(applied, "the newly published revision was not enforced");
     assert!(bindings.get_opt("alice-forever").await.unwrap().is_none());
 }
 
@@ -247,10 +246,8 @@ async fn untrusted_keys_are_refused_two_keys_rotate_and_a_removed_key_stops_work
     publish_with(&t, &next, "evil", "cafe0004").await;
     t.wait_for_status("state", Duration::from_secs(20), refused_with("SignatureUntrusted")).await;
     set_mode(&t, "slow").await;
-    let back =
-        crate::support::eventually(Duration::from_secs(10), || async { (mode(&t).await == "fast").then_some(()) })
-            .await;
-    assert!(back.is_some(), "enforcement stopped when the key was removed");
+    let back = comes_back_to(&t, "fast", Duration::from_secs(10)).await;
+    assert!(back, "enforcement stopped when the key was removed");
 }
 
 /// The source guard (a ValidatingAdmissionPolicy from the chart) and RBAC:
@@ -317,10 +314,8 @@ async fn a_restarted_operator_facing_a_forged_source_still_enforces_the_last_ver
 
     let status = t.wait_for_status("state", Duration::from_secs(30), refused_with("SignatureInvalid")).await;
     assert_eq!(condition(&status, "Ready").unwrap().reason, "EnforcingLastVerified", "{status:#?}");
-    let back =
-        crate::support::eventually(Duration::from_secs(15), || async { (mode(&t).await == "fast").then_some(()) })
-            .await;
-    assert!(back.is_some(), "the drift made during the outage was not reverted to the last verified state");
+    let back = comes_back_to(&t, "fast", Duration::from_secs(15)).await;
+    assert!(back, "the drift made during the outage was not reverted to the last verified state");
     let bindings = t.env.api::<RoleBinding>(User::Admin).await;
     assert!(bindings.get_opt("alice-forever").await.unwrap().is_none(), "the forged RoleBinding was created");
     drop(exclusive);
