@@ -143,7 +143,9 @@ fn a_field_nobody_declared_or_owns_is_drift() {
 fn is_empty(value: &Value) -> bool {
     match value {
         Value::Null => true,
-        Value::Array(items) => items.is_empty(),
+        // Null items add nothing to a list merged by item (the API server
+        // stores none: a set's or a map-list's items are never null).
+        Value::Array(items) => items.iter().all(Value::is_null),
         Value::Object(map) => !map.is_empty() && map.values().all(is_empty),
         _ => false,
     }
