@@ -53,6 +53,8 @@ pub const MAX_ADMISSION_BODY_BYTES: usize = 4 << 20;
 const ADMISSION_CONCURRENCY: usize = 16;
 /// Authenticated audit batches read at once (each up to 32 MiB).
 const AUDIT_CONCURRENCY: usize = 2;
+/// At most this much of an unauthenticated audit body is read (and dropped).
+const UNAUTHENTICATED_DRAIN_BYTES: usize = 64 << 10;
 /// How long a call waits for a permit before it is told to retry.
 const PERMIT_WAIT: Duration = Duration::from_secs(5);
 
@@ -251,6 +253,9 @@ async fn receive_audit(
 ) -> (StatusCode, &'static str) {
     let started = std::time::Instant::now();
     if let Err(refused) = state.audit.admit(&headers).await {
+        // Read (and drop) a small body before answering: a socket closed with
+        // unread data is reset, and the caller may lose the answer with it.
+        let _ = axum::body::to_bytes(body, UNAUTHENTICATED_DRAIN_BYTES).await;
         observe(&state.metrics, "audit", "refused", started);
         return refused;
     }
