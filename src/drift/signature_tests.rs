@@ -33,6 +33,15 @@ fn signed(key: &SigningKey, namespace: &str, sequence: u64) -> Vec<SourceConfigM
     set
 }
 
+/// Changes the envelope every ConfigMap of `set` carries.
+fn rewrite_envelope(set: &mut [SourceConfigMap], change: impl FnOnce(&mut Envelope)) {
+    let mut envelope = Envelope::from_annotation("x", &set[0].annotations[SIGNATURE_ANNOTATION]).unwrap();
+    change(&mut envelope);
+    for cm in set.iter_mut() {
+        cm.annotations.insert(SIGNATURE_ANNOTATION.into(), envelope.to_annotation());
+    }
+}
+
 #[test]
 fn a_signed_source_verifies_with_its_key_and_reports_which() {
     let set = signed(&key(1), "shop", 7);
@@ -129,26 +138,10 @@ fn every_change_to_a_signed_source_is_refused() {
             },
             "SignatureInvalid",
         ),
-        (
-            "the sequence raised",
-            |s| {
-                let mut envelope = Envelope::from_annotation("x", &s[0].annotations[SIGNATURE_ANNOTATION]).unwrap();
-                envelope.sequence += 1;
-                for cm in s.iter_mut() {
-                    cm.annotations.insert(SIGNATURE_ANNOTATION.into(), envelope.to_annotation());
-                }
-            },
-            "SignatureInvalid",
-        ),
+        ("the sequence raised", |s| rewrite_envelope(s, |e| e.sequence += 1), "SignatureInvalid"),
         (
             "the key id swapped to another trusted key",
-            |s| {
-                let mut envelope = Envelope::from_annotation("x", &s[0].annotations[SIGNATURE_ANNOTATION]).unwrap();
-                envelope.key_id = key_id(&key(2).verifying_key());
-                for cm in s.iter_mut() {
-                    cm.annotations.insert(SIGNATURE_ANNOTATION.into(), envelope.to_annotation());
-                }
-            },
+            |s| rewrite_envelope(s, |e| e.key_id = key_id(&key(2).verifying_key())),
             "SignatureInvalid",
         ),
         (

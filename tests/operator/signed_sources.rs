@@ -223,6 +223,14 @@ async fn untrusted_keys_are_refused_two_keys_rotate_and_a_removed_key_stops_work
 
     // Rotation: the new key trusted next to the old one; both verify.
     trust(&t, &key_name, &next).await;
+    // Its status names the key ID signatures carry.
+    let expected_id = driftwarden::drift::signature::key_id(&next.verifying_key());
+    let shown = crate::support::eventually(Duration::from_secs(10), || async {
+        let key = keys(&t).get(&key_name).await.ok()?;
+        (key.data["status"]["keyId"] == expected_id.as_str()).then_some(())
+    })
+    .await;
+    assert!(shown.is_some(), "the PublisherKey's status does not show its key ID {expected_id}");
     let status =
         t.wait_for_status("state", Duration::from_secs(20), |s| s.revision.as_deref() == Some("cafe0001")).await;
     assert_eq!(status.signature.as_ref().map(|s| s.key.clone()), Some(key_name.clone()));

@@ -67,6 +67,8 @@ pub enum Error {
     WriteStatus { desired_state: String, source: kube::Error },
     #[error("the AccessRequests and roles the gate judges by have not been listed yet")]
     GateNotReady,
+    #[error("the PublisherKeys and namespaces signatures are checked against have not been listed yet")]
+    TrustNotReady,
 }
 
 impl Error {
@@ -76,6 +78,7 @@ impl Error {
             Error::Discovery(_) => "discovery",
             Error::WriteStatus { .. } => "write_status",
             Error::GateNotReady => "gate_not_ready",
+            Error::TrustNotReady => "trust_not_ready",
         }
     }
 }
@@ -205,7 +208,9 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         );
     }
     let (trust, key_events, namespace_events) = trust::Anchors::start(&client);
-    let key_status = tokio::spawn(trust::keep_key_status(client.clone()));
+    // The same watch that keeps the anchors current feeds the keys' status.
+    let (key_changes, changed_keys) = tokio::sync::mpsc::unbounded_channel();
+    let key_status = tokio::spawn(trust::keep_key_status(client.clone(), trust.keys.clone(), changed_keys));
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -261,7 +266,10 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         .watches_stream(sources, move |config_map: PartialObjectMeta<ConfigMap>| users_of(&states, &config_map))
         .watches_stream(access_requests, move |request: AccessRequest| in_namespace(&states_of_requests, &request))
         // A key added, changed or removed may accept or refuse any source.
-        .watches_stream(key_events.map(Ok), move |_: crate::api::PublisherKey| all_of(&states_of_keys))
+        .watches_stream(key_events.map(Ok), move |key: crate::api::PublisherKey| {
+            let _ = key_changes.send(key);
+            all_of(&states_of_keys)
+        })
         .watches_stream(namespace_events.map(Ok), move |ns: PartialObjectMeta<Namespace>| {
             states_of_namespaces
                 .state()
@@ -345,7 +353,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     forget_deleted(&context);
     context.source_meta_listed.wait().await;
     if tokio::time::timeout(WATCH_READY_TIMEOUT, context.trust.listed.wait()).await.is_err() {
-        return Err(Error::GateNotReady);
+        return Err(Error::TrustNotReady);
     }
     if tokio::time::timeout(WATCH_READY_TIMEOUT, context.gate.listed.wait()).await.is_err() {
         return Err(Error::GateNotReady);
@@ -380,56 +388,64 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         .map(|r| r.refusal.clone());
     let scope = SourceScope { namespace: &namespace, operator_namespace: &context.settings.operator_namespace };
     let discovered = || async { Resolver { discovery: context.discovery.read().await.0.clone() } };
-    let (parsed, resolver, refusal) = match (remembered.clone().filter(|c| c.fingerprint == fingerprint), still_refused)
-    {
-        (Some(current), _) => (Some(current.sources), discovered().await, None),
-        (None, Some(refusal)) => (None, discovered().await, Some(refusal)),
-        (None, None) => {
-            let (config_maps, missing) = read_sources(&context.client, &namespace, &state.spec.sources)
-                .await
-                .map_err(|source| Error::ReadSources { desired_state: format!("{namespace}/{name}"), source })?;
-            let config_maps = Arc::new(config_maps);
-            match check_sources(&context, &state, &old, config_maps.clone(), missing, &scope).await? {
-                Ok((sources, signature, resolver)) => {
-                    let known = remembered.as_ref().and_then(|c| c.signature.as_ref());
-                    if signature.is_some() && known != signature.as_ref() {
-                        keep_verified(&context, &namespace, &name, &config_maps).await;
+    // The highest sequence this DesiredState accepted: in memory, or (after
+    // a restart) in its status.
+    let accepted = remembered
+        .as_ref()
+        .and_then(|c| c.signature.as_ref().map(|s| s.sequence))
+        .max(old.signature.as_ref().and_then(|s| u64::try_from(s.sequence).ok()));
+    let (current, resolver, refusal) =
+        match (remembered.clone().filter(|c| c.fingerprint == fingerprint), still_refused) {
+            (Some(current), _) => (Some(current), discovered().await, None),
+            (None, Some(refusal)) => (None, discovered().await, Some(refusal)),
+            (None, None) => {
+                let (config_maps, missing) = read_sources(&context.client, &namespace, &state.spec.sources)
+                    .await
+                    .map_err(|source| Error::ReadSources { desired_state: format!("{namespace}/{name}"), source })?;
+                let config_maps = Arc::new(config_maps);
+                match check_sources(&context, &state, accepted, config_maps.clone(), missing, &scope).await? {
+                    Ok((sources, signature, resolver)) => {
+                        let known = remembered.as_ref().and_then(|c| c.signature.as_ref());
+                        if signature.is_some() && known != signature.as_ref() {
+                            keep_verified(&context, &namespace, &name, &config_maps).await;
+                        }
+                        let entry = CachedParse { fingerprint: fingerprint.clone(), sources, signature };
+                        context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(me.clone(), entry.clone());
+                        context.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
+                        // "Already reverted at this version" held for the old
+                        // declarations: a new revision may declare other values.
+                        context.reverted.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != me);
+                        (Some(entry), resolver, None)
                     }
-                    let entry = CachedParse { fingerprint: fingerprint.clone(), sources, signature };
-                    context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(me.clone(), entry.clone());
-                    context.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
-                    // "Already reverted at this version" held for the old
-                    // declarations: a new revision may declare other values.
-                    context.reverted.lock().unwrap_or_else(|p| p.into_inner()).retain(|(owner, _), _| *owner != me);
-                    (Some(entry.sources), resolver, None)
-                }
-                Err((refusal, resolver)) => {
-                    let mut refused = context.refused.lock().unwrap_or_else(|p| p.into_inner());
-                    let since = refused.get(&me).map_or_else(Instant::now, |r| r.since);
-                    refused.insert(
-                        me.clone(),
-                        Refused { fingerprint: fingerprint.clone(), refusal: refusal.clone(), since },
-                    );
-                    drop(refused);
-                    // A split source is written one ConfigMap at a time: a
-                    // set caught half-way through a publish is given a moment
-                    // to complete before it is reported.
-                    if refusal.reason == "SignatureIncomplete" && since.elapsed() < PUBLISH_SETTLE {
-                        return Ok(Action::requeue(Duration::from_secs(1)));
+                    Err((refusal, resolver)) => {
+                        let mut refused = context.refused.lock().unwrap_or_else(|p| p.into_inner());
+                        let since = refused.get(&me).map_or_else(Instant::now, |r| r.since);
+                        refused.insert(
+                            me.clone(),
+                            Refused { fingerprint: fingerprint.clone(), refusal: refusal.clone(), since },
+                        );
+                        drop(refused);
+                        // A split source is written one ConfigMap at a time: a
+                        // set caught half-way through a publish is given a moment
+                        // to complete before it is reported.
+                        if refusal.reason == "SignatureIncomplete" && since.elapsed() < PUBLISH_SETTLE {
+                            return Ok(Action::requeue(Duration::from_secs(1)));
+                        }
+                        (None, resolver, Some(refusal))
                     }
-                    (None, resolver, Some(refusal))
                 }
             }
-        }
+        };
+    context.metrics.sources_refused.set(context.refused.lock().unwrap_or_else(|p| p.into_inner()).len() as i64);
+    // What is enforced: the current sources, else the last verified ones
+    // (after a restart, the copy kept of them).
+    let enforced = match current.or(remembered) {
+        Some(entry) => Some(entry),
+        None if context.settings.verify_sources => recover_verified(&context, &state, &old, &scope).await,
+        None => None,
     };
-    // What is enforced: the current sources, or the last verified ones.
-    let mut last_good = context.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&me).map(|c| c.sources.clone());
-    if parsed.is_none() && last_good.is_none() && context.settings.verify_sources {
-        // A restarted operator facing refused sources: the copy it kept.
-        last_good = recover_verified(&context, &state, &old, &scope).await;
-    }
-    let parsed = match parsed.or(last_good) {
-        Some(parsed) => parsed,
+    let (parsed, enforced_signature) = match enforced {
+        Some(entry) => (entry.sources, entry.signature),
         None => {
             // Nothing verified to enforce yet: report, and wait for a good source.
             let refusal = refusal.unwrap_or_else(status::Refusal::unknown);
@@ -531,8 +547,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         })
         .collect();
     let mut status = status::observed(&old, generation, parsed.revision.clone(), &observed, now);
-    let enforced = context.parsed.lock().unwrap_or_else(|p| p.into_inner()).get(&me).and_then(|c| c.signature.clone());
-    if let Some(verified) = enforced {
+    if let Some(verified) = enforced_signature {
         let sequence = i64::try_from(verified.sequence).unwrap_or(i64::MAX);
         status.signature = Some(crate::api::SourceSignature { key: verified.key, sequence });
     }
@@ -549,7 +564,6 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     if !rejected.is_empty() {
         status::rejected(&mut status, &old, generation, &rejected, now);
     }
-    context.metrics.sources_refused.set(context.refused.lock().unwrap_or_else(|p| p.into_inner()).len() as i64);
     if let Some(refusal) = &refusal {
         status::enforce_last_verified(&mut status, &old, refusal, now);
         announce_refusal(&context, &state, &old, refusal).await;
@@ -1068,12 +1082,11 @@ type Checked = Result<(Arc<Declarations>, Option<signature::Verified>, Resolver)
 async fn check_sources(
     context: &Context,
     state: &DesiredState,
-    old: &DesiredStateStatus,
+    accepted: Option<u64>,
     config_maps: Arc<Vec<SourceConfigMap>>,
     missing: Vec<String>,
     scope: &SourceScope<'_>,
 ) -> Result<Checked, Error> {
-    let me = ObjectRef::from_obj(state);
     let namespace = scope.namespace;
     if !missing.is_empty() {
         let errors = missing.into_iter().map(|config_map| drift::SourceError::ConfigMap {
@@ -1084,16 +1097,6 @@ async fn check_sources(
         return Ok(Err((refusal, Resolver { discovery: context.discovery.read().await.0.clone() })));
     }
     let verified = if context.settings.verify_sources {
-        // The highest sequence this DesiredState accepted: in memory, or
-        // (after a restart) in its status.
-        let remembered = context
-            .parsed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&me)
-            .and_then(|c| c.signature.as_ref().map(|s| s.sequence));
-        let recorded = old.signature.as_ref().and_then(|s| u64::try_from(s.sequence).ok());
-        let accepted = remembered.max(recorded);
         let trusted = context.trust.trusted_for(state);
         match signature::verify(namespace, &config_maps, &trusted, accepted) {
             Ok(verified) => Some(verified),
@@ -1128,7 +1131,7 @@ async fn recover_verified(
     state: &DesiredState,
     old: &DesiredStateStatus,
     scope: &SourceScope<'_>,
-) -> Option<Arc<Declarations>> {
+) -> Option<CachedParse> {
     let (namespace, name) = (scope.namespace, state.name_any());
     let copy = snapshot::load(&context.client, &context.settings.operator_namespace, namespace, &name).await;
     let copy = match copy {
@@ -1143,15 +1146,14 @@ async fn recover_verified(
     let accepted = old.signature.as_ref().and_then(|s| u64::try_from(s.sequence).ok());
     let verified = signature::verify(namespace, &copy, &context.trust.trusted_for(state), accepted).ok()?;
     let (parsed, _) = parse(context, &Arc::new(copy), scope).await.ok()?;
-    let sources = Arc::new(parsed.ok()?);
     info!(desired_state = %name, %namespace, sequence = verified.sequence, "enforcing the kept copy of the last verified sources");
     let entry = CachedParse {
         fingerprint: (None, Vec::new(), Vec::new()),
-        sources: sources.clone(),
+        sources: Arc::new(parsed.ok()?),
         signature: Some(verified),
     };
-    context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(ObjectRef::from_obj(state), entry);
-    Some(sources)
+    context.parsed.lock().unwrap_or_else(|p| p.into_inner()).insert(ObjectRef::from_obj(state), entry.clone());
+    Some(entry)
 }
 
 /// An Event and a count when sources begin to be refused (or are refused

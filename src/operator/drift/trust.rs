@@ -91,16 +91,20 @@ impl Anchors {
 }
 
 /// Keeps every PublisherKey's status current: its key ID, and whether the
-/// key parses. Runs until the watch ends.
-pub async fn keep_key_status(client: Client) {
-    let api = Api::<PublisherKey>::all(client.clone());
+/// key parses. Fed the keys the anchors' watch saw change; runs until that
+/// channel closes.
+pub async fn keep_key_status(
+    client: Client,
+    keys: Store<PublisherKey>,
+    mut changed: tokio::sync::mpsc::UnboundedReceiver<PublisherKey>,
+) {
+    let api = Api::<PublisherKey>::all(client);
     let params = PatchParams::apply("driftwarden").force();
-    let mut events = watcher(api.clone(), watcher::Config::default())
-        .backoff(crate::operator::backoff::WatchBackoff::default())
-        .applied_objects()
-        .boxed();
-    while let Some(event) = events.next().await {
-        let Ok(key) = event else { continue };
+    while let Some(key) = changed.recv().await {
+        // A deleted key has no status to write.
+        if keys.get(&ObjectRef::from_obj(&key)).is_none() {
+            continue;
+        }
         let old = key.status.clone().unwrap_or_default();
         let now = Timestamp::now();
         let generation = key.metadata.generation;
