@@ -55,6 +55,80 @@ pub struct DesiredStateSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8), inner(length(min = 1, max = 253)))]
     pub trusted_keys: Vec<String>,
+
+    /// Objects no source declares, in the namespaces this DesiredState
+    /// manages: which kinds it owns (a default set of workloads, RBAC,
+    /// credentials and networking, plus every declared kind) and what is
+    /// never one. An owned undeclared object is drift, judged by the gate
+    /// like any other: deleted at once when no approved window covers its
+    /// creation, held until the window ends when one does.
+    #[serde(default)]
+    pub undeclared: Undeclared,
+}
+
+/// Which undeclared objects a DesiredState owns.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Undeclared {
+    /// Off: undeclared objects are neither reported nor removed.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// The kinds owned instead of the default set (declared kinds are
+    /// always owned). Unset: the default set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub kinds: Option<Vec<KindRef>>,
+    /// Kinds owned besides the default set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub include: Vec<KindRef>,
+    /// Kinds never owned as undeclared objects (declared ones are still managed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub exclude: Vec<KindRef>,
+    /// Objects by kind and name that are never undeclared drift.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub ignore: Vec<NamedObject>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl Default for Undeclared {
+    fn default() -> Self {
+        Self { enabled: true, kinds: None, include: Vec::new(), exclude: Vec::new(), ignore: Vec::new() }
+    }
+}
+
+/// A kind, by API group (empty for the core group) and name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KindRef {
+    /// The API group, e.g. `apps`; empty for the core group.
+    #[serde(default)]
+    #[schemars(length(max = 253))]
+    pub group: String,
+    /// The kind, e.g. `Deployment`.
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+}
+
+/// An object by kind and name (in every managed namespace, or in one).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedObject {
+    /// The kind, e.g. `ConfigMap`.
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// The name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Only in this namespace; every managed namespace when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
 }
 
 /// One source ConfigMap, or a set of them.
@@ -176,6 +250,9 @@ pub struct DriftCounts {
     pub authorized_by_scope: i64,
     /// Changed in a window that has since ended.
     pub window_ended: i64,
+    /// Objects no source declares (counted here and not under the others).
+    #[serde(default)]
+    pub undeclared: i64,
 }
 
 /// One object that differs from Git.
@@ -211,6 +288,10 @@ pub struct DriftedObject {
     /// so that a restarted or new leader judges the same writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_sync_at: Option<MicroTime>,
+    /// The object is not declared by any source (it was created beside
+    /// them): its remedy is deletion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub undeclared: bool,
 }
 
 /// How a drifted object's class was decided.

@@ -52,7 +52,7 @@ const SYSTEM_METADATA: &[&str] = &[
 
 // kubectl's copy of the whole last applied manifest (a Secret's values
 // included): not a field anyone declares.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// How to compare.
 #[derive(Debug, Clone, Default, PartialEq)]

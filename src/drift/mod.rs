@@ -13,6 +13,7 @@ pub mod schema;
 mod server_fields;
 pub mod signature;
 pub mod source;
+pub mod undeclared;
 pub mod yaml;
 
 #[cfg(test)]

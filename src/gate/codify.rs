@@ -61,6 +61,57 @@ pub fn session_patch(declared: &Value, live: Option<&Value>, diff: &ObjectDiff, 
     patch
 }
 
+/// A patch that adds an object no source declares as a new manifest file
+/// at `path`: the live object without what the API server sets (status,
+/// uid, resourceVersion, managedFields, ...), a Secret's values redacted.
+pub fn new_object_patch(live: &Value, path: &str) -> String {
+    let mut object = live.clone();
+    if let Some(map) = object.as_object_mut() {
+        map.remove("status");
+    }
+    if let Some(Value::Object(meta)) = object.get_mut("metadata") {
+        for server_set in [
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "managedFields",
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "ownerReferences",
+        ] {
+            meta.remove(server_set);
+        }
+        if let Some(Value::Object(annotations)) = meta.get_mut("annotations") {
+            annotations.remove(crate::drift::diff::LAST_APPLIED);
+            annotations.remove("deployment.kubernetes.io/revision");
+            if annotations.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+    }
+    if object.get("kind").and_then(Value::as_str) == Some("Secret") {
+        redact(&mut object, &[]);
+    }
+    let text = crate::drift::yaml::render_all(&[Some(&object)]).pop().unwrap_or_default();
+    let mut patch = format!("--- /dev/null\n+++ b/{path}\n@@ -0,0 +1,{} @@\n", text.lines().count());
+    for line in text.lines() {
+        patch.push('+');
+        patch.push_str(line);
+        patch.push('\n');
+    }
+    if patch.len() > MAX_PATCH_BYTES {
+        let mut cut = MAX_PATCH_BYTES;
+        while !patch.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        patch.truncate(cut);
+        patch.push_str("\n# ... cut: the patch is longer than the status can hold\n");
+    }
+    patch
+}
+
 struct Marks<'a> {
     changed: &'a [&'a str],
     added: &'a [&'a str],
@@ -194,6 +245,22 @@ mod tests {
             {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": foreign},
         ]);
         live
+    }
+
+    #[test]
+    fn a_new_object_is_a_new_file_without_server_fields_or_secret_values() {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "stash", "namespace": "shop", "uid": "u-1", "resourceVersion": "7",
+                         "creationTimestamp": "2026-12-01T00:00:00Z", "managedFields": [{"manager": "kubectl"}]},
+            "data": {"token": "c2VjcmV0LWNhbmFyeQ=="}});
+        let patch = new_object_patch(&secret, "shop-state/secret-stash.yaml");
+        assert!(patch.starts_with("--- /dev/null\n+++ b/shop-state/secret-stash.yaml\n@@ -0,0 +1,"), "{patch}");
+        assert!(patch.contains("+kind: Secret\n") && patch.contains("+  name: stash\n"), "{patch}");
+        for leaked in ["c2VjcmV0LWNhbmFyeQ==", "u-1", "resourceVersion", "managedFields", "creationTimestamp"] {
+            assert!(!patch.contains(leaked), "{leaked} in {patch}");
+        }
+        let lines = patch.lines().skip(3).count();
+        assert!(patch.contains(&format!("+1,{lines} @@")), "the hunk counts its lines: {patch}");
     }
 
     #[test]

@@ -302,6 +302,29 @@ impl Caches {
         Verdict { decision, from_audit, writers }
     }
 
+    /// The RoleBindings the access controller keeps (or is about to make)
+    /// for the requests of `namespace` that are not over: pending,
+    /// approved or active, as computed from their approvals.
+    pub fn open_grant_bindings(&self, namespace: &str, now: Timestamp) -> Vec<String> {
+        self.requests
+            .state()
+            .iter()
+            .filter(|request| request.namespace().as_deref() == Some(namespace))
+            .filter(|request| {
+                self.approvals.decide(request, now).is_some_and(|d| {
+                    matches!(d.phase, AccessPhase::Pending | AccessPhase::Approved | AccessPhase::Active)
+                })
+            })
+            .map(|request| crate::operator::access::binding_name(&request.name_any()))
+            .collect()
+    }
+
+    /// Whether `request` already lists `object` among its codified changes.
+    pub fn codified(&self, namespace: &str, request: &str, object: &crate::api::ObjectRef) -> bool {
+        let cached = self.requests.get(&ObjectRef::new(request).within(namespace));
+        cached.is_some_and(|r| r.status.as_ref().is_some_and(|s| s.session_changes.iter().any(|c| c.object == *object)))
+    }
+
     /// The approvers of a request, for log lines.
     pub fn approvers(&self, namespace: &str, request: &str) -> Vec<String> {
         self.requests

@@ -46,6 +46,8 @@ pub enum Class {
     Authorized,
     AuthorizedByScope,
     WindowEnded,
+    /// Objects no source declares (counted here only, not under the others).
+    Undeclared,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,6 +148,8 @@ pub struct Metrics {
     pub revert_latency_after_window_end: Histogram,
     pub source_refusals: Family<RefusalLabels, Counter>,
     pub sources_refused: Gauge,
+    pub deletions: Family<RevertLabels, Counter>,
+    pub contested_objects: Gauge,
     unauthorized_drift_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Unix seconds of the oldest unauthorized drift; i64::MAX when none.
     oldest_unauthorized: std::sync::atomic::AtomicI64,
@@ -226,6 +230,18 @@ impl Default for Metrics {
             "DesiredStates whose current sources are refused (the last verified state is enforced)",
             sources_refused.clone(),
         );
+        let deletions = Family::<RevertLabels, Counter>::default();
+        registry.register(
+            "deletions",
+            "Undeclared objects deleted (created without a covering window, or in one that ended), by reason",
+            deletions.clone(),
+        );
+        let contested_objects = Gauge::default();
+        registry.register(
+            "contested_objects",
+            "Declared objects rewritten right after each revert, whose reverts back off",
+            contested_objects.clone(),
+        );
         let revert_latency_after_window_end = seconds_buckets();
         registry.register_with_unit(
             "revert_latency_after_window_end",
@@ -276,6 +292,8 @@ impl Default for Metrics {
             revert_latency_after_window_end,
             source_refusals,
             sources_refused,
+            deletions,
+            contested_objects,
             unauthorized_drift_age,
             oldest_unauthorized: std::sync::atomic::AtomicI64::new(i64::MAX),
             audit_events,

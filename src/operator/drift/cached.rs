@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::drift::{ObjectKey, Origin, ParsedSources};
 
 /// kubectl's copy of the whole last applied manifest: as large as the object.
-pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+pub use crate::drift::diff::LAST_APPLIED;
 
 /// A live object as the watch cache keeps it: without what no reader uses
 /// ([`drop_unread`]) and with its managedFields compact
@@ -26,6 +26,23 @@ pub fn for_watch_cache(object: &mut DynamicObject) {
     drop_unread(object);
     compact_managed_fields(object);
     compact_body(object);
+}
+
+/// An object watched for undeclared drift only: its identity, times and
+/// controller reference; labels, annotations and managedFields go (no
+/// rule reads them, and they are most of an object's metadata).
+pub fn metadata_only(object: &mut PartialObjectMeta<DynamicObject>) {
+    let meta = &mut object.metadata;
+    meta.labels = None;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.finalizers = None;
+    if let Some(owners) = meta.owner_references.as_mut() {
+        owners.retain(|owner| owner.controller == Some(true));
+        if owners.is_empty() {
+            meta.owner_references = None;
+        }
+    }
 }
 
 /// Keeps the object's body (everything but apiVersion, kind and metadata:

@@ -6,58 +6,10 @@
 //! as a source problem (`SourceValid=False`, reason `DeclarationRejected`),
 //! and not reverted again until the sources change (a new parse).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-
-use kube::runtime::reflector::ObjectRef;
-
-use super::cached::Declarations;
-use crate::api::DesiredState;
 use crate::operator::gate::RevertError;
 
 /// The longest server message kept: it ends up in status and an Event.
 const MAX_MESSAGE: usize = 400;
-
-/// Per DesiredState: the parse the rejections belong to, and per declared
-/// object (by index) the server's reason.
-#[derive(Default)]
-pub(super) struct Rejections(Mutex<HashMap<ObjectRef<DesiredState>, Refused>>);
-
-/// One parse, and the reasons its objects (by index) were refused.
-type Refused = (Arc<Declarations>, BTreeMap<usize, String>);
-
-impl Rejections {
-    /// Whether this parse's object `index` was refused already.
-    pub fn contains(&self, me: &ObjectRef<DesiredState>, sources: &Arc<Declarations>, index: usize) -> bool {
-        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        all.get(me).is_some_and(|(parsed, by_index)| Arc::ptr_eq(parsed, sources) && by_index.contains_key(&index))
-    }
-
-    /// Records a refusal; a rejection of an older parse is forgotten.
-    pub fn insert(&self, me: &ObjectRef<DesiredState>, sources: &Arc<Declarations>, index: usize, reason: String) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = all.entry(me.clone()).or_insert_with(|| (sources.clone(), BTreeMap::new()));
-        if !Arc::ptr_eq(&entry.0, sources) {
-            *entry = (sources.clone(), BTreeMap::new());
-        }
-        entry.1.insert(index, reason);
-    }
-
-    /// This parse's refused objects, by index.
-    pub fn of(&self, me: &ObjectRef<DesiredState>, sources: &Arc<Declarations>) -> Vec<(usize, String)> {
-        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match all.get(me) {
-            Some((parsed, by_index)) if Arc::ptr_eq(parsed, sources) => {
-                by_index.iter().map(|(index, reason)| (*index, reason.clone())).collect()
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    pub fn forget(&self, me: &ObjectRef<DesiredState>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(me);
-    }
-}
 
 /// The server's reason when a revert failed because it refused the declared
 /// object itself; None for every other failure (conflicts, outages,
@@ -112,22 +64,5 @@ mod tests {
         assert_eq!(refused_declaration(&secret, "Secret").as_deref(), Some("the API server refused it (422)"));
         let long = api_error(400, &"x".repeat(5000));
         assert!(refused_declaration(&long, "ConfigMap").unwrap().len() < 500);
-    }
-
-    #[test]
-    fn rejections_belong_to_one_parse() {
-        let me = ObjectRef::new("state").within("shop");
-        let empty = || Arc::new(Declarations { revision: None, objects: Vec::new() });
-        let (first, second) = (empty(), empty());
-        let rejections = Rejections::default();
-        rejections.insert(&me, &first, 2, "refused".into());
-        assert!(rejections.contains(&me, &first, 2));
-        assert!(!rejections.contains(&me, &first, 1));
-        assert!(!rejections.contains(&me, &second, 2), "a new parse is tried again");
-        assert_eq!(rejections.of(&me, &first), vec![(2, "refused".to_owned())]);
-        rejections.insert(&me, &second, 0, "again".into());
-        assert_eq!(rejections.of(&me, &first), vec![]);
-        rejections.forget(&me);
-        assert_eq!(rejections.of(&me, &second), vec![]);
     }
 }

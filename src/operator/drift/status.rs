@@ -23,6 +23,8 @@ pub struct Observed<'a> {
     /// The gate's verdict on a drifted object (None: not judged, which
     /// reads as unauthorized and reported).
     pub judgement: Option<&'a Judgement>,
+    /// An object no source declares (its diff is not read).
+    pub undeclared: bool,
 }
 
 /// What the gate decided about one drifted object, as status shows it.
@@ -74,7 +76,7 @@ pub fn observed(
 ) -> DesiredStateStatus {
     let mut drifted: Vec<DriftedObject> = observed
         .iter()
-        .filter(|o| !o.diff.in_sync())
+        .filter(|o| o.undeclared || !o.diff.in_sync())
         .map(|o| {
             // Drift keeps the time it was first seen for as long as it lasts.
             let since =
@@ -84,18 +86,23 @@ pub fn observed(
                 object: o.object.clone(),
                 since,
                 class: judgement.map_or(DriftClass::Unauthorized, |j| j.class),
-                fields: fields(o.diff),
+                fields: if o.undeclared { Vec::new() } else { fields(o.diff) },
                 access_request: judgement.and_then(|j| j.request.clone()),
                 attribution: judgement.and_then(|j| j.attribution),
                 action: judgement.map(|j| j.action),
                 revert_at: judgement.and_then(|j| j.revert_at).map(Time),
                 in_sync_at: judgement.and_then(|j| j.in_sync_at).map(MicroTime),
+                undeclared: o.undeclared,
             }
         })
         .collect();
     let total = i64::try_from(drifted.len()).unwrap_or(i64::MAX);
     let mut counts = DriftCounts::default();
     for object in &drifted {
+        if object.undeclared {
+            counts.undeclared += 1;
+            continue;
+        }
         match object.class {
             DriftClass::Unauthorized => counts.unauthorized += 1,
             DriftClass::Authorized => counts.authorized += 1,
@@ -105,12 +112,16 @@ pub fn observed(
     }
     drifted.sort_by(|a, b| (a.since.0, &a.object).cmp(&(b.since.0, &b.object)));
     drifted.truncate(MAX_LISTED);
-    let managed = i64::try_from(observed.len()).unwrap_or(i64::MAX);
-    let message = if total == 0 {
+    let managed = i64::try_from(observed.iter().filter(|o| !o.undeclared).count()).unwrap_or(i64::MAX);
+    let differing = total - counts.undeclared;
+    let mut message = if differing == 0 {
         format!("all {managed} objects match Git")
     } else {
-        format!("{total} of {managed} objects differ from Git")
+        format!("{differing} of {managed} objects differ from Git")
     };
+    if counts.undeclared > 0 {
+        message.push_str(&format!("; {} objects are not declared in Git", counts.undeclared));
+    }
     let conditions = vec![
         condition(&old.conditions, "Ready", true, "Reconciled", format!("watching {managed} objects"), generation, now),
         condition(
@@ -136,7 +147,7 @@ pub fn observed(
         observed_generation: generation,
         revision,
         managed: Some(managed),
-        in_sync: Some(managed - total),
+        in_sync: Some(managed - differing),
         drifted: Some(total),
         drift_counts: Some(counts),
         drifted_objects: drifted,
@@ -145,6 +156,81 @@ pub fn observed(
         signature: old.signature.clone(),
         conditions,
     }
+}
+
+/// Everything a pass of valid (or last verified) sources tells status.
+pub struct Pass<'a> {
+    pub old: &'a DesiredStateStatus,
+    pub generation: Option<i64>,
+    pub revision: Option<String>,
+    pub observed: &'a [Observed<'a>],
+    /// The signature that verified the enforced sources.
+    pub signature: Option<crate::drift::signature::Verified>,
+    /// Whether signatures are checked at all.
+    pub verified: bool,
+    /// Declarations the API server refused on a revert (this parse's).
+    pub rejected: &'a [String],
+    /// Why the current sources are refused (the last verified ones are enforced).
+    pub refusal: Option<&'a Refusal>,
+    /// Objects whose reverts back off, described.
+    pub contested: &'a [String],
+    /// Owned kinds the operator may not watch (`secrets in shop`).
+    pub unwatched: &'a [String],
+    /// Reverts and deletions made in this pass.
+    pub reverted: usize,
+    pub last_revert: Option<crate::api::RevertRecord>,
+    pub now: Timestamp,
+}
+
+/// Status after a pass.
+pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
+    let (old, now) = (pass.old, pass.now);
+    let mut status = observed(old, pass.generation, pass.revision, pass.observed, now);
+    if let Some(verified) = pass.signature {
+        let sequence = i64::try_from(verified.sequence).unwrap_or(i64::MAX);
+        status.signature = Some(crate::api::SourceSignature { key: verified.key, sequence });
+    }
+    if !pass.verified {
+        unverified(&mut status, old, now);
+    }
+    if !pass.rejected.is_empty() {
+        rejected(&mut status, old, pass.generation, pass.rejected, now);
+    }
+    if let Some(refusal) = pass.refusal {
+        enforce_last_verified(&mut status, old, refusal, now);
+    }
+    if !pass.unwatched.is_empty()
+        && let Some(ready) = status.conditions.iter_mut().find(|c| c.type_ == "Ready")
+    {
+        let mut listed: Vec<&str> = pass.unwatched.iter().take(MAX_ERRORS).map(String::as_str).collect();
+        if pass.unwatched.len() > MAX_ERRORS {
+            listed.push("...");
+        }
+        let note = format!("; undeclared objects are not checked where RBAC forbids listing them: {}", listed.join(", "));
+        if !ready.message.ends_with(&note) {
+            ready.message.push_str(&note);
+        }
+    }
+    let was_contested = old.conditions.iter().any(|c| c.type_ == "Contested");
+    if !pass.contested.is_empty() || was_contested {
+        let message = if pass.contested.is_empty() {
+            "no object is rewritten right after its reverts".to_owned()
+        } else {
+            let mut listed: Vec<&str> = pass.contested.iter().take(MAX_ERRORS).map(String::as_str).collect();
+            if pass.contested.len() > MAX_ERRORS {
+                listed.push("...");
+            }
+            format!("rewritten right after each revert, reverts back off: {}", listed.join(", "))
+        };
+        let reason = if pass.contested.is_empty() { "Uncontested" } else { "RevertsContested" };
+        let contested = condition(&old.conditions, "Contested", !pass.contested.is_empty(), reason, message, pass.generation, now);
+        set(&mut status, contested);
+    }
+    if pass.last_revert.is_some() {
+        status.reverts = Some(old.reverts.unwrap_or(0) + i64::try_from(pass.reverted).unwrap_or(0));
+        status.last_revert = pass.last_revert;
+    }
+    status
 }
 
 /// Why the current sources are not what is enforced.
@@ -308,9 +394,9 @@ mod tests {
         let t1 = Timestamp::from_second(1_000).unwrap();
         let t2 = Timestamp::from_second(2_000).unwrap();
         let seen = [
-            Observed { object: object("a"), diff: &in_sync, judgement: None },
-            Observed { object: object("b"), diff: &scaled, judgement: None },
-            Observed { object: object("c"), diff: &gone, judgement: None },
+            Observed { object: object("a"), diff: &in_sync, judgement: None, undeclared: false },
+            Observed { object: object("b"), diff: &scaled, judgement: None, undeclared: false },
+            Observed { object: object("c"), diff: &gone, judgement: None, undeclared: false },
         ];
         let first = observed(&DesiredStateStatus::default(), Some(1), Some("abc".into()), &seen, t1);
         assert_eq!((first.managed, first.in_sync, first.drifted), (Some(3), Some(1), Some(2)));
@@ -331,7 +417,7 @@ mod tests {
         let scaled = drift("/spec/replicas", ChangeKind::Changed);
         let names: Vec<String> = (0..120).map(|i| format!("d{i:03}")).collect();
         let seen: Vec<Observed<'_>> =
-            names.iter().map(|n| Observed { object: object(n), diff: &scaled, judgement: None }).collect();
+            names.iter().map(|n| Observed { object: object(n), diff: &scaled, judgement: None, undeclared: false }).collect();
         let status = observed(&DesiredStateStatus::default(), None, None, &seen, Timestamp::from_second(1).unwrap());
         assert_eq!(status.drifted, Some(120));
         assert_eq!(status.drifted_objects.len(), MAX_LISTED);
@@ -341,7 +427,7 @@ mod tests {
     fn refused_sources_say_why_and_what_is_enforced_instead() {
         let t = Timestamp::from_second(1).unwrap();
         let scaled = drift("/spec/replicas", ChangeKind::Changed);
-        let seen = [Observed { object: object("a"), diff: &scaled, judgement: None }];
+        let seen = [Observed { object: object("a"), diff: &scaled, judgement: None, undeclared: false }];
         let good = observed(&DesiredStateStatus::default(), Some(1), Some("abc".into()), &seen, t);
         let refusal = Refusal { reason: "SignatureInvalid", message: "changed after signing".into() };
         let mut enforcing = good.clone();

@@ -1,8 +1,9 @@
 //! Watches on exactly the kinds and namespaces that sources declare, started
 //! and stopped as DesiredStates change. Each is a reflector (a cache kept
 //! current by a watch, never a poll); an event on it asks every DesiredState
-//! that uses it to reconcile. Objects are cached in the compact form of
-//! [`super::cached`].
+//! that uses it to reconcile. Declared kinds are cached whole, in the
+//! compact form of [`super::cached`]; kinds watched only for undeclared
+//! objects as metadata ([`Cached`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc::UnboundedSender;
@@ -41,7 +42,7 @@ impl WatchKey {
         }
     }
 
-    fn resource(&self) -> ApiResource {
+    pub fn resource(&self) -> ApiResource {
         let api_version =
             if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) };
         ApiResource {
@@ -56,29 +57,81 @@ impl WatchKey {
 
 type Users = Arc<Mutex<HashMap<WatchKey, HashSet<ObjectRef<DesiredState>>>>>;
 
-struct Running {
-    store: Store<DynamicObject>,
-    /// Several DesiredStates may wait for one cache at once: see `operator::ready`.
+/// What a watch caches of each object, and how it watches.
+pub trait Cached:
+    kube::Resource<DynamicType = ApiResource, Scope = kube::core::DynamicResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// Fits a watched object for the cache.
+    fn for_cache(&mut self);
+
+    /// Whether a watch the operator may not make counts as ready (an empty
+    /// cache its readers know to skip). Declared kinds: no, a pass waits.
+    const READY_WHEN_FORBIDDEN: bool = false;
+
+    /// What of the object its readers decide by, when that is less than
+    /// all of it: a change that leaves this as it was wakes nobody (a Pod's
+    /// status updates, say). None: every change counts.
+    fn identity(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Declared kinds: the whole object, compact.
+impl Cached for DynamicObject {
+    fn for_cache(&mut self) {
+        super::cached::for_watch_cache(self);
+    }
+}
+
+/// Kinds watched for undeclared objects only (`Api<PartialObjectMeta>`
+/// asks for metadata only): what the exemption rules and a deletion read.
+impl Cached for PartialObjectMeta<DynamicObject> {
+    const READY_WHEN_FORBIDDEN: bool = true;
+
+    fn for_cache(&mut self) {
+        super::cached::metadata_only(self);
+    }
+
+    fn identity(&self) -> Option<String> {
+        let meta = &self.metadata;
+        let controller = meta.owner_references.iter().flatten().map(|o| o.uid.as_str()).next().unwrap_or_default();
+        let deleting = meta.deletion_timestamp.is_some();
+        Some(format!("{}/{controller}/{deleting}", meta.uid.as_deref().unwrap_or_default()))
+    }
+}
+
+struct Running<K: Cached> {
+    store: Store<K>,
+    /// Several DesiredStates may wait for one cache at once: see
+    /// `operator::ready`. Also ready when the watch is forbidden.
     ready: Ready,
+    /// The operator may not list this kind here (403): its cache stays empty.
+    forbidden: Arc<std::sync::atomic::AtomicBool>,
     task: JoinHandle<()>,
 }
 
 /// The running watches and who uses them.
-pub struct Watches {
+pub struct Watches<K: Cached> {
     client: Client,
     trigger: UnboundedSender<ObjectRef<DesiredState>>,
     pending_since: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Instant>>>,
     // Shared with the watch tasks, which read it at event time so that a
     // user added after a watch started is told too.
     users: Users,
-    running: Mutex<HashMap<WatchKey, Running>>,
+    running: Mutex<HashMap<WatchKey, Running<K>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Watches {
+impl<K: Cached> Watches<K> {
     /// `pending_since` records, per DesiredState, when a watch first saw a
     /// change it has not reconciled yet (where detection latency starts).
     pub fn new(
@@ -95,7 +148,7 @@ impl Watches {
         &self,
         user: &ObjectRef<DesiredState>,
         keys: &BTreeSet<WatchKey>,
-    ) -> HashMap<WatchKey, (Store<DynamicObject>, Ready)> {
+    ) -> HashMap<WatchKey, (Store<K>, Ready)> {
         let mut users = lock(&self.users);
         let mut running = lock(&self.running);
         for (key, key_users) in users.iter_mut() {
@@ -123,6 +176,15 @@ impl Watches {
             .collect()
     }
 
+    /// Those of `keys` the operator may not watch (its RBAC says no).
+    pub fn forbidden(&self, keys: &BTreeSet<WatchKey>) -> Vec<WatchKey> {
+        let running = lock(&self.running);
+        keys.iter()
+            .filter(|key| running.get(*key).is_some_and(|w| w.forbidden.load(std::sync::atomic::Ordering::Relaxed)))
+            .cloned()
+            .collect()
+    }
+
     /// Forgets a DesiredState that no longer exists.
     pub fn release(&self, user: &ObjectRef<DesiredState>) {
         self.use_exactly(user, &BTreeSet::new());
@@ -133,9 +195,9 @@ impl Watches {
         lock(&self.users).values().flat_map(|u| u.iter().cloned()).collect()
     }
 
-    fn start(&self, key: &WatchKey) -> Running {
+    fn start(&self, key: &WatchKey) -> Running<K> {
         let resource = key.resource();
-        let api: Api<DynamicObject> = match &key.namespace {
+        let api: Api<K> = match &key.namespace {
             Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource),
             None => Api::all_with(self.client.clone(), &resource),
         };
@@ -143,14 +205,37 @@ impl Watches {
         let store = writer.as_reader();
         let stream = watcher(api, watcher::Config::default())
             .backoff(crate::operator::backoff::WatchBackoff::default())
-            .modify(super::cached::for_watch_cache)
+            .modify(K::for_cache)
             .reflect(writer);
         let (trigger, users, key) = (self.trigger.clone(), self.users.clone(), key.clone());
         let pending_since = self.pending_since.clone();
+        let forbidden = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_sender, ready) = tokio::sync::watch::channel(false);
+        let ready_sender = Arc::new(ready_sender);
+        let listed = (store.clone(), ready_sender.clone());
+        tokio::spawn(async move {
+            if listed.0.wait_until_ready().await.is_ok() {
+                let _ = listed.1.send(true);
+            }
+        });
+        let refused = forbidden.clone();
         tracing::info!(kind = %key.kind, namespace = ?key.namespace, "watching");
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
+            let mut identities: HashMap<(Option<String>, String), String> = HashMap::new();
             while let Some(event) = stream.next().await {
+                // A change that leaves what readers decide by as it was wakes nobody.
+                if let Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) = &event
+                    && let Some(identity) = object.identity()
+                {
+                    let name = (object.meta().namespace.clone(), object.meta().name.clone().unwrap_or_default());
+                    if identities.insert(name, identity.clone()).as_ref() == Some(&identity) {
+                        continue;
+                    }
+                }
+                if let Ok(watcher::Event::Delete(object)) = &event {
+                    identities.remove(&(object.meta().namespace.clone(), object.meta().name.clone().unwrap_or_default()));
+                }
                 match event {
                     // Any change may be drift for whoever declares this kind here.
                     Ok(_) => {
@@ -162,16 +247,26 @@ impl Watches {
                             let _ = trigger.send(user);
                         }
                     }
-                    Err(error) => tracing::warn!(%error, kind = %key.kind, "watch error; retrying with backoff"),
+                    Err(error) => {
+                        if K::READY_WHEN_FORBIDDEN
+                            && is_forbidden(&error)
+                            && !refused.swap(true, std::sync::atomic::Ordering::Relaxed)
+                        {
+                            tracing::warn!(kind = %key.kind, namespace = ?key.namespace,
+                                "not allowed to watch this kind here (RBAC); its objects are not checked");
+                            // Nobody waits for a cache that cannot fill.
+                            let _ = ready_sender.send(true);
+                        }
+                        tracing::warn!(%error, kind = %key.kind, "watch error; retrying with backoff");
+                    }
                 }
             }
         });
-        let ready = Ready::of(&store);
-        Running { store, ready, task }
+        Running { store, ready: Ready::from(ready), forbidden, task }
     }
 }
 
-impl Drop for Watches {
+impl<K: Cached> Drop for Watches<K> {
     fn drop(&mut self) {
         for watch in lock(&self.running).values() {
             watch.task.abort();
@@ -179,8 +274,17 @@ impl Drop for Watches {
     }
 }
 
+fn is_forbidden(error: &watcher::Error) -> bool {
+    let api = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => Some(status),
+        _ => None,
+    };
+    api.is_some_and(|status| status.code == 403)
+}
+
 /// Waits until every cache has listed, or `timeout` passes.
-pub async fn wait_until_ready(stores: &HashMap<WatchKey, (Store<DynamicObject>, Ready)>, timeout: Duration) -> bool {
+pub async fn wait_until_ready<K: Cached>(stores: &HashMap<WatchKey, (Store<K>, Ready)>, timeout: Duration) -> bool {
     let readies: Vec<Ready> = stores.values().map(|(_, ready)| ready.clone()).collect();
     tokio::time::timeout(timeout, crate::operator::ready::all(&readies)).await.is_ok()
 }

@@ -1,0 +1,428 @@
+//! The execute step of a drift pass: carries out a [`Plan`] (reverts,
+//! deletions, codify patches), then writes status, Events and metrics.
+//! It decides nothing the plan did not.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Preconditions, PropagationPolicy};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::memory::Memory;
+use super::plan::{Inputs, Notice, Outcome, Plan, describe};
+use super::{Context, Error, REVERT_CONCURRENCY, rejected, status};
+use crate::api::{DesiredState, DesiredStateStatus, DriftClass, DriftCounts, RevertRecord, SessionChange};
+use crate::operator::gate;
+use crate::operator::metrics::{Metrics, RevertLabels, RevertReason};
+
+/// Carries out the plan's reverts, deletions and codify patches: codify
+/// records are made first (from what the drift was seen on) and written
+/// after the reverts and deletions, which must not wait for them.
+pub(super) async fn carry_out(
+    context: &Context,
+    state: &DesiredState,
+    inputs: &Inputs<'_>,
+    plan: &Plan,
+    memory: &mut Memory,
+) -> Outcome {
+    let me = ObjectRef::from_obj(state);
+    let namespace = state.namespace().unwrap_or_default();
+    let name = state.name_any();
+    let now = Timestamp::now();
+    let mut outcome = Outcome::default();
+    let live_value = |index: usize| inputs.lives[index].as_deref().and_then(super::cached::live_value);
+
+    let mut codified: BTreeMap<String, Vec<SessionChange>> = BTreeMap::new();
+    for (request, index) in &plan.codify {
+        let declared = &inputs.parsed.objects[*index];
+        let change = gate::session_change(
+            declared.key.object_ref(),
+            &name,
+            &declared.origin,
+            &declared.object(),
+            live_value(*index).as_ref(),
+            &plan.diffs[*index],
+            now,
+        );
+        codified.entry(request.clone()).or_default().push(change);
+    }
+    for (request, at) in &plan.codify_extras {
+        let extra = &inputs.extras[plan.extras[*at].0];
+        let Some(object_namespace) = extra.key.namespace.as_deref() else { continue };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(context.client.clone(), object_namespace, &extra.key.resource());
+        match api.get_opt(&extra.name).await {
+            Ok(Some(live)) if live.uid().as_deref() == Some(extra.uid.as_str()) => {
+                let live = serde_json::to_value(&live).unwrap_or_default();
+                let source = super::plan::new_manifest_path(inputs.parsed, extra);
+                let patch = crate::gate::codify::new_object_patch(&live, &source);
+                let change =
+                    SessionChange { object: extra.object_ref(), desired_state: name.clone(), patch, source, at: Time(now) };
+                codified.entry(request.clone()).or_default().push(change);
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, object = %describe(&extra.object_ref()), "reading an undeclared object to codify it failed"),
+        }
+    }
+
+    revert(context, state, &me, inputs, plan, memory, &mut outcome).await;
+    delete(context, state, &me, inputs, plan, &mut outcome).await;
+
+    for (request, changes) in codified {
+        match gate::record_session_changes(&context.client, &namespace, &request, &changes).await {
+            Ok(new) => {
+                for change in new {
+                    let object = describe(&change.object);
+                    info!(access_request = %request, %object, source = %change.source, "session change codified");
+                    let note = format!(
+                        "The window ended with {object} still changed. To keep the change, commit this to {}:\n{}",
+                        change.source, change.patch
+                    );
+                    publish_on_request(context, &namespace, &request, "SessionChangesCodified", note).await;
+                }
+            }
+            Err(error) => warn!(%error, access_request = %request, "recording the session's changes failed"),
+        }
+    }
+    outcome
+}
+
+fn reason_of(class: DriftClass) -> RevertReason {
+    match class {
+        DriftClass::WindowEnded => RevertReason::window_ended,
+        _ => RevertReason::unauthorized,
+    }
+}
+
+/// Reverts the plan's declared objects, several at once, rate-limited per
+/// DesiredState.
+async fn revert(
+    context: &Context,
+    state: &DesiredState,
+    me: &ObjectRef<DesiredState>,
+    inputs: &Inputs<'_>,
+    plan: &Plan,
+    memory: &mut Memory,
+    outcome: &mut Outcome,
+) {
+    let (namespace, name) = (state.namespace().unwrap_or_default(), state.name_any());
+    let mut admitted = Vec::new();
+    for index in &plan.reverts {
+        match context.limiter.take(me) {
+            Ok(()) => admitted.push(*index),
+            Err(wait) => {
+                outcome.retry_after = Some(outcome.retry_after.map_or(wait, |w| w.min(wait)));
+                break;
+            }
+        }
+    }
+    let reverts = admitted.into_iter().map(|index| {
+        let declared = &inputs.parsed.objects[index];
+        let resource = inputs.resources[index].as_ref().map(|key| key.resource());
+        let kind = declared.key.kind.clone();
+        let (object, live) = (declared.object(), inputs.lives[index].as_deref().and_then(super::cached::live_value));
+        async move {
+            let started = Instant::now();
+            let result = match resource {
+                Some(resource) => gate::revert(&context.client, &resource, &object, live, inputs.options).await,
+                None => return (index, Err((None, "unknown kind".to_owned())), started),
+            };
+            let result = result.map_err(|e| (rejected::refused_declaration(&e, &kind), e.to_string()));
+            (index, result, started)
+        }
+    });
+    let results: Vec<_> = futures::stream::iter(reverts).buffer_unordered(REVERT_CONCURRENCY).collect().await;
+    for (index, result, started) in results {
+        let declared = &inputs.parsed.objects[index];
+        let judgement = plan.judgements[index].as_ref().expect("a reverted object was judged");
+        let object_ref = declared.key.object_ref();
+        let object = describe(&object_ref);
+        let reason = reason_of(judgement.class);
+        let request = judgement.request.clone().unwrap_or_default();
+        let requester = context.gate.requester(&namespace, &request).unwrap_or_default();
+        let approvers = context.gate.approvers(&namespace, &request).join(",");
+        match result {
+            Ok(version) => {
+                memory.reverted.insert(object_ref.clone(), version);
+                memory.clean_at.insert(object_ref.clone(), Timestamp::now());
+                memory.contest.reverted(&object_ref, Timestamp::now());
+                context.metrics.reverts.get_or_create(&RevertLabels { reason: reason.clone() }).inc();
+                if let (RevertReason::window_ended, Some(end)) = (&reason, context.gate.window_end(&namespace, &request)) {
+                    let lag = Timestamp::now().duration_since(end).as_secs_f64().max(0.0);
+                    context.metrics.revert_latency_after_window_end.observe(lag);
+                }
+                let why = match reason {
+                    RevertReason::window_ended => format!("the window of AccessRequest {request} ({requester}) ended"),
+                    RevertReason::unauthorized => "no approved access window covers the change".to_owned(),
+                };
+                info!(desired_state = %name, %namespace, %object, access_request = %request, %requester, %approvers,
+                      class = ?judgement.class, took_ms = started.elapsed().as_millis() as u64, "drift reverted to Git");
+                publish(context, state, EventType::Normal, "Reverted", format!("{object} reverted to Git: {why}")).await;
+                outcome.reverted.push(index);
+                outcome.last = Some(RevertRecord {
+                    object: object_ref,
+                    at: Time(Timestamp::now()),
+                    class: judgement.class,
+                    access_request: judgement.request.clone(),
+                });
+            }
+            Err((Some(refused), _)) => {
+                // Git declares what the server will not take: say so once,
+                // as a source problem, and leave it until the sources change.
+                context.metrics.revert_failures.get_or_create(&RevertLabels { reason }).inc();
+                warn!(desired_state = %name, %namespace, %object, reason = %refused, "the API server refused the declared object; not retried");
+                let note = format!("{object} as declared in {} cannot be applied: {refused}", declared.origin);
+                publish(context, state, EventType::Warning, "DeclarationRejected", note).await;
+                memory.reject(inputs.parsed, index, refused);
+            }
+            Err((None, error)) => {
+                context.metrics.revert_failures.get_or_create(&RevertLabels { reason }).inc();
+                warn!(desired_state = %name, %namespace, %object, %error, "revert failed; will retry");
+                publish(context, state, EventType::Warning, "RevertFailed", format!("reverting {object} failed: {error}"))
+                    .await;
+                let retry = Duration::from_secs(2);
+                outcome.retry_after = Some(outcome.retry_after.map_or(retry, |w| w.min(retry)));
+            }
+        }
+    }
+    outcome.reverted.sort_unstable();
+}
+
+/// Deletes the plan's undeclared objects: only the object that was judged
+/// (a uid precondition: one re-created under the same name is judged
+/// afresh), its dependents first (foreground: a workload's Pods go with it).
+async fn delete(
+    context: &Context,
+    state: &DesiredState,
+    me: &ObjectRef<DesiredState>,
+    inputs: &Inputs<'_>,
+    plan: &Plan,
+    outcome: &mut Outcome,
+) {
+    let (namespace, name) = (state.namespace().unwrap_or_default(), state.name_any());
+    let mut admitted = Vec::new();
+    for at in &plan.deletions {
+        match context.limiter.take(me) {
+            Ok(()) => admitted.push(*at),
+            Err(wait) => {
+                outcome.retry_after = Some(outcome.retry_after.map_or(wait, |w| w.min(wait)));
+                break;
+            }
+        }
+    }
+    let deletions = admitted.into_iter().map(|at| {
+        let extra = &inputs.extras[plan.extras[at].0];
+        async move {
+            let result = delete_exactly(&context.client, &extra.key.resource(), extra).await;
+            (at, result)
+        }
+    });
+    let results: Vec<_> = futures::stream::iter(deletions).buffer_unordered(REVERT_CONCURRENCY).collect().await;
+    for (at, result) in results {
+        let (index, judgement) = &plan.extras[at];
+        let extra = &inputs.extras[*index];
+        let object = describe(&extra.object_ref());
+        let reason = reason_of(judgement.class);
+        let request = judgement.request.clone().unwrap_or_default();
+        match result {
+            // Gone already, or replaced by another object of that name.
+            Ok(false) => outcome.deleted.push(at),
+            Ok(true) => {
+                context.metrics.deletions.get_or_create(&RevertLabels { reason: reason.clone() }).inc();
+                let why = match reason {
+                    RevertReason::window_ended => format!("it was created within AccessRequest {request}, whose window ended"),
+                    RevertReason::unauthorized => "no approved access window covers its creation".to_owned(),
+                };
+                info!(desired_state = %name, %namespace, %object, access_request = %request, class = ?judgement.class,
+                      "undeclared object deleted");
+                publish(context, state, EventType::Normal, "Deleted", format!("{object} deleted: not declared in Git, and {why}"))
+                    .await;
+                outcome.deleted.push(at);
+                outcome.last = Some(RevertRecord {
+                    object: extra.object_ref(),
+                    at: Time(Timestamp::now()),
+                    class: judgement.class,
+                    access_request: judgement.request.clone(),
+                });
+            }
+            Err(error) => {
+                context.metrics.revert_failures.get_or_create(&RevertLabels { reason }).inc();
+                warn!(desired_state = %name, %namespace, %object, %error, "deleting an undeclared object failed; will retry");
+                publish(context, state, EventType::Warning, "DeleteFailed", format!("deleting {object} failed: {error}"))
+                    .await;
+                let retry = Duration::from_secs(2);
+                outcome.retry_after = Some(outcome.retry_after.map_or(retry, |w| w.min(retry)));
+            }
+        }
+    }
+    outcome.deleted.sort_unstable();
+}
+
+/// Deletes `extra` if it is still the object that was judged (true). Gone
+/// already, or replaced by another of the same name: nothing to do (false).
+async fn delete_exactly(
+    client: &kube::Client,
+    resource: &ApiResource,
+    extra: &super::plan::Extra,
+) -> Result<bool, kube::Error> {
+    let Some(namespace) = extra.key.namespace.as_deref() else { return Ok(false) };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: Some(extra.uid.clone()), resource_version: None }),
+        propagation_policy: Some(PropagationPolicy::Foreground),
+        ..DeleteParams::default()
+    };
+    match api.delete(&extra.name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Publishes the plan's Events, counting detections.
+pub(super) async fn announce(
+    context: &Context,
+    state: &DesiredState,
+    notices: Vec<Notice>,
+    triggered_at: Option<Instant>,
+) {
+    let (namespace, name) = (state.namespace().unwrap_or_default(), state.name_any());
+    for notice in notices {
+        if notice.reason == "DriftDetected" {
+            context.metrics.drift_detections.inc();
+            if let Some(since) = triggered_at {
+                context.metrics.drift_detection_latency.observe(since.elapsed().as_secs_f64());
+            }
+        }
+        info!(desired_state = %name, %namespace, reason = notice.reason, note = %notice.note, "drift");
+        publish(context, state, notice.type_, notice.reason, notice.note).await;
+    }
+}
+
+/// An Event and a count when sources begin to be refused (or are refused
+/// for a new reason); nothing while the same refusal lasts.
+pub(super) async fn announce_refusal(
+    context: &Context,
+    state: &DesiredState,
+    old: &DesiredStateStatus,
+    refusal: &status::Refusal,
+) {
+    let same =
+        old.conditions.iter().any(|c| c.type_ == "SourceValid" && c.status == "False" && c.reason == refusal.reason);
+    if same {
+        return;
+    }
+    context.metrics.source_refusals.get_or_create(&crate::operator::metrics::RefusalLabels { reason: refusal.reason }).inc();
+    publish(context, state, EventType::Warning, refusal.reason, refusal.message.clone()).await;
+}
+
+pub(super) async fn write_status(
+    context: &Context,
+    state: &DesiredState,
+    old: &DesiredStateStatus,
+    new: &DesiredStateStatus,
+) -> Result<(), Error> {
+    if old == new {
+        return Ok(());
+    }
+    crate::operator::apply_status(&context.client, state, new).await.map_err(|source| Error::WriteStatus {
+        desired_state: format!("{}/{}", state.namespace().unwrap_or_default(), state.name_any()),
+        source,
+    })
+}
+
+/// Pending requests in this namespace show the drift they would approve into.
+pub(super) async fn show_pending_drift(context: &Context, state: &DesiredState, fresh: &DesiredStateStatus) {
+    const PENDING_LISTED: usize = 10;
+    let namespace = state.namespace().unwrap_or_default();
+    let pending = context.gate.pending(&namespace);
+    if pending.is_empty() {
+        return;
+    }
+    let me = state.name_any();
+    let mut drift = crate::api::PendingDrift::default();
+    let states = context.desired_states.state();
+    let statuses = states
+        .iter()
+        .filter(|ds| ds.namespace().as_deref() == Some(namespace.as_str()) && ds.name_any() != me)
+        .filter_map(|ds| ds.status.as_ref())
+        .chain(std::iter::once(fresh));
+    for status in statuses {
+        drift.drifted += status.drifted.unwrap_or(0);
+        for object in &status.drifted_objects {
+            if drift.objects.len() < PENDING_LISTED {
+                drift.objects.push(describe(&object.object));
+            }
+        }
+    }
+    for request in pending {
+        if let Err(error) = gate::show_pending_drift(&context.client, &request, &drift).await {
+            warn!(%error, access_request = %request.name_any(), "showing drift on a pending request failed");
+        }
+    }
+}
+
+/// Per DesiredState: drift counts by class, when its oldest unauthorized
+/// drift began, and how many of its objects are contested.
+pub(super) type DriftTally =
+    std::collections::HashMap<ObjectRef<DesiredState>, (DriftCounts, Option<Timestamp>, usize)>;
+
+/// Sets the cluster-wide gauges: drifted objects by class, the oldest
+/// unauthorized drift (its age is computed when metrics are scraped) and
+/// contested objects.
+pub(super) fn record_drifted(context: &Context, me: &ObjectRef<DesiredState>, status: &DesiredStateStatus, contested: usize) {
+    let oldest = status.drifted_objects.iter().filter(|d| d.class == DriftClass::Unauthorized).map(|d| d.since.0).min();
+    let mut all = context.drifted.lock().unwrap_or_else(|p| p.into_inner());
+    all.insert(me.clone(), (status.drift_counts.clone().unwrap_or_default(), oldest, contested));
+    publish_drift_gauges(&context.metrics, &all);
+}
+
+pub(super) fn publish_drift_gauges(metrics: &Metrics, all: &DriftTally) {
+    use crate::operator::metrics::{Class, ClassLabels};
+    let sum = |f: fn(&DriftCounts) -> i64| all.values().map(|(c, _, _)| f(c)).sum::<i64>();
+    for (class, total) in [
+        (Class::Unauthorized, sum(|c| c.unauthorized)),
+        (Class::Authorized, sum(|c| c.authorized)),
+        (Class::AuthorizedByScope, sum(|c| c.authorized_by_scope)),
+        (Class::WindowEnded, sum(|c| c.window_ended)),
+        (Class::Undeclared, sum(|c| c.undeclared)),
+    ] {
+        metrics.drifted_objects.get_or_create(&ClassLabels { class }).set(total);
+    }
+    metrics.contested_objects.set(all.values().map(|(_, _, contested)| *contested as i64).sum());
+    metrics.set_oldest_unauthorized_drift(all.values().filter_map(|(_, oldest, _)| *oldest).min());
+}
+
+/// An Event on an AccessRequest (the requester and approvers watch it).
+async fn publish_on_request(context: &Context, namespace: &str, request: &str, reason: &str, note: String) {
+    let Some(request) = context.gate.requests.get(&ObjectRef::new(request).within(namespace)) else { return };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(crate::operator::event_note(note)),
+        action: "Codify".into(),
+        secondary: None,
+    };
+    if let Err(error) = context.recorder.publish(&event, &request.object_ref(&())).await {
+        warn!(%error, reason, "publishing an event failed");
+    }
+}
+
+pub(super) async fn publish(context: &Context, state: &DesiredState, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(crate::operator::event_note(note)),
+        action: "Diff".into(),
+        secondary: None,
+    };
+    if let Err(error) = context.recorder.publish(&event, &state.object_ref(&())).await {
+        warn!(%error, reason, "publishing an event failed");
+    }
+}

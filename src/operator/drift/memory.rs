@@ -1,0 +1,159 @@
+//! What the drift controller remembers of each DesiredState from one pass
+//! to the next, in one place: forgetting a DesiredState is one removal.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+
+use super::cached::Declarations;
+use super::status;
+use super::trust;
+use crate::api::{self, DesiredState};
+use crate::drift::{self, signature};
+
+/// What a set of sources is, as far as the caches know: the DesiredState's
+/// generation, each source ConfigMap's resourceVersion, and the trust
+/// anchors' versions.
+pub(super) type Fingerprint = (Option<i64>, Vec<(String, String)>, trust::Fingerprint);
+
+/// A verified parse, and what it was parsed from.
+#[derive(Clone)]
+pub(super) struct CachedParse {
+    pub fingerprint: Fingerprint,
+    pub sources: Arc<Declarations>,
+    /// The signature that verified (None: verification is off).
+    pub signature: Option<signature::Verified>,
+}
+
+/// Sources that were refused, until they change.
+pub(super) struct Refused {
+    pub fingerprint: Fingerprint,
+    pub refusal: status::Refusal,
+    /// When the refusal began.
+    pub since: Instant,
+}
+
+/// The diffs of the last pass, with the live resourceVersions they saw.
+pub(super) struct LastDiffs {
+    pub sources: Arc<Declarations>,
+    pub versions: Vec<Option<String>>,
+    pub diffs: Vec<drift::ObjectDiff>,
+    /// Which declared objects were left drifting (not in sync, not reverted).
+    pub drifting: Vec<bool>,
+    /// The uids of the undeclared objects left in place.
+    pub undeclared: HashSet<String>,
+}
+
+/// Everything remembered of one DesiredState.
+#[derive(Default)]
+pub(super) struct Memory {
+    /// The last good (verified, parsed) sources: reused while they are
+    /// unchanged, and enforced while newer ones are refused.
+    pub parsed: Option<CachedParse>,
+    /// Why the current sources are refused, while they are.
+    pub refused: Option<Refused>,
+    pub last: Option<LastDiffs>,
+    /// The resourceVersion each object was left at by its last revert.
+    pub reverted: HashMap<api::ObjectRef, String>,
+    /// When each object was last seen to match Git: writes before that did
+    /// not make its drift.
+    pub clean_at: HashMap<api::ObjectRef, Timestamp>,
+    /// Declared objects (by index) whose revert the API server refused, and
+    /// the parse they belong to.
+    pub rejected: Option<(Arc<Declarations>, BTreeMap<usize, String>)>,
+    /// Reverts of each object in the last few seconds: an object someone
+    /// else keeps rewriting is contested, and its reverts back off.
+    pub contest: super::contest::Contests,
+}
+
+impl Memory {
+    /// This parse's refused objects, by index.
+    pub fn rejected_of(&self, parsed: &Arc<Declarations>) -> Vec<(usize, String)> {
+        match &self.rejected {
+            Some((of, by_index)) if Arc::ptr_eq(of, parsed) => {
+                by_index.iter().map(|(index, reason)| (*index, reason.clone())).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn is_rejected(&self, parsed: &Arc<Declarations>, index: usize) -> bool {
+        self.rejected.as_ref().is_some_and(|(of, by_index)| Arc::ptr_eq(of, parsed) && by_index.contains_key(&index))
+    }
+
+    /// Records a refusal; the refusals of an older parse are forgotten.
+    pub fn reject(&mut self, parsed: &Arc<Declarations>, index: usize, reason: String) {
+        let entry = self.rejected.get_or_insert_with(|| (parsed.clone(), BTreeMap::new()));
+        if !Arc::ptr_eq(&entry.0, parsed) {
+            *entry = (parsed.clone(), BTreeMap::new());
+        }
+        entry.1.insert(index, reason);
+    }
+
+    /// A new parse: what held for the old declarations may not hold now.
+    pub fn new_parse(&mut self) {
+        self.reverted.clear();
+    }
+}
+
+/// The memory of every DesiredState.
+#[derive(Default)]
+pub(super) struct Memories(Mutex<HashMap<ObjectRef<DesiredState>, Memory>>);
+
+impl Memories {
+    /// Takes `me`'s memory for one pass; it is put back when the guard
+    /// drops, whatever way the pass ends. Passes of one DesiredState never
+    /// overlap (the controller runs one reconcile per object at a time).
+    pub fn take(&self, me: &ObjectRef<DesiredState>) -> Taken<'_> {
+        let memory = self.lock().remove(me).unwrap_or_default();
+        Taken { memories: self, me: me.clone(), memory: Some(memory) }
+    }
+
+    pub fn forget(&self, me: &ObjectRef<DesiredState>) {
+        self.lock().remove(me);
+    }
+
+    pub fn known(&self) -> Vec<ObjectRef<DesiredState>> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// How many DesiredStates' current sources are refused.
+    pub fn refused(&self) -> usize {
+        self.lock().values().filter(|m| m.refused.is_some()).count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<DesiredState>, Memory>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One DesiredState's memory, out for a pass.
+pub(super) struct Taken<'a> {
+    memories: &'a Memories,
+    me: ObjectRef<DesiredState>,
+    memory: Option<Memory>,
+}
+
+impl std::ops::Deref for Taken<'_> {
+    type Target = Memory;
+    fn deref(&self) -> &Memory {
+        self.memory.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Taken<'_> {
+    fn deref_mut(&mut self) -> &mut Memory {
+        self.memory.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(memory) = self.memory.take() {
+            self.memories.lock().insert(self.me.clone(), memory);
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The drift reconcile's decisions, as a value. No client, no clock: what
+//! was read (declared objects, the live ones, undeclared objects, the
+//! memory of the last pass) and the gate's verdicts go in; the diffs, which
+//! objects to revert or delete, what to codify, the status and the Events
+//! come out. `execute` carries it out.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::DynamicObject;
+use kube::runtime::events::EventType;
+
+use super::cached::{self, Declarations};
+use super::memory::Memory;
+use super::status::{self, Judgement};
+use super::watches::WatchKey;
+use crate::api::{self, Attribution, DesiredStateSpec, DesiredStateStatus, DriftAction, DriftClass, RevertRecord};
+use crate::drift::{self, DiffOptions, undeclared};
+use crate::gate::{Decision, Remediation};
+use crate::operator::gate::{Subject, Verdict};
+
+/// What the plan asks of the gate: read-only lookups in its caches.
+pub(super) trait Gate {
+    fn verdict(&self, subject: &Subject<'_>, remediation: Remediation, now: Timestamp) -> Verdict;
+    /// Whether `request` already lists `object` among its codified changes.
+    fn codified(&self, namespace: &str, request: &str, object: &api::ObjectRef) -> bool;
+}
+
+/// An object of an owned kind that no source declares, as its metadata
+/// watch (or the declared kind's watch) has it.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Extra {
+    pub key: WatchKey,
+    pub name: String,
+    pub uid: String,
+    pub created: Option<Timestamp>,
+    /// Already being deleted (a deletionTimestamp is set).
+    pub deleting: bool,
+    /// The controller owner reference: apiVersion, kind, uid.
+    pub controller: Option<(String, String, String)>,
+}
+
+impl Extra {
+    pub fn object_ref(&self) -> api::ObjectRef {
+        let api_version =
+            if self.key.group.is_empty() { self.key.version.clone() } else { format!("{}/{}", self.key.group, self.key.version) };
+        api::ObjectRef {
+            api_version,
+            kind: self.key.kind.clone(),
+            namespace: self.key.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    fn candidate(&self) -> undeclared::Candidate<'_> {
+        undeclared::Candidate {
+            group: &self.key.group,
+            kind: &self.key.kind,
+            namespace: self.key.namespace.as_deref().unwrap_or_default(),
+            name: &self.name,
+            created: self.created,
+            controller: self.controller.as_ref().map(|(api_version, kind, uid)| undeclared::Owner {
+                api_version,
+                kind,
+                uid,
+            }),
+        }
+    }
+}
+
+/// Everything a plan is made from.
+pub(super) struct Inputs<'a> {
+    pub spec: &'a DesiredStateSpec,
+    pub old: &'a DesiredStateStatus,
+    pub parsed: &'a Arc<Declarations>,
+    /// Per declared object: its watch (None: a kind discovery does not know).
+    pub resources: &'a [Option<WatchKey>],
+    /// Per declared object: the live object, if it exists.
+    pub lives: &'a [Option<Arc<DynamicObject>>],
+    pub extras: &'a [Extra],
+    pub known: undeclared::Known<'a>,
+    pub options: &'a DiffOptions,
+    pub now: Timestamp,
+}
+
+/// What to do, and what it means for status.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    /// Per declared object: its diff, and the live resourceVersion it was made at.
+    pub diffs: Vec<drift::ObjectDiff>,
+    pub versions: Vec<Option<String>>,
+    /// Declared objects seen matching Git in this pass.
+    pub clean: Vec<api::ObjectRef>,
+    /// Per declared object: the gate's verdict (None in sync).
+    pub judgements: Vec<Option<Judgement>>,
+    /// Declared objects to put back now (by index).
+    pub reverts: Vec<usize>,
+    /// Declared objects whose window ended, to codify on their request.
+    pub codify: Vec<(String, usize)>,
+    /// Undeclared objects that are drift (index into the inputs' extras), judged.
+    pub extras: Vec<(usize, Judgement)>,
+    /// Undeclared objects to delete now (index into `extras`).
+    pub deletions: Vec<usize>,
+    /// Undeclared objects whose window ended, to codify (index into `extras`).
+    pub codify_extras: Vec<(String, usize)>,
+    /// Declared objects someone keeps rewriting after each revert: their
+    /// revert waits (by index).
+    pub contested: Vec<usize>,
+    /// When to look again (a held change's window ends, a contested
+    /// object's wait is over).
+    pub wake: Option<Timestamp>,
+}
+
+/// Writes up to this long before an undeclared object's creation second
+/// count toward it (its creationTimestamp is whole seconds).
+const CREATED_SLACK: SignedDuration = SignedDuration::from_secs(1);
+
+/// Makes the plan.
+pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Plan {
+    let mut plan = Plan::default();
+    diff_declared(inputs, memory, &mut plan);
+    let remediation =
+        Remediation { unauthorized: inputs.spec.remediation.unauthorized, window_end: inputs.spec.remediation.window_end };
+    let revert = if inputs.spec.dry_run { DriftAction::WouldRevert } else { DriftAction::Revert };
+    let namespace_of = |object: &api::ObjectRef| object.namespace.clone().unwrap_or_default();
+
+    // Declared objects: the gate's verdict on each drifted one.
+    for (index, declared) in inputs.parsed.objects.iter().enumerate() {
+        let judgement = match (&inputs.resources[index], plan.diffs[index].in_sync()) {
+            (Some(key), false) => {
+                let object = declared.key.object_ref();
+                let listed = inputs.old.drifted_objects.iter().find(|d| d.object == object);
+                let since = listed.map_or(inputs.now, |d| d.since.0);
+                // After a restart or a takeover this process has not seen the
+                // object in sync: the status remembers when an earlier one did.
+                let clean_at = memory
+                    .clean_at
+                    .get(&object)
+                    .copied()
+                    .or_else(|| listed.and_then(|d| d.in_sync_at.as_ref()).map(|t| t.0));
+                let subject = Subject {
+                    clean_at,
+                    namespace: declared.key.namespace.as_deref(),
+                    group: &key.group,
+                    plural: &key.plural,
+                    name: &declared.key.name,
+                    since,
+                };
+                judgement(gate.verdict(&subject, remediation, inputs.now), revert, clean_at, inputs.now)
+            }
+            _ => None,
+        };
+        plan.judgements.push(judgement);
+    }
+    for (index, judgement) in plan.judgements.iter().enumerate() {
+        let Some(judgement) = judgement else { continue };
+        let object = inputs.parsed.objects[index].key.object_ref();
+        if let (DriftClass::WindowEnded, Some(request)) = (judgement.class, &judgement.request) {
+            // Already codified (a change that is kept and reported): nothing new.
+            if judgement.action == DriftAction::Revert || !gate.codified(&namespace_of(&object), request, &object) {
+                plan.codify.push((request.clone(), index));
+            }
+        }
+        if judgement.action != DriftAction::Revert || inputs.resources[index].is_none() {
+            continue;
+        }
+        if memory.is_rejected(inputs.parsed, index) {
+            continue;
+        }
+        // Our own last revert left the object at this version: reverting
+        // again would change nothing, so it stays reported instead of looping.
+        let version = inputs.lives[index].as_ref().and_then(|l| l.metadata.resource_version.as_ref());
+        if version.is_some() && memory.reverted.get(&object) == version {
+            continue;
+        }
+        let next = memory.contest.next_revert(&object, inputs.now);
+        if next > inputs.now {
+            plan.contested.push(index);
+            plan.wake = earliest(plan.wake, next);
+            continue;
+        }
+        plan.reverts.push(index);
+    }
+
+    // Undeclared objects: exempt, or judged like any drift (created under
+    // a window: held until it ends; else removed at once or reported).
+    for (index, extra) in inputs.extras.iter().enumerate() {
+        if extra.deleting || undeclared::exemption(&extra.candidate(), &inputs.known).is_some() {
+            continue;
+        }
+        let object = extra.object_ref();
+        let listed = inputs.old.drifted_objects.iter().find(|d| d.undeclared && d.object == object);
+        let created = extra.created.unwrap_or(inputs.now);
+        let clean_at = Some(created - CREATED_SLACK);
+        let subject = Subject {
+            clean_at,
+            namespace: extra.key.namespace.as_deref(),
+            group: &extra.key.group,
+            plural: &extra.key.plural,
+            name: &extra.name,
+            since: listed.map_or(created, |d| d.since.0.min(created)),
+        };
+        let Some(judgement) = judgement(gate.verdict(&subject, remediation, inputs.now), revert, None, inputs.now)
+        else {
+            continue;
+        };
+        let at = plan.extras.len();
+        if let (DriftClass::WindowEnded, Some(request)) = (judgement.class, &judgement.request)
+            && (judgement.action == DriftAction::Revert || !gate.codified(&namespace_of(&object), request, &object))
+        {
+            plan.codify_extras.push((request.clone(), at));
+        }
+        if judgement.action == DriftAction::Revert {
+            plan.deletions.push(at);
+        }
+        plan.extras.push((index, judgement));
+    }
+
+    let held = plan.judgements.iter().flatten().chain(plan.extras.iter().map(|(_, j)| j));
+    for judgement in held.filter(|j| j.action == DriftAction::Hold) {
+        if let Some(at) = judgement.revert_at {
+            plan.wake = earliest(plan.wake, at);
+        }
+    }
+    plan
+}
+
+fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// The diffs of the declared objects: an object whose live resourceVersion
+/// is what it was at the last pass over the same parse has the same diff,
+/// so one edit costs one diff, not one per object.
+fn diff_declared(inputs: &Inputs<'_>, memory: &Memory, plan: &mut Plan) {
+    let previous = memory.last.as_ref().filter(|p| Arc::ptr_eq(&p.sources, inputs.parsed));
+    for (index, declared) in inputs.parsed.objects.iter().enumerate() {
+        let live = inputs.lives[index].as_deref();
+        let version = live.and_then(|l| l.metadata.resource_version.clone());
+        let unchanged = previous.and_then(|p| p.versions.get(index).zip(p.diffs.get(index)));
+        let diff = match unchanged {
+            Some((seen, diff)) if *seen == version && version.is_some() => diff.clone(),
+            _ => {
+                let live = live.and_then(cached::live_value);
+                let diff = drift::diff(&declared.object(), live.as_ref(), inputs.options);
+                if diff.in_sync() {
+                    plan.clean.push(declared.key.object_ref());
+                }
+                diff
+            }
+        };
+        plan.versions.push(version);
+        plan.diffs.push(diff);
+    }
+}
+
+/// The gate's verdict as status shows it (None: nothing to do).
+fn judgement(verdict: Verdict, revert: DriftAction, in_sync_at: Option<Timestamp>, now: Timestamp) -> Option<Judgement> {
+    let attribution = |class: DriftClass| match class {
+        DriftClass::AuthorizedByScope => Some(Attribution::Scope),
+        _ if verdict.from_audit => Some(Attribution::AuditLog),
+        _ => None,
+    };
+    Some(match verdict.decision {
+        Decision::Hold { request, class, until } => Judgement {
+            class,
+            request: Some(request),
+            attribution: attribution(class),
+            action: DriftAction::Hold,
+            revert_at: Some(until),
+            in_sync_at,
+        },
+        Decision::Revert { class, request } => Judgement {
+            class,
+            request,
+            attribution: attribution(class),
+            action: revert,
+            revert_at: Some(now),
+            in_sync_at,
+        },
+        Decision::Report { class, request } => Judgement {
+            class,
+            request,
+            attribution: attribution(class),
+            action: DriftAction::Report,
+            revert_at: None,
+            in_sync_at,
+        },
+        Decision::Nothing => return None,
+    })
+}
+
+/// What carrying out a plan did.
+#[derive(Debug, Default)]
+pub(super) struct Outcome {
+    /// Declared objects put back (indices, sorted).
+    pub reverted: Vec<usize>,
+    /// Undeclared objects deleted (indices into the plan's extras, sorted).
+    pub deleted: Vec<usize>,
+    pub last: Option<RevertRecord>,
+    /// Reverts deferred by the rate limit or failed: when to try again.
+    pub retry_after: Option<std::time::Duration>,
+}
+
+/// What status observes of this pass: every declared object (a reverted
+/// one matches Git again) and every undeclared one left in place.
+pub(super) fn observations<'a>(
+    inputs: &'a Inputs<'_>,
+    plan: &'a Plan,
+    outcome: &Outcome,
+    in_sync: &'a drift::ObjectDiff,
+) -> Vec<status::Observed<'a>> {
+    let declared = inputs.parsed.objects.iter().enumerate().map(|(index, declared)| status::Observed {
+        object: declared.key.object_ref(),
+        diff: if outcome.reverted.contains(&index) { in_sync } else { &plan.diffs[index] },
+        judgement: plan.judgements[index].as_ref(),
+        undeclared: false,
+    });
+    let extras = plan.extras.iter().enumerate().filter(|(at, _)| !outcome.deleted.contains(at)).map(
+        |(_, (index, judgement))| status::Observed {
+            object: inputs.extras[*index].object_ref(),
+            diff: in_sync,
+            judgement: Some(judgement),
+            undeclared: true,
+        },
+    );
+    declared.chain(extras).collect()
+}
+
+/// An Event to publish on the DesiredState.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Notice {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl Notice {
+    fn warning(reason: &'static str, note: String) -> Self {
+        Notice { type_: EventType::Warning, reason, note }
+    }
+    fn normal(reason: &'static str, note: String) -> Self {
+        Notice { type_: EventType::Normal, reason, note }
+    }
+}
+
+/// The Events this pass's observations call for: drift that started,
+/// undeclared objects newly found, changes newly held, dry-run reverts, and
+/// drift that ended by itself (a revert or a deletion announces itself).
+pub(super) fn notices(
+    inputs: &Inputs<'_>,
+    plan: &Plan,
+    outcome: &Outcome,
+    memory: &Memory,
+    new: &DesiredStateStatus,
+) -> Vec<Notice> {
+    let old = inputs.old;
+    let mut notices = Vec::new();
+    let previous = memory.last.as_ref().filter(|p| Arc::ptr_eq(&p.sources, inputs.parsed));
+    let object_refs: Vec<api::ObjectRef> = inputs.parsed.objects.iter().map(|d| d.key.object_ref()).collect();
+    // What was drifting before: the last pass over the same parse knows
+    // every object; otherwise status (which lists only the first ones).
+    let was_drifting = |index: usize| match previous {
+        Some(previous) => previous.drifting.get(index).copied().unwrap_or(false),
+        None => old.drifted_objects.iter().any(|d| d.object == object_refs[index]),
+    };
+    for (index, diff) in plan.diffs.iter().enumerate() {
+        if diff.in_sync() || was_drifting(index) && !outcome.reverted.contains(&index) {
+            continue;
+        }
+        let object = describe(&object_refs[index]);
+        let fields = status::fields(diff).join(", ");
+        notices.push(Notice::warning("DriftDetected", format!("{object} differs from Git: {fields}")));
+    }
+    let seen_extras: HashSet<&str> = memory.last.iter().flat_map(|l| l.undeclared.iter().map(String::as_str)).collect();
+    for (index, judgement) in &plan.extras {
+        let extra = &inputs.extras[*index];
+        let listed = old.drifted_objects.iter().any(|d| d.undeclared && d.object == extra.object_ref());
+        if seen_extras.contains(extra.uid.as_str()) || listed {
+            continue;
+        }
+        let object = describe(&extra.object_ref());
+        let what = match judgement.action {
+            DriftAction::Hold => format!(
+                "created within AccessRequest {}; removed when its window ends",
+                judgement.request.as_deref().unwrap_or_default()
+            ),
+            DriftAction::Revert => "no approved access window covers its creation; deleting it".into(),
+            DriftAction::WouldRevert => "dry run: it would be deleted".into(),
+            DriftAction::Report => "reported (remediation is Report)".into(),
+        };
+        notices.push(Notice::warning("UndeclaredObject", format!("{object} is not declared in Git: {what}")));
+    }
+    for drifted in &new.drifted_objects {
+        let was = old.drifted_objects.iter().find(|d| d.object == drifted.object);
+        let newly = |action| drifted.action == Some(action) && was.is_none_or(|w| w.action != Some(action));
+        let object = describe(&drifted.object);
+        let request = drifted.access_request.clone().unwrap_or_default();
+        if newly(DriftAction::Hold) {
+            let until = drifted.revert_at.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+            let how = if drifted.class == DriftClass::AuthorizedByScope { " (by scope: no audit record)" } else { "" };
+            let verb = if drifted.undeclared { "created" } else { "changed" };
+            let note = format!("{object} {verb} within AccessRequest {request}{how}; held until {until}");
+            notices.push(Notice::normal("DriftHeld", note));
+        } else if newly(DriftAction::WouldRevert) && !drifted.undeclared {
+            notices.push(Notice::warning("WouldRevert", format!("dry run: {object} would be reverted ({:?})", drifted.class)));
+        }
+    }
+    let (_, stopped) = status::transitions(old, new);
+    let deleted: BTreeSet<api::ObjectRef> =
+        outcome.deleted.iter().map(|at| inputs.extras[plan.extras[*at].0].object_ref()).collect();
+    for object in &stopped {
+        let index = object_refs.iter().position(|o| o == object);
+        if index.is_some_and(|i| outcome.reverted.contains(&i)) || deleted.contains(object) {
+            continue;
+        }
+        let undeclared = old.drifted_objects.iter().any(|d| d.undeclared && d.object == *object);
+        let note = if undeclared {
+            format!("{} is gone (or no longer owned)", describe(object))
+        } else {
+            format!("{} matches Git again", describe(object))
+        };
+        notices.push(Notice::normal("DriftResolved", note));
+    }
+    for index in &plan.contested {
+        let was = old.conditions.iter().any(|c| c.type_ == "Contested" && c.status == "True");
+        if !was {
+            let object = describe(&object_refs[*index]);
+            let note = format!("{object} is rewritten right after each revert (a webhook, an autoscaler, another tool?): reverts back off");
+            notices.push(Notice::warning("Contested", note));
+        }
+    }
+    notices
+}
+
+/// Where a codified undeclared object goes: a new file beside the
+/// declared objects of its namespace (in the first one's ConfigMap and
+/// directory), named after its kind and name.
+pub(super) fn new_manifest_path(parsed: &Declarations, extra: &Extra) -> String {
+    let file = format!("{}-{}.yaml", extra.key.kind.to_lowercase(), extra.name);
+    let beside = parsed.objects.iter().find(|d| d.key.namespace == extra.key.namespace).or(parsed.objects.first());
+    match beside {
+        Some(declared) => {
+            // Keys are paths with `/` written as `__` (see `publish`).
+            let path = declared.origin.key.replace("__", "/");
+            match path.rsplit_once('/') {
+                Some((directory, _)) => format!("{}/{directory}/{file}", declared.origin.config_map),
+                None => format!("{}/{file}", declared.origin.config_map),
+            }
+        }
+        None => file,
+    }
+}
+
+pub(super) fn describe(object: &api::ObjectRef) -> String {
+    match &object.namespace {
+        Some(namespace) => format!("{} {namespace}/{}", object.kind, object.name),
+        None => format!("{} {}", object.kind, object.name),
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

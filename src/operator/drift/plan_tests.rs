@@ -1,0 +1,290 @@
+//! The plan, asserted as a value: what a pass would revert, delete, hold,
+//! codify and announce, from declared, live and undeclared objects and a
+//! gate with fixed verdicts. No client, no cluster.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::DynamicObject;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::api::{DesiredStateSpec, KindRef, NamedObject, RemediationAction};
+use crate::drift::{DeclaredObject, ObjectKey, Origin, ParsedSources};
+use crate::operator::drift::memory::Memory;
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+}
+
+/// A gate whose verdicts are looked up by object name.
+#[derive(Default)]
+struct FixedGate {
+    verdicts: HashMap<String, Decision>,
+    codified: HashSet<String>,
+    /// The subjects it was asked about, by name.
+    asked: std::sync::Mutex<Vec<(String, Option<Timestamp>)>>,
+}
+
+impl Gate for FixedGate {
+    fn verdict(&self, subject: &Subject<'_>, remediation: Remediation, _now: Timestamp) -> Verdict {
+        self.asked.lock().unwrap().push((subject.name.to_owned(), subject.clean_at));
+        let decision = self.verdicts.get(subject.name).cloned().unwrap_or(match remediation.unauthorized {
+            RemediationAction::Revert => Decision::Revert { class: DriftClass::Unauthorized, request: None },
+            RemediationAction::Report => Decision::Report { class: DriftClass::Unauthorized, request: None },
+        });
+        Verdict { decision, from_audit: true, writers: Vec::new() }
+    }
+
+    fn codified(&self, _namespace: &str, _request: &str, object: &api::ObjectRef) -> bool {
+        self.codified.contains(&object.name)
+    }
+}
+
+fn deployment(name: &str, replicas: i64) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": name, "namespace": "shop"},
+           "spec": {"replicas": replicas}})
+}
+
+fn declarations(names: &[&str]) -> Arc<Declarations> {
+    let objects = names
+        .iter()
+        .map(|name| DeclaredObject {
+            key: ObjectKey {
+                api_version: "apps/v1".into(),
+                group: "apps".into(),
+                version: "v1".into(),
+                kind: "Deployment".into(),
+                namespace: Some("shop".into()),
+                name: (*name).into(),
+            },
+            object: deployment(name, 2),
+            origin: Origin { config_map: "shop-state".into(), key: format!("apps__{name}.yaml"), document: 0, item: None },
+        })
+        .collect();
+    Arc::new(Declarations::from(ParsedSources { revision: Some("abc".into()), objects }))
+}
+
+fn live(name: &str, replicas: i64, version: &str) -> Arc<DynamicObject> {
+    let mut object = deployment(name, replicas);
+    object["metadata"]["resourceVersion"] = version.into();
+    object["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply", "apiVersion": "apps/v1",
+        "fieldsV1": {"f:spec": {"f:replicas": {}}}}]);
+    let mut object: DynamicObject = serde_json::from_value(object).unwrap();
+    cached::for_watch_cache(&mut object);
+    Arc::new(object)
+}
+
+fn key(kind: &str, group: &str, plural: &str) -> WatchKey {
+    WatchKey {
+        group: group.into(),
+        version: "v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        namespace: Some("shop".into()),
+    }
+}
+
+fn extra(kind: &str, group: &str, plural: &str, name: &str, created: Timestamp) -> Extra {
+    Extra {
+        key: key(kind, group, plural),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        created: Some(created),
+        deleting: false,
+        controller: None,
+    }
+}
+
+struct World {
+    spec: DesiredStateSpec,
+    old: DesiredStateStatus,
+    parsed: Arc<Declarations>,
+    resources: Vec<Option<WatchKey>>,
+    lives: Vec<Option<Arc<DynamicObject>>>,
+    extras: Vec<Extra>,
+    watched: HashSet<KindRef>,
+    uids: HashMap<String, KindRef>,
+    ignore: Vec<NamedObject>,
+    grants: HashSet<(String, String)>,
+    sources: HashSet<(String, String)>,
+    options: DiffOptions,
+}
+
+impl World {
+    fn new(lives: Vec<Option<Arc<DynamicObject>>>, extras: Vec<Extra>) -> World {
+        let parsed = declarations(&["web", "api"]);
+        let spec: DesiredStateSpec = serde_json::from_value(json!({"sources": [{"name": "shop-state"}]})).unwrap();
+        World {
+            spec,
+            old: DesiredStateStatus::default(),
+            resources: vec![Some(key("Deployment", "apps", "deployments")); parsed.objects.len()],
+            parsed,
+            lives,
+            extras,
+            watched: [KindRef { group: "apps".into(), kind: "Deployment".into() }].into(),
+            uids: HashMap::new(),
+            ignore: Vec::new(),
+            grants: HashSet::new(),
+            sources: HashSet::new(),
+            options: DiffOptions::default(),
+        }
+    }
+
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            spec: &self.spec,
+            old: &self.old,
+            parsed: &self.parsed,
+            resources: &self.resources,
+            lives: &self.lives,
+            extras: &self.extras,
+            known: undeclared::Known {
+                owner_since: Some(at(0)),
+                watched: &self.watched,
+                uids: &self.uids,
+                ignore: &self.ignore,
+                grant_bindings: &self.grants,
+                sources: &self.sources,
+            },
+            options: &self.options,
+            now: at(100),
+        }
+    }
+}
+
+#[test]
+fn unauthorized_drift_is_reverted_and_announced_once() {
+    let world = World::new(vec![Some(live("web", 5, "10")), Some(live("api", 2, "11"))], Vec::new());
+    let gate = FixedGate::default();
+    let memory = Memory::default();
+    let plan = plan(&world.inputs(), &memory, &gate);
+    assert_eq!(plan.reverts, vec![0]);
+    assert!(plan.diffs[1].in_sync());
+    assert_eq!(plan.clean.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["api"]);
+    assert_eq!(plan.judgements[0].as_ref().unwrap().class, DriftClass::Unauthorized);
+    assert!(plan.deletions.is_empty() && plan.wake.is_none());
+
+    let outcome = Outcome { reverted: vec![0], ..Outcome::default() };
+    let in_sync = drift::ObjectDiff::default();
+    let inputs = world.inputs();
+    let observed = observations(&inputs, &plan, &outcome, &in_sync);
+    let status = status::observed(&world.old, None, None, &observed, at(100));
+    assert_eq!(status.drifted, Some(0), "a reverted object matches Git again");
+    let notices = notices(&world.inputs(), &plan, &outcome, &memory, &status);
+    let reasons: Vec<&str> = notices.iter().map(|n| n.reason).collect();
+    assert_eq!(reasons, ["DriftDetected"]);
+}
+
+#[test]
+fn our_own_revert_is_not_repeated_and_a_fight_backs_off() {
+    let world = World::new(vec![Some(live("web", 5, "10")), Some(live("api", 2, "11"))], Vec::new());
+    let gate = FixedGate::default();
+    let web = world.parsed.objects[0].key.object_ref();
+
+    // Left at this version by our last revert (a field the server keeps
+    // changing back): reported, not reverted in a loop.
+    let mut memory = Memory::default();
+    memory.reverted.insert(web.clone(), "10".into());
+    assert!(plan(&world.inputs(), &memory, &gate).reverts.is_empty());
+
+    // Rewritten right after each of three reverts: contested, waits.
+    let mut memory = Memory::default();
+    for second in [97, 98, 99] {
+        memory.contest.reverted(&web, at(second));
+    }
+    let plan = plan(&world.inputs(), &memory, &gate);
+    assert!(plan.reverts.is_empty());
+    assert_eq!(plan.contested, vec![0]);
+    assert!(plan.wake.is_some_and(|wake| wake > at(100)), "it comes back when the wait is over");
+}
+
+#[test]
+fn held_drift_wakes_the_pass_when_its_window_ends_and_codifies_after() {
+    let mut world = World::new(vec![Some(live("web", 5, "10")), Some(live("api", 2, "11"))], Vec::new());
+    let mut gate = FixedGate::default();
+    let hold = Decision::Hold { request: "alice-fix".into(), class: DriftClass::Authorized, until: at(400) };
+    gate.verdicts.insert("web".into(), hold);
+    let plan_held = plan(&world.inputs(), &Memory::default(), &gate);
+    assert!(plan_held.reverts.is_empty());
+    assert_eq!(plan_held.wake, Some(at(400)));
+    assert_eq!(plan_held.judgements[0].as_ref().unwrap().action, DriftAction::Hold);
+
+    // Ended and kept (windowEnd: Report): codified once, then not again.
+    world.spec.remediation.window_end = RemediationAction::Report;
+    let ended = Decision::Report { class: DriftClass::WindowEnded, request: Some("alice-fix".into()) };
+    gate.verdicts.insert("web".into(), ended);
+    let first = plan(&world.inputs(), &Memory::default(), &gate);
+    assert_eq!(first.codify, vec![("alice-fix".to_owned(), 0)]);
+    gate.codified.insert("web".into());
+    assert!(plan(&world.inputs(), &Memory::default(), &gate).codify.is_empty());
+}
+
+#[test]
+fn undeclared_objects_are_judged_deleted_held_or_exempt() {
+    let lives = vec![Some(live("web", 2, "10")), Some(live("api", 2, "11"))];
+    let mut replica_set = extra("ReplicaSet", "apps", "replicasets", "web-6f7", at(50));
+    replica_set.controller = Some(("apps/v1".into(), "Deployment".into(), "uid-web".into()));
+    let mut leaving = extra("Deployment", "apps", "deployments", "going", at(50));
+    leaving.deleting = true;
+    let extras = vec![
+        extra("Deployment", "apps", "deployments", "miner", at(50)),
+        extra("ServiceAccount", "", "serviceaccounts", "backdoor", at(60)),
+        extra("ServiceAccount", "", "serviceaccounts", "default", at(60)),
+        extra("Deployment", "apps", "deployments", "legacy", at(-10)),
+        replica_set,
+        leaving,
+    ];
+    let mut world = World::new(lives, extras);
+    world.uids.insert("uid-web".into(), KindRef { group: "apps".into(), kind: "Deployment".into() });
+    let mut gate = FixedGate::default();
+    let hold = Decision::Hold { request: "alice-fix".into(), class: DriftClass::Authorized, until: at(400) };
+    gate.verdicts.insert("backdoor".into(), hold);
+    let memory = Memory::default();
+    let plan = plan(&world.inputs(), &memory, &gate);
+
+    let judged: Vec<(&str, DriftAction)> =
+        plan.extras.iter().map(|(index, j)| (world.extras[*index].name.as_str(), j.action)).collect();
+    assert_eq!(judged, [("miner", DriftAction::Revert), ("backdoor", DriftAction::Hold)]);
+    assert_eq!(plan.deletions, vec![0], "the unauthorized one goes now; the held one waits");
+    assert_eq!(plan.wake, Some(at(400)));
+    // The gate looks at writes from just before its creation on.
+    let asked = gate.asked.lock().unwrap();
+    assert!(asked.contains(&("miner".to_owned(), Some(at(50) - SignedDuration::from_secs(1)))));
+    drop(asked);
+
+    let outcome = Outcome { deleted: vec![0], ..Outcome::default() };
+    let in_sync = drift::ObjectDiff::default();
+    let inputs = world.inputs();
+    let observed = observations(&inputs, &plan, &outcome, &in_sync);
+    let status = status::observed(&world.old, None, None, &observed, at(100));
+    let counts = status.drift_counts.clone().unwrap();
+    assert_eq!((counts.undeclared, counts.authorized, status.managed), (1, 0, Some(2)));
+    let listed = &status.drifted_objects[0];
+    assert!(listed.undeclared && listed.object.name == "backdoor" && listed.action == Some(DriftAction::Hold));
+    let notices = notices(&world.inputs(), &plan, &outcome, &memory, &status);
+    let reasons: Vec<&str> = notices.iter().map(|n| n.reason).collect();
+    assert_eq!(reasons, ["UndeclaredObject", "UndeclaredObject", "DriftHeld"]);
+    assert!(notices[2].note.contains("created within AccessRequest alice-fix"), "{:?}", notices[2]);
+
+    // Dry run: nothing is deleted, it would be.
+    world.spec.dry_run = true;
+    let dry = super::plan(&world.inputs(), &memory, &gate);
+    assert!(dry.deletions.is_empty());
+    assert_eq!(dry.extras[0].1.action, DriftAction::WouldRevert);
+    // Turned off: not looked at.
+    world.spec.dry_run = false;
+    world.extras.truncate(0);
+    assert!(super::plan(&world.inputs(), &memory, &gate).extras.is_empty());
+}
+
+#[test]
+fn a_codified_new_object_is_a_file_beside_the_declared_ones() {
+    let parsed = declarations(&["web"]);
+    let miner = extra("Deployment", "apps", "deployments", "miner", at(0));
+    assert_eq!(new_manifest_path(&parsed, &miner), "shop-state/apps/deployment-miner.yaml");
+    let empty = Arc::new(Declarations::from(ParsedSources::default()));
+    assert_eq!(new_manifest_path(&empty, &miner), "deployment-miner.yaml");
+}
