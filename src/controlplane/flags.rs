@@ -88,9 +88,12 @@ pub fn apiserver(layout: &Layout, audit: Option<&AuditWebhook>) -> Vec<String> {
 }
 
 /// The controllers the tests rely on: garbage collection of owned objects,
+/// the root CA ConfigMap, Deployments, ReplicaSets and Jobs making what
+/// they make (Pods stay Pending: there is no kubelet),
 /// namespace deletion, default service accounts with their tokens, and the
 /// aggregation that fills the built-in `admin`/`edit`/`view` ClusterRoles.
 pub const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,serviceaccount-controller,\
+root-ca-certificate-publisher-controller,deployment-controller,replicaset-controller,job-controller,\
 serviceaccount-token-controller,clusterrole-aggregation-controller";
 
 /// kube-controller-manager with just [`CONTROLLERS`].

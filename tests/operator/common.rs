@@ -159,6 +159,12 @@ pub async fn raw_requests(test: &AccessTest, user: User) -> Api<DynamicObject> {
     Api::namespaced_with(test.env.client(user).await, &test.env.namespace, &ApiResource::erase::<AccessRequest>(&()))
 }
 
+/// Sleeps into the next whole second.
+pub async fn next_second() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    tokio::time::sleep(Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos())) + Duration::from_millis(5)).await;
+}
+
 /// A namespace of its own with the operator running, for drift tests.
 pub async fn drift_setup(test: &str) -> AccessTest {
     setup(test, json!({})).await
@@ -195,6 +201,10 @@ impl AccessTest {
             .await
             .unwrap();
         let mut full_spec = json!({"sources": [{"name": format!("{name}-source")}]});
+        // What the test set up before is older than the DesiredState, not
+        // undeclared drift created under it: creation times are whole
+        // seconds, and one made in the same second would be judged.
+        next_second().await;
         for (key, value) in spec.as_object().expect("spec is an object") {
             full_spec[key] = value.clone();
         }

@@ -32,4 +32,5 @@ mod secret_canaries;
 mod service_accounts;
 mod signed_sources;
 mod trust;
+mod undeclared;
 mod webhook_flood;

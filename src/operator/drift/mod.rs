@@ -10,6 +10,7 @@
 //! A source that does not parse is reported and changes nothing.
 
 pub mod cached;
+mod claims;
 mod contest;
 mod execute;
 mod memory;
@@ -59,6 +60,9 @@ const DISCOVERY_REFRESH: Duration = Duration::from_secs(10);
 const REVERT_CONCURRENCY: usize = 16;
 /// How long a split source may look half-published before it is refused.
 const PUBLISH_SETTLE: Duration = Duration::from_secs(10);
+/// How long after a start a pass waits for every DesiredState to have been
+/// read once (then it goes on without those that could not be).
+const CLAIMS_SETTLE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -131,6 +135,9 @@ struct Context {
     trust: trust::Anchors,
     /// What each DesiredState's last pass left for the next.
     memories: Memories,
+    /// Which DesiredState declares (and owns) which object.
+    claims: claims::Claims,
+    started: Instant,
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -199,6 +206,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         source_meta,
         trust,
         memories: Memories::default(),
+        claims: claims::Claims::default(),
+        started: Instant::now(),
     });
 
     // Source ConfigMaps by metadata only, and of that only what selects and
@@ -339,10 +348,16 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let sources = read::sources(&context, &state, &old, &mut memory).await;
     let refused_now = context.memories.refused() + usize::from(memory.refused.is_some());
     context.metrics.sources_refused.set(refused_now as i64);
+    let claimant = claims::Claimant {
+        created: state.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        namespace: state.namespace().unwrap_or_default(),
+        name: state.name_any(),
+    };
     let (entry, refusal, resolver) = match sources? {
         Sources::Enforce { entry, refusal, resolver } => (entry, refusal, resolver),
         Sources::Settling => return Ok(Action::requeue(Duration::from_secs(1))),
         Sources::Refused(refusal) => {
+            context.claims.register(&claimant, &Arc::new(cached::Declarations { revision: None, objects: Vec::new() }));
             // Nothing verified to enforce yet: report, and wait for a good source.
             let status = status::invalid(&old, generation, &refusal, Timestamp::now());
             execute::write_status(&context, &state, &old, &status).await?;
@@ -352,6 +367,13 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         }
     };
     let parsed = entry.sources.clone();
+    context.claims.register(&claimant, &parsed);
+    // Who owns an object, and what is undeclared, depends on every
+    // DesiredState's declarations: after a start, wait (a little) until
+    // each has been read once.
+    if !everyone_registered(&context) && context.started.elapsed() < CLAIMS_SETTLE {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let now = Timestamp::now();
     let Some(live) = read::live(&context, &state, &parsed, &resolver, now).await else {
         return Ok(Action::requeue(Duration::from_secs(1)));
@@ -367,6 +389,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         resources: &live.resources,
         lives: &live.lives,
         extras: &live.extras,
+        owners: &live.owners,
         known: undeclared::Known {
             owner_since: state.metadata.creation_timestamp.as_ref().map(|t| t.0),
             watched: &live.watched,
@@ -387,6 +410,12 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let outcome = execute::carry_out(&context, &state, &inputs, &plan, &mut memory).await;
     let in_sync = drift::ObjectDiff::default();
     let observed = plan::observations(&inputs, &plan, &outcome, &in_sync);
+    let foreign: Vec<String> = (live.owners.iter().enumerate())
+        .filter_map(|(index, owner)| {
+            let owner = owner.as_ref()?;
+            Some(format!("{} (DesiredState {owner})", plan::describe(&parsed.objects[index].key.object_ref())))
+        })
+        .collect();
     let contested: Vec<String> =
         plan.contested.iter().map(|index| plan::describe(&parsed.objects[*index].key.object_ref())).collect();
     let rejected: Vec<String> = memory
@@ -408,6 +437,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         refusal: refusal.as_ref(),
         contested: &contested,
         unwatched: &live.unwatched,
+        foreign: &foreign,
         reverted: outcome.reverted.len() + outcome.deleted.len(),
         last_revert: outcome.last.clone(),
         now,
@@ -446,6 +476,15 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     Ok(after.map_or_else(Action::await_change, |a| Action::requeue(a.max(Duration::from_millis(10)))))
 }
 
+fn everyone_registered(context: &Context) -> bool {
+    context
+        .desired_states
+        .state()
+        .iter()
+        .filter(|ds| !ds.spec.suspend)
+        .all(|ds| context.claims.has(&ds.namespace().unwrap_or_default(), &ds.name_any()))
+}
+
 /// A DesiredState that is gone no longer holds watches open, nor memory.
 fn forget_deleted(context: &Context) {
     let mut known = context.watches.users();
@@ -458,6 +497,7 @@ fn forget_deleted(context: &Context) {
             context.drifted.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
             context.limiter.forget(&user);
             context.memories.forget(&user);
+            context.claims.forget(user.namespace.as_deref().unwrap_or_default(), &user.name);
             let (client, operator_namespace) = (context.client.clone(), context.settings.operator_namespace.clone());
             let (namespace, name) = (user.namespace.clone().unwrap_or_default(), user.name.clone());
             tokio::spawn(async move {

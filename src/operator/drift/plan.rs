@@ -79,6 +79,9 @@ pub(super) struct Inputs<'a> {
     /// Per declared object: the live object, if it exists.
     pub lives: &'a [Option<Arc<DynamicObject>>],
     pub extras: &'a [Extra],
+    /// Per declared object: the (older) DesiredState that owns it instead
+    /// of this one. Such an object is neither diffed nor acted on here.
+    pub owners: &'a [Option<super::claims::Claimant>],
     pub known: undeclared::Known<'a>,
     pub options: &'a DiffOptions,
     pub now: Timestamp,
@@ -128,6 +131,7 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
     // Declared objects: the gate's verdict on each drifted one.
     for (index, declared) in inputs.parsed.objects.iter().enumerate() {
         let judgement = match (&inputs.resources[index], plan.diffs[index].in_sync()) {
+            _ if inputs.owners[index].is_some() => None,
             (Some(key), false) => {
                 let object = declared.key.object_ref();
                 let listed = inputs.old.drifted_objects.iter().find(|d| d.object == object);
@@ -236,6 +240,11 @@ fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
 fn diff_declared(inputs: &Inputs<'_>, memory: &Memory, plan: &mut Plan) {
     let previous = memory.last.as_ref().filter(|p| Arc::ptr_eq(&p.sources, inputs.parsed));
     for (index, declared) in inputs.parsed.objects.iter().enumerate() {
+        if inputs.owners[index].is_some() {
+            plan.versions.push(None);
+            plan.diffs.push(drift::ObjectDiff::default());
+            continue;
+        }
         let live = inputs.lives[index].as_deref();
         let version = live.and_then(|l| l.metadata.resource_version.clone());
         let unchanged = previous.and_then(|p| p.versions.get(index).zip(p.diffs.get(index)));
@@ -311,7 +320,7 @@ pub(super) fn observations<'a>(
     outcome: &Outcome,
     in_sync: &'a drift::ObjectDiff,
 ) -> Vec<status::Observed<'a>> {
-    let declared = inputs.parsed.objects.iter().enumerate().map(|(index, declared)| status::Observed {
+    let declared = inputs.parsed.objects.iter().enumerate().filter(|(index, _)| inputs.owners[*index].is_none()).map(|(index, declared)| status::Observed {
         object: declared.key.object_ref(),
         diff: if outcome.reverted.contains(&index) { in_sync } else { &plan.diffs[index] },
         judgement: plan.judgements[index].as_ref(),
@@ -422,6 +431,14 @@ pub(super) fn notices(
             format!("{} matches Git again", describe(object))
         };
         notices.push(Notice::normal("DriftResolved", note));
+    }
+    let conflicted = old.conditions.iter().any(|c| c.type_ == "Conflict" && c.status == "True");
+    if !conflicted && let Some((index, Some(owner))) = inputs.owners.iter().enumerate().find(|(_, o)| o.is_some()) {
+        let others = inputs.owners.iter().filter(|o| o.is_some()).count() - 1;
+        let more = if others > 0 { format!(" (and {others} more)") } else { String::new() };
+        let object = describe(&object_refs[index]);
+        let note = format!("{object}{more} is declared here but managed by DesiredState {owner}, which declared it first: left to it");
+        notices.push(Notice::warning("ManagedElsewhere", note));
     }
     for index in &plan.contested {
         let was = old.conditions.iter().any(|c| c.type_ == "Contested" && c.status == "True");

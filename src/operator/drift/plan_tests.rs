@@ -111,6 +111,7 @@ struct World {
     grants: HashSet<(String, String)>,
     sources: HashSet<(String, String)>,
     options: DiffOptions,
+    owners: Vec<Option<crate::operator::drift::claims::Claimant>>,
 }
 
 impl World {
@@ -130,6 +131,7 @@ impl World {
             grants: HashSet::new(),
             sources: HashSet::new(),
             options: DiffOptions::default(),
+            owners: vec![None; 2],
         }
     }
 
@@ -141,6 +143,7 @@ impl World {
             resources: &self.resources,
             lives: &self.lives,
             extras: &self.extras,
+            owners: &self.owners,
             known: undeclared::Known {
                 owner_since: Some(at(0)),
                 watched: &self.watched,
@@ -287,4 +290,28 @@ fn a_codified_new_object_is_a_file_beside_the_declared_ones() {
     assert_eq!(new_manifest_path(&parsed, &miner), "shop-state/apps/deployment-miner.yaml");
     let empty = Arc::new(Declarations::from(ParsedSources::default()));
     assert_eq!(new_manifest_path(&empty, &miner), "deployment-miner.yaml");
+}
+
+#[test]
+fn an_object_another_desired_state_owns_is_left_to_it() {
+    let mut world = World::new(vec![Some(live("web", 5, "10")), Some(live("api", 2, "11"))], Vec::new());
+    let platform = crate::operator::drift::claims::Claimant {
+        created: Some(at(-100)),
+        namespace: "shop".into(),
+        name: "platform".into(),
+    };
+    world.owners[0] = Some(platform);
+    let gate = FixedGate::default();
+    let memory = Memory::default();
+    let plan = plan(&world.inputs(), &memory, &gate);
+    assert!(plan.reverts.is_empty() && plan.judgements[0].is_none(), "no revert fight");
+    let in_sync = drift::ObjectDiff::default();
+    let inputs = world.inputs();
+    let observed = observations(&inputs, &plan, &Outcome::default(), &in_sync);
+    assert_eq!(observed.len(), 1, "not counted as managed here");
+    let status = status::observed(&world.old, None, None, &observed, at(100));
+    let notices = notices(&inputs, &plan, &Outcome::default(), &memory, &status);
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].reason, "ManagedElsewhere");
+    assert!(notices[0].note.contains("managed by DesiredState shop/platform"), "{:?}", notices[0]);
 }

@@ -21,7 +21,7 @@ use super::cached::Declarations;
 use super::memory::{CachedParse, Fingerprint, Memory, Refused};
 use super::plan::Extra;
 use super::watches::{self, WatchKey};
-use super::{Context, DISCOVERY_REFRESH, Error, PUBLISH_SETTLE, WATCH_READY_TIMEOUT, snapshot, status};
+use super::{Context, claims, DISCOVERY_REFRESH, Error, PUBLISH_SETTLE, WATCH_READY_TIMEOUT, snapshot, status};
 use crate::api::{DesiredState, DesiredStateStatus, KindRef, SourceRef};
 use crate::drift::{self, KindResolver, Scope, SourceConfigMap, SourceScope, signature, undeclared};
 
@@ -124,6 +124,8 @@ pub(super) struct Live {
     pub source_config_maps: HashSet<(String, String)>,
     /// Owned kinds the operator may not watch, as `kind in namespace`.
     pub unwatched: Vec<String>,
+    /// Per declared object: the (older) DesiredState that owns it instead.
+    pub owners: Vec<Option<super::claims::Claimant>>,
 }
 
 /// Watches exactly the declared kinds where they are declared, and the
@@ -235,7 +237,20 @@ pub(super) async fn live(
             consider(key, &object.metadata);
         }
     }
+    // Declared by another DesiredState: its, not undeclared.
+    extras.retain(|e| !context.claims.declared(&claims::id_of(&e.key.group, &e.key.kind, e.key.namespace.as_deref(), &e.name)));
     extras.sort_by(|a, b| (&a.key, &a.name).cmp(&(&b.key, &b.name)));
+    let me_claimant = claims::Claimant {
+        created: state.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        namespace: state.namespace().unwrap_or_default(),
+        name: state.name_any(),
+    };
+    let ids: Vec<claims::ObjectId> = parsed
+        .objects
+        .iter()
+        .map(|d| claims::id_of(&d.key.group, &d.key.kind, d.key.namespace.as_deref(), &d.key.name))
+        .collect();
+    let owners = context.claims.owners_other_than(&me_claimant, &ids);
 
     let mut grant_bindings = HashSet::new();
     let mut source_config_maps = HashSet::new();
@@ -249,7 +264,7 @@ pub(super) async fn live(
             }
         }
     }
-    Some(Live { resources, lives, extras, watched, uids, grant_bindings, source_config_maps, unwatched })
+    Some(Live { resources, lives, extras, watched, uids, grant_bindings, source_config_maps, unwatched, owners })
 }
 
 fn group_of(api_version: &str) -> &str {

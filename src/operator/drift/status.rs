@@ -176,6 +176,8 @@ pub struct Pass<'a> {
     pub contested: &'a [String],
     /// Owned kinds the operator may not watch (`secrets in shop`).
     pub unwatched: &'a [String],
+    /// Declared objects an older DesiredState owns, described with it.
+    pub foreign: &'a [String],
     /// Reverts and deletions made in this pass.
     pub reverted: usize,
     pub last_revert: Option<crate::api::RevertRecord>,
@@ -210,6 +212,21 @@ pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
         if !ready.message.ends_with(&note) {
             ready.message.push_str(&note);
         }
+    }
+    let was_conflicted = old.conditions.iter().any(|c| c.type_ == "Conflict");
+    if !pass.foreign.is_empty() || was_conflicted {
+        let message = if pass.foreign.is_empty() {
+            "no declared object is managed by another DesiredState".to_owned()
+        } else {
+            let mut listed: Vec<&str> = pass.foreign.iter().take(MAX_ERRORS).map(String::as_str).collect();
+            if pass.foreign.len() > MAX_ERRORS {
+                listed.push("...");
+            }
+            format!("declared here, managed by the DesiredState that declared them first: {}", listed.join(", "))
+        };
+        let reason = if pass.foreign.is_empty() { "NoConflict" } else { "ManagedElsewhere" };
+        let conflict = condition(&old.conditions, "Conflict", !pass.foreign.is_empty(), reason, message, pass.generation, now);
+        set(&mut status, conflict);
     }
     let was_contested = old.conditions.iter().any(|c| c.type_ == "Contested");
     if !pass.contested.is_empty() || was_contested {

@@ -1,0 +1,160 @@
+//! One owner per object. Every DesiredState's declared objects are
+//! registered here; an object two of them declare belongs to the older one
+//! (by creationTimestamp, then namespace and name), whatever order they were
+//! created or reconciled in and across restarts, and the other reports it
+//! instead of fighting over it. The same index says which objects some
+//! DesiredState declares, so that no other one takes them for undeclared.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::cached::Declarations;
+
+/// An object as the API server tells objects apart: group, kind, namespace, name.
+pub(super) type ObjectId = (String, String, Option<String>, String);
+
+/// A DesiredState that declares an object: the oldest one owns it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Claimant {
+    pub created: Option<Timestamp>,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Claimant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    by_object: HashMap<ObjectId, BTreeSet<Claimant>>,
+    /// Per DesiredState (namespace, name): who it is, the parse its claims
+    /// come from, and what it claims.
+    by_state: HashMap<(String, String), (Claimant, Arc<Declarations>, Vec<ObjectId>)>,
+}
+
+/// The claims of every DesiredState.
+#[derive(Default)]
+pub(super) struct Claims(Mutex<Index>);
+
+pub(super) fn id_of(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> ObjectId {
+    (group.to_owned(), kind.to_owned(), namespace.map(str::to_owned), name.to_owned())
+}
+
+impl Claims {
+    /// `claimant` declares what `parsed` declares (replacing what it
+    /// declared before; nothing to do when the parse is the same).
+    pub fn register(&self, claimant: &Claimant, parsed: &Arc<Declarations>) {
+        let mut index = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (claimant.namespace.clone(), claimant.name.clone());
+        if let Some((known, previous, _)) = index.by_state.get(&key)
+            && known == claimant
+            && Arc::ptr_eq(previous, parsed)
+        {
+            return;
+        }
+        remove(&mut index, &key);
+        let ids: Vec<ObjectId> = parsed
+            .objects
+            .iter()
+            .map(|d| id_of(&d.key.group, &d.key.kind, d.key.namespace.as_deref(), &d.key.name))
+            .collect();
+        for id in &ids {
+            index.by_object.entry(id.clone()).or_default().insert(claimant.clone());
+        }
+        index.by_state.insert(key, (claimant.clone(), parsed.clone(), ids));
+    }
+
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let mut index = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        remove(&mut index, &(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// Whether a DesiredState (namespace, name) has registered yet.
+    pub fn has(&self, namespace: &str, name: &str) -> bool {
+        let index = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        index.by_state.contains_key(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// For each of `ids`: its owner when that is not `me` (None: `me`, or nobody).
+    pub fn owners_other_than(&self, me: &Claimant, ids: &[ObjectId]) -> Vec<Option<Claimant>> {
+        let index = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        ids.iter()
+            .map(|id| index.by_object.get(id).and_then(|claimants| claimants.first()).filter(|owner| *owner != me).cloned())
+            .collect()
+    }
+
+    /// Whether some DesiredState declares the object.
+    pub fn declared(&self, id: &ObjectId) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).by_object.contains_key(id)
+    }
+}
+
+fn remove(index: &mut Index, key: &(String, String)) {
+    if let Some((claimant, _, ids)) = index.by_state.remove(key) {
+        for id in ids {
+            if let Some(claimants) = index.by_object.get_mut(&id) {
+                claimants.remove(&claimant);
+                if claimants.is_empty() {
+                    index.by_object.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::{DeclaredObject, ObjectKey, Origin, ParsedSources};
+
+    fn parse(names: &[&str]) -> Arc<Declarations> {
+        let objects = names
+            .iter()
+            .map(|name| DeclaredObject {
+                key: ObjectKey {
+                    api_version: "apps/v1".into(),
+                    group: "apps".into(),
+                    version: "v1".into(),
+                    kind: "Deployment".into(),
+                    namespace: Some("shop".into()),
+                    name: (*name).into(),
+                },
+                object: serde_json::json!({}),
+                origin: Origin { config_map: "c".into(), key: "k".into(), document: 0, item: None },
+            })
+            .collect();
+        Arc::new(Declarations::from(ParsedSources { revision: None, objects }))
+    }
+
+    fn claimant(name: &str, second: i64) -> Claimant {
+        Claimant { created: Some(Timestamp::from_second(second).unwrap()), namespace: "shop".into(), name: name.into() }
+    }
+
+    #[test]
+    fn the_oldest_declaration_owns_whatever_order_they_register_in() {
+        let (old, young) = (claimant("platform", 100), claimant("team", 200));
+        let frontend = id_of("apps", "Deployment", Some("shop"), "frontend");
+        let api = id_of("apps", "Deployment", Some("shop"), "api");
+        for order in [[&old, &young], [&young, &old]] {
+            let claims = Claims::default();
+            for who in order {
+                let names: &[&str] = if *who == old { &["frontend"] } else { &["frontend", "api"] };
+                claims.register(who, &parse(names));
+            }
+            let ids = [frontend.clone(), api.clone()];
+            assert_eq!(claims.owners_other_than(&young, &ids), vec![Some(old.clone()), None]);
+            assert_eq!(claims.owners_other_than(&old, &ids), vec![None, Some(young.clone())]);
+            assert!(claims.declared(&api) && claims.declared(&frontend));
+            // The owner drops it: the other takes it over.
+            claims.register(&old, &parse(&[]));
+            assert_eq!(claims.owners_other_than(&young, &ids), vec![None, None]);
+            claims.forget("shop", "team");
+            assert!(!claims.declared(&api) && !claims.has("shop", "team") && claims.has("shop", "platform"));
+        }
+    }
+}
