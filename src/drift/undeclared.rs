@@ -183,9 +183,10 @@ pub fn exemption(candidate: &Candidate<'_>, known: &Known<'_>) -> Option<Exempti
         return Some(Exemption::Controlled);
     }
     // Second precision on both sides: an object created in the same second
-    // as the DesiredState is judged (never assumed older).
+    // as the DesiredState counts as older (`kubectl apply -f platform/` makes
+    // the DesiredState and what the platform sets up beside it at once).
     if let (Some(created), Some(since)) = (candidate.created, known.owner_since)
-        && created < since
+        && created <= since
     {
         return Some(Exemption::Predates);
     }
@@ -300,8 +301,10 @@ mod tests {
         }
         let old = Candidate { created: Some(at(-1)), ..candidate("apps", "Deployment", "legacy", None) };
         assert_eq!(exemption(&old, &known), Some(Exemption::Predates));
-        let same_second = Candidate { created: Some(at(0)), ..candidate("apps", "Deployment", "quick", None) };
-        assert_eq!(exemption(&same_second, &known), None);
+        let same_second = Candidate { created: Some(at(0)), ..candidate("apps", "Deployment", "setup", None) };
+        assert_eq!(exemption(&same_second, &known), Some(Exemption::Predates));
+        let next_second = Candidate { created: Some(at(1)), ..candidate("apps", "Deployment", "later", None) };
+        assert_eq!(exemption(&next_second, &known), None);
     }
 
     #[test]

@@ -28,6 +28,19 @@ pub struct AccessTest {
 /// at most 1h, one approval from group sre.
 pub async fn setup(test: &str, policy: Value) -> AccessTest {
     let running = OPERATOR.read().await;
+    let mut t = setup_unlocked(test, policy).await;
+    t.running = Some(running);
+    t
+}
+
+/// A second namespace for a test that already holds one [`AccessTest`]
+/// (whose hold on the running operator covers both). Taking a second hold
+/// could deadlock: a test waiting to stop the operator queues between them.
+pub async fn another(test: &str, policy: Value) -> AccessTest {
+    setup_unlocked(test, policy).await
+}
+
+async fn setup_unlocked(test: &str, policy: Value) -> AccessTest {
     let operator = operator_env();
     let env = TestEnv::on(&operator.cp, test).await;
     for (role, group) in [("driftwarden-requester", "dev"), ("driftwarden-approver", "sre")] {
@@ -51,7 +64,7 @@ pub async fn setup(test: &str, policy: Value) -> AccessTest {
     let policy: AccessPolicy =
         serde_json::from_value(json!({"metadata": {"name": env.namespace}, "spec": spec})).unwrap();
     Api::<AccessPolicy>::all(env.admin.clone()).create(&PostParams::default(), &policy).await.unwrap();
-    AccessTest { env, operator, running: Some(running) }
+    AccessTest { env, operator, running: None }
 }
 
 impl AccessTest {
@@ -65,6 +78,20 @@ impl AccessTest {
     ) -> Result<DynamicObject, kube::Error> {
         let api = self.env.raw_api::<AccessRequest>(user).await;
         api.create(&PostParams::default(), &access_request(name, None, role, duration, REASON)).await
+    }
+
+    /// `user` asks for a role of `kind` (`Role` or `ClusterRole`) for `duration`.
+    pub async fn request_role(
+        &self,
+        user: User,
+        name: &str,
+        kind: &str,
+        role: &str,
+        duration: &str,
+    ) -> Result<DynamicObject, kube::Error> {
+        let mut request = access_request(name, None, role, duration, REASON);
+        request.data["spec"]["role"]["kind"] = kind.into();
+        self.env.raw_api::<AccessRequest>(user).await.create(&PostParams::default(), &request).await
     }
 
     /// `user` reviews `request` with `decision` (Approve or Deny).
@@ -159,10 +186,16 @@ pub async fn raw_requests(test: &AccessTest, user: User) -> Api<DynamicObject> {
     Api::namespaced_with(test.env.client(user).await, &test.env.namespace, &ApiResource::erase::<AccessRequest>(&()))
 }
 
-/// Sleeps into the next whole second.
+/// Sleeps into the next whole second: creation times are whole seconds, and
+/// an object created in the same second as its DesiredState counts as older.
 pub async fn next_second() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     tokio::time::sleep(Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos())) + Duration::from_millis(5)).await;
+}
+
+/// [`another`], for drift tests.
+pub async fn another_drift(test: &str) -> AccessTest {
+    another(test, json!({})).await
 }
 
 /// A namespace of its own with the operator running, for drift tests.
@@ -201,10 +234,6 @@ impl AccessTest {
             .await
             .unwrap();
         let mut full_spec = json!({"sources": [{"name": format!("{name}-source")}]});
-        // What the test set up before is older than the DesiredState, not
-        // undeclared drift created under it: creation times are whole
-        // seconds, and one made in the same second would be judged.
-        next_second().await;
         for (key, value) in spec.as_object().expect("spec is an object") {
             full_spec[key] = value.clone();
         }

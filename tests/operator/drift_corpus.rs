@@ -53,7 +53,7 @@ async fn corpus_applied_client_side_and_server_side_shows_no_drift() {
     client_side.kubectl(&["apply", "-f", "-"], Some(&manifests));
     client_side.desired_state("corpus", &[("corpus.yaml", manifests.clone())], serde_json::json!([])).await;
 
-    let server_side = drift_setup("corpus-ssa").await;
+    let server_side = crate::common::another_drift("corpus-ssa").await;
     server_side.kubectl(&["apply", "--server-side", "-f", "-"], Some(&manifests));
     server_side.desired_state("corpus", &[("corpus.yaml", manifests.clone())], serde_json::json!([])).await;
 

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::common::{AccessTest, drift_setup};
 use crate::support::eventually;
 
-const SHOP: &str = "\
+pub(crate) const SHOP: &str = "\
 apiVersion: apps/v1
 kind: Deployment
 metadata:

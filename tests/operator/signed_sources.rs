@@ -157,7 +157,7 @@ async fn an_older_signed_revision_put_back_is_refused_as_a_replay() {
 async fn a_signed_source_copied_from_another_namespace_is_refused() {
     let a = drift_setup("signed-copy-a").await;
     enforced(&a).await;
-    let b = drift_setup("signed-copy-b").await;
+    let b = crate::common::another_drift("signed-copy-b").await;
     enforced(&b).await;
     // Namespace a's publisher signs a grant; its source is copied into b.
     a.update_source("state-source", |s| {

@@ -17,6 +17,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::common::{AccessTest, setup};
+
 use crate::gate::managed_shop;
 use crate::support::eventually;
 
@@ -73,10 +74,22 @@ async fn standing_edit_for_bob(t: &AccessTest) {
 
 #[tokio::test]
 async fn what_a_window_creates_is_held_then_deleted_and_codified_when_it_ends() {
-    let roles = json!({"roles": [{"kind": "ClusterRole", "name": "admin"}, {"kind": "ClusterRole", "name": "edit"}]});
+    let roles = json!({"roles": [{"kind": "Role", "name": "window-admin"}]});
     let t = setup("undeclared-window", roles).await;
+    // A role that may also bind `view`: a window that can leave a binding behind.
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "window-admin"},
+        "rules": [
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "create", "patch", "delete"]},
+            {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts", "secrets"], "verbs": ["get", "list", "create", "patch", "delete"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["get", "list", "create"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["bind"], "resourceNames": ["view"]},
+        ],
+    }))
+    .unwrap();
+    t.env.api::<k8s_openapi::api::rbac::v1::Role>(User::Admin).await.create(&PostParams::default(), &role).await.unwrap();
     managed_shop(&t, json!({})).await;
-    t.request(User::Alice, "alice-admin", "admin", "10m").await.unwrap();
+    t.request_role(User::Alice, "alice-admin", "Role", "window-admin", "10m").await.unwrap();
     t.review(User::Carol, "alice-admin-ok", "alice-admin", "Approve").await.unwrap();
     t.wait_for_phase("alice-admin", AccessPhase::Active, Duration::from_secs(10)).await;
 
@@ -92,7 +105,7 @@ async fn what_a_window_creates_is_held_then_deleted_and_codified_when_it_ends() 
         User::Alice,
         json!({
             "metadata": {"name": "alice-forever"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}],
         }),
     )
@@ -159,6 +172,7 @@ async fn standing_rights_leave_nothing_behind_or_it_is_reported() {
     let t = setup("undeclared-standing", json!({})).await;
     standing_edit_for_bob(&t).await;
     managed_shop(&t, json!({})).await;
+    crate::common::next_second().await;
     let created = Instant::now();
     t.env.api::<Deployment>(User::Bob).await.create(&PostParams::default(), &deployment("rogue")).await.unwrap();
     let deleted = eventually(Duration::from_secs(20), || async { (!exists::<Deployment>(&t, "rogue").await).then_some(()) }).await;
@@ -169,9 +183,10 @@ async fn standing_rights_leave_nothing_behind_or_it_is_reported() {
     assert!(events.iter().any(deleted_event), "{events:?}");
 
     // Report: it stays, and is listed.
-    let t = setup("undeclared-report", json!({})).await;
+    let t = crate::common::another("undeclared-report", json!({})).await;
     standing_edit_for_bob(&t).await;
     managed_shop(&t, json!({"remediation": {"unauthorized": "Report"}})).await;
+    crate::common::next_second().await;
     t.env.api::<Deployment>(User::Bob).await.create(&PostParams::default(), &deployment("rogue")).await.unwrap();
     let status = t
         .wait_for_status("shop", Duration::from_secs(20), |s| {
@@ -219,4 +234,76 @@ async fn what_the_control_plane_and_controllers_make_is_never_touched() {
     assert!(same_uid(binding_now.and_then(|b| b.uid()), binding.uid()), "the grant's RoleBinding was touched");
     let status = t.env.api::<driftwarden::api::DesiredState>(User::Admin).await.get("shop").await.unwrap().status.unwrap();
     assert!(status.drifted_objects.iter().all(|d| !d.undeclared), "{:?}", status.drifted_objects);
+}
+
+/// The Deployment's generation: one more for every write that changed its spec.
+async fn generation(t: &AccessTest, name: &str) -> i64 {
+    let deployment = t.env.api::<Deployment>(User::Admin).await.get(name).await.unwrap();
+    deployment.metadata.generation.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn two_desired_states_declaring_one_object_do_not_fight_over_it() {
+    let t = setup("one-owner", json!({})).await;
+    managed_shop(&t, json!({})).await;
+    // A second DesiredState declares web with other replicas.
+    let other = crate::gate::SHOP.replace("replicas: 2", "replicas: 4");
+    t.desired_state_spec("team", &[("shop.yaml", other)], json!({})).await;
+    let status = t
+        .wait_for_status("team", Duration::from_secs(20), |s| {
+            s.conditions.iter().any(|c| c.type_ == "Conflict" && c.status == "True")
+        })
+        .await;
+    let conflict = status.conditions.iter().find(|c| c.type_ == "Conflict").unwrap();
+    assert!(conflict.message.contains("DesiredState") && conflict.message.contains("/shop"), "{conflict:?}");
+    let before = generation(&t, "web").await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = generation(&t, "web").await;
+    eprintln!("web's generation over 30 s with two DesiredStates declaring it: {before} -> {after}");
+    assert_eq!(after, before, "the two DesiredStates fought over web");
+    assert_eq!(crate::gate::replicas(&t).await, 2, "the older DesiredState owns it");
+    let events = t.events_until("team", |e| e.iter().any(|e| e.starts_with("ManagedElsewhere"))).await;
+    assert!(events.iter().any(|e| e.starts_with("ManagedElsewhere")), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_field_rewritten_after_every_revert_is_contested_and_backed_off() {
+    let t = setup("contested", json!({})).await;
+    managed_shop(&t, json!({})).await;
+    // Another tool puts replicas back to 7 whenever they are not.
+    let api: Api<Deployment> = t.env.api(User::Admin).await;
+    let fighter = tokio::spawn({
+        let api = api.clone();
+        async move {
+            loop {
+                if let Ok(web) = api.get("web").await
+                    && web.spec.and_then(|s| s.replicas) != Some(7)
+                {
+                    let _ = api
+                        .patch("web", &PatchParams::apply("other-gitops").force(), &Patch::Apply(json!({
+                            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                            "spec": {"replicas": 7}})))
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let status = t
+        .wait_for_status("shop", Duration::from_secs(30), |s| {
+            s.conditions.iter().any(|c| c.type_ == "Contested" && c.status == "True")
+        })
+        .await;
+    let contested = status.conditions.iter().find(|c| c.type_ == "Contested").unwrap();
+    assert!(contested.message.contains("Deployment"), "{contested:?}");
+    // Backed off: a few reverts in the next 20 s, not one per write.
+    let reverts = status.reverts.unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let later = t.env.api::<driftwarden::api::DesiredState>(User::Admin).await.get("shop").await.unwrap();
+    let more = later.status.unwrap().reverts.unwrap_or(0) - reverts;
+    let metrics = crate::support::http_get(t.operator.http_port, "/metrics").map(|(_, body)| body).unwrap_or_default();
+    fighter.abort();
+    eprintln!("reverts of a contested object in 20 s: {more}");
+    assert!(more <= 6, "{more} reverts in 20 s: not backed off");
+    assert!(metrics.lines().any(|l| l.starts_with("driftwarden_contested_objects") && !l.ends_with(" 0")), "{metrics}");
 }

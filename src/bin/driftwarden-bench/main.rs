@@ -388,10 +388,13 @@ pub(crate) async fn manage(
     for source in sources {
         config_maps.create(&PostParams::default(), &source).await?;
     }
+    // DRIFTWARDEN_BENCH_UNDECLARED=off: without the undeclared-object
+    // watches, to measure what they cost.
+    let undeclared = std::env::var("DRIFTWARDEN_BENCH_UNDECLARED").map_or(true, |v| v != "off");
     let state: DesiredState = serde_json::from_value(json!({
         "metadata": {"name": "bench"},
         "spec": {"sources": [{"selector": {"matchLabels": {driftwarden::publish::SOURCE_LABEL: "state"}}}],
-                 "remediation": remediation},
+                 "remediation": remediation, "undeclared": {"enabled": undeclared}},
     }))?;
     let states: Api<DesiredState> = Api::namespaced(admin.clone(), namespace);
     states.create(&PostParams::default(), &state).await?;

@@ -258,6 +258,14 @@ pub(super) async fn live(
         for binding in context.gate.open_grant_bindings(namespace, now) {
             grant_bindings.insert((namespace.clone(), binding));
         }
+        // Published sources (the label only publishers may write, under the
+        // chart's source guard), whether or not a DesiredState reads them yet.
+        for config_map in context.source_meta.state().iter().filter(|cm| {
+            cm.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && cm.labels().contains_key(signature::SOURCE_LABEL)
+        }) {
+            source_config_maps.insert((namespace.clone(), config_map.name_any()));
+        }
         for other in context.desired_states.state().iter().filter(|ds| ds.namespace().as_deref() == Some(namespace)) {
             for (config_map, _) in source_fingerprint(&context.source_meta, namespace, &other.spec.sources) {
                 source_config_maps.insert((namespace.clone(), config_map));
