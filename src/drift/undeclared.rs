@@ -62,10 +62,8 @@ const CREDENTIALS: &[(&str, &str)] = &[
 ];
 
 /// Objects the control plane creates in every namespace, by kind and name.
-const CONTROL_PLANE: &[(&str, &str, &str)] = &[
-    ("", "ConfigMap", "kube-root-ca.crt"),
-    ("", "ServiceAccount", "default"),
-];
+const CONTROL_PLANE: &[(&str, &str, &str)] =
+    &[("", "ConfigMap", "kube-root-ca.crt"), ("", "ServiceAccount", "default")];
 
 /// Namespaces the control plane owns: nothing in them is undeclared drift.
 pub fn is_control_plane_namespace(namespace: &str) -> bool {
@@ -240,10 +238,15 @@ mod tests {
     impl World {
         fn new() -> Self {
             let watched = DEFAULT_KINDS.iter().map(|(g, k)| kind_ref(g, k)).collect();
-            let uids = [("rs-1", ("apps", "ReplicaSet")), ("deploy-1", ("apps", "Deployment")), ("ar-1", ("driftwarden.io", "AccessRequest")), ("cert-1", ("cert-manager.io", "Certificate"))]
-                .into_iter()
-                .map(|(uid, (g, k))| (uid.to_owned(), kind_ref(g, k)))
-                .collect();
+            let uids = [
+                ("rs-1", ("apps", "ReplicaSet")),
+                ("deploy-1", ("apps", "Deployment")),
+                ("ar-1", ("driftwarden.io", "AccessRequest")),
+                ("cert-1", ("cert-manager.io", "Certificate")),
+            ]
+            .into_iter()
+            .map(|(uid, (g, k))| (uid.to_owned(), kind_ref(g, k)))
+            .collect();
             World {
                 watched,
                 uids,
@@ -282,17 +285,66 @@ mod tests {
             ("the root CA", candidate("", "ConfigMap", "kube-root-ca.crt", None), Some(Exemption::ControlPlane)),
             ("the default SA", candidate("", "ServiceAccount", "default", None), Some(Exemption::ControlPlane)),
             ("another SA", candidate("", "ServiceAccount", "miner", None), None),
-            ("a Deployment's ReplicaSet", candidate("apps", "ReplicaSet", "web-1", owner("apps/v1", "Deployment", "deploy-1")), Some(Exemption::Controlled)),
-            ("a ReplicaSet's Pod", candidate("", "Pod", "web-1-x", owner("apps/v1", "ReplicaSet", "rs-1")), Some(Exemption::Controlled)),
-            ("a Pod claiming a ReplicaSet that does not exist", candidate("", "Pod", "p", owner("apps/v1", "ReplicaSet", "nope")), None),
-            ("a Pod claiming a Deployment (which makes ReplicaSets)", candidate("", "Pod", "p", owner("apps/v1", "Deployment", "deploy-1")), None),
-            ("a Service claiming a Deployment", candidate("", "Service", "s", owner("apps/v1", "Deployment", "deploy-1")), None),
-            ("a Pod claiming a uid of another kind", candidate("", "Pod", "p", owner("apps/v1", "ReplicaSet", "deploy-1")), None),
-            ("a RoleBinding owned by an AccessRequest", candidate("rbac.authorization.k8s.io", "RoleBinding", "mine", owner("driftwarden.io/v1alpha1", "AccessRequest", "ar-1")), None),
-            ("a Secret owned by a CRD", candidate("", "Secret", "tls", owner("cert-manager.io/v1", "Certificate", "cert-1")), None),
-            ("a Service owned by a CRD", candidate("", "Service", "svc", owner("example.com/v1", "App", "app-1")), Some(Exemption::Controlled)),
-            ("a grant's binding", candidate("rbac.authorization.k8s.io", "RoleBinding", "driftwarden-alice-fix", None), Some(Exemption::Grant)),
-            ("an ended grant's binding", candidate("rbac.authorization.k8s.io", "RoleBinding", "driftwarden-old", None), None),
+            (
+                "a Deployment's ReplicaSet",
+                candidate("apps", "ReplicaSet", "web-1", owner("apps/v1", "Deployment", "deploy-1")),
+                Some(Exemption::Controlled),
+            ),
+            (
+                "a ReplicaSet's Pod",
+                candidate("", "Pod", "web-1-x", owner("apps/v1", "ReplicaSet", "rs-1")),
+                Some(Exemption::Controlled),
+            ),
+            (
+                "a Pod claiming a ReplicaSet that does not exist",
+                candidate("", "Pod", "p", owner("apps/v1", "ReplicaSet", "nope")),
+                None,
+            ),
+            (
+                "a Pod claiming a Deployment (which makes ReplicaSets)",
+                candidate("", "Pod", "p", owner("apps/v1", "Deployment", "deploy-1")),
+                None,
+            ),
+            (
+                "a Service claiming a Deployment",
+                candidate("", "Service", "s", owner("apps/v1", "Deployment", "deploy-1")),
+                None,
+            ),
+            (
+                "a Pod claiming a uid of another kind",
+                candidate("", "Pod", "p", owner("apps/v1", "ReplicaSet", "deploy-1")),
+                None,
+            ),
+            (
+                "a RoleBinding owned by an AccessRequest",
+                candidate(
+                    "rbac.authorization.k8s.io",
+                    "RoleBinding",
+                    "mine",
+                    owner("driftwarden.io/v1alpha1", "AccessRequest", "ar-1"),
+                ),
+                None,
+            ),
+            (
+                "a Secret owned by a CRD",
+                candidate("", "Secret", "tls", owner("cert-manager.io/v1", "Certificate", "cert-1")),
+                None,
+            ),
+            (
+                "a Service owned by a CRD",
+                candidate("", "Service", "svc", owner("example.com/v1", "App", "app-1")),
+                Some(Exemption::Controlled),
+            ),
+            (
+                "a grant's binding",
+                candidate("rbac.authorization.k8s.io", "RoleBinding", "driftwarden-alice-fix", None),
+                Some(Exemption::Grant),
+            ),
+            (
+                "an ended grant's binding",
+                candidate("rbac.authorization.k8s.io", "RoleBinding", "driftwarden-old", None),
+                None,
+            ),
             ("a source", candidate("", "ConfigMap", "shop-state", None), Some(Exemption::Source)),
             ("ignored by name", candidate("", "ConfigMap", "keep-me", None), Some(Exemption::Ignored)),
         ];
@@ -312,8 +364,14 @@ mod tests {
         let declared = [kind_ref("example.com", "Widget")];
         let default = owned_kinds(&Undeclared::default(), declared.clone());
         assert_eq!(default.len(), DEFAULT_KINDS.len() + 1);
-        assert!(default.contains(&kind_ref("apps", "Deployment")) && default.contains(&kind_ref("example.com", "Widget")));
-        let narrowed = Undeclared { exclude: vec![kind_ref("", "ConfigMap")], include: vec![kind_ref("", "PersistentVolumeClaim")], ..Undeclared::default() };
+        assert!(
+            default.contains(&kind_ref("apps", "Deployment")) && default.contains(&kind_ref("example.com", "Widget"))
+        );
+        let narrowed = Undeclared {
+            exclude: vec![kind_ref("", "ConfigMap")],
+            include: vec![kind_ref("", "PersistentVolumeClaim")],
+            ..Undeclared::default()
+        };
         let kinds = owned_kinds(&narrowed, declared.clone());
         assert!(!kinds.contains(&kind_ref("", "ConfigMap")) && kinds.contains(&kind_ref("", "PersistentVolumeClaim")));
         let only = Undeclared { kinds: Some(vec![kind_ref("apps", "Deployment")]), ..Undeclared::default() };

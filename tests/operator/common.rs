@@ -190,7 +190,8 @@ pub async fn raw_requests(test: &AccessTest, user: User) -> Api<DynamicObject> {
 /// an object created in the same second as its DesiredState counts as older.
 pub async fn next_second() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    tokio::time::sleep(Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos())) + Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos())) + Duration::from_millis(5))
+        .await;
 }
 
 /// [`another`], for drift tests.

@@ -57,7 +57,13 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    t.env.api::<K>(User::Admin).await.get_opt(name).await.unwrap().is_some_and(|o| o.meta().deletion_timestamp.is_none())
+    t.env
+        .api::<K>(User::Admin)
+        .await
+        .get_opt(name)
+        .await
+        .unwrap()
+        .is_some_and(|o| o.meta().deletion_timestamp.is_none())
 }
 
 /// bob gets standing `edit` here before the DesiredState exists (so his
@@ -87,19 +93,30 @@ async fn what_a_window_creates_is_held_then_deleted_and_codified_when_it_ends() 
         ],
     }))
     .unwrap();
-    t.env.api::<k8s_openapi::api::rbac::v1::Role>(User::Admin).await.create(&PostParams::default(), &role).await.unwrap();
+    t.env
+        .api::<k8s_openapi::api::rbac::v1::Role>(User::Admin)
+        .await
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
     managed_shop(&t, json!({})).await;
+    crate::common::next_second().await;
     t.request_role(User::Alice, "alice-admin", "Role", "window-admin", "10m").await.unwrap();
     t.review(User::Carol, "alice-admin-ok", "alice-admin", "Approve").await.unwrap();
     t.wait_for_phase("alice-admin", AccessPhase::Active, Duration::from_secs(10)).await;
 
     // What someone with a short window leaves behind: a workload, config,
     // an identity, a credential and a binding of her own.
-    let miner: Deployment = t.env.api(User::Alice).await.create(&PostParams::default(), &deployment("miner")).await.unwrap();
+    let miner: Deployment =
+        t.env.api(User::Alice).await.create(&PostParams::default(), &deployment("miner")).await.unwrap();
     create::<ConfigMap>(&t, User::Alice, json!({"metadata": {"name": "stash"}, "data": {"k": "v"}})).await;
     create::<ServiceAccount>(&t, User::Alice, json!({"metadata": {"name": "backdoor"}})).await;
-    create::<Secret>(&t, User::Alice, json!({"metadata": {"name": "loot"}, "stringData": {"token": "secret-canary-5c1"}}))
-        .await;
+    create::<Secret>(
+        &t,
+        User::Alice,
+        json!({"metadata": {"name": "loot"}, "stringData": {"token": "secret-canary-5c1"}}),
+    )
+    .await;
     create::<RoleBinding>(
         &t,
         User::Alice,
@@ -128,7 +145,10 @@ async fn what_a_window_creates_is_held_then_deleted_and_codified_when_it_ends() 
     // The window ends: everything it created goes.
     let requests: Api<AccessRequest> = t.env.api(User::Alice).await;
     let revoked_at = Instant::now();
-    requests.patch("alice-admin", &PatchParams::default(), &Patch::Merge(json!({"spec": {"revoked": true}}))).await.unwrap();
+    requests
+        .patch("alice-admin", &PatchParams::default(), &Patch::Merge(json!({"spec": {"revoked": true}})))
+        .await
+        .unwrap();
     let gone = eventually(Duration::from_secs(20), || async {
         let all = [
             exists::<Deployment>(&t, "miner").await,
@@ -146,9 +166,8 @@ async fn what_a_window_creates_is_held_then_deleted_and_codified_when_it_ends() 
     let replica_sets: Api<ReplicaSet> = t.env.api(User::Admin).await;
     let left = eventually(Duration::from_secs(20), || async {
         let all = replica_sets.list(&ListParams::default()).await.ok()?.items;
-        let owned = all.iter().filter(|rs| {
-            rs.owner_references().iter().any(|o| o.uid == miner.uid().unwrap_or_default())
-        });
+        let owned =
+            all.iter().filter(|rs| rs.owner_references().iter().any(|o| o.uid == miner.uid().unwrap_or_default()));
         (owned.count() == 0).then_some(())
     })
     .await;
@@ -163,7 +182,9 @@ async fn what_a_window_creates_is_held_then_deleted_and_codified_when_it_ends() 
         assert!(change.patch.starts_with("--- /dev/null\n+++ b/shop-source/"), "{}", change.patch);
     }
     assert!(changes.iter().all(|c| !c.patch.contains("secret-canary-5c1")), "a Secret value leaked into codify");
-    let status = t.wait_for_status("shop", Duration::from_secs(10), |s| created.iter().all(|n| undeclared(s, n).is_none())).await;
+    let status = t
+        .wait_for_status("shop", Duration::from_secs(10), |s| created.iter().all(|n| undeclared(s, n).is_none()))
+        .await;
     assert_eq!(status.drift_counts.unwrap().undeclared, 0);
 }
 
@@ -175,7 +196,9 @@ async fn standing_rights_leave_nothing_behind_or_it_is_reported() {
     crate::common::next_second().await;
     let created = Instant::now();
     t.env.api::<Deployment>(User::Bob).await.create(&PostParams::default(), &deployment("rogue")).await.unwrap();
-    let deleted = eventually(Duration::from_secs(20), || async { (!exists::<Deployment>(&t, "rogue").await).then_some(()) }).await;
+    let deleted =
+        eventually(Duration::from_secs(20), || async { (!exists::<Deployment>(&t, "rogue").await).then_some(()) })
+            .await;
     assert!(deleted.is_some(), "bob's undeclared Deployment was not deleted");
     eprintln!("bob's undeclared Deployment deleted {:?} after its creation", created.elapsed());
     let deleted_event = |e: &String| e.starts_with("Deleted: Deployment") && e.contains("rogue");
@@ -206,7 +229,13 @@ async fn what_the_control_plane_and_controllers_make_is_never_touched() {
     // the namespace's root CA and default ServiceAccount, a grant binding.
     let replica_sets: Api<ReplicaSet> = t.env.api(User::Admin).await;
     let replica_set = eventually(Duration::from_secs(20), || async {
-        replica_sets.list(&ListParams::default()).await.ok()?.items.into_iter().find(|rs| rs.name_any().starts_with("web-"))
+        replica_sets
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|rs| rs.name_any().starts_with("web-"))
     })
     .await
     .expect("the controller manager made web's ReplicaSet");
@@ -232,7 +261,8 @@ async fn what_the_control_plane_and_controllers_make_is_never_touched() {
     assert!(same_uid(sa_now.uid(), default_sa.uid()), "the default ServiceAccount was touched");
     let binding_now = t.binding("alice-look").await;
     assert!(same_uid(binding_now.and_then(|b| b.uid()), binding.uid()), "the grant's RoleBinding was touched");
-    let status = t.env.api::<driftwarden::api::DesiredState>(User::Admin).await.get("shop").await.unwrap().status.unwrap();
+    let status =
+        t.env.api::<driftwarden::api::DesiredState>(User::Admin).await.get("shop").await.unwrap().status.unwrap();
     assert!(status.drifted_objects.iter().all(|d| !d.undeclared), "{:?}", status.drifted_objects);
 }
 
@@ -280,9 +310,13 @@ async fn a_field_rewritten_after_every_revert_is_contested_and_backed_off() {
                     && web.spec.and_then(|s| s.replicas) != Some(7)
                 {
                     let _ = api
-                        .patch("web", &PatchParams::apply("other-gitops").force(), &Patch::Apply(json!({
+                        .patch(
+                            "web",
+                            &PatchParams::apply("other-gitops").force(),
+                            &Patch::Apply(json!({
                             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-                            "spec": {"replicas": 7}})))
+                            "spec": {"replicas": 7}})),
+                        )
                         .await;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -34,8 +34,11 @@ struct Index {
     by_object: HashMap<ObjectId, BTreeSet<Claimant>>,
     /// Per DesiredState (namespace, name): who it is, the parse its claims
     /// come from, and what it claims.
-    by_state: HashMap<(String, String), (Claimant, Arc<Declarations>, Vec<ObjectId>)>,
+    by_state: HashMap<(String, String), Registered>,
 }
+
+/// What one DesiredState registered: who, from which parse, claiming what.
+type Registered = (Claimant, Arc<Declarations>, Vec<ObjectId>);
 
 /// The claims of every DesiredState.
 #[derive(Default)]
@@ -84,7 +87,9 @@ impl Claims {
     pub fn owners_other_than(&self, me: &Claimant, ids: &[ObjectId]) -> Vec<Option<Claimant>> {
         let index = self.0.lock().unwrap_or_else(|p| p.into_inner());
         ids.iter()
-            .map(|id| index.by_object.get(id).and_then(|claimants| claimants.first()).filter(|owner| *owner != me).cloned())
+            .map(|id| {
+                index.by_object.get(id).and_then(|claimants| claimants.first()).filter(|owner| *owner != me).cloned()
+            })
             .collect()
     }
 

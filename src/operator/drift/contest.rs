@@ -33,7 +33,8 @@ struct History {
 impl History {
     fn is_contested(&self, now: Timestamp) -> bool {
         let recent = self.reverts.iter().filter(|at| now.duration_since(**at) < WINDOW).count();
-        recent >= REVERTS || (self.contested_reverts > 0 && now.duration_since(self.last) < wait(self.contested_reverts) * 2)
+        recent >= REVERTS
+            || (self.contested_reverts > 0 && now.duration_since(self.last) < wait(self.contested_reverts) * 2)
     }
 }
 
@@ -97,7 +98,12 @@ mod tests {
     use super::*;
 
     fn object() -> ObjectRef {
-        ObjectRef { api_version: "apps/v1".into(), kind: "Deployment".into(), namespace: Some("shop".into()), name: "web".into() }
+        ObjectRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            namespace: Some("shop".into()),
+            name: "web".into(),
+        }
     }
 
     fn at(seconds: i64) -> Timestamp {

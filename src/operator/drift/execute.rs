@@ -62,12 +62,19 @@ pub(super) async fn carry_out(
                 let live = serde_json::to_value(&live).unwrap_or_default();
                 let source = super::plan::new_manifest_path(inputs.parsed, extra);
                 let patch = crate::gate::codify::new_object_patch(&live, &source);
-                let change =
-                    SessionChange { object: extra.object_ref(), desired_state: name.clone(), patch, source, at: Time(now) };
+                let change = SessionChange {
+                    object: extra.object_ref(),
+                    desired_state: name.clone(),
+                    patch,
+                    source,
+                    at: Time(now),
+                };
                 codified.entry(request.clone()).or_default().push(change);
             }
             Ok(_) => {}
-            Err(error) => warn!(%error, object = %describe(&extra.object_ref()), "reading an undeclared object to codify it failed"),
+            Err(error) => {
+                warn!(%error, object = %describe(&extra.object_ref()), "reading an undeclared object to codify it failed")
+            }
         }
     }
 
@@ -153,7 +160,9 @@ async fn revert(
                 memory.clean_at.insert(object_ref.clone(), Timestamp::now());
                 memory.contest.reverted(&object_ref, Timestamp::now());
                 context.metrics.reverts.get_or_create(&RevertLabels { reason: reason.clone() }).inc();
-                if let (RevertReason::window_ended, Some(end)) = (&reason, context.gate.window_end(&namespace, &request)) {
+                if let (RevertReason::window_ended, Some(end)) =
+                    (&reason, context.gate.window_end(&namespace, &request))
+                {
                     let lag = Timestamp::now().duration_since(end).as_secs_f64().max(0.0);
                     context.metrics.revert_latency_after_window_end.observe(lag);
                 }
@@ -163,7 +172,8 @@ async fn revert(
                 };
                 info!(desired_state = %name, %namespace, %object, access_request = %request, %requester, %approvers,
                       class = ?judgement.class, took_ms = started.elapsed().as_millis() as u64, "drift reverted to Git");
-                publish(context, state, EventType::Normal, "Reverted", format!("{object} reverted to Git: {why}")).await;
+                publish(context, state, EventType::Normal, "Reverted", format!("{object} reverted to Git: {why}"))
+                    .await;
                 outcome.reverted.push(index);
                 outcome.last = Some(RevertRecord {
                     object: object_ref,
@@ -184,8 +194,14 @@ async fn revert(
             Err((None, error)) => {
                 context.metrics.revert_failures.get_or_create(&RevertLabels { reason }).inc();
                 warn!(desired_state = %name, %namespace, %object, %error, "revert failed; will retry");
-                publish(context, state, EventType::Warning, "RevertFailed", format!("reverting {object} failed: {error}"))
-                    .await;
+                publish(
+                    context,
+                    state,
+                    EventType::Warning,
+                    "RevertFailed",
+                    format!("reverting {object} failed: {error}"),
+                )
+                .await;
                 let retry = Duration::from_secs(2);
                 outcome.retry_after = Some(outcome.retry_after.map_or(retry, |w| w.min(retry)));
             }
@@ -236,13 +252,21 @@ async fn delete(
             Ok(true) => {
                 context.metrics.deletions.get_or_create(&RevertLabels { reason: reason.clone() }).inc();
                 let why = match reason {
-                    RevertReason::window_ended => format!("it was created within AccessRequest {request}, whose window ended"),
+                    RevertReason::window_ended => {
+                        format!("it was created within AccessRequest {request}, whose window ended")
+                    }
                     RevertReason::unauthorized => "no approved access window covers its creation".to_owned(),
                 };
                 info!(desired_state = %name, %namespace, %object, access_request = %request, class = ?judgement.class,
                       "undeclared object deleted");
-                publish(context, state, EventType::Normal, "Deleted", format!("{object} deleted: not declared in Git, and {why}"))
-                    .await;
+                publish(
+                    context,
+                    state,
+                    EventType::Normal,
+                    "Deleted",
+                    format!("{object} deleted: not declared in Git, and {why}"),
+                )
+                .await;
                 outcome.deleted.push(at);
                 outcome.last = Some(RevertRecord {
                     object: extra.object_ref(),
@@ -254,8 +278,14 @@ async fn delete(
             Err(error) => {
                 context.metrics.revert_failures.get_or_create(&RevertLabels { reason }).inc();
                 warn!(desired_state = %name, %namespace, %object, %error, "deleting an undeclared object failed; will retry");
-                publish(context, state, EventType::Warning, "DeleteFailed", format!("deleting {object} failed: {error}"))
-                    .await;
+                publish(
+                    context,
+                    state,
+                    EventType::Warning,
+                    "DeleteFailed",
+                    format!("deleting {object} failed: {error}"),
+                )
+                .await;
                 let retry = Duration::from_secs(2);
                 outcome.retry_after = Some(outcome.retry_after.map_or(retry, |w| w.min(retry)));
             }
@@ -318,7 +348,11 @@ pub(super) async fn announce_refusal(
     if same {
         return;
     }
-    context.metrics.source_refusals.get_or_create(&crate::operator::metrics::RefusalLabels { reason: refusal.reason }).inc();
+    context
+        .metrics
+        .source_refusals
+        .get_or_create(&crate::operator::metrics::RefusalLabels { reason: refusal.reason })
+        .inc();
     publish(context, state, EventType::Warning, refusal.reason, refusal.message.clone()).await;
 }
 
@@ -376,7 +410,12 @@ pub(super) type DriftTally =
 /// Sets the cluster-wide gauges: drifted objects by class, the oldest
 /// unauthorized drift (its age is computed when metrics are scraped) and
 /// contested objects.
-pub(super) fn record_drifted(context: &Context, me: &ObjectRef<DesiredState>, status: &DesiredStateStatus, contested: usize) {
+pub(super) fn record_drifted(
+    context: &Context,
+    me: &ObjectRef<DesiredState>,
+    status: &DesiredStateStatus,
+    contested: usize,
+) {
     let oldest = status.drifted_objects.iter().filter(|d| d.class == DriftClass::Unauthorized).map(|d| d.since.0).min();
     let mut all = context.drifted.lock().unwrap_or_else(|p| p.into_inner());
     all.insert(me.clone(), (status.drift_counts.clone().unwrap_or_default(), oldest, contested));

@@ -43,8 +43,11 @@ pub(super) struct Extra {
 
 impl Extra {
     pub fn object_ref(&self) -> api::ObjectRef {
-        let api_version =
-            if self.key.group.is_empty() { self.key.version.clone() } else { format!("{}/{}", self.key.group, self.key.version) };
+        let api_version = if self.key.group.is_empty() {
+            self.key.version.clone()
+        } else {
+            format!("{}/{}", self.key.group, self.key.version)
+        };
         api::ObjectRef {
             api_version,
             kind: self.key.kind.clone(),
@@ -123,8 +126,10 @@ const CREATED_SLACK: SignedDuration = SignedDuration::from_secs(1);
 pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Plan {
     let mut plan = Plan::default();
     diff_declared(inputs, memory, &mut plan);
-    let remediation =
-        Remediation { unauthorized: inputs.spec.remediation.unauthorized, window_end: inputs.spec.remediation.window_end };
+    let remediation = Remediation {
+        unauthorized: inputs.spec.remediation.unauthorized,
+        window_end: inputs.spec.remediation.window_end,
+    };
     let revert = if inputs.spec.dry_run { DriftAction::WouldRevert } else { DriftAction::Revert };
     let namespace_of = |object: &api::ObjectRef| object.namespace.clone().unwrap_or_default();
 
@@ -265,7 +270,12 @@ fn diff_declared(inputs: &Inputs<'_>, memory: &Memory, plan: &mut Plan) {
 }
 
 /// The gate's verdict as status shows it (None: nothing to do).
-fn judgement(verdict: Verdict, revert: DriftAction, in_sync_at: Option<Timestamp>, now: Timestamp) -> Option<Judgement> {
+fn judgement(
+    verdict: Verdict,
+    revert: DriftAction,
+    in_sync_at: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<Judgement> {
     let attribution = |class: DriftClass| match class {
         DriftClass::AuthorizedByScope => Some(Attribution::Scope),
         _ if verdict.from_audit => Some(Attribution::AuditLog),
@@ -320,12 +330,14 @@ pub(super) fn observations<'a>(
     outcome: &Outcome,
     in_sync: &'a drift::ObjectDiff,
 ) -> Vec<status::Observed<'a>> {
-    let declared = inputs.parsed.objects.iter().enumerate().filter(|(index, _)| inputs.owners[*index].is_none()).map(|(index, declared)| status::Observed {
-        object: declared.key.object_ref(),
-        diff: if outcome.reverted.contains(&index) { in_sync } else { &plan.diffs[index] },
-        judgement: plan.judgements[index].as_ref(),
-        undeclared: false,
-    });
+    let declared = inputs.parsed.objects.iter().enumerate().filter(|(index, _)| inputs.owners[*index].is_none()).map(
+        |(index, declared)| status::Observed {
+            object: declared.key.object_ref(),
+            diff: if outcome.reverted.contains(&index) { in_sync } else { &plan.diffs[index] },
+            judgement: plan.judgements[index].as_ref(),
+            undeclared: false,
+        },
+    );
     let extras = plan.extras.iter().enumerate().filter(|(at, _)| !outcome.deleted.contains(at)).map(
         |(_, (index, judgement))| status::Observed {
             object: inputs.extras[*index].object_ref(),
@@ -413,7 +425,10 @@ pub(super) fn notices(
             let note = format!("{object} {verb} within AccessRequest {request}{how}; held until {until}");
             notices.push(Notice::normal("DriftHeld", note));
         } else if newly(DriftAction::WouldRevert) && !drifted.undeclared {
-            notices.push(Notice::warning("WouldRevert", format!("dry run: {object} would be reverted ({:?})", drifted.class)));
+            notices.push(Notice::warning(
+                "WouldRevert",
+                format!("dry run: {object} would be reverted ({:?})", drifted.class),
+            ));
         }
     }
     let (_, stopped) = status::transitions(old, new);
@@ -437,14 +452,18 @@ pub(super) fn notices(
         let others = inputs.owners.iter().filter(|o| o.is_some()).count() - 1;
         let more = if others > 0 { format!(" (and {others} more)") } else { String::new() };
         let object = describe(&object_refs[index]);
-        let note = format!("{object}{more} is declared here but managed by DesiredState {owner}, which declared it first: left to it");
+        let note = format!(
+            "{object}{more} is declared here but managed by DesiredState {owner}, which declared it first: left to it"
+        );
         notices.push(Notice::warning("ManagedElsewhere", note));
     }
     for index in &plan.contested {
         let was = old.conditions.iter().any(|c| c.type_ == "Contested" && c.status == "True");
         if !was {
             let object = describe(&object_refs[*index]);
-            let note = format!("{object} is rewritten right after each revert (a webhook, an autoscaler, another tool?): reverts back off");
+            let note = format!(
+                "{object} is rewritten right after each revert (a webhook, an autoscaler, another tool?): reverts back off"
+            );
             notices.push(Notice::warning("Contested", note));
         }
     }

@@ -61,7 +61,12 @@ fn declarations(names: &[&str]) -> Arc<Declarations> {
                 name: (*name).into(),
             },
             object: deployment(name, 2),
-            origin: Origin { config_map: "shop-state".into(), key: format!("apps__{name}.yaml"), document: 0, item: None },
+            origin: Origin {
+                config_map: "shop-state".into(),
+                key: format!("apps__{name}.yaml"),
+                document: 0,
+                item: None,
+            },
         })
         .collect();
     Arc::new(Declarations::from(ParsedSources { revision: Some("abc".into()), objects }))

@@ -21,7 +21,7 @@ use super::cached::Declarations;
 use super::memory::{CachedParse, Fingerprint, Memory, Refused};
 use super::plan::Extra;
 use super::watches::{self, WatchKey};
-use super::{Context, claims, DISCOVERY_REFRESH, Error, PUBLISH_SETTLE, WATCH_READY_TIMEOUT, snapshot, status};
+use super::{Context, DISCOVERY_REFRESH, Error, PUBLISH_SETTLE, WATCH_READY_TIMEOUT, claims, snapshot, status};
 use crate::api::{DesiredState, DesiredStateStatus, KindRef, SourceRef};
 use crate::drift::{self, KindResolver, Scope, SourceConfigMap, SourceScope, signature, undeclared};
 
@@ -62,41 +62,42 @@ pub(super) async fn sources(
         .as_ref()
         .and_then(|c| c.signature.as_ref().map(|s| s.sequence))
         .max(old.signature.as_ref().and_then(|s| u64::try_from(s.sequence).ok()));
-    let (current, resolver, refusal) = match (remembered.clone().filter(|c| c.fingerprint == fingerprint), still_refused)
-    {
-        (Some(current), _) => (Some(current), Resolver::now(context).await, None),
-        (None, Some(refusal)) => (None, Resolver::now(context).await, Some(refusal)),
-        (None, None) => {
-            let (config_maps, missing) = read_sources(&context.client, &namespace, &state.spec.sources)
-                .await
-                .map_err(|source| Error::ReadSources { desired_state: format!("{namespace}/{name}"), source })?;
-            let config_maps = Arc::new(config_maps);
-            match check_sources(context, state, accepted, config_maps.clone(), missing, &scope).await? {
-                Ok((sources, signature, resolver)) => {
-                    let known = remembered.as_ref().and_then(|c| c.signature.as_ref());
-                    if signature.is_some() && known != signature.as_ref() {
-                        keep_verified(context, &namespace, &name, &config_maps).await;
+    let (current, resolver, refusal) =
+        match (remembered.clone().filter(|c| c.fingerprint == fingerprint), still_refused) {
+            (Some(current), _) => (Some(current), Resolver::now(context).await, None),
+            (None, Some(refusal)) => (None, Resolver::now(context).await, Some(refusal)),
+            (None, None) => {
+                let (config_maps, missing) = read_sources(&context.client, &namespace, &state.spec.sources)
+                    .await
+                    .map_err(|source| Error::ReadSources { desired_state: format!("{namespace}/{name}"), source })?;
+                let config_maps = Arc::new(config_maps);
+                match check_sources(context, state, accepted, config_maps.clone(), missing, &scope).await? {
+                    Ok((sources, signature, resolver)) => {
+                        let known = remembered.as_ref().and_then(|c| c.signature.as_ref());
+                        if signature.is_some() && known != signature.as_ref() {
+                            keep_verified(context, &namespace, &name, &config_maps).await;
+                        }
+                        let entry = CachedParse { fingerprint: fingerprint.clone(), sources, signature };
+                        memory.parsed = Some(entry.clone());
+                        memory.refused = None;
+                        memory.new_parse();
+                        (Some(entry), resolver, None)
                     }
-                    let entry = CachedParse { fingerprint: fingerprint.clone(), sources, signature };
-                    memory.parsed = Some(entry.clone());
-                    memory.refused = None;
-                    memory.new_parse();
-                    (Some(entry), resolver, None)
-                }
-                Err((refusal, resolver)) => {
-                    let since = memory.refused.as_ref().map_or_else(Instant::now, |r| r.since);
-                    memory.refused = Some(Refused { fingerprint: fingerprint.clone(), refusal: refusal.clone(), since });
-                    // A split source is written one ConfigMap at a time: a
-                    // set caught half-way through a publish is given a moment
-                    // to complete before it is reported.
-                    if refusal.reason == "SignatureIncomplete" && since.elapsed() < PUBLISH_SETTLE {
-                        return Ok(Sources::Settling);
+                    Err((refusal, resolver)) => {
+                        let since = memory.refused.as_ref().map_or_else(Instant::now, |r| r.since);
+                        memory.refused =
+                            Some(Refused { fingerprint: fingerprint.clone(), refusal: refusal.clone(), since });
+                        // A split source is written one ConfigMap at a time: a
+                        // set caught half-way through a publish is given a moment
+                        // to complete before it is reported.
+                        if refusal.reason == "SignatureIncomplete" && since.elapsed() < PUBLISH_SETTLE {
+                            return Ok(Sources::Settling);
+                        }
+                        (None, resolver, Some(refusal))
                     }
-                    (None, resolver, Some(refusal))
                 }
             }
-        }
-    };
+        };
     // What is enforced: the current sources, else the last verified ones
     // (after a restart, the copy kept of them).
     let enforced = match current.or(remembered) {
@@ -238,7 +239,9 @@ pub(super) async fn live(
         }
     }
     // Declared by another DesiredState: its, not undeclared.
-    extras.retain(|e| !context.claims.declared(&claims::id_of(&e.key.group, &e.key.kind, e.key.namespace.as_deref(), &e.name)));
+    extras.retain(|e| {
+        !context.claims.declared(&claims::id_of(&e.key.group, &e.key.kind, e.key.namespace.as_deref(), &e.name))
+    });
     extras.sort_by(|a, b| (&a.key, &a.name).cmp(&(&b.key, &b.name)));
     let me_claimant = claims::Claimant {
         created: state.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -434,7 +437,6 @@ async fn recover_verified(
     Some(entry)
 }
 
-
 /// Kind lookups for the parser, from a snapshot of discovery.
 pub(super) struct Resolver {
     discovery: Arc<Discovery>,
@@ -518,4 +520,3 @@ async fn parse_off_runtime(
     .await
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
 }
-

@@ -208,7 +208,8 @@ pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
         if pass.unwatched.len() > MAX_ERRORS {
             listed.push("...");
         }
-        let note = format!("; undeclared objects are not checked where RBAC forbids listing them: {}", listed.join(", "));
+        let note =
+            format!("; undeclared objects are not checked where RBAC forbids listing them: {}", listed.join(", "));
         if !ready.message.ends_with(&note) {
             ready.message.push_str(&note);
         }
@@ -225,7 +226,8 @@ pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
             format!("declared here, managed by the DesiredState that declared them first: {}", listed.join(", "))
         };
         let reason = if pass.foreign.is_empty() { "NoConflict" } else { "ManagedElsewhere" };
-        let conflict = condition(&old.conditions, "Conflict", !pass.foreign.is_empty(), reason, message, pass.generation, now);
+        let conflict =
+            condition(&old.conditions, "Conflict", !pass.foreign.is_empty(), reason, message, pass.generation, now);
         set(&mut status, conflict);
     }
     let was_contested = old.conditions.iter().any(|c| c.type_ == "Contested");
@@ -240,7 +242,8 @@ pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
             format!("rewritten right after each revert, reverts back off: {}", listed.join(", "))
         };
         let reason = if pass.contested.is_empty() { "Uncontested" } else { "RevertsContested" };
-        let contested = condition(&old.conditions, "Contested", !pass.contested.is_empty(), reason, message, pass.generation, now);
+        let contested =
+            condition(&old.conditions, "Contested", !pass.contested.is_empty(), reason, message, pass.generation, now);
         set(&mut status, contested);
     }
     if pass.last_revert.is_some() {
@@ -433,8 +436,10 @@ mod tests {
     fn the_list_is_bounded_but_the_count_is_not() {
         let scaled = drift("/spec/replicas", ChangeKind::Changed);
         let names: Vec<String> = (0..120).map(|i| format!("d{i:03}")).collect();
-        let seen: Vec<Observed<'_>> =
-            names.iter().map(|n| Observed { object: object(n), diff: &scaled, judgement: None, undeclared: false }).collect();
+        let seen: Vec<Observed<'_>> = names
+            .iter()
+            .map(|n| Observed { object: object(n), diff: &scaled, judgement: None, undeclared: false })
+            .collect();
         let status = observed(&DesiredStateStatus::default(), None, None, &seen, Timestamp::from_second(1).unwrap());
         assert_eq!(status.drifted, Some(120));
         assert_eq!(status.drifted_objects.len(), MAX_LISTED);

@@ -234,7 +234,8 @@ impl<K: Cached> Watches<K> {
                     }
                 }
                 if let Ok(watcher::Event::Delete(object)) = &event {
-                    identities.remove(&(object.meta().namespace.clone(), object.meta().name.clone().unwrap_or_default()));
+                    identities
+                        .remove(&(object.meta().namespace.clone(), object.meta().name.clone().unwrap_or_default()));
                 }
                 match event {
                     // Any change may be drift for whoever declares this kind here.
