@@ -45,20 +45,12 @@ pub fn session_patch(declared: &Value, live: Option<&Value>, diff: &ObjectDiff, 
     let [old, new]: [String; 2] = crate::drift::yaml::render_all(&[Some(&before), after.as_ref()])
         .try_into()
         .expect("two renderings for two values");
-    let mut patch = TextDiff::from_lines(&old, &new)
+    let patch = TextDiff::from_lines(&old, &new)
         .unified_diff()
         .context_radius(3)
         .header(&format!("a/{source}"), &format!("b/{source}"))
         .to_string();
-    if patch.len() > MAX_PATCH_BYTES {
-        let mut cut = MAX_PATCH_BYTES;
-        while !patch.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        patch.truncate(cut);
-        patch.push_str("\n# ... cut: the patch is longer than the status can hold\n");
-    }
-    patch
+    bounded(patch)
 }
 
 /// A patch that adds an object no source declares as a new manifest file
@@ -101,6 +93,11 @@ pub fn new_object_patch(live: &Value, path: &str) -> String {
         patch.push_str(line);
         patch.push('\n');
     }
+    bounded(patch)
+}
+
+/// The patch, cut to what status can hold.
+fn bounded(mut patch: String) -> String {
     if patch.len() > MAX_PATCH_BYTES {
         let mut cut = MAX_PATCH_BYTES;
         while !patch.is_char_boundary(cut) {

@@ -204,10 +204,7 @@ pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
     if !pass.unwatched.is_empty()
         && let Some(ready) = status.conditions.iter_mut().find(|c| c.type_ == "Ready")
     {
-        let mut listed: Vec<&str> = pass.unwatched.iter().take(MAX_ERRORS).map(String::as_str).collect();
-        if pass.unwatched.len() > MAX_ERRORS {
-            listed.push("...");
-        }
+        let listed = bounded_list(pass.unwatched);
         let note =
             format!("; undeclared objects are not checked where RBAC forbids listing them: {}", listed.join(", "));
         if !ready.message.ends_with(&note) {
@@ -219,10 +216,7 @@ pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
         let message = if pass.foreign.is_empty() {
             "no declared object is managed by another DesiredState".to_owned()
         } else {
-            let mut listed: Vec<&str> = pass.foreign.iter().take(MAX_ERRORS).map(String::as_str).collect();
-            if pass.foreign.len() > MAX_ERRORS {
-                listed.push("...");
-            }
+            let listed = bounded_list(pass.foreign);
             format!("declared here, managed by the DesiredState that declared them first: {}", listed.join(", "))
         };
         let reason = if pass.foreign.is_empty() { "NoConflict" } else { "ManagedElsewhere" };
@@ -235,10 +229,7 @@ pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
         let message = if pass.contested.is_empty() {
             "no object is rewritten right after its reverts".to_owned()
         } else {
-            let mut listed: Vec<&str> = pass.contested.iter().take(MAX_ERRORS).map(String::as_str).collect();
-            if pass.contested.len() > MAX_ERRORS {
-                listed.push("...");
-            }
+            let listed = bounded_list(pass.contested);
             format!("rewritten right after each revert, reverts back off: {}", listed.join(", "))
         };
         let reason = if pass.contested.is_empty() { "Uncontested" } else { "RevertsContested" };
@@ -251,6 +242,15 @@ pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
         status.last_revert = pass.last_revert;
     }
     status
+}
+
+/// The first few of `items`, and `...` when there are more.
+fn bounded_list(items: &[String]) -> Vec<&str> {
+    let mut listed: Vec<&str> = items.iter().take(MAX_ERRORS).map(String::as_str).collect();
+    if items.len() > MAX_ERRORS {
+        listed.push("...");
+    }
+    listed
 }
 
 /// Why the current sources are not what is enforced.
