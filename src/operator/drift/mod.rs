@@ -368,10 +368,10 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     };
     let parsed = entry.sources.clone();
     context.claims.register(&claimant, &parsed);
-    // Who owns an object, and what is undeclared, depends on every
-    // DesiredState's declarations: after a start, wait (a little) until
-    // each has been read once.
-    if !everyone_registered(&context) && context.started.elapsed() < CLAIMS_SETTLE {
+    // Who owns an object, and what is undeclared, depends on the other
+    // DesiredStates' declarations: after a start, wait (a little) until
+    // each that could declare here has been read once.
+    if !neighbours_registered(&context, &state) && context.started.elapsed() < CLAIMS_SETTLE {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let now = Timestamp::now();
@@ -476,12 +476,21 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     Ok(after.map_or_else(Action::await_change, |a| Action::requeue(a.max(Duration::from_millis(10)))))
 }
 
-fn everyone_registered(context: &Context) -> bool {
+/// Whether every DesiredState that could declare what `state` manages has
+/// been read: those of its namespace and of the operator's (which may
+/// declare anywhere); for one in the operator's namespace, all of them.
+fn neighbours_registered(context: &Context, state: &DesiredState) -> bool {
+    let operator_namespace = context.settings.operator_namespace.as_str();
+    let own = state.namespace().unwrap_or_default();
     context
         .desired_states
         .state()
         .iter()
         .filter(|ds| !ds.spec.suspend)
+        .filter(|ds| {
+            let namespace = ds.namespace().unwrap_or_default();
+            own == operator_namespace || namespace == own || namespace == operator_namespace
+        })
         .all(|ds| context.claims.has(&ds.namespace().unwrap_or_default(), &ds.name_any()))
 }
 
