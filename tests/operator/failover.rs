@@ -135,7 +135,11 @@ async fn session_drift_whose_window_ended_while_the_operator_was_down_is_reverte
     let took =
         until(Duration::from_secs(30), "the revert after the restart", || async { mode(&t).await == "safe" }).await;
     eprintln!("reverted {took:?} after the restarted operator answered, {:?} after the restart", restarted.elapsed());
-    assert!(took < Duration::from_secs(2), "reverted {took:?} after the restarted operator answered");
+    // 0.4 s alone; in the full suite the restarted operator lists the owned
+    // kinds of every test namespace (undeclared objects) before its first
+    // pass, and on the 2-core machine that took up to 2.1 s: the figure is
+    // printed, the bound only catches a revert that waits for a resync.
+    assert!(took < Duration::from_secs(5), "reverted {took:?} after the restarted operator answered");
     t.operator.wait_until_serving().await.unwrap();
     drop(exclusive);
 }
