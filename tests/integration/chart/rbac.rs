@@ -64,7 +64,15 @@ fn rendered_rbac_has_no_wildcard_escalate_or_impersonate_and_binds_only_grantabl
     // The operator tests' values too: the tests pass under least privilege.
     for values_file in [default_values(), custom_values(), operator_test_values()] {
         let values = read_yaml(&values_file);
-        let managed = values_kinds(&values["managedResources"]);
+        let mut managed = values_kinds(&values["managedResources"]);
+        // Undeclared objects are deleted (never created or changed) in the
+        // kinds of undeclaredResources, the chart's default where a values
+        // file does not set them.
+        let undeclared = match &values["undeclaredResources"] {
+            serde_json::Value::Null => read_yaml(&default_values())["undeclaredResources"].clone(),
+            listed => listed.clone(),
+        };
+        managed.extend(values_kinds(&undeclared));
         let grantable: BTreeSet<(String, String)> = values["access"]["grantableRoles"]
             .as_array()
             .unwrap()
