@@ -135,7 +135,15 @@ pub struct Known<'a> {
     pub grant_bindings: &'a HashSet<(String, String)>,
     /// (namespace, name) of the DesiredStates' source ConfigMaps.
     pub sources: &'a HashSet<(String, String)>,
+    /// Now: a young RoleBinding named like a grant's waits for the caches.
+    pub now: Timestamp,
 }
+
+/// How long a RoleBinding named like a grant's (`driftwarden-...`) whose
+/// request the caches do not know yet is left alone: the operator made it
+/// for a request its watch has not delivered yet (after an API server
+/// restart the watches back off up to 30 s). After that it is judged.
+pub const GRANT_CACHE_GRACE: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_secs(60);
 
 /// Why an undeclared object is not drift.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +154,9 @@ pub enum Exemption {
     Controlled,
     /// A grant's RoleBinding, kept by the operator while the grant is open.
     Grant,
+    /// Named like a grant's and younger than [`GRANT_CACHE_GRACE`]: judged
+    /// once the grace is over (the caches may not know its request yet).
+    GrantPending,
     /// A source ConfigMap.
     Source,
     /// Listed in `spec.undeclared.ignore`.
@@ -171,6 +182,13 @@ pub fn exemption(candidate: &Candidate<'_>, known: &Known<'_>) -> Option<Exempti
         && known.grant_bindings.contains(&names(candidate.namespace))
     {
         return Some(Exemption::Grant);
+    }
+    if group == "rbac.authorization.k8s.io"
+        && kind == "RoleBinding"
+        && name.starts_with("driftwarden-")
+        && candidate.created.is_some_and(|created| known.now < created + GRANT_CACHE_GRACE)
+    {
+        return Some(Exemption::GrantPending);
     }
     if group.is_empty() && kind == "ConfigMap" && known.sources.contains(&names(candidate.namespace)) {
         return Some(Exemption::Source);
@@ -264,6 +282,7 @@ mod tests {
                 ignore: &self.ignore,
                 grant_bindings: &self.grant_bindings,
                 sources: &self.sources,
+                now: at(1000),
             }
         }
     }
@@ -351,6 +370,11 @@ mod tests {
         for (what, candidate, expected) in cases {
             assert_eq!(exemption(&candidate, &known), expected, "{what}");
         }
+        let young = Candidate {
+            created: Some(at(990)),
+            ..candidate("rbac.authorization.k8s.io", "RoleBinding", "driftwarden-new", None)
+        };
+        assert_eq!(exemption(&young, &known), Some(Exemption::GrantPending), "its request may not be cached yet");
         let old = Candidate { created: Some(at(-1)), ..candidate("apps", "Deployment", "legacy", None) };
         assert_eq!(exemption(&old, &known), Some(Exemption::Predates));
         let same_second = Candidate { created: Some(at(0)), ..candidate("apps", "Deployment", "setup", None) };

@@ -397,6 +397,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
             ignore: &state.spec.undeclared.ignore,
             grant_bindings: &live.grant_bindings,
             sources: &live.source_config_maps,
+            now,
         },
         options: &options,
         now,

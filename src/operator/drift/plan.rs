@@ -195,8 +195,19 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
     // Undeclared objects: exempt, or judged like any drift (created under
     // a window: held until it ends; else removed at once or reported).
     for (index, extra) in inputs.extras.iter().enumerate() {
-        if extra.deleting || undeclared::exemption(&extra.candidate(), &inputs.known).is_some() {
+        if extra.deleting {
             continue;
+        }
+        match undeclared::exemption(&extra.candidate(), &inputs.known) {
+            Some(undeclared::Exemption::GrantPending) => {
+                // Judged once the caches have had time to know its request.
+                if let Some(created) = extra.created {
+                    plan.wake = earliest(plan.wake, created + undeclared::GRANT_CACHE_GRACE);
+                }
+                continue;
+            }
+            Some(_) => continue,
+            None => {}
         }
         let object = extra.object_ref();
         let listed = inputs.old.drifted_objects.iter().find(|d| d.undeclared && d.object == object);

@@ -156,6 +156,7 @@ impl World {
                 ignore: &self.ignore,
                 grant_bindings: &self.grants,
                 sources: &self.sources,
+                now: at(100),
             },
             options: &self.options,
             now: at(100),
