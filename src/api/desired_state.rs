@@ -64,6 +64,19 @@ pub struct DesiredStateSpec {
     /// creation, held until the window ends when one does.
     #[serde(default)]
     pub undeclared: Undeclared,
+
+    /// Delete objects an earlier revision declared and the current one does
+    /// not (the operator keeps an inventory of what it declared). Off: such
+    /// objects are left in the cluster, and never judged as undeclared.
+    #[serde(default)]
+    pub prune: bool,
+
+    /// A revision that would prune more than half of what was declared
+    /// waits (condition `PruneBlocked`) until this names the token the
+    /// condition and `status.inventory.blocked.token` show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub confirm_prune: Option<String>,
 }
 
 /// Which undeclared objects a DesiredState owns.
@@ -222,10 +235,54 @@ pub struct DesiredStateStatus {
     /// lower sequence is refused as a replay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<SourceSignature>,
+    /// What the inventory of declared objects holds (the entries themselves
+    /// are kept in the operator's namespace: status is too small for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<InventoryStatus>,
     /// `Ready`, `Drifted` and `SourceValid`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A summary of the inventory.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryStatus {
+    /// Objects the current revision declares.
+    pub declared: i64,
+    /// Objects removed from Git while prune was off, left in the cluster.
+    pub retired: i64,
+    /// Objects removed from Git being deleted (up to 10; `pruningCount` is the total).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruning: Vec<ObjectRef>,
+    /// How many objects are being pruned.
+    #[serde(default)]
+    pub pruning_count: i64,
+    /// Objects this DesiredState has pruned since it was created.
+    #[serde(default)]
+    pub pruned: i64,
+    /// A prune the guard holds back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<PruneBlock>,
+    /// The ConfigMap (in the operator's namespace) that holds the entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+}
+
+/// A prune held back: the revision would delete more than half of what was declared.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneBlock {
+    /// How many objects it would delete...
+    pub deletions: i64,
+    /// ...of how many declared.
+    pub of: i64,
+    /// Set `spec.confirmPrune` to this to let exactly these deletions go.
+    pub token: String,
+    /// The first of them (up to 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectRef>,
 }
 
 /// The signature of the publish that was last accepted.

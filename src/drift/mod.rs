@@ -8,6 +8,7 @@
 //! acts on what comes back.
 
 pub mod diff;
+pub mod inventory;
 pub mod normalize;
 pub mod schema;
 mod server_fields;

@@ -61,6 +61,8 @@ pub struct ClassLabels {
 pub enum RevertReason {
     unauthorized,
     window_ended,
+    /// A removal from Git (`spec.prune`; deletions only).
+    pruned,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -2,7 +2,7 @@
 //! deletions, codify patches), then writes status, Events and metrics.
 //! It decides nothing the plan did not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,6 +18,7 @@ use super::memory::Memory;
 use super::plan::{Inputs, Notice, Outcome, Plan, describe};
 use super::{Context, Error, REVERT_CONCURRENCY, rejected, status};
 use crate::api::{DesiredState, DesiredStateStatus, DriftClass, DriftCounts, RevertRecord, SessionChange};
+use crate::drift::inventory;
 use crate::operator::gate;
 use crate::operator::metrics::{Metrics, RevertLabels, RevertReason};
 
@@ -119,16 +120,7 @@ async fn revert(
     outcome: &mut Outcome,
 ) {
     let (namespace, name) = (state.namespace().unwrap_or_default(), state.name_any());
-    let mut admitted = Vec::new();
-    for index in &plan.reverts {
-        match context.limiter.take(me) {
-            Ok(()) => admitted.push(*index),
-            Err(wait) => {
-                outcome.retry_after = Some(outcome.retry_after.map_or(wait, |w| w.min(wait)));
-                break;
-            }
-        }
-    }
+    let admitted = admit(context, me, &plan.reverts, &mut outcome.retry_after);
     let reverts = admitted.into_iter().map(|index| {
         let declared = &inputs.parsed.objects[index];
         let resource = inputs.resources[index].as_ref().map(|key| key.resource());
@@ -168,7 +160,7 @@ async fn revert(
                 }
                 let why = match reason {
                     RevertReason::window_ended => format!("the window of AccessRequest {request} ({requester}) ended"),
-                    RevertReason::unauthorized => "no approved access window covers the change".to_owned(),
+                    _ => "no approved access window covers the change".to_owned(),
                 };
                 info!(desired_state = %name, %namespace, %object, access_request = %request, %requester, %approvers,
                       class = ?judgement.class, took_ms = started.elapsed().as_millis() as u64, "drift reverted to Git");
@@ -222,16 +214,7 @@ async fn delete(
     outcome: &mut Outcome,
 ) {
     let (namespace, name) = (state.namespace().unwrap_or_default(), state.name_any());
-    let mut admitted = Vec::new();
-    for at in &plan.deletions {
-        match context.limiter.take(me) {
-            Ok(()) => admitted.push(*at),
-            Err(wait) => {
-                outcome.retry_after = Some(outcome.retry_after.map_or(wait, |w| w.min(wait)));
-                break;
-            }
-        }
-    }
+    let admitted = admit(context, me, &plan.deletions, &mut outcome.retry_after);
     let deletions = admitted.into_iter().map(|at| {
         let extra = &inputs.extras[plan.extras[at].0];
         async move {
@@ -255,7 +238,7 @@ async fn delete(
                     RevertReason::window_ended => {
                         format!("it was created within AccessRequest {request}, whose window ended")
                     }
-                    RevertReason::unauthorized => "no approved access window covers its creation".to_owned(),
+                    _ => "no approved access window covers its creation".to_owned(),
                 };
                 info!(desired_state = %name, %namespace, %object, access_request = %request, class = ?judgement.class,
                       "undeclared object deleted");
@@ -292,6 +275,173 @@ async fn delete(
         }
     }
     outcome.deleted.sort_unstable();
+}
+
+/// The first of `items` the DesiredState's rate limit admits now, in
+/// order; when it admits no more, `retry_after` says when to come back.
+fn admit<T: Copy>(
+    context: &Context,
+    me: &ObjectRef<DesiredState>,
+    items: &[T],
+    retry_after: &mut Option<Duration>,
+) -> Vec<T> {
+    let mut admitted = Vec::with_capacity(items.len());
+    for item in items {
+        match context.limiter.take(me) {
+            Ok(()) => admitted.push(*item),
+            Err(wait) => {
+                *retry_after = Some(retry_after.map_or(wait, |w| w.min(wait)));
+                break;
+            }
+        }
+    }
+    admitted
+}
+
+/// What pruning did.
+#[derive(Debug, Default)]
+pub(super) struct Pruned {
+    /// Deletions confirmed: the object is gone, or another has its name.
+    pub gone: BTreeSet<inventory::Id>,
+    /// Objects whose deletion began in this pass (their Event was published).
+    pub deleted: Vec<inventory::Entry>,
+    pub retry_after: Option<Duration>,
+}
+
+/// How a prune deletion went.
+enum PruneResult {
+    /// Gone, or replaced by another object of that name (the uid
+    /// precondition failed), or its kind is no longer served.
+    Gone,
+    /// Accepted; the object is still there while its dependents go.
+    Deleting,
+    Failed(kube::Error),
+}
+
+/// Deletes the inventory's `pruning` objects (exactly those: a uid
+/// precondition), dependents first, rate-limited with the reverts. An entry
+/// leaves the inventory only once a later call finds the object gone.
+pub(super) async fn prune(
+    context: &Context,
+    state: &DesiredState,
+    resolver: &super::read::Resolver,
+    step: &inventory::Step,
+    announced: &mut std::collections::HashSet<String>,
+) -> Pruned {
+    let me = ObjectRef::from_obj(state);
+    let mut pruned = Pruned::default();
+    let targets: Vec<&inventory::Entry> = step.pruning().collect();
+    let indices: Vec<usize> = (0..targets.len()).collect();
+    let admitted = admit(context, &me, &indices, &mut pruned.retry_after);
+    let deletions = admitted.into_iter().map(|at| {
+        let entry = targets[at];
+        async move {
+            let Some((resource, namespaced)) = resolver.resource(&entry.api_version, &entry.kind) else {
+                return (entry, PruneResult::Gone);
+            };
+            let api: Api<DynamicObject> = match (&entry.namespace, namespaced) {
+                (Some(namespace), true) => Api::namespaced_with(context.client.clone(), namespace, &resource),
+                (None, false) => Api::all_with(context.client.clone(), &resource),
+                // The kind changed scope: no object of this identity exists.
+                _ => return (entry, PruneResult::Gone),
+            };
+            let params = DeleteParams {
+                preconditions: Some(Preconditions { uid: Some(entry.uid.clone()), resource_version: None }),
+                propagation_policy: Some(PropagationPolicy::Foreground),
+                ..DeleteParams::default()
+            };
+            let result = match api.delete(&entry.name, &params).await {
+                // Foreground: it stays (with a deletionTimestamp) until its
+                // dependents are gone; or the server deleted it at once.
+                Ok(deleted) => match deleted.left() {
+                    Some(_) => PruneResult::Deleting,
+                    None => PruneResult::Gone,
+                },
+                Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => PruneResult::Gone,
+                Err(error) => PruneResult::Failed(error),
+            };
+            (entry, result)
+        }
+    });
+    let results: Vec<_> = futures::stream::iter(deletions).buffer_unordered(REVERT_CONCURRENCY).collect().await;
+    let revision = step_revision(state);
+    for (entry, result) in results {
+        match result {
+            PruneResult::Gone => {
+                announced.remove(&entry.uid);
+                pruned.gone.insert(entry.id());
+            }
+            PruneResult::Deleting => {
+                // Deleting again while its dependents go: said once.
+                if announced.insert(entry.uid.clone()) {
+                    pruned.deleted.push(entry.clone());
+                }
+                let again = Duration::from_secs(1);
+                pruned.retry_after = Some(pruned.retry_after.map_or(again, |w| w.min(again)));
+            }
+            PruneResult::Failed(error) => {
+                let forbidden = matches!(&error, kube::Error::Api(status) if status.code == 403);
+                warn!(desired_state = %state.name_any(), object = %entry.describe(), %error, "pruning failed; will retry");
+                let note = format!("pruning {} failed: {error}", entry.describe());
+                publish(context, state, EventType::Warning, "PruneFailed", note).await;
+                let again = Duration::from_secs(if forbidden { 30 } else { 2 });
+                pruned.retry_after = Some(pruned.retry_after.map_or(again, |w| w.min(again)));
+            }
+        }
+    }
+    for entry in &pruned.deleted {
+        context.metrics.deletions.get_or_create(&RevertLabels { reason: RevertReason::pruned }).inc();
+        info!(desired_state = %state.name_any(), namespace = ?state.namespace(), object = %entry.describe(), uid = %entry.uid, "pruned");
+        let note = format!("{} deleted: {revision} no longer declares it (spec.prune)", entry.describe());
+        publish(context, state, EventType::Normal, "Pruned", note).await;
+    }
+    pruned
+}
+
+/// Stores the inventory after a pass when it changed (confirmed deletions
+/// leave it here, not before), and announces a prune the guard holds back,
+/// once per set of deletions. False: storing failed (the pass comes back).
+pub(super) async fn keep_inventory(
+    context: &Context,
+    state: &DesiredState,
+    step: &inventory::Step,
+    pruned: &Pruned,
+    memory: &mut Memory,
+) -> bool {
+    match &step.blocked {
+        Some(blocked) if memory.prune_blocked.as_deref() != Some(blocked.token.as_str()) => {
+            let note = status::prune_blocked(blocked);
+            warn!(desired_state = %state.name_any(), namespace = ?state.namespace(), %note, "prune held back");
+            publish(context, state, EventType::Warning, "PruneBlocked", note).await;
+            memory.prune_blocked = Some(blocked.token.clone());
+        }
+        Some(_) => {}
+        None => memory.prune_blocked = None,
+    }
+    let mut entries = step.entries.clone();
+    inventory::settle(&mut entries, &pruned.gone);
+    if memory.inventory.as_ref() == Some(&entries) {
+        return true;
+    }
+    let (namespace, name) = (state.namespace().unwrap_or_default(), state.name_any());
+    let operator_namespace = &context.settings.operator_namespace;
+    match super::inventory::save(&context.client, operator_namespace, &namespace, &name, &entries).await {
+        Ok(()) => {
+            memory.inventory = Some(entries);
+            true
+        }
+        Err(error) => {
+            warn!(%error, desired_state = %name, %namespace, "storing the inventory failed; will retry");
+            false
+        }
+    }
+}
+
+fn step_revision(state: &DesiredState) -> String {
+    match state.status.as_ref().and_then(|s| s.revision.as_deref()) {
+        Some(revision) => format!("revision {revision}"),
+        None => "the current revision".to_owned(),
+    }
 }
 
 /// Deletes `extra` if it is still the object that was judged (true). Gone

@@ -67,6 +67,12 @@ pub(super) struct Memory {
     /// Reverts of each object in the last few seconds: an object someone
     /// else keeps rewriting is contested, and its reverts back off.
     pub contest: super::contest::Contests,
+    /// The inventory as stored (None: not read since the start).
+    pub inventory: Option<Vec<crate::drift::inventory::Entry>>,
+    /// The uids of the objects whose prune was announced.
+    pub pruning: HashSet<String>,
+    /// The token of the blocked prune last announced.
+    pub prune_blocked: Option<String>,
 }
 
 impl Memory {

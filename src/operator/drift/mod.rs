@@ -13,6 +13,7 @@ pub mod cached;
 mod claims;
 mod contest;
 mod execute;
+mod inventory;
 mod memory;
 mod plan;
 mod read;
@@ -378,6 +379,21 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let Some(live) = read::live(&context, &state, &parsed, &resolver, now).await else {
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
+    // What earlier revisions declared: Git's removals are pruned or left
+    // alone, never judged as undeclared creations.
+    let Some(previous) = read::inventory(&context, &state, &mut memory).await else {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    };
+    let current: Vec<drift::inventory::Current<'_>> = (parsed.objects.iter().zip(&live.lives).zip(&live.owners))
+        .filter(|(_, owner)| owner.is_none())
+        .map(|((declared, live), _)| drift::inventory::Current {
+            key: &declared.key,
+            uid: live.as_ref().and_then(|l| l.metadata.uid.as_deref()),
+        })
+        .collect();
+    let policy = drift::inventory::Policy { prune: state.spec.prune, confirmed: state.spec.confirm_prune.as_deref() };
+    let step = drift::inventory::advance(&previous, &current, policy, |id| context.claims.declared(id));
+    let removed_from_git = step.removed_from_git();
 
     // Plan (pure).
     let options =
@@ -399,6 +415,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
             sources: &live.source_config_maps,
             now,
         },
+        removed_from_git: &removed_from_git,
         options: &options,
         now,
     };
@@ -409,6 +426,17 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
 
     // Execute, then tell.
     let outcome = execute::carry_out(&context, &state, &inputs, &plan, &mut memory).await;
+    let pruned = if state.spec.dry_run {
+        execute::Pruned::default()
+    } else {
+        execute::prune(&context, &state, &resolver, &step, &mut memory.pruning).await
+    };
+    let inventory_at = format!(
+        "{}/{}",
+        context.settings.operator_namespace,
+        inventory::config_map_name(&state.namespace().unwrap_or_default(), &state.name_any())
+    );
+    let inventory_saved = execute::keep_inventory(&context, &state, &step, &pruned, &mut memory).await;
     let in_sync = drift::ObjectDiff::default();
     let observed = plan::observations(&inputs, &plan, &outcome, &in_sync);
     let foreign: Vec<String> = (live.owners.iter().enumerate())
@@ -441,6 +469,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         foreign: &foreign,
         reverted: outcome.reverted.len() + outcome.deleted.len(),
         last_revert: outcome.last.clone(),
+        inventory: Some(status::inventory(&old, current.len(), &step, pruned.deleted.len(), &inventory_at)),
+        prune_blocked: step.blocked.as_ref().map(status::prune_blocked),
         now,
     });
     execute::write_status(&context, &state, &old, &status).await?;
@@ -468,7 +498,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
 
     // Come back when a held change's window ends, or a deferred revert is due.
     let mut after = plan.wake.map(|at| Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default());
-    if let Some(retry) = outcome.retry_after {
+    let saving_again = (!inventory_saved).then_some(Duration::from_secs(2));
+    for retry in [outcome.retry_after, pruned.retry_after, saving_again].into_iter().flatten() {
         after = Some(after.map_or(retry, |a| a.min(retry)));
     }
     if !plan.deletions.is_empty() && outcome.deleted.len() < plan.deletions.len() {
@@ -513,6 +544,9 @@ fn forget_deleted(context: &Context) {
             tokio::spawn(async move {
                 if let Err(error) = snapshot::forget(&client, &operator_namespace, &namespace, &name).await {
                     warn!(%error, desired_state = %name, %namespace, "removing the copy of its verified sources failed");
+                }
+                if let Err(error) = inventory::forget(&client, &operator_namespace, &namespace, &name).await {
+                    warn!(%error, desired_state = %name, %namespace, "removing its inventory failed");
                 }
             });
         }

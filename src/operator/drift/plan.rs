@@ -86,6 +86,9 @@ pub(super) struct Inputs<'a> {
     /// of this one. Such an object is neither diffed nor acted on here.
     pub owners: &'a [Option<super::claims::Claimant>],
     pub known: undeclared::Known<'a>,
+    /// uids of objects an earlier revision declared (the inventory's):
+    /// Git's removals, pruned or left alone, never undeclared drift.
+    pub removed_from_git: &'a BTreeSet<String>,
     pub options: &'a DiffOptions,
     pub now: Timestamp,
 }
@@ -195,7 +198,7 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
     // Undeclared objects: exempt, or judged like any drift (created under
     // a window: held until it ends; else removed at once or reported).
     for (index, extra) in inputs.extras.iter().enumerate() {
-        if extra.deleting {
+        if extra.deleting || inputs.removed_from_git.contains(&extra.uid) {
             continue;
         }
         match undeclared::exemption(&extra.candidate(), &inputs.known) {

@@ -117,6 +117,7 @@ struct World {
     sources: HashSet<(String, String)>,
     options: DiffOptions,
     owners: Vec<Option<crate::operator::drift::claims::Claimant>>,
+    removed_from_git: std::collections::BTreeSet<String>,
 }
 
 impl World {
@@ -137,6 +138,7 @@ impl World {
             sources: HashSet::new(),
             options: DiffOptions::default(),
             owners: vec![None; 2],
+            removed_from_git: Default::default(),
         }
     }
 
@@ -158,6 +160,7 @@ impl World {
                 sources: &self.sources,
                 now: at(100),
             },
+            removed_from_git: &self.removed_from_git,
             options: &self.options,
             now: at(100),
         }
@@ -283,8 +286,12 @@ fn undeclared_objects_are_judged_deleted_held_or_exempt() {
     let dry = super::plan(&world.inputs(), &memory, &gate);
     assert!(dry.deletions.is_empty());
     assert_eq!(dry.extras[0].1.action, DriftAction::WouldRevert);
-    // Turned off: not looked at.
+    // Removed from Git (the inventory has it): Git's, not a creation.
     world.spec.dry_run = false;
+    world.removed_from_git.insert("uid-miner".into());
+    let judged = super::plan(&world.inputs(), &memory, &gate);
+    assert_eq!(judged.extras.iter().map(|(i, _)| world.extras[*i].name.as_str()).collect::<Vec<_>>(), ["backdoor"]);
+    // Turned off: not looked at.
     world.extras.truncate(0);
     assert!(super::plan(&world.inputs(), &memory, &gate).extras.is_empty());
 }

@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PartialObjectMeta};
 use kube::core::{GroupVersionKind, Selector, SelectorExt};
 use kube::discovery::{Discovery, Scope as DiscoveryScope};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
@@ -278,6 +279,41 @@ pub(super) async fn live(
     Some(Live { resources, lives, extras, watched, uids, grant_bindings, source_config_maps, unwatched, owners })
 }
 
+/// The inventory as stored, read once after a start (None: it could not be
+/// read; the pass waits rather than judge Git's removals as creations).
+/// A damaged one is reported and started afresh.
+pub(super) async fn inventory(
+    context: &Context,
+    state: &DesiredState,
+    memory: &mut Memory,
+) -> Option<Vec<crate::drift::inventory::Entry>> {
+    if let Some(stored) = &memory.inventory {
+        return Some(stored.clone());
+    }
+    let (namespace, name) = (state.namespace().unwrap_or_default(), state.name_any());
+    let operator_namespace = &context.settings.operator_namespace;
+    match super::inventory::load(&context.client, operator_namespace, &namespace, &name).await {
+        Ok(stored) => {
+            let stored = stored.unwrap_or_default();
+            memory.inventory = Some(stored.clone());
+            Some(stored)
+        }
+        Err(super::inventory::Error::Api(error)) => {
+            warn!(%error, desired_state = %name, %namespace, "reading the inventory failed; will retry");
+            None
+        }
+        Err(error) => {
+            warn!(%error, desired_state = %name, %namespace, "the inventory is damaged; starting a new one");
+            let note = format!(
+                "{error}: a new inventory starts from the current revision; nothing is pruned from the old one"
+            );
+            super::execute::publish(context, state, EventType::Warning, "InventoryDamaged", note).await;
+            memory.inventory = Some(Vec::new());
+            Some(Vec::new())
+        }
+    }
+}
+
 fn group_of(api_version: &str) -> &str {
     api_version.split_once('/').map_or("", |(group, _)| group)
 }
@@ -456,7 +492,7 @@ impl Resolver {
     }
 
     /// The resource of `(apiVersion, kind)` and whether it is namespaced.
-    fn resource(&self, api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
+    pub(super) fn resource(&self, api_version: &str, kind: &str) -> Option<(ApiResource, bool)> {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let (resource, capabilities) = self.discovery.resolve_gvk(&GroupVersionKind::gvk(group, version, kind))?;
         Some((resource, capabilities.scope == DiscoveryScope::Namespaced))

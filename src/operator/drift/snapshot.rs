@@ -33,7 +33,7 @@ struct Original {
     annotations: BTreeMap<String, String>,
 }
 
-fn key(namespace: &str, name: &str) -> String {
+pub(super) fn key(namespace: &str, name: &str) -> String {
     Sha256::digest(format!("{namespace}/{name}").as_bytes()).iter().take(10).map(|b| format!("{b:02x}")).collect()
 }
 

@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::super::conditions::condition;
 use crate::api::{Attribution, DesiredStateStatus, DriftAction, DriftClass, DriftCounts, DriftedObject, ObjectRef};
 use crate::drift::signature::SignatureError;
-use crate::drift::{ChangeKind, ObjectDiff, SourceErrors};
+use crate::drift::{ChangeKind, ObjectDiff, SourceErrors, inventory};
 
 /// At most this many drifted objects are listed; `drifted` counts them all.
 pub const MAX_LISTED: usize = 50;
@@ -154,6 +154,7 @@ pub fn observed(
         reverts: old.reverts,
         last_revert: old.last_revert.clone(),
         signature: old.signature.clone(),
+        inventory: old.inventory.clone(),
         conditions,
     }
 }
@@ -181,6 +182,10 @@ pub struct Pass<'a> {
     /// Reverts and deletions made in this pass.
     pub reverted: usize,
     pub last_revert: Option<crate::api::RevertRecord>,
+    /// The inventory's summary (None: it could not be read; the last stays).
+    pub inventory: Option<crate::api::InventoryStatus>,
+    /// Why a prune is held back, if one is.
+    pub prune_blocked: Option<String>,
     pub now: Timestamp,
 }
 
@@ -211,37 +216,106 @@ pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
             ready.message.push_str(&note);
         }
     }
-    let was_conflicted = old.conditions.iter().any(|c| c.type_ == "Conflict");
-    if !pass.foreign.is_empty() || was_conflicted {
-        let message = if pass.foreign.is_empty() {
-            "no declared object is managed by another DesiredState".to_owned()
-        } else {
-            let listed = bounded_list(pass.foreign);
-            format!("declared here, managed by the DesiredState that declared them first: {}", listed.join(", "))
-        };
-        let reason = if pass.foreign.is_empty() { "NoConflict" } else { "ManagedElsewhere" };
-        let conflict =
-            condition(&old.conditions, "Conflict", !pass.foreign.is_empty(), reason, message, pass.generation, now);
-        set(&mut status, conflict);
+    let conflict = Problem {
+        type_: "Conflict",
+        items: pass.foreign,
+        reasons: ("NoConflict", "ManagedElsewhere"),
+        resolved: "no declared object is managed by another DesiredState",
+        listing: "declared here, managed by the DesiredState that declared them first",
+    };
+    let contested = Problem {
+        type_: "Contested",
+        items: pass.contested,
+        reasons: ("Uncontested", "RevertsContested"),
+        resolved: "no object is rewritten right after its reverts",
+        listing: "rewritten right after each revert, reverts back off",
+    };
+    let blocked: Vec<String> = pass.prune_blocked.iter().cloned().collect();
+    let prune = Problem {
+        type_: "PruneBlocked",
+        items: &blocked,
+        reasons: ("PruneAllowed", "MostOfTheInventory"),
+        resolved: "no prune is held back",
+        listing: "held back",
+    };
+    for problem in [conflict, contested, prune] {
+        problem.apply(&mut status, old, pass.generation, now);
     }
-    let was_contested = old.conditions.iter().any(|c| c.type_ == "Contested");
-    if !pass.contested.is_empty() || was_contested {
-        let message = if pass.contested.is_empty() {
-            "no object is rewritten right after its reverts".to_owned()
-        } else {
-            let listed = bounded_list(pass.contested);
-            format!("rewritten right after each revert, reverts back off: {}", listed.join(", "))
-        };
-        let reason = if pass.contested.is_empty() { "Uncontested" } else { "RevertsContested" };
-        let contested =
-            condition(&old.conditions, "Contested", !pass.contested.is_empty(), reason, message, pass.generation, now);
-        set(&mut status, contested);
-    }
+    status.inventory = pass.inventory.or_else(|| old.inventory.clone());
     if pass.last_revert.is_some() {
         status.reverts = Some(old.reverts.unwrap_or(0) + i64::try_from(pass.reverted).unwrap_or(0));
         status.last_revert = pass.last_revert;
     }
     status
+}
+
+/// A condition that is only set once something is wrong, and then stays
+/// (False) to say it was mended.
+struct Problem<'a> {
+    type_: &'static str,
+    /// What is wrong, described; empty: nothing.
+    items: &'a [String],
+    /// The reasons when nothing is and when something is wrong.
+    reasons: (&'static str, &'static str),
+    resolved: &'static str,
+    listing: &'static str,
+}
+
+impl Problem<'_> {
+    fn apply(self, status: &mut DesiredStateStatus, old: &DesiredStateStatus, generation: Option<i64>, now: Timestamp) {
+        let was = old.conditions.iter().any(|c| c.type_ == self.type_);
+        if self.items.is_empty() && !was {
+            return;
+        }
+        let wrong = !self.items.is_empty();
+        let message = if wrong {
+            format!("{}: {}", self.listing, bounded_list(self.items).join(", "))
+        } else {
+            self.resolved.to_owned()
+        };
+        let reason = if wrong { self.reasons.1 } else { self.reasons.0 };
+        set(status, condition(&old.conditions, self.type_, wrong, reason, message, generation, now));
+    }
+}
+
+/// The inventory's summary after a pass that began deleting `newly_pruned` objects.
+pub fn inventory(
+    old: &DesiredStateStatus,
+    declared: usize,
+    step: &inventory::Step,
+    newly_pruned: usize,
+    config_map: &str,
+) -> crate::api::InventoryStatus {
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let pruning: Vec<&inventory::Entry> = step.pruning().collect();
+    let before = old.inventory.as_ref().map_or(0, |i| i.pruned);
+    crate::api::InventoryStatus {
+        declared: count(declared),
+        retired: count(step.entries.iter().filter(|e| e.state == inventory::State::Retired).count()),
+        pruning: pruning.iter().take(MAX_ERRORS).map(|e| e.object_ref()).collect(),
+        pruning_count: count(pruning.len()),
+        pruned: before.saturating_add(count(newly_pruned)),
+        blocked: step.blocked.as_ref().map(|b| crate::api::PruneBlock {
+            deletions: count(b.deletions.len()),
+            of: count(b.of),
+            token: b.token.clone(),
+            objects: b.deletions.iter().take(MAX_ERRORS).map(|e| e.object_ref()).collect(),
+        }),
+        config_map: Some(config_map.to_owned()),
+    }
+}
+
+/// What the PruneBlocked condition (and Event) says.
+pub fn prune_blocked(blocked: &inventory::Blocked) -> String {
+    let first: Vec<String> = blocked.deletions.iter().take(3).map(|e| e.describe()).collect();
+    let more = if blocked.deletions.len() > first.len() { ", ..." } else { "" };
+    format!(
+        "this revision would prune {} of the {} objects the last one declared ({}{more}); set spec.confirmPrune: {} to let exactly these go",
+        blocked.deletions.len(),
+        blocked.of,
+        first.join(", "),
+        blocked.token
+    )
 }
 
 /// The first few of `items`, and `...` when there are more.
