@@ -24,6 +24,7 @@ mod grant_lifecycle;
 mod identity;
 mod kubectl_flow;
 mod operator_probes;
+mod prune;
 mod readme_walkthrough;
 mod rejected_reverts;
 mod restart;

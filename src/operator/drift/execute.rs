@@ -400,14 +400,15 @@ pub(super) async fn prune(
 
 /// Stores the inventory after a pass when it changed (confirmed deletions
 /// leave it here, not before), and announces a prune the guard holds back,
-/// once per set of deletions. False: storing failed (the pass comes back).
+/// once per set of deletions. Returns the inventory now, and false if
+/// storing it failed (the pass comes back).
 pub(super) async fn keep_inventory(
     context: &Context,
     state: &DesiredState,
     step: &inventory::Step,
     pruned: &Pruned,
     memory: &mut Memory,
-) -> bool {
+) -> (Vec<inventory::Entry>, bool) {
     match &step.blocked {
         Some(blocked) if memory.prune_blocked.as_deref() != Some(blocked.token.as_str()) => {
             let note = status::prune_blocked(blocked);
@@ -421,18 +422,18 @@ pub(super) async fn keep_inventory(
     let mut entries = step.entries.clone();
     inventory::settle(&mut entries, &pruned.gone);
     if memory.inventory.as_ref() == Some(&entries) {
-        return true;
+        return (entries, true);
     }
     let (namespace, name) = (state.namespace().unwrap_or_default(), state.name_any());
     let operator_namespace = &context.settings.operator_namespace;
     match super::inventory::save(&context.client, operator_namespace, &namespace, &name, &entries).await {
         Ok(()) => {
-            memory.inventory = Some(entries);
-            true
+            memory.inventory = Some(entries.clone());
+            (entries, true)
         }
         Err(error) => {
             warn!(%error, desired_state = %name, %namespace, "storing the inventory failed; will retry");
-            false
+            (entries, false)
         }
     }
 }

@@ -436,7 +436,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         context.settings.operator_namespace,
         inventory::config_map_name(&state.namespace().unwrap_or_default(), &state.name_any())
     );
-    let inventory_saved = execute::keep_inventory(&context, &state, &step, &pruned, &mut memory).await;
+    let (entries, inventory_saved) = execute::keep_inventory(&context, &state, &step, &pruned, &mut memory).await;
     let in_sync = drift::ObjectDiff::default();
     let observed = plan::observations(&inputs, &plan, &outcome, &in_sync);
     let foreign: Vec<String> = (live.owners.iter().enumerate())
@@ -469,7 +469,14 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         foreign: &foreign,
         reverted: outcome.reverted.len() + outcome.deleted.len(),
         last_revert: outcome.last.clone(),
-        inventory: Some(status::inventory(&old, current.len(), &step, pruned.deleted.len(), &inventory_at)),
+        inventory: Some(status::inventory(
+            &old,
+            current.len(),
+            &entries,
+            step.blocked.as_ref(),
+            pruned.deleted.len(),
+            &inventory_at,
+        )),
         prune_blocked: step.blocked.as_ref().map(status::prune_blocked),
         now,
     });

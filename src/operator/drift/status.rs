@@ -282,20 +282,21 @@ impl Problem<'_> {
 pub fn inventory(
     old: &DesiredStateStatus,
     declared: usize,
-    step: &inventory::Step,
+    entries: &[inventory::Entry],
+    blocked: Option<&inventory::Blocked>,
     newly_pruned: usize,
     config_map: &str,
 ) -> crate::api::InventoryStatus {
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    let pruning: Vec<&inventory::Entry> = step.pruning().collect();
+    let pruning: Vec<&inventory::Entry> = entries.iter().filter(|e| e.state == inventory::State::Pruning).collect();
     let before = old.inventory.as_ref().map_or(0, |i| i.pruned);
     crate::api::InventoryStatus {
         declared: count(declared),
-        retired: count(step.entries.iter().filter(|e| e.state == inventory::State::Retired).count()),
+        retired: count(entries.iter().filter(|e| e.state == inventory::State::Retired).count()),
         pruning: pruning.iter().take(MAX_ERRORS).map(|e| e.object_ref()).collect(),
         pruning_count: count(pruning.len()),
         pruned: before.saturating_add(count(newly_pruned)),
-        blocked: step.blocked.as_ref().map(|b| crate::api::PruneBlock {
+        blocked: blocked.map(|b| crate::api::PruneBlock {
             deletions: count(b.deletions.len()),
             of: count(b.of),
             token: b.token.clone(),
