@@ -83,14 +83,22 @@ async fn an_object_removed_from_git_is_pruned_or_with_prune_off_left_alone() {
     let events = t.events_until("shop", |e| e.iter().any(|e| e.starts_with("Pruned"))).await;
     assert!(events.iter().any(|e| e.starts_with("Pruned: ConfigMap/gamma")), "{events:#?}");
 
-    // Prune off: Git drops delta, which stays, and is not undeclared drift
-    // (the operator created it after the DesiredState: were it judged as a
-    // creation with no window behind it, it would be deleted).
+    // A later revision adds epsilon, which the operator creates seconds
+    // after the DesiredState (what is created in its first second counts
+    // as older than it).
+    crate::common::next_second().await;
+    publish(&t, "shop", &["alpha", "beta", "delta", "epsilon"]).await;
+    t.wait_for_status("shop", Duration::from_secs(20), |s| s.in_sync == Some(4)).await;
+
+    // Prune off: Git drops delta and epsilon, which stay, and are not
+    // undeclared drift (judged as creations with no window behind them,
+    // they would be deleted).
     set_spec(&t, "shop", json!({"prune": false})).await;
     publish(&t, "shop", &["alpha", "beta"]).await;
-    t.wait_for_status("shop", Duration::from_secs(20), |s| s.inventory.as_ref().is_some_and(|i| i.retired == 1)).await;
+    t.wait_for_status("shop", Duration::from_secs(20), |s| s.inventory.as_ref().is_some_and(|i| i.retired == 2)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(live_uid(&t, "delta").await.is_some(), "delta was deleted with prune off");
+    assert!(live_uid(&t, "epsilon").await.is_some(), "epsilon was deleted with prune off");
     let status = t.wait_for_status("shop", Duration::from_secs(5), |_| true).await;
     assert!(status.drifted_objects.is_empty(), "{:#?}", status.drifted_objects);
     assert_eq!(status.drift_counts.map(|c| c.undeclared), Some(0));
@@ -98,12 +106,17 @@ async fn an_object_removed_from_git_is_pruned_or_with_prune_off_left_alone() {
     set_spec(&t, "shop", json!({"prune": true})).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(live_uid(&t, "delta").await.is_some(), "delta, retired, was pruned later");
+    assert!(live_uid(&t, "epsilon").await.is_some(), "epsilon, retired, was pruned later");
 }
 
 #[tokio::test]
 async fn an_empty_revision_prunes_nothing_until_confirmed_and_spares_a_recreated_object() {
     let t = drift_setup("prune-guard").await;
-    declare(&t, "shop", &["one", "two", "three"], json!({"prune": true})).await;
+    declare(&t, "shop", &["one", "two"], json!({"prune": true})).await;
+    // `three` comes seconds after the DesiredState (see above).
+    crate::common::next_second().await;
+    publish(&t, "shop", &["one", "two", "three"]).await;
+    t.wait_for_status("shop", Duration::from_secs(20), |s| s.in_sync == Some(3)).await;
     let first_three = live_uid(&t, "three").await.unwrap();
 
     // An empty source pushed by mistake: nothing is deleted, neither by the
