@@ -90,6 +90,16 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         edits: usize,
     },
+    /// Undeclared objects: a ConfigMap no source declares, created with no
+    /// access window behind it, from the create's response until the
+    /// operator has deleted it.
+    Undeclared {
+        #[command(flatten)]
+        managed: Scale,
+        /// How many objects are created, one at a time.
+        #[arg(long, default_value_t = 50)]
+        creates: usize,
+    },
     /// At rest, all in sync: the operator's memory, CPU and API requests
     /// (from an audit log of every request), and its peak memory when the
     /// API server restarts and when it restarts itself (a full list).
@@ -145,6 +155,9 @@ async fn main() -> anyhow::Result<()> {
         Bench::Detection { managed: Scale { objects, parallel }, edits } => detection(objects, edits, parallel).await,
         Bench::Revert { managed: Scale { objects, parallel }, edits } => revert(objects, edits, parallel).await,
         Bench::WindowEnd { managed: Scale { objects, parallel }, edits } => window_end(objects, edits, parallel).await,
+        Bench::Undeclared { managed: Scale { objects, parallel }, creates } => {
+            undeclared(objects, creates, parallel).await
+        }
         Bench::Steady { managed: Scale { objects, parallel }, window_seconds, settle_seconds } => {
             let window = Duration::from_secs(window_seconds);
             let settle = Duration::from_secs(settle_seconds);
@@ -516,6 +529,48 @@ async fn revert(objects: usize, edits: usize, parallel: usize) -> anyhow::Result
         }
     }
     report_latencies("edits", objects, edits, latencies, &env);
+    Ok(())
+}
+
+async fn undeclared(objects: usize, creates: usize, parallel: usize) -> anyhow::Result<()> {
+    let namespace = "bench-undeclared";
+    let Managed { env, config_maps, .. } = managed(objects, parallel, json!({}), namespace).await?;
+    let (gone_tx, mut gone) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let watch = watcher(config_maps.clone(), watcher::Config::default().labels("bench-extra=yes"));
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watch);
+        while let Some(Ok(event)) = events.next().await {
+            if let watcher::Event::Delete(object) = event {
+                let _ = gone_tx.send((object.metadata.name.unwrap_or_default(), Instant::now()));
+            }
+        }
+    });
+    // The admin, with no access window: every creation is unauthorized.
+    eprintln!("creating {creates} undeclared ConfigMaps one at a time...");
+    let mut latencies = Vec::with_capacity(creates);
+    for i in 0..creates {
+        let name = format!("extra-{i}");
+        let extra: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"bench-extra": "yes"}},
+            "data": {"left": "behind"},
+        }))?;
+        config_maps.create(&PostParams::default(), &extra).await?;
+        let created = Instant::now();
+        loop {
+            let (seen, at) = tokio::time::timeout(Duration::from_secs(30), gone.recv())
+                .await
+                .with_context(|| {
+                    let log = driftwarden::controlplane::supervisor::tail(&env.log(), 40);
+                    format!("{name} was not deleted within 30 s; the operator's log ends:\n{log}")
+                })?
+                .context("watch ended")?;
+            if seen == name {
+                latencies.push(at.saturating_duration_since(created).as_secs_f64());
+                break;
+            }
+        }
+    }
+    report_latencies("undeclared creates", objects, creates, latencies, &env);
     Ok(())
 }
 

@@ -134,7 +134,6 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
         window_end: inputs.spec.remediation.window_end,
     };
     let revert = if inputs.spec.dry_run { DriftAction::WouldRevert } else { DriftAction::Revert };
-    let namespace_of = |object: &api::ObjectRef| object.namespace.clone().unwrap_or_default();
 
     // Declared objects: the gate's verdict on each drifted one.
     for (index, declared) in inputs.parsed.objects.iter().enumerate() {
@@ -168,11 +167,8 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
     for (index, judgement) in plan.judgements.iter().enumerate() {
         let Some(judgement) = judgement else { continue };
         let object = inputs.parsed.objects[index].key.object_ref();
-        if let (DriftClass::WindowEnded, Some(request)) = (judgement.class, &judgement.request) {
-            // Already codified (a change that is kept and reported): nothing new.
-            if judgement.action == DriftAction::Revert || !gate.codified(&namespace_of(&object), request, &object) {
-                plan.codify.push((request.clone(), index));
-            }
+        if let Some(request) = to_codify(judgement, &object, gate) {
+            plan.codify.push((request, index));
         }
         if judgement.action != DriftAction::Revert || inputs.resources[index].is_none() {
             continue;
@@ -229,10 +225,8 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
             continue;
         };
         let at = plan.extras.len();
-        if let (DriftClass::WindowEnded, Some(request)) = (judgement.class, &judgement.request)
-            && (judgement.action == DriftAction::Revert || !gate.codified(&namespace_of(&object), request, &object))
-        {
-            plan.codify_extras.push((request.clone(), at));
+        if let Some(request) = to_codify(&judgement, &object, gate) {
+            plan.codify_extras.push((request, at));
         }
         if judgement.action == DriftAction::Revert {
             plan.deletions.push(at);
@@ -247,6 +241,15 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
         }
     }
     plan
+}
+
+/// The request whose codified changes get `object`: a window ended with it
+/// still changed, and it is not already listed there (a change that is kept
+/// and reported is codified once).
+fn to_codify(judgement: &Judgement, object: &api::ObjectRef, gate: &dyn Gate) -> Option<String> {
+    let request = judgement.request.as_ref().filter(|_| judgement.class == DriftClass::WindowEnded)?;
+    let namespace = object.namespace.as_deref().unwrap_or_default();
+    (judgement.action == DriftAction::Revert || !gate.codified(namespace, request, object)).then(|| request.clone())
 }
 
 fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
