@@ -174,7 +174,10 @@ pub struct CrdsArgs {
 
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// The directory of manifests (.yaml, .yml, .json; hidden entries skipped).
+    /// The directory of manifests (.yaml, .yml, .json; hidden entries
+    /// skipped), or `-` for a manifest stream on standard input
+    /// (`kustomize build overlays/prod | driftwarden publish - ...`); the
+    /// revision is then the current directory's Git HEAD.
     pub dir: PathBuf,
     /// Name of the ConfigMap (a large state continues in NAME-1, NAME-2, ...;
     /// all carry the label driftwarden.io/source=NAME).
@@ -211,7 +214,9 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The directory of manifests to compare with the live cluster.
+    /// The directory of manifests to compare with the live cluster, or `-`
+    /// for a manifest stream on standard input (`helm template ... |
+    /// driftwarden diff -`).
     pub dir: PathBuf,
     /// Namespace for objects that name none; defaults to the kubeconfig's.
     #[arg(long, short)]

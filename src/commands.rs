@@ -43,8 +43,7 @@ fn signing_key(args: &PublishArgs) -> anyhow::Result<Option<ed25519_dalek::Signi
 
 async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let key = signing_key(&args)?;
-    let files =
-        crate::publish::read_manifest_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
+    let files = crate::publish::read_manifests(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
     if let Err(errors) = crate::publish::check(&args.dir.display().to_string(), &files) {
         for error in &errors.0 {
             eprintln!("error: {error}");
@@ -53,6 +52,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     }
     let revision = match args.revision {
         Some(revision) => Some(revision),
+        // A stream on standard input comes from the checkout we run in.
+        None if args.dir == Path::new("-") => git_revision(Path::new(".")),
         None => git_revision(&args.dir),
     };
     let client = client(&args.cluster).await?;

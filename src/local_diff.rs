@@ -10,10 +10,10 @@ use kube::discovery::{Discovery, Scope as DiscoveryScope};
 
 use crate::cli::DiffArgs;
 use crate::drift::{self, DiffOptions, Scope, SourceConfigMap, SourceScope};
-use crate::publish::read_manifest_dir;
+use crate::publish::read_manifests;
 
 pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
-    let files = read_manifest_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
+    let files = read_manifests(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?;
     let mut source = SourceConfigMap { name: args.dir.display().to_string(), ..Default::default() };
     for file in files {
         match String::from_utf8(file.content) {

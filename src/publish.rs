@@ -205,6 +205,73 @@ pub fn read_manifest_dir(dir: &Path) -> std::io::Result<Vec<ManifestFile>> {
         .collect()
 }
 
+/// What a rendered manifest stream is cut into: files of at most this many
+/// documents or bytes (a document is never split), so that a large
+/// `kustomize build` output packs into several ConfigMaps like a directory.
+const STREAM_FILE_DOCUMENTS: usize = 200;
+const STREAM_FILE_BYTES: usize = 256 << 10;
+
+/// The manifests at `path`: a directory ([`read_manifest_dir`]), or `-` for
+/// a manifest stream on standard input (`kustomize build`, `helm template`).
+pub fn read_manifests(path: &Path) -> std::io::Result<Vec<ManifestFile>> {
+    if path != Path::new("-") {
+        return read_manifest_dir(path);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)?;
+    Ok(split_stream(&text))
+}
+
+/// A YAML stream (documents separated by `---` lines), or one JSON
+/// document, as manifest files `stdin-0001.yaml`, ... in stream order.
+pub fn split_stream(text: &str) -> Vec<ManifestFile> {
+    let file = |index: usize, extension: &str, content: &str| ManifestFile {
+        path: format!("stdin-{index:04}.{extension}"),
+        content: content.as_bytes().to_vec(),
+    };
+    if text.trim_start().starts_with(['{', '[']) {
+        return vec![file(1, "json", text)];
+    }
+    // A line that starts with `---` (then a space or its end) begins a
+    // document; one that is `...` ends one. Neither can be inside a block
+    // scalar at the top level of a document.
+    let mut documents: Vec<String> = vec![String::new()];
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        let starts = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
+        if starts || bare == "..." {
+            documents.push(String::new());
+            if starts && bare.len() > 3 {
+                // `--- {a: b}`: content on the marker line.
+                documents.last_mut().expect("just pushed").push_str(&line[4..]);
+            }
+            continue;
+        }
+        documents.last_mut().expect("never empty").push_str(line);
+    }
+    let mut files = Vec::new();
+    let (mut current, mut count) = (String::new(), 0);
+    let has_content = |d: &&String| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    for document in documents.iter().filter(has_content) {
+        if count > 0 && (count == STREAM_FILE_DOCUMENTS || current.len() + document.len() > STREAM_FILE_BYTES) {
+            files.push(file(files.len() + 1, "yaml", &current));
+            (current, count) = (String::new(), 0);
+        }
+        if count > 0 {
+            current.push_str("---\n");
+        }
+        current.push_str(document);
+        if !document.ends_with('\n') {
+            current.push('\n');
+        }
+        count += 1;
+    }
+    if count > 0 {
+        files.push(file(files.len() + 1, "yaml", &current));
+    }
+    files
+}
+
 /// Whether a live ConfigMap already holds what `desired` would write.
 pub fn unchanged(live: &ConfigMap, desired: &ConfigMap) -> bool {
     let empty = BTreeMap::new();
@@ -241,6 +308,49 @@ pub fn check(dir: &str, files: &[ManifestFile]) -> Result<(), crate::drift::Sour
     }
     let scope = SourceScope { namespace: "default", operator_namespace: "default" };
     parse_sources(&[source], &scope, &|_: &str, _: &str| Some(Scope::Namespaced)).map(drop)
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn texts(files: &[ManifestFile]) -> Vec<(String, String)> {
+        files.iter().map(|f| (f.path.clone(), String::from_utf8(f.content.clone()).unwrap())).collect()
+    }
+
+    #[test]
+    fn a_rendered_stream_becomes_files_of_whole_documents() {
+        let stream = "# Source: shop/templates/a.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata:\n  script: |\n    echo ---\n    --- not a marker here\n---\n# Source: empty.yaml\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n...\n--- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n";
+        let files = split_stream(stream);
+        let texts = texts(&files);
+        assert_eq!(texts.len(), 1);
+        assert_eq!(texts[0].0, "stdin-0001.yaml");
+        let documents: Vec<&str> = texts[0].1.split("\n---\n").collect();
+        assert_eq!(documents.len(), 3, "{}", texts[0].1);
+        assert!(documents[0].contains("    --- not a marker here") && documents[0].contains("name: a"));
+        assert!(documents[1].contains("name: b"));
+        assert_eq!(documents[2], "{apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n");
+        assert!(documents[0].contains("    echo ---\n"));
+    }
+
+    #[test]
+    fn a_large_stream_is_cut_between_documents_and_json_is_one_file() {
+        let document = |i: usize| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}}}\n");
+        let stream: String = (0..450).map(|i| format!("---\n{}", document(i))).collect();
+        let files = split_stream(&stream);
+        assert_eq!(
+            files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            ["stdin-0001.yaml", "stdin-0002.yaml", "stdin-0003.yaml"]
+        );
+        let joined: String = texts(&files).iter().map(|(_, t)| t.clone()).collect::<Vec<_>>().join("---\n");
+        assert_eq!(joined.matches("kind: ConfigMap").count(), 450);
+        assert!(joined.contains("name: c0}") && joined.contains("name: c449}"));
+        assert_eq!(
+            texts(&split_stream(" {\"apiVersion\": \"v1\"}")),
+            [("stdin-0001.json".to_owned(), " {\"apiVersion\": \"v1\"}".to_owned())]
+        );
+        assert!(split_stream("# nothing\n---\n").is_empty());
+    }
 }
 
 #[cfg(test)]

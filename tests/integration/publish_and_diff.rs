@@ -168,3 +168,149 @@ async fn diff_exits_0_when_in_sync_1_on_drift_and_2_on_bad_input() {
         String::from_utf8_lossy(&broken.stderr)
     );
 }
+
+/// Runs driftwarden with `stdin` as its standard input.
+fn driftwarden_with_input(env: &TestEnv, args: &[&str], stdin: &[u8], cwd: &Path) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_driftwarden"))
+        .current_dir(cwd)
+        .args(args)
+        .args(["--namespace", &env.namespace, "--kubeconfig"])
+        .arg(env.cp.kubeconfig(User::Admin))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The objects a published source declares, as the operator parses them.
+fn declared(env: &TestEnv, config_maps: &[ConfigMap]) -> Vec<serde_json::Value> {
+    let sources: Vec<_> = config_maps.iter().map(driftwarden::drift::SourceConfigMap::from_config_map).collect();
+    let scope = driftwarden::drift::SourceScope { namespace: &env.namespace, operator_namespace: "driftwarden-system" };
+    let resolver = |_: &str, _: &str| Some(driftwarden::drift::Scope::Namespaced);
+    let parsed = driftwarden::drift::parse_sources(&sources, &scope, &resolver).unwrap();
+    let mut objects: Vec<serde_json::Value> = parsed.objects.iter().map(|o| o.object.clone()).collect();
+    objects.sort_by_key(|o| o["metadata"]["name"].as_str().unwrap_or_default().to_owned());
+    objects
+}
+
+/// `kustomize build | driftwarden publish -` and `helm template | ...`
+/// declare what publishing the rendered directory declares; `diff -` reads
+/// the same stream.
+#[tokio::test]
+async fn a_rendered_stream_publishes_and_diffs_like_its_directory() {
+    let env = TestEnv::new("publish-stream").await;
+    let repo = tempfile::tempdir().unwrap();
+    let base = repo.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    std::fs::write(base.join("web.yaml"), DEPLOYMENT).unwrap();
+    std::fs::write(
+        base.join("settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("kustomization.yaml"),
+        "resources: [web.yaml, settings.yaml]\ncommonLabels: {team: shop}\n",
+    )
+    .unwrap();
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "state"]);
+    let head = git(repo.path(), &["rev-parse", "HEAD"]);
+
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_driftwarden"))
+        .args(["keygen", "--out"])
+        .arg(keys.path().join("ci"))
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let key = keys.path().join("ci.key");
+    let key = key.to_str().unwrap();
+
+    // kubectl's built-in kustomize renders the overlay.
+    let mut kustomize = env.kubectl(User::Admin);
+    kustomize.arg("kustomize").arg(&base);
+    let rendered = output(kustomize);
+    let rendered_dir = repo.path().join("rendered");
+    std::fs::create_dir(&rendered_dir).unwrap();
+    std::fs::write(rendered_dir.join("all.yaml"), &rendered).unwrap();
+
+    let piped = driftwarden_with_input(
+        &env,
+        &["publish", "-", "--configmap", "piped", "--signing-key", key],
+        rendered.as_bytes(),
+        repo.path(),
+    );
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    let from_dir = driftwarden(
+        &env,
+        &["publish", rendered_dir.to_str().unwrap(), "--configmap", "from-dir", "--signing-key", key],
+    );
+    assert!(from_dir.status.success(), "{}", String::from_utf8_lossy(&from_dir.stderr));
+    let api = env.api::<ConfigMap>(User::Admin).await;
+    let (piped, from_dir) = (api.get("piped").await.unwrap(), api.get("from-dir").await.unwrap());
+    assert_eq!(
+        piped.metadata.annotations.as_ref().unwrap()["driftwarden.io/revision"],
+        head,
+        "the revision comes from the checkout"
+    );
+    let objects = declared(&env, std::slice::from_ref(&piped));
+    assert_eq!(objects.len(), 2);
+    assert_eq!(objects, declared(&env, std::slice::from_ref(&from_dir)));
+    assert_eq!(objects[1]["metadata"]["labels"]["team"], "shop", "{:#?}", objects[1]);
+
+    // helm template of a small chart, piped the same way.
+    let chart = repo.path().join("chart");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: shop\nversion: 0.1.0\n").unwrap();
+    std::fs::write(chart.join("values.yaml"), "replicas: 2\n").unwrap();
+    std::fs::write(
+        chart.join("templates/web.yaml"),
+        DEPLOYMENT.replace("replicas: 2", "replicas: {{ .Values.replicas }}"),
+    )
+    .unwrap();
+    std::fs::write(
+        chart.join("templates/settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n",
+    )
+    .unwrap();
+    let mut template = Command::new(crate::support::helm_binary());
+    template.args(["template", "shop"]).arg(&chart);
+    let helm_rendered = output(template);
+    let helm_piped = driftwarden_with_input(
+        &env,
+        &["publish", "-", "--configmap", "helm-piped", "--signing-key", key],
+        helm_rendered.as_bytes(),
+        repo.path(),
+    );
+    assert!(helm_piped.status.success(), "{}", String::from_utf8_lossy(&helm_piped.stderr));
+    let helm_objects = declared(&env, &[api.get("helm-piped").await.unwrap()]);
+    let plain: Vec<serde_json::Value> = declared(&env, std::slice::from_ref(&from_dir))
+        .into_iter()
+        .map(|mut o| {
+            o["metadata"].as_object_mut().unwrap().remove("labels");
+            if let Some(template) = o.pointer_mut("/spec/template/metadata/labels") {
+                template.as_object_mut().unwrap().remove("team");
+            }
+            if let Some(selector) = o.pointer_mut("/spec/selector/matchLabels") {
+                selector.as_object_mut().unwrap().remove("team");
+            }
+            o
+        })
+        .collect();
+    assert_eq!(helm_objects, plain, "helm template declares the chart's objects");
+
+    // diff - reads the stream: nothing applied yet, so both objects differ.
+    let diff = driftwarden_with_input(&env, &["diff", "-"], rendered.as_bytes(), repo.path());
+    assert_eq!(diff.status.code(), Some(1), "{}", String::from_utf8_lossy(&diff.stderr));
+    assert!(
+        String::from_utf8_lossy(&diff.stdout).contains("2 of 2 objects differ"),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+}
