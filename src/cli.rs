@@ -43,6 +43,95 @@ pub enum Command {
     /// --kubeconfig or KUBECONFIG names a cluster), install the CRDs, apply
     /// the examples and run the operator until Ctrl-C.
     Quickstart(QuickstartArgs),
+    /// Ask for temporary access to a role in a namespace; waits for the
+    /// decision and prints the grant (exit 1 if it is denied).
+    Request(RequestArgs),
+    /// Approve someone's AccessRequest.
+    Approve(ReviewArgs),
+    /// Deny someone's AccessRequest.
+    Deny(ReviewArgs),
+    /// End an AccessRequest's window now (its requester, an approver, or break-glass).
+    Revoke(NamedRequestArgs),
+    /// List AccessRequests.
+    Ls(ListArgs),
+    /// Everything about one AccessRequest: phase, window, approvals,
+    /// activity, the drift in its namespace.
+    Status(NamedRequestArgs),
+}
+
+/// Where the request commands work: kubectl's flags.
+#[derive(Debug, Clone, Args)]
+pub struct RequestTarget {
+    /// Namespace; defaults to the kubeconfig's.
+    #[arg(long, short)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleKindArg {
+    ClusterRole,
+    Role,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// The role to be bound (a ClusterRole unless --kind Role).
+    pub role: String,
+    #[arg(long, value_enum, default_value_t = RoleKindArg::ClusterRole)]
+    pub kind: RoleKindArg,
+    /// How long, as a Go duration (at most what the AccessPolicy allows).
+    #[arg(long = "for", default_value = "30m", value_parser = positive_duration)]
+    pub duration: kube::core::Duration,
+    /// Why (an incident, a ticket): shown to approvers, kept for the audit.
+    #[arg(long)]
+    pub reason: String,
+    /// Name of the AccessRequest; generated when unset.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Return once the request is made, without waiting for the decision.
+    #[arg(long)]
+    pub nowait: bool,
+    /// How long to wait for the decision.
+    #[arg(long, default_value = "15m", value_parser = positive_duration)]
+    pub timeout: kube::core::Duration,
+    #[command(flatten)]
+    pub target: RequestTarget,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// The AccessRequest.
+    pub name: String,
+    /// Why: kept with the review.
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub target: RequestTarget,
+}
+
+#[derive(Debug, Args)]
+pub struct NamedRequestArgs {
+    /// The AccessRequest.
+    pub name: String,
+    #[command(flatten)]
+    pub target: RequestTarget,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only mine.
+    #[arg(long, conflicts_with = "reviewable")]
+    pub mine: bool,
+    /// Only pending requests of others that I have not reviewed.
+    #[arg(long)]
+    pub reviewable: bool,
+    /// In every namespace.
+    #[arg(long, short = 'A')]
+    pub all_namespaces: bool,
+    #[command(flatten)]
+    pub target: RequestTarget,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

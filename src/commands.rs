@@ -19,6 +19,12 @@ pub async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode
         Command::Keygen(args) => keygen(args).map(|()| done),
         Command::Diff(args) => crate::local_diff::run(args).await,
         Command::Quickstart(args) => crate::quickstart::run(args).await.map(|()| done),
+        Command::Request(args) => crate::requests::request(args).await,
+        Command::Approve(args) => crate::requests::review(args, "Approve").await.map(|()| done),
+        Command::Deny(args) => crate::requests::review(args, "Deny").await.map(|()| done),
+        Command::Revoke(args) => crate::requests::revoke(args).await.map(|()| done),
+        Command::Ls(args) => crate::requests::list(args).await.map(|()| done),
+        Command::Status(args) => crate::requests::status(args).await.map(|()| done),
     }
 }
 

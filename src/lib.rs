@@ -25,5 +25,6 @@ pub mod operator;
 pub mod pki;
 pub mod publish;
 pub mod quickstart;
+pub mod requests;
 pub mod telemetry;
 pub mod webhook;

@@ -4,6 +4,7 @@
 
 pub mod machine;
 pub mod policy;
+pub mod present;
 
 pub use machine::{Binding, Decision, Request, Review, Window, evaluate, is_final};
 pub use policy::{Judge, NoPolicy, Violation};

@@ -27,6 +27,7 @@ mod operator_probes;
 mod prune;
 mod readme_walkthrough;
 mod rejected_reverts;
+mod request_cli;
 mod restart;
 mod revocation;
 mod secret_canaries;
