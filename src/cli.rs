@@ -57,6 +57,13 @@ pub enum Command {
     /// Everything about one AccessRequest: phase, window, approvals,
     /// activity, the drift in its namespace.
     Status(NamedRequestArgs),
+    /// Print a shell completion script (`source <(driftwarden completion bash)`).
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    pub shell: clap_complete::Shell,
 }
 
 /// Where the request commands work: kubectl's flags.
@@ -71,7 +78,9 @@ pub struct RequestTarget {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RoleKindArg {
+    #[value(name = "ClusterRole")]
     ClusterRole,
+    #[value(name = "Role")]
     Role,
 }
 

@@ -25,6 +25,12 @@ pub async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode
         Command::Revoke(args) => crate::requests::revoke(args).await.map(|()| done),
         Command::Ls(args) => crate::requests::list(args).await.map(|()| done),
         Command::Status(args) => crate::requests::status(args).await.map(|()| done),
+        Command::Completion(args) => {
+            use clap::CommandFactory as _;
+            let mut cli = crate::cli::Cli::command();
+            clap_complete::generate(args.shell, &mut cli, "driftwarden", &mut std::io::stdout());
+            Ok(done)
+        }
     }
 }
 
