@@ -141,6 +141,13 @@ pub struct OperatorArgs {
     #[arg(long, env = "DRIFTWARDEN_AUDIT_TOKEN_SECRET", default_value = "driftwarden-audit")]
     pub audit_token_secret: String,
 
+    /// Register the write-log admission webhook (ValidatingWebhookConfiguration
+    /// `driftwarden-writes`, kept by the leader for the kinds and namespaces
+    /// DesiredStates manage): who wrote what is then known on every cluster.
+    /// Off: only the audit webhook attributes writes.
+    #[arg(long, env = "DRIFTWARDEN_WRITE_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub write_log: bool,
+
     /// Reverts per second per DesiredState, once a burst is spent.
     #[arg(long, env = "DRIFTWARDEN_REVERT_RATE", default_value_t = 20.0)]
     pub revert_rate: f64,

@@ -12,6 +12,7 @@ mod health;
 pub mod leader;
 pub mod metrics;
 pub mod ready;
+pub mod writelog;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -106,6 +107,8 @@ pub async fn run(
             String::new()
         }
     };
+    let queue = webhook::audit::queue();
+    let write_log = writelog::SharedLog::new(queue.0.clone(), operator_user.clone(), metrics.clone());
     let audit = webhook::AuditReceiver::start(
         client.clone(),
         args.namespace.clone(),
@@ -113,9 +116,23 @@ pub async fn run(
         requests,
         operator_user,
         metrics.clone(),
+        queue,
+        write_log.clone(),
     );
-    let webhooks =
-        webhook::serve(client.clone(), webhook_config, metrics.clone(), audit, stop.clone().cancelled_owned());
+    let writes_hook = Arc::new(webhook::configuration::WritesHook::new(
+        webhook_config.endpoint.clone(),
+        args.namespace.clone(),
+        args.write_log,
+    ));
+    let webhooks = webhook::serve(
+        client.clone(),
+        webhook_config,
+        metrics.clone(),
+        audit,
+        write_log.clone(),
+        writes_hook.clone(),
+        stop.clone().cancelled_owned(),
+    );
 
     let identity = args.pod_name.clone().unwrap_or_else(host_name);
     let leadership = if args.leader_election {
@@ -125,7 +142,14 @@ pub async fn run(
     } else {
         leader::Leadership::alone()
     };
-    let controllers = lead(client.clone(), metrics.clone(), &args, leadership.is_leader.clone(), stop.clone());
+    let controllers = lead(
+        client.clone(),
+        metrics.clone(),
+        &args,
+        (write_log, writes_hook),
+        leadership.is_leader.clone(),
+        stop.clone(),
+    );
     let probe = probe_api(client, health);
 
     // Whichever part ends first (a failure, or shutdown) ends them all.
@@ -157,6 +181,7 @@ async fn lead(
     client: Client,
     metrics: Arc<Metrics>,
     args: &OperatorArgs,
+    (write_log, writes_hook): (Arc<writelog::SharedLog>, Arc<webhook::configuration::WritesHook>),
     mut is_leader: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
@@ -177,6 +202,8 @@ async fn lead(
             revert_rate: args.revert_rate,
             revert_burst: args.revert_burst,
             verify_sources: !args.insecure_skip_source_verification,
+            write_log: Some(write_log.clone()),
+            writes_hook: Some(writes_hook.clone()),
         };
         let drift = drift::run(client.clone(), metrics.clone(), drift_settings, term.clone());
         let running = futures::future::join(access, drift);
