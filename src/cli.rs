@@ -87,6 +87,14 @@ pub struct OperatorArgs {
     #[arg(long, env = "DRIFTWARDEN_WEBHOOK_SERVICE", default_value = "driftwarden-webhook")]
     pub webhook_service: String,
 
+    /// How the API server reaches this replica's write-log webhook from
+    /// outside the cluster (the leader points `driftwarden-writes` here).
+    /// Unset: --webhook-url, or else the Service `<--webhook-service>-leader`,
+    /// which selects the Pod labelled `driftwarden.io/leader: "true"` (the
+    /// leader labels its own Pod).
+    #[arg(long, env = "DRIFTWARDEN_WRITES_URL")]
+    pub writes_url: Option<String>,
+
     /// The port of --webhook-service.
     #[arg(long, env = "DRIFTWARDEN_WEBHOOK_SERVICE_PORT", default_value_t = 443)]
     pub webhook_service_port: u16,

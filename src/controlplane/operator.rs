@@ -252,6 +252,9 @@ impl OperatorEnv {
             .args(["run", "--log-format", "json", "--namespace", OPERATOR_NAMESPACE, "--sweep-interval", "5s"])
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}"), "--webhook-url", &url])
+            // The write-log webhook reaches the leader itself (in a cluster,
+            // the Service that selects the leader's Pod).
+            .args(["--writes-url", &format!("https://127.0.0.1:{webhook_port}")])
             .args(["--pod-name", identity])
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", std::env::var("DRIFTWARDEN_OPERATOR_LOG").unwrap_or_else(|_| "info".into()));

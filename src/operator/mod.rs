@@ -80,9 +80,17 @@ pub async fn run(
             port: args.webhook_service_port,
         },
     };
+    let writes_endpoint = match (&args.writes_url, &endpoint) {
+        (Some(url), _) => Endpoint::Url(url.clone()),
+        (None, Endpoint::Url(url)) => Endpoint::Url(url.clone()),
+        (None, Endpoint::Service { namespace, name, port }) => {
+            Endpoint::Service { namespace: namespace.clone(), name: format!("{name}-leader"), port: *port }
+        }
+    };
     let webhook_config = webhook::Config {
         addr: args.webhook_addr,
         endpoint,
+        writes_endpoint,
         secret_namespace: args.namespace.clone(),
         secret_name: args.webhook_secret.clone(),
         cert_dir: args.webhook_cert_dir.clone(),
@@ -120,7 +128,7 @@ pub async fn run(
         write_log.clone(),
     );
     let writes_hook = Arc::new(webhook::configuration::WritesHook::new(
-        webhook_config.endpoint.clone(),
+        webhook_config.writes_endpoint.clone(),
         args.namespace.clone(),
         args.write_log,
     ));
@@ -134,6 +142,8 @@ pub async fn run(
         stop.clone().cancelled_owned(),
     );
 
+    // A restarted replica may still carry the label from when it led.
+    label_leader(&client, &args, false).await;
     let identity = args.pod_name.clone().unwrap_or_else(host_name);
     let leadership = if args.leader_election {
         leader::Leadership::elect(client.clone(), &args.namespace, &args.lease_name, &identity)
@@ -192,6 +202,7 @@ async fn lead(
         }
         metrics.leader.set(1);
         info!(lease = %args.lease_name, "leading: running the controllers");
+        label_leader(&client, args, true).await;
         let term = stop.child_token();
         let settings = access::Settings { sweep_interval: args.sweep_interval.into(), instance: args.pod_name.clone() };
         let access = access::run(client.clone(), metrics.clone(), settings, term.clone());
@@ -217,9 +228,30 @@ async fn lead(
             }
         }
         metrics.leader.set(0);
+        label_leader(&client, args, false).await;
         if stop.is_cancelled() {
             return;
         }
+    }
+}
+
+/// The label by which the Service `<webhook service>-leader` selects the
+/// leader's Pod: the write-log webhook must reach the replica whose watches
+/// confirm its records.
+pub const LEADER_LABEL: &str = "driftwarden.io/leader";
+
+/// Sets (or removes) [`LEADER_LABEL`] on this replica's own Pod, in a
+/// cluster (`--pod-name`, and no --webhook-url / --writes-url).
+async fn label_leader(client: &Client, args: &OperatorArgs, leads: bool) {
+    let Some(pod) = args.pod_name.as_deref() else { return };
+    if args.webhook_url.is_some() || args.writes_url.is_some() {
+        return;
+    }
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), &args.namespace);
+    let value = if leads { serde_json::Value::from("true") } else { serde_json::Value::Null };
+    let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+    if let Err(error) = pods.patch(pod, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch)).await {
+        warn!(%error, %pod, leads, "labelling the operator's Pod for the write-log webhook failed");
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// How the API server reaches us.
     pub endpoint: Endpoint,
+    /// How it reaches the leader's write-log webhook (the certificate names it too).
+    pub writes_endpoint: Endpoint,
     /// Namespace and name of the Secret that holds the self-managed certificate.
     pub secret_namespace: String,
     pub secret_name: String,
@@ -107,7 +109,12 @@ pub async fn serve(
 ) -> Result<(), Error> {
     // The one TLS provider this binary is built with (kube's client uses it too).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let names = config.endpoint.tls_names();
+    let mut names = config.endpoint.tls_names();
+    for name in config.writes_endpoint.tls_names() {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
     let serving = current_tls(&client, &config, &names).await?;
     let rustls = RustlsConfig::from_pem(serving.cert_pem.clone().into_bytes(), serving.key_pem.clone().into_bytes())
         .await
