@@ -47,7 +47,10 @@ async fn setup_unlocked(test: &str, policy: Value) -> AccessTest {
 /// A drift test's namespace on the control plane without an audit webhook
 /// (a managed cluster's): only the operator's write log attributes writes.
 pub async fn drift_setup_without_audit(test: &str) -> AccessTest {
-    setup_on(crate::support::operator::operator_env_without_audit(), test, json!({})).await
+    let running = crate::support::operator::OPERATOR_WITHOUT_AUDIT.read().await;
+    let mut t = setup_on(crate::support::operator::operator_env_without_audit(), test, json!({})).await;
+    t.running = Some(running);
+    t
 }
 
 async fn setup_on(operator: &'static OperatorEnv, test: &str, policy: Value) -> AccessTest {

@@ -34,8 +34,12 @@ pub fn operator_env() -> &'static OperatorEnv {
 
 static ENV_WITHOUT_AUDIT: OnceLock<Result<OperatorEnv, String>> = OnceLock::new();
 
+/// [`OPERATOR`], for [`operator_env_without_audit`].
+pub static OPERATOR_WITHOUT_AUDIT: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Another operator environment, whose API server has no audit webhook (a
-/// managed cluster): started on first use, never stopped by a test.
+/// managed cluster): started on first use, stopped only by a test that holds
+/// [`OPERATOR_WITHOUT_AUDIT`] for writing.
 pub fn operator_env_without_audit() -> &'static OperatorEnv {
     let started = ENV_WITHOUT_AUDIT.get_or_init(|| {
         std::thread::spawn(|| {

@@ -272,8 +272,14 @@ const WRITES_HOOK_INTERVAL: Duration = Duration::from_millis(500);
 async fn keep_writes_hook(context: Arc<Context>, hook: Arc<crate::webhook::configuration::WritesHook>) {
     use crate::webhook::configuration::ManagedKind;
     use std::collections::BTreeSet;
-    hook.forget();
+    let mut round: u32 = 0;
     loop {
+        // Applied again now and then even when unchanged: someone may have
+        // deleted or edited the configuration.
+        if round % 60 == 0 {
+            hook.forget();
+        }
+        round = round.wrapping_add(1);
         let keys: Vec<watches::WatchKey> =
             context.watches.keys().into_iter().chain(context.metadata_watches.keys()).collect();
         let kinds: BTreeSet<ManagedKind> =
