@@ -139,3 +139,69 @@ async fn a_third_partys_write_survives_a_burst_of_a_thousand_other_writes() {
         .await;
     assert!(drifted(&status, "settings").unwrap().access_request.is_none());
 }
+
+/// p50 and p99 of `latencies`.
+fn percentiles(mut latencies: Vec<Duration>) -> (Duration, Duration) {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+async fn timed_writes(api: &Api<ConfigMap>, name: &str, count: usize) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(count);
+    for n in 0..count {
+        let patch = Patch::Merge(json!({"data": {"n": n.to_string()}}));
+        let started = Instant::now();
+        api.patch(name, &PatchParams::default(), &patch).await.unwrap();
+        latencies.push(started.elapsed());
+    }
+    latencies
+}
+
+/// Side by side, in one run: writes to an object the write-log webhook
+/// covers, and to one in a namespace no DesiredState manages (the webhook
+/// is not called there). Prints the figures; the bound only catches a
+/// webhook that slows every write down by far more than its goal.
+#[tokio::test]
+async fn write_latency_with_and_without_the_write_log_webhook() {
+    let t = drift_setup_without_audit("wlog-latency").await;
+    let other = crate::common::another_drift("wlog-latency-off").await;
+    for env in [&t.env, &other.env] {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "bench"}, "data": {"n": "0"}})).unwrap();
+        env.api::<ConfigMap>(User::Admin).await.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    crate::common::next_second().await;
+    managed_shop(&t, json!({})).await;
+    let on: Api<ConfigMap> = t.env.api(User::Admin).await;
+    let off: Api<ConfigMap> = other.env.api(User::Admin).await;
+    // Warm up both paths, then interleave rounds so both see the same load.
+    timed_writes(&on, "bench", 20).await;
+    timed_writes(&off, "bench", 20).await;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        with.extend(timed_writes(&on, "bench", 100).await);
+        without.extend(timed_writes(&off, "bench", 100).await);
+    }
+    let (with_p50, with_p99) = percentiles(with);
+    let (without_p50, without_p99) = percentiles(without);
+    eprintln!(
+        "write log: 1,000 writes each, p50/p99 with the webhook {with_p50:?}/{with_p99:?}, without {without_p50:?}/{without_p99:?}"
+    );
+    // The handler's own time, from its histogram.
+    let metrics = crate::support::http_get(t.operator.http_port, "/metrics").map(|(_, body)| body).unwrap_or_default();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("webhook=\"writes\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    let sum = value("driftwarden_webhook_duration_seconds_sum");
+    let count = value("driftwarden_webhook_duration_seconds_count");
+    eprintln!("write log: /writes answered {count} calls in {:.1} us on average", sum / count.max(1.0) * 1e6);
+    assert!(
+        with_p50 < without_p50 + Duration::from_millis(20),
+        "the webhook added {:?} at p50",
+        with_p50 - without_p50
+    );
+}
