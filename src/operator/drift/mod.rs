@@ -276,7 +276,7 @@ async fn keep_writes_hook(context: Arc<Context>, hook: Arc<crate::webhook::confi
     loop {
         // Applied again now and then even when unchanged: someone may have
         // deleted or edited the configuration.
-        if round % 60 == 0 {
+        if round.is_multiple_of(60) {
             hook.forget();
         }
         round = round.wrapping_add(1);
