@@ -185,6 +185,14 @@ pub struct OperatorArgs {
     #[arg(long, env = "DRIFTWARDEN_WEBHOOK_SERVICE", default_value = "driftwarden-webhook")]
     pub webhook_service: String,
 
+    /// How the API server reaches this replica's write-log webhook from
+    /// outside the cluster (the leader points `driftwarden-writes` here).
+    /// Unset: --webhook-url, or else the Service `<--webhook-service>-leader`,
+    /// which selects the Pod labelled `driftwarden.io/leader: "true"` (the
+    /// leader labels its own Pod).
+    #[arg(long, env = "DRIFTWARDEN_WRITES_URL")]
+    pub writes_url: Option<String>,
+
     /// The port of --webhook-service.
     #[arg(long, env = "DRIFTWARDEN_WEBHOOK_SERVICE_PORT", default_value_t = 443)]
     pub webhook_service_port: u16,
@@ -238,6 +246,13 @@ pub struct OperatorArgs {
     /// refused and drift is attributed by scope only.
     #[arg(long, env = "DRIFTWARDEN_AUDIT_TOKEN_SECRET", default_value = "driftwarden-audit")]
     pub audit_token_secret: String,
+
+    /// Register the write-log admission webhook (ValidatingWebhookConfiguration
+    /// `driftwarden-writes`, kept by the leader for the kinds and namespaces
+    /// DesiredStates manage): who wrote what is then known on every cluster.
+    /// Off: only the audit webhook attributes writes.
+    #[arg(long, env = "DRIFTWARDEN_WRITE_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub write_log: bool,
 
     /// Reverts per second per DesiredState, once a burst is spent.
     #[arg(long, env = "DRIFTWARDEN_REVERT_RATE", default_value_t = 20.0)]

@@ -77,6 +77,24 @@ pub struct DesiredStateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub confirm_prune: Option<String>,
+
+    /// How a drifted object is tied to an access window. `Record` (the
+    /// default): only a record of the write (the operator's admission
+    /// write log, or the API server's audit events) ties it to the
+    /// grantee's window; drift no record explains is unauthorized. `Scope`
+    /// (opt-in, weaker): drift no record explains is also held while an
+    /// open window's role could have written it, whoever wrote it; such a
+    /// hold is shown as `AuthorizedByScope`, never as a person's activity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<AttributionPolicy>,
+}
+
+/// See `spec.attribution`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum AttributionPolicy {
+    #[default]
+    Record,
+    Scope,
 }
 
 /// Which undeclared objects a DesiredState owns.

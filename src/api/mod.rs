@@ -25,9 +25,9 @@ pub use access_request::{
 };
 pub use access_review::{AccessReview, AccessReviewSpec, AccessReviewStatus, ReviewDecision};
 pub use desired_state::{
-    Attribution, DesiredState, DesiredStateSpec, DesiredStateStatus, DriftAction, DriftClass, DriftCounts,
-    DriftedObject, IgnoreRule, InventoryStatus, KindRef, NamedObject, ObjectRef, PruneBlock, Remediation, RevertRecord,
-    SourceRef, SourceSignature, Undeclared,
+    Attribution, AttributionPolicy, DesiredState, DesiredStateSpec, DesiredStateStatus, DriftAction, DriftClass,
+    DriftCounts, DriftedObject, IgnoreRule, InventoryStatus, KindRef, NamedObject, ObjectRef, PruneBlock, Remediation,
+    RevertRecord, SourceRef, SourceSignature, Undeclared,
 };
 pub use publisher_key::{PublisherKey, PublisherKeySpec, PublisherKeyStatus};
 pub use validation::MAX_ACCESS_DURATION;

@@ -91,10 +91,12 @@ pub fn apiserver(layout: &Layout, audit: Option<&AuditWebhook>) -> Vec<String> {
 /// the root CA ConfigMap, Deployments, ReplicaSets and Jobs making what
 /// they make (Pods stay Pending: there is no kubelet),
 /// namespace deletion, default service accounts with their tokens, and the
-/// aggregation that fills the built-in `admin`/`edit`/`view` ClusterRoles.
+/// aggregation that fills the built-in `admin`/`edit`/`view` ClusterRoles,
+/// and ResourceQuota usage (a quota refuses a write after every admission
+/// webhook allowed it: the write log's test of a refused write).
 pub const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,serviceaccount-controller,\
 root-ca-certificate-publisher-controller,deployment-controller,replicaset-controller,job-controller,\
-serviceaccount-token-controller,clusterrole-aggregation-controller";
+serviceaccount-token-controller,clusterrole-aggregation-controller,resourcequota-controller";
 
 /// kube-controller-manager with just [`CONTROLLERS`].
 pub fn controller_manager(layout: &Layout) -> Vec<String> {

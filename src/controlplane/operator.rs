@@ -168,6 +168,14 @@ impl OperatorEnv {
     /// Starts a control plane, installs the CRDs and the RBAC fixtures, and
     /// runs `binary` (the `driftwarden` executable) as the operator.
     pub async fn start(binary: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with(binary, true).await
+    }
+
+    /// [`Self::start`], with or without the API server's audit webhook:
+    /// without it the cluster is like a managed one (EKS, GKE, AKS), where
+    /// the API server's flags cannot be set, and only the operator's
+    /// admission write log says who wrote what.
+    pub async fn start_with(binary: PathBuf, audit: bool) -> anyhow::Result<Self> {
         // The API server's audit webhook is configured before it starts, so
         // the webhook certificate (and the CA it trusts) and the audit token
         // are made first and handed to the operator through its Secrets.
@@ -175,8 +183,11 @@ impl OperatorEnv {
         let files = tempfile::tempdir()?;
         let wiring =
             AuditWiring::prepare(&format!("https://127.0.0.1:{webhook_port}"), OPERATOR_NAMESPACE, files.path())?;
-        let options =
-            Options { controller_manager: true, audit_webhook: Some(wiring.webhook.clone()), ..Default::default() };
+        let options = Options {
+            controller_manager: true,
+            audit_webhook: audit.then(|| wiring.webhook.clone()),
+            ..Default::default()
+        };
         let cp = ControlPlane::start(options).await?;
         let admin = cp.client(User::Admin).await?;
         crate::operator::crds::install(&admin, Duration::from_secs(60)).await?;
@@ -241,6 +252,9 @@ impl OperatorEnv {
             .args(["run", "--log-format", "json", "--namespace", OPERATOR_NAMESPACE, "--sweep-interval", "5s"])
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}"), "--webhook-url", &url])
+            // The write-log webhook reaches the leader itself (in a cluster,
+            // the Service that selects the leader's Pod).
+            .args(["--writes-url", &format!("https://127.0.0.1:{webhook_port}")])
             .args(["--pod-name", identity])
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", std::env::var("DRIFTWARDEN_OPERATOR_LOG").unwrap_or_else(|_| "info".into()));

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod codify;
 pub mod revert;
+pub mod writes;
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -103,6 +104,10 @@ impl Grant<'_> {
 pub struct Remediation {
     pub unauthorized: RemediationAction,
     pub window_end: RemediationAction,
+    /// Drift no record explains is held when an open window's role could
+    /// have written it (the DesiredState's explicit `attribution: Scope`).
+    /// Off (the default): no record, no hold.
+    pub hold_by_scope: bool,
 }
 
 /// The gate's verdict for one drifted object.
@@ -131,9 +136,10 @@ fn act(action: RemediationAction, class: DriftClass, request: Option<String>) ->
 ///   covers the namespace and whose role permits that verb on that resource,
 ///   is authorized; it is held while any such window is open, until the last
 ///   one closes, then remediated as `window_end` says.
-/// - Without audit data (the webhook is not configured, or the event has not
-///   arrived yet): an open window on the namespace whose role may write that
-///   resource holds it, marked as authorized by scope only.
+/// - Without a record of the write: unauthorized, unless the DesiredState
+///   opted in to holding by scope (`remediation.hold_by_scope`); then an
+///   open window on the namespace whose role may write that resource holds
+///   it, marked as authorized by scope only.
 /// - Anything else is unauthorized and remediated as `unauthorized` says.
 pub fn decide(
     drifted: &Drifted<'_>,
@@ -148,9 +154,13 @@ pub fn decide(
     }
     let covering: Vec<&Grant<'_>> = grants.iter().filter(|g| g.was_granted() && g.covers(drifted)).collect();
 
+    if writes.is_empty() && !remediation.hold_by_scope {
+        // No record of who changed it: nobody's session.
+        return act(remediation.unauthorized, DriftClass::Unauthorized, None);
+    }
     if writes.is_empty() {
-        // No audit record of who changed it: fall back to the scope, i.e.
-        // an open window whose role could have written this resource.
+        // Opted in: no record of who changed it, so fall back to the scope,
+        // i.e. an open window whose role could have written this resource.
         let open = covering
             .iter()
             .filter(|g| g.phase == AccessPhase::Active && g.open_at(now) && g.may_write(drifted))
@@ -245,7 +255,8 @@ mod tests {
     const DEPLOYMENT: Drifted<'static> =
         Drifted { namespace: Some("shop"), group: "apps", resource: "deployments", since: None };
     const DRIFT_SEEN_AT_100: Drifted<'static> = Drifted { since: Some(Timestamp::constant(T0 + 100, 0)), ..DEPLOYMENT };
-    const REVERT_BOTH: Remediation = Remediation { unauthorized: Revert, window_end: Revert };
+    const REVERT_BOTH: Remediation = Remediation { unauthorized: Revert, window_end: Revert, hold_by_scope: false };
+    const BY_SCOPE: Remediation = Remediation { hold_by_scope: true, ..REVERT_BOTH };
 
     /// (case, writes, grants, remediation, sources valid, now, expected)
     type Case<'a> = (&'a str, Vec<Write<'a>>, Vec<Grant<'a>>, Remediation, bool, i64, Decision);
@@ -283,7 +294,7 @@ mod tests {
                 "unauthorized, report only",
                 vec![write("mallory", "patch", 10)],
                 vec![],
-                Remediation { unauthorized: Report, window_end: Revert },
+                Remediation { unauthorized: Report, window_end: Revert, hold_by_scope: false },
                 true,
                 20,
                 Decision::Report { class: DriftClass::Unauthorized, request: None },
@@ -355,7 +366,7 @@ mod tests {
                 "window ended: keep reporting",
                 vec![write("alice", "patch", 10)],
                 vec![alice_expired],
-                Remediation { unauthorized: Revert, window_end: Report },
+                Remediation { unauthorized: Revert, window_end: Report, hold_by_scope: false },
                 true,
                 700,
                 Decision::Report { class: DriftClass::WindowEnded, request: Some("alice-fix".into()) },
@@ -415,19 +426,28 @@ mod tests {
                 Decision::Revert { class: DriftClass::Unauthorized, request: None },
             ),
             (
-                "no audit data, a window covers the scope",
+                "no record, a window covers the scope: no record, no hold",
                 vec![],
                 vec![alice_active.clone()],
                 REVERT_BOTH,
                 true,
                 20,
+                Decision::Revert { class: DriftClass::Unauthorized, request: None },
+            ),
+            (
+                "no record, a window covers the scope, holding by scope opted in",
+                vec![],
+                vec![alice_active.clone()],
+                BY_SCOPE,
+                true,
+                20,
                 Decision::Hold { request: "alice-fix".into(), class: DriftClass::AuthorizedByScope, until: at(600) },
             ),
             (
-                "no audit data, only a read-only window covers the scope",
+                "no record, only a read-only window covers the scope, by scope",
                 vec![],
                 vec![grant("alice-view", "alice", Active, (0, 600), &read_only)],
-                REVERT_BOTH,
+                BY_SCOPE,
                 true,
                 20,
                 Decision::Revert { class: DriftClass::Unauthorized, request: None },
@@ -455,7 +475,7 @@ mod tests {
             "no audit data, seen during a window that has since ended",
             vec![],
             vec![alice_revoked_for_scope.clone()],
-            REVERT_BOTH,
+            BY_SCOPE,
             true,
             400,
             Decision::Revert { class: DriftClass::WindowEnded, request: Some("alice-fix".into()) },

@@ -94,6 +94,9 @@ pub struct Caches {
     /// look like none, and a session's held change like unauthorized drift
     /// (after a restart or a takeover): nothing is judged before.
     pub listed: crate::operator::ready::Ready,
+    /// The operator's write log (complete since this process started;
+    /// the AccessRequests' logs keep a bounded summary that outlives it).
+    pub write_log: Option<Arc<crate::operator::writelog::SharedLog>>,
 }
 
 /// The reviews, policies and namespaces a grant's window is computed from,
@@ -265,6 +268,33 @@ impl Caches {
                 if !writes.contains(&write) {
                     writes.push(write);
                 }
+            }
+        }
+        // The write log: complete since this process started, so no write
+        // pushed out of a request's bounded summary goes unseen.
+        if let Some(log) = &self.write_log {
+            let (records, incomplete_until) =
+                log.writes_to(namespace, subject.group, subject.plural, subject.name, from);
+            for record in records {
+                let write = LoggedWrite {
+                    user: record.user.clone(),
+                    verb: record.verb.clone(),
+                    resource: record.rbac_resource(),
+                    at: record.at,
+                };
+                if !writes.contains(&write) {
+                    writes.push(write);
+                }
+            }
+            // Records were dropped to keep within the budget: a write nobody
+            // can explain may be among them (fail closed).
+            if let Some(until) = incomplete_until.filter(|until| *until > from) {
+                writes.push(LoggedWrite {
+                    user: "(unknown: the write log was over its budget)".into(),
+                    verb: "update".into(),
+                    resource: subject.plural.to_owned(),
+                    at: until,
+                });
             }
         }
         writes

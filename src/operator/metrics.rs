@@ -158,6 +158,14 @@ pub struct Metrics {
     pub audit_events: Family<AuditLabels, Counter>,
     pub webhook_requests: Family<WebhookLabels, Counter>,
     pub webhook_duration: Family<WebhookNameLabels, Histogram>,
+    /// Write-log records by outcome: admitted, confirmed, merged (the
+    /// other source's report of the same write), expired, overflowed.
+    pub write_records: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -274,6 +282,12 @@ impl Default for Metrics {
             Unit::Seconds,
             webhook_duration.clone(),
         );
+        let write_records = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "write_log_records",
+            "Write-log records by outcome (admitted, confirmed, merged, expired, overflowed: a namespace's record over its budget, whose older drift is then reverted)",
+            write_records.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "Build information", build_info);
@@ -301,6 +315,7 @@ impl Default for Metrics {
             audit_events,
             webhook_requests,
             webhook_duration,
+            write_records,
         }
     }
 }

@@ -12,6 +12,7 @@ mod health;
 pub mod leader;
 pub mod metrics;
 pub mod ready;
+pub mod writelog;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -79,9 +80,17 @@ pub async fn run(
             port: args.webhook_service_port,
         },
     };
+    let writes_endpoint = match (&args.writes_url, &endpoint) {
+        (Some(url), _) => Endpoint::Url(url.clone()),
+        (None, Endpoint::Url(url)) => Endpoint::Url(url.clone()),
+        (None, Endpoint::Service { namespace, name, port }) => {
+            Endpoint::Service { namespace: namespace.clone(), name: format!("{name}-leader"), port: *port }
+        }
+    };
     let webhook_config = webhook::Config {
         addr: args.webhook_addr,
         endpoint,
+        writes_endpoint,
         secret_namespace: args.namespace.clone(),
         secret_name: args.webhook_secret.clone(),
         cert_dir: args.webhook_cert_dir.clone(),
@@ -106,6 +115,8 @@ pub async fn run(
             String::new()
         }
     };
+    let queue = webhook::audit::queue();
+    let write_log = writelog::SharedLog::new(queue.0.clone(), operator_user.clone(), metrics.clone());
     let audit = webhook::AuditReceiver::start(
         client.clone(),
         args.namespace.clone(),
@@ -113,10 +124,26 @@ pub async fn run(
         requests,
         operator_user,
         metrics.clone(),
+        queue,
+        write_log.clone(),
     );
-    let webhooks =
-        webhook::serve(client.clone(), webhook_config, metrics.clone(), audit, stop.clone().cancelled_owned());
+    let writes_hook = Arc::new(webhook::configuration::WritesHook::new(
+        webhook_config.writes_endpoint.clone(),
+        args.namespace.clone(),
+        args.write_log,
+    ));
+    let webhooks = webhook::serve(
+        client.clone(),
+        webhook_config,
+        metrics.clone(),
+        audit,
+        write_log.clone(),
+        writes_hook.clone(),
+        stop.clone().cancelled_owned(),
+    );
 
+    // A restarted replica may still carry the label from when it led.
+    label_leader(&client, &args, false).await;
     let identity = args.pod_name.clone().unwrap_or_else(host_name);
     let leadership = if args.leader_election {
         leader::Leadership::elect(client.clone(), &args.namespace, &args.lease_name, &identity)
@@ -125,7 +152,14 @@ pub async fn run(
     } else {
         leader::Leadership::alone()
     };
-    let controllers = lead(client.clone(), metrics.clone(), &args, leadership.is_leader.clone(), stop.clone());
+    let controllers = lead(
+        client.clone(),
+        metrics.clone(),
+        &args,
+        (write_log, writes_hook),
+        leadership.is_leader.clone(),
+        stop.clone(),
+    );
     let probe = probe_api(client, health);
 
     // Whichever part ends first (a failure, or shutdown) ends them all.
@@ -157,6 +191,7 @@ async fn lead(
     client: Client,
     metrics: Arc<Metrics>,
     args: &OperatorArgs,
+    (write_log, writes_hook): (Arc<writelog::SharedLog>, Arc<webhook::configuration::WritesHook>),
     mut is_leader: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
@@ -167,6 +202,7 @@ async fn lead(
         }
         metrics.leader.set(1);
         info!(lease = %args.lease_name, "leading: running the controllers");
+        label_leader(&client, args, true).await;
         let term = stop.child_token();
         let settings = access::Settings { sweep_interval: args.sweep_interval.into(), instance: args.pod_name.clone() };
         let access = access::run(client.clone(), metrics.clone(), settings, term.clone());
@@ -177,6 +213,8 @@ async fn lead(
             revert_rate: args.revert_rate,
             revert_burst: args.revert_burst,
             verify_sources: !args.insecure_skip_source_verification,
+            write_log: Some(write_log.clone()),
+            writes_hook: Some(writes_hook.clone()),
         };
         let drift = drift::run(client.clone(), metrics.clone(), drift_settings, term.clone());
         let running = futures::future::join(access, drift);
@@ -190,9 +228,30 @@ async fn lead(
             }
         }
         metrics.leader.set(0);
+        label_leader(&client, args, false).await;
         if stop.is_cancelled() {
             return;
         }
+    }
+}
+
+/// The label by which the Service `<webhook service>-leader` selects the
+/// leader's Pod: the write-log webhook must reach the replica whose watches
+/// confirm its records.
+pub const LEADER_LABEL: &str = "driftwarden.io/leader";
+
+/// Sets (or removes) [`LEADER_LABEL`] on this replica's own Pod, in a
+/// cluster (`--pod-name`, and no --webhook-url / --writes-url).
+async fn label_leader(client: &Client, args: &OperatorArgs, leads: bool) {
+    let Some(pod) = args.pod_name.as_deref() else { return };
+    if args.webhook_url.is_some() || args.writes_url.is_some() {
+        return;
+    }
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), &args.namespace);
+    let value = if leads { serde_json::Value::from("true") } else { serde_json::Value::Null };
+    let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+    if let Err(error) = pods.patch(pod, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch)).await {
+        warn!(%error, %pod, leads, "labelling the operator's Pod for the write-log webhook failed");
     }
 }
 

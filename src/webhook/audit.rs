@@ -27,6 +27,7 @@ use crate::api::{AccessPhase, AccessRequest};
 use crate::gate::audit::{self, AuditWrite, Window};
 use crate::operator::gate::log_writes;
 use crate::operator::metrics::{AuditLabels, AuditOutcome, Metrics};
+use crate::operator::writelog::SharedLog;
 
 /// How long a token read from the Secret is trusted before it is read again.
 const TOKEN_TTL: Duration = Duration::from_secs(30);
@@ -40,6 +41,12 @@ pub struct AuditReceiver {
     token: Mutex<Option<(Option<String>, Instant)>>,
     queue: mpsc::Sender<Vec<AuditWrite>>,
     metrics: Arc<Metrics>,
+    writes: Arc<SharedLog>,
+}
+
+/// The queue of writes to summarize on AccessRequests and log.
+pub fn queue() -> (mpsc::Sender<Vec<AuditWrite>>, mpsc::Receiver<Vec<AuditWrite>>) {
+    mpsc::channel(QUEUE)
 }
 
 /// Who the operator is to the API server: its own writes are no one's session.
@@ -55,6 +62,9 @@ pub async fn own_username(client: &Client) -> Result<String, kube::Error> {
 impl AuditReceiver {
     /// Starts the worker that logs batches; `requests` must be kept current
     /// by a reflector.
+    /// `queue` and `batches` are the two ends of [`queue`]; the write log
+    /// sends what it confirms into the same queue.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         client: Client,
         namespace: String,
@@ -62,10 +72,11 @@ impl AuditReceiver {
         requests: Store<AccessRequest>,
         operator: String,
         metrics: Arc<Metrics>,
+        (queue, batches): (mpsc::Sender<Vec<AuditWrite>>, mpsc::Receiver<Vec<AuditWrite>>),
+        writes: Arc<SharedLog>,
     ) -> Arc<Self> {
-        let (queue, batches) = mpsc::channel(QUEUE);
         tokio::spawn(log_batches(client.clone(), requests, operator, batches));
-        Arc::new(Self { client, namespace, secret, token: Mutex::new(None), queue, metrics })
+        Arc::new(Self { client, namespace, secret, token: Mutex::new(None), queue, metrics, writes })
     }
 
     async fn token(&self, refresh: bool) -> Option<String> {
@@ -143,8 +154,14 @@ impl AuditReceiver {
             count(AuditOutcome::accepted);
             return (StatusCode::OK, "");
         }
-        match self.queue.try_send(writes) {
-            Ok(()) => {
+        match self.queue.try_reserve() {
+            Ok(permit) => {
+                // Into the write log first; only writes it did not already
+                // know from admission are summarized (each write once).
+                let fresh = self.writes.audited(writes);
+                if !fresh.is_empty() {
+                    permit.send(fresh);
+                }
                 count(AuditOutcome::accepted);
                 (StatusCode::OK, "")
             }

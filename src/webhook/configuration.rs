@@ -109,8 +109,152 @@ pub async fn apply(client: &Client, endpoint: &Endpoint, ca_pem: &str) -> Result
     Ok(())
 }
 
+/// Name of the write-log webhook's configuration (only the leader keeps it).
+pub const WRITES_NAME: &str = "driftwarden-writes";
+
+/// The write-log webhook's configuration: the kinds and namespaces the
+/// DesiredStates manage change, so the leader keeps it (see
+/// [`WritesHook::apply`]); the CA comes from the webhook server.
+#[derive(Debug)]
+pub struct WritesHook {
+    endpoint: Endpoint,
+    operator_namespace: String,
+    enabled: bool,
+    ca: std::sync::Mutex<Option<String>>,
+    /// What was last applied (with the CA): apply only on a change.
+    applied: std::sync::Mutex<Option<Value>>,
+}
+
+/// One managed kind: API group and plural resource.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ManagedKind {
+    pub group: String,
+    pub plural: String,
+}
+
+impl WritesHook {
+    pub fn new(endpoint: Endpoint, operator_namespace: String, enabled: bool) -> Self {
+        Self { endpoint, operator_namespace, enabled, ca: Default::default(), applied: Default::default() }
+    }
+
+    pub fn set_ca(&self, ca_pem: &str) {
+        *self.ca.lock().unwrap_or_else(|p| p.into_inner()) = Some(ca_pem.to_owned());
+    }
+
+    /// Makes the configuration route writes of `kinds` in `namespaces`
+    /// (None: every namespace but the operator's) to this replica's endpoint.
+    pub async fn apply(
+        &self,
+        client: &Client,
+        kinds: &std::collections::BTreeSet<ManagedKind>,
+        namespaces: Option<&std::collections::BTreeSet<String>>,
+    ) -> Result<(), kube::Error> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let Some(ca) = self.ca.lock().unwrap_or_else(|p| p.into_inner()).clone() else { return Ok(()) };
+        let wanted = serde_json::to_value(writes(&self.endpoint, &ca, kinds, namespaces, &self.operator_namespace))
+            .unwrap_or_default();
+        if self.applied.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        let params = PatchParams::apply(crate::operator::crds::FIELD_MANAGER).force();
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+        api.patch(WRITES_NAME, &params, &Patch::Apply(&wanted)).await?;
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(wanted);
+        Ok(())
+    }
+
+    /// Forgets what was applied (a new term of leadership applies again).
+    pub fn forget(&self) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// The write-log webhook: every create, update and delete of `kinds` (and
+/// the subresource writes that change what a DesiredState declares:
+/// `scale`, a Pod's `ephemeralcontainers` and `resize`) in `namespaces`,
+/// never in the operator's own. It always allows and must never slow the
+/// cluster down: `failurePolicy: Ignore` (a write admitted while the
+/// operator is unreachable has no record, so its drift is reverted) and a
+/// 2 s timeout. The API server skips it for dry runs (`NoneOnDryRun`).
+pub fn writes(
+    endpoint: &Endpoint,
+    ca_pem: &str,
+    kinds: &std::collections::BTreeSet<ManagedKind>,
+    namespaces: Option<&std::collections::BTreeSet<String>>,
+    operator_namespace: &str,
+) -> ValidatingWebhookConfiguration {
+    let mut by_group: std::collections::BTreeMap<&str, Vec<String>> = std::collections::BTreeMap::new();
+    for kind in kinds {
+        let resources = by_group.entry(kind.group.as_str()).or_default();
+        resources.push(kind.plural.clone());
+        resources.push(format!("{}/scale", kind.plural));
+        if kind.group.is_empty() && kind.plural == "pods" {
+            resources.extend(["pods/ephemeralcontainers".to_owned(), "pods/resize".to_owned()]);
+        }
+    }
+    let rules: Vec<Value> = by_group
+        .into_iter()
+        .map(|(group, resources)| {
+            json!({"apiGroups": [group], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE", "DELETE"],
+                   "resources": resources, "scope": "Namespaced"})
+        })
+        .collect();
+    let mut expressions =
+        vec![json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [operator_namespace]})];
+    if let Some(namespaces) = namespaces {
+        expressions.push(json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}));
+    }
+    let webhooks: Vec<Value> = if rules.is_empty() {
+        Vec::new()
+    } else {
+        vec![json!({
+            "name": "writes.driftwarden.io",
+            "clientConfig": endpoint.client_config(super::writes::WRITES_PATH, ca_pem),
+            "rules": rules,
+            "namespaceSelector": {"matchExpressions": expressions},
+            "failurePolicy": "Ignore",
+            "matchPolicy": "Equivalent",
+            "sideEffects": "NoneOnDryRun",
+            "timeoutSeconds": 2,
+            "admissionReviewVersions": ["v1"],
+        })]
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": WRITES_NAME, "labels": {"app.kubernetes.io/managed-by": "driftwarden"}},
+        "webhooks": webhooks,
+    }))
+    .expect("a well-formed ValidatingWebhookConfiguration")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_write_log_hook_allows_on_failure_skips_dry_runs_and_our_namespace() {
+        let endpoint = Endpoint::Url("https://127.0.0.1:9443".into());
+        let kinds = [("apps", "deployments"), ("", "pods")]
+            .map(|(group, plural)| ManagedKind { group: group.into(), plural: plural.into() })
+            .into_iter()
+            .collect();
+        let namespaces = ["shop".to_owned()].into_iter().collect();
+        let config = writes(&endpoint, "CA", &kinds, Some(&namespaces), "driftwarden-system");
+        let hook = &config.webhooks.unwrap()[0];
+        assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
+        assert_eq!(hook.side_effects, "NoneOnDryRun");
+        assert!(hook.timeout_seconds.unwrap() <= 2);
+        assert_eq!(hook.client_config.url.as_deref(), Some("https://127.0.0.1:9443/writes"));
+        let rules = hook.rules.clone().unwrap();
+        let core = rules.iter().find(|r| r.api_groups.as_deref() == Some(&[String::new()][..])).unwrap();
+        assert!(core.resources.as_ref().unwrap().contains(&"pods/ephemeralcontainers".to_owned()));
+        let apps = rules.iter().find(|r| r.api_groups.as_deref() == Some(&["apps".to_owned()][..])).unwrap();
+        assert_eq!(apps.resources.as_deref().unwrap(), ["deployments", "deployments/scale"]);
+        let selector = hook.namespace_selector.clone().unwrap().match_expressions.unwrap();
+        assert_eq!(selector[0].values.as_deref().unwrap(), ["driftwarden-system"]);
+        assert_eq!(selector[1].values.as_deref().unwrap(), ["shop"]);
+    }
+
     use super::*;
 
     #[test]

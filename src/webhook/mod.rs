@@ -6,6 +6,7 @@ pub mod admission;
 pub mod audit;
 pub mod configuration;
 pub mod tls;
+pub mod writes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ struct AppState {
     client: Client,
     metrics: Arc<Metrics>,
     audit: Arc<AuditReceiver>,
+    write_log: Arc<crate::operator::writelog::SharedLog>,
     break_glass: admission::BreakGlass,
     recorder: Recorder,
 }
@@ -57,6 +59,9 @@ const AUDIT_CONCURRENCY: usize = 2;
 const UNAUTHENTICATED_DRAIN_BYTES: usize = 64 << 10;
 /// How long a call waits for a permit before it is told to retry.
 const PERMIT_WAIT: Duration = Duration::from_secs(5);
+/// Write-log calls handled at once: apart from the access webhooks', so a
+/// flood of one never starves the other (the access webhooks fail closed).
+const WRITES_CONCURRENCY: usize = 16;
 
 /// How often the certificate's expiry is checked.
 const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
@@ -67,6 +72,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// How the API server reaches us.
     pub endpoint: Endpoint,
+    /// How it reaches the leader's write-log webhook (the certificate names it too).
+    pub writes_endpoint: Endpoint,
     /// Namespace and name of the Secret that holds the self-managed certificate.
     pub secret_namespace: String,
     pub secret_name: String,
@@ -96,16 +103,24 @@ pub async fn serve(
     config: Config,
     metrics: Arc<Metrics>,
     audit: Arc<AuditReceiver>,
+    write_log: Arc<crate::operator::writelog::SharedLog>,
+    writes_hook: Arc<configuration::WritesHook>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     // The one TLS provider this binary is built with (kube's client uses it too).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let names = config.endpoint.tls_names();
+    let mut names = config.endpoint.tls_names();
+    for name in config.writes_endpoint.tls_names() {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
     let serving = current_tls(&client, &config, &names).await?;
     let rustls = RustlsConfig::from_pem(serving.cert_pem.clone().into_bytes(), serving.key_pem.clone().into_bytes())
         .await
         .map_err(|source| Error::Serve { addr: config.addr, source })?;
     configuration::apply(&client, &config.endpoint, &serving.ca_pem).await.map_err(Error::Configure)?;
+    writes_hook.set_ca(&serving.ca_pem);
 
     let handle = axum_server::Handle::new();
     tokio::spawn({
@@ -115,7 +130,8 @@ pub async fn serve(
             handle.graceful_shutdown(Some(Duration::from_secs(5)));
         }
     });
-    let renewal = tokio::spawn(keep_renewed(client.clone(), config.clone(), names, serving, rustls.clone()));
+    let renewal =
+        tokio::spawn(keep_renewed(client.clone(), config.clone(), names, serving, rustls.clone(), writes_hook));
 
     // Every call holds a permit while its body is read and handled, so a
     // flood of large bodies costs at most permits x body limit of memory.
@@ -131,11 +147,17 @@ pub async fn serve(
         .route(AUDIT_PATH, post(receive_audit))
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(audit_permits, bounded));
-    let router = admission.merge(audit_route).with_state(AppState {
+    let writes_permits = Bounds::new(WRITES_CONCURRENCY, MAX_ADMISSION_BODY_BYTES);
+    let writes_route = Router::new()
+        .route(writes::WRITES_PATH, post(note_write))
+        .layer(DefaultBodyLimit::max(MAX_ADMISSION_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(writes_permits, bounded));
+    let router = admission.merge(audit_route).merge(writes_route).with_state(AppState {
         recorder: Recorder::new(client.clone(), Reporter { controller: "driftwarden".into(), instance: None }),
         client,
         metrics,
         audit,
+        write_log,
         break_glass: config.break_glass.clone(),
     });
     info!(addr = %config.addr, endpoint = ?config.endpoint, "serving admission webhooks");
@@ -173,6 +195,7 @@ async fn keep_renewed(
     names: Vec<String>,
     mut serving: tls::ServingTls,
     rustls: RustlsConfig,
+    writes_hook: Arc<configuration::WritesHook>,
 ) {
     loop {
         tokio::time::sleep(RENEWAL_CHECK).await;
@@ -196,6 +219,7 @@ async fn keep_renewed(
             warn!(%error, "updating the webhook caBundle failed; will retry");
             continue;
         }
+        writes_hook.set_ca(&fresh.ca_pem);
         info!(not_after = %fresh.not_after, "webhook certificate renewed");
         serving = fresh;
     }
@@ -267,6 +291,29 @@ async fn receive_audit(
     let answer = state.audit.receive(&body).await;
     observe(&state.metrics, "audit", if answer.0.is_success() { "accepted" } else { "refused" }, started);
     answer
+}
+
+/// The write-log webhook: always allows, and notes the write (provisional
+/// until the watch delivers it).
+async fn note_write(
+    State(state): State<AppState>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let started = std::time::Instant::now();
+    let request = match into_request(review) {
+        Ok(request) => request,
+        Err(invalid) => return Json(invalid.into_review()),
+    };
+    let now = Timestamp::from_microsecond(Timestamp::now().as_microsecond()).unwrap_or_else(|_| Timestamp::now());
+    let noted = match writes::record_of(&request, now) {
+        Some((record, expect)) => {
+            state.write_log.admit(record, expect);
+            "noted"
+        }
+        None => "skipped",
+    };
+    observe(&state.metrics, "writes", noted, started);
+    Json(AdmissionResponse::from(&request).into_review())
 }
 
 async fn mutate(

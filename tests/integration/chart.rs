@@ -148,7 +148,9 @@ fn default_values_render_two_hardened_replicas_with_probes_and_the_dashboard() {
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
     ];
-    assert_eq!(kinds(&objects), expected.into_iter().map(|k| (k, 1)).collect());
+    // Two Services: every replica's webhooks, and the leader's write log.
+    let count = |k: &str| if k == "Service" { 2 } else { 1 };
+    assert_eq!(kinds(&objects), expected.into_iter().map(|k| (k, count(k))).collect());
 
     let deployment = the(&objects, "Deployment");
     assert_eq!(deployment["spec"]["replicas"], 2);
@@ -186,8 +188,10 @@ fn default_values_render_two_hardened_replicas_with_probes_and_the_dashboard() {
     );
     assert!(container["resources"]["requests"]["memory"].is_string(), "{container}");
 
-    let service = the(&objects, "Service");
-    assert_eq!(service["metadata"]["name"], "dw-test-driftwarden");
+    let services = of_kind(&objects, "Service");
+    let service = services.iter().find(|s| s["metadata"]["name"] == "dw-test-driftwarden").unwrap();
+    let leader = services.iter().find(|s| s["metadata"]["name"] == "dw-test-driftwarden-leader").unwrap();
+    assert_eq!(leader["spec"]["selector"]["driftwarden.io/leader"], "true");
     assert_eq!(
         service["spec"]["ports"],
         json!([
@@ -232,8 +236,18 @@ fn custom_values_turn_on_cert_manager_monitoring_network_policy_and_the_example_
     let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
     let serving = of_kind(&objects, "Certificate").into_iter().find(|c| c["spec"]["isCA"].is_null()).unwrap();
     assert_eq!(volume["secret"]["secretName"], serving["spec"]["secretName"]);
-    assert_eq!(serving["spec"]["dnsNames"], json!(["dw.dw-system.svc", "dw.dw-system.svc.cluster.local"]));
-    assert_eq!(the(&objects, "Service")["metadata"]["name"], "dw");
+    assert_eq!(
+        serving["spec"]["dnsNames"],
+        json!([
+            "dw.dw-system.svc",
+            "dw.dw-system.svc.cluster.local",
+            "dw-leader.dw-system.svc",
+            "dw-leader.dw-system.svc.cluster.local"
+        ])
+    );
+    let services: Vec<&str> =
+        of_kind(&objects, "Service").iter().filter_map(|s| s["metadata"]["name"].as_str()).collect();
+    assert_eq!(services, ["dw", "dw-leader"]);
 
     assert_eq!(the(&objects, "ServiceMonitor")["spec"]["endpoints"][0]["port"], "http-metrics");
     assert_eq!(the(&objects, "ConfigMap")["metadata"]["namespace"], "monitoring");

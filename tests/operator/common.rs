@@ -41,7 +41,19 @@ pub async fn another(test: &str, policy: Value) -> AccessTest {
 }
 
 async fn setup_unlocked(test: &str, policy: Value) -> AccessTest {
-    let operator = operator_env();
+    setup_on(operator_env(), test, policy).await
+}
+
+/// A drift test's namespace on the control plane without an audit webhook
+/// (a managed cluster's): only the operator's write log attributes writes.
+pub async fn drift_setup_without_audit(test: &str) -> AccessTest {
+    let running = crate::support::operator::OPERATOR_WITHOUT_AUDIT.read().await;
+    let mut t = setup_on(crate::support::operator::operator_env_without_audit(), test, json!({})).await;
+    t.running = Some(running);
+    t
+}
+
+async fn setup_on(operator: &'static OperatorEnv, test: &str, policy: Value) -> AccessTest {
     let env = TestEnv::on(&operator.cp, test).await;
     for (role, group) in [("driftwarden-requester", "dev"), ("driftwarden-approver", "sre")] {
         let binding: RoleBinding = serde_json::from_value(json!({

@@ -171,3 +171,62 @@ async fn a_held_session_change_stays_held_across_a_restart() {
     t.wait_for_status("shop", Duration::from_secs(10), |s| held_for(s, "settings", "alice-held")).await;
     drop(exclusive);
 }
+
+/// Without the audit webhook only the write log says who wrote what, and
+/// only the leader's watches confirm its records: the write-log webhook
+/// follows the lease. A write admitted while no leader is reachable has no
+/// record and is reverted (fails safe); once the standby leads, a grantee's
+/// change is held as hers again.
+#[tokio::test]
+async fn the_write_log_follows_the_leader_and_a_write_with_no_leader_is_reverted() {
+    use driftwarden::webhook::configuration::WRITES_NAME;
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let mut t = crate::common::drift_setup_without_audit("wlog-failover").await;
+    t.running.take();
+    let exclusive = crate::support::operator::OPERATOR_WITHOUT_AUDIT.write().await;
+    let operator = t.operator;
+    operator.wait_until_serving().await.unwrap();
+    managed_shop(&t, json!({})).await;
+    alice_window(&t, "alice-failover", "5m").await;
+    let standby = Standby { operator, replica: operator.start_replica("driftwarden-1").unwrap() };
+    let standby = &standby.replica;
+    let started = Instant::now();
+    while http_get(standby.http_port, "/readyz").is_none_or(|(code, _)| code != 200) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the standby did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let configurations: Api<ValidatingWebhookConfiguration> = Api::all(t.env.admin.clone());
+    let writes_url = || async {
+        let config = configurations.get(WRITES_NAME).await.ok()?;
+        config.webhooks?.first()?.client_config.url.clone()
+    };
+    let primary_url = writes_url().await.expect("the leader keeps driftwarden-writes");
+
+    // The leader dies. alice's change while nobody leads has no record.
+    let outage = crate::restart::Outage::begin(operator);
+    let died = Instant::now();
+    set_mode(&t, User::Alice, "while-nobody-leads").await;
+    let takeover = wait_until_leading(standby.http_port, Duration::from_secs(20)).await;
+    until(Duration::from_secs(20), "driftwarden-writes pointing at the new leader", || async {
+        writes_url().await.is_some_and(|url| url != primary_url)
+    })
+    .await;
+    let repointed = died.elapsed();
+    eprintln!(
+        "write log: takeover {takeover:?} after the leader died; driftwarden-writes at the new leader {repointed:?} after"
+    );
+    assert!(repointed < takeover + Duration::from_secs(3), "re-pointed {repointed:?} after the death");
+    until(Duration::from_secs(60), "the change made with no leader reverted", || async { mode(&t).await == "safe" })
+        .await;
+
+    // The new leader records and confirms: alice's next change is hers.
+    set_mode(&t, User::Alice, "after-takeover").await;
+    t.wait_for_status("shop", Duration::from_secs(20), |s| held_for(s, "settings", "alice-failover")).await;
+    assert_eq!(mode(&t).await, "after-takeover");
+
+    outage.end();
+    operator.stop_replica(standby);
+    wait_until_leading(operator.http_port, Duration::from_secs(20)).await;
+    operator.wait_until_serving().await.unwrap();
+    drop(exclusive);
+}

@@ -80,7 +80,7 @@ pub(crate) async fn mode(t: &AccessTest) -> String {
     config_map.data.and_then(|d| d.get("mode").cloned()).unwrap_or_default()
 }
 
-fn drifted<'a>(status: &'a DesiredStateStatus, name: &str) -> Option<&'a DriftedObject> {
+pub(crate) fn drifted<'a>(status: &'a DesiredStateStatus, name: &str) -> Option<&'a DriftedObject> {
     status.drifted_objects.iter().find(|d| d.object.name == name)
 }
 
@@ -93,12 +93,12 @@ pub(crate) fn held_for(status: &DesiredStateStatus, name: &str, request: &str) -
     })
 }
 
-async fn request_status(t: &AccessTest, name: &str) -> driftwarden::api::AccessRequestStatus {
+pub(crate) async fn request_status(t: &AccessTest, name: &str) -> driftwarden::api::AccessRequestStatus {
     t.env.api::<AccessRequest>(User::Admin).await.get(name).await.unwrap().status.unwrap_or_default()
 }
 
 /// Gives bob standing `edit` here: access no AccessRequest stands behind.
-async fn standing_edit(t: &AccessTest, user: &str) {
+pub(crate) async fn standing_edit(t: &AccessTest, user: &str) {
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": format!("standing-edit-{user}")},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},

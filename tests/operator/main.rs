@@ -36,3 +36,4 @@ mod signed_sources;
 mod trust;
 mod undeclared;
 mod webhook_flood;
+mod write_log;

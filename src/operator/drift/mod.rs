@@ -21,7 +21,7 @@ mod rejected;
 mod snapshot;
 pub mod status;
 mod trust;
-mod watches;
+pub mod watches;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -107,6 +107,10 @@ pub struct Settings {
     /// Refuse sources that no trusted PublisherKey signed (on unless the
     /// operator runs with --insecure-skip-source-verification).
     pub verify_sources: bool,
+    /// The write log the watches confirm and the gate reads.
+    pub write_log: Option<Arc<crate::operator::writelog::SharedLog>>,
+    /// The write-log webhook's configuration, kept by the leader.
+    pub writes_hook: Option<Arc<crate::webhook::configuration::WritesHook>>,
 }
 
 struct Context {
@@ -179,14 +183,16 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     // The same watch that keeps the anchors current feeds the keys' status.
     let (key_changes, changed_keys) = tokio::sync::mpsc::unbounded_channel();
     let key_status = tokio::spawn(trust::keep_key_status(client.clone(), trust.keys.clone(), changed_keys));
+    let writes_hook = settings.writes_hook.clone();
+    let write_log = settings.write_log.clone();
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         settings,
         desired_states: desired_states.clone(),
-        watches: Watches::new(client.clone(), trigger.clone(), pending_since.clone()),
-        metadata_watches: Watches::new(client.clone(), trigger, pending_since.clone()),
+        watches: Watches::new(client.clone(), trigger.clone(), pending_since.clone(), write_log.clone()),
+        metadata_watches: Watches::new(client.clone(), trigger, pending_since.clone(), write_log.clone()),
         discovery: tokio::sync::RwLock::new((Arc::new(discovery), Instant::now())),
         pending_since,
         drifted: Mutex::default(),
@@ -201,6 +207,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
             cluster_roles,
             roles,
             approvals,
+            write_log,
         },
         limiter,
         source_meta_listed: crate::operator::ready::Ready::of(&source_meta),
@@ -211,6 +218,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         started: Instant::now(),
     });
 
+    let hook_keeper = writes_hook.map(|hook| tokio::spawn(keep_writes_hook(context.clone(), hook)));
     // Source ConfigMaps by metadata only, and of that only what selects and
     // fingerprints a source: their contents are read when a DesiredState
     // that uses them reconciles.
@@ -251,6 +259,38 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         .await;
     role_watches.iter().for_each(|task| task.abort());
     key_status.abort();
+    if let Some(task) = hook_keeper {
+        task.abort();
+    }
+}
+
+/// How often the leader compares the write-log webhook's rules with the watches.
+const WRITES_HOOK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Keeps the write-log webhook routing exactly the kinds and namespaces
+/// watched (declared kinds and those watched for undeclared objects) to
+/// this replica, the leader, whose watches confirm the records.
+async fn keep_writes_hook(context: Arc<Context>, hook: Arc<crate::webhook::configuration::WritesHook>) {
+    use crate::webhook::configuration::ManagedKind;
+    use std::collections::BTreeSet;
+    let mut round: u32 = 0;
+    loop {
+        // Applied again now and then even when unchanged: someone may have
+        // deleted or edited the configuration.
+        if round.is_multiple_of(60) {
+            hook.forget();
+        }
+        round = round.wrapping_add(1);
+        let keys: Vec<watches::WatchKey> =
+            context.watches.keys().into_iter().chain(context.metadata_watches.keys()).collect();
+        let kinds: BTreeSet<ManagedKind> =
+            keys.iter().map(|k| ManagedKind { group: k.group.clone(), plural: k.plural.clone() }).collect();
+        let namespaces: Option<BTreeSet<String>> = keys.iter().map(|k| k.namespace.clone()).collect();
+        if let Err(error) = hook.apply(&context.client, &kinds, namespaces.as_ref()).await {
+            warn!(%error, "updating the write-log webhook failed; will retry");
+        }
+        tokio::time::sleep(WRITES_HOOK_INTERVAL).await;
+    }
 }
 
 fn all_of(states: &Store<DesiredState>) -> Vec<ObjectRef<DesiredState>> {

@@ -132,6 +132,7 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
     let remediation = Remediation {
         unauthorized: inputs.spec.remediation.unauthorized,
         window_end: inputs.spec.remediation.window_end,
+        hold_by_scope: inputs.spec.attribution == Some(crate::api::AttributionPolicy::Scope),
     };
     let revert = if inputs.spec.dry_run { DriftAction::WouldRevert } else { DriftAction::Revert };
 

@@ -80,12 +80,45 @@ pub trait Cached:
     fn identity(&self) -> Option<String> {
         None
     }
+
+    /// The object as the write log matches it ([`crate::gate::writes`]):
+    /// what the cache keeps, without its resourceVersion and managedFields.
+    fn fingerprint(&self) -> u64;
+
+    /// `spec.replicas`, where the cache keeps it (a `scale` is confirmed by it).
+    fn replicas(&self) -> Option<i64> {
+        None
+    }
+}
+
+/// The metadata as the write log matches it.
+fn meta_value(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> serde_json::Value {
+    let mut meta = meta.clone();
+    meta.resource_version = None;
+    meta.managed_fields = None;
+    serde_json::to_value(meta).unwrap_or_default()
+}
+
+/// A cached body as JSON again (see `cached::compact_body`).
+fn body_value(object: &DynamicObject) -> serde_json::Value {
+    match &object.data {
+        serde_json::Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
+        body => body.clone(),
+    }
 }
 
 /// Declared kinds: the whole object, compact.
 impl Cached for DynamicObject {
     fn for_cache(&mut self) {
         super::cached::for_watch_cache(self);
+    }
+
+    fn fingerprint(&self) -> u64 {
+        crate::gate::writes::fingerprint(&serde_json::json!([meta_value(&self.metadata), body_value(self)]))
+    }
+
+    fn replicas(&self) -> Option<i64> {
+        body_value(self).pointer("/spec/replicas").and_then(serde_json::Value::as_i64)
     }
 }
 
@@ -96,6 +129,10 @@ impl Cached for PartialObjectMeta<DynamicObject> {
 
     fn for_cache(&mut self) {
         super::cached::metadata_only(self);
+    }
+
+    fn fingerprint(&self) -> u64 {
+        crate::gate::writes::fingerprint(&meta_value(&self.metadata))
     }
 
     fn identity(&self) -> Option<String> {
@@ -125,6 +162,8 @@ pub struct Watches<K: Cached> {
     // user added after a watch started is told too.
     users: Users,
     running: Mutex<HashMap<WatchKey, Running<K>>>,
+    /// Every event confirms the write-log records it delivers.
+    write_log: Option<Arc<crate::operator::writelog::SharedLog>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,8 +177,14 @@ impl<K: Cached> Watches<K> {
         client: Client,
         trigger: UnboundedSender<ObjectRef<DesiredState>>,
         pending_since: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Instant>>>,
+        write_log: Option<Arc<crate::operator::writelog::SharedLog>>,
     ) -> Self {
-        Self { client, trigger, pending_since, users: Users::default(), running: Mutex::new(HashMap::new()) }
+        Self { client, trigger, pending_since, users: Users::default(), running: Mutex::new(HashMap::new()), write_log }
+    }
+
+    /// The watches in use.
+    pub fn keys(&self) -> Vec<WatchKey> {
+        lock(&self.users).keys().cloned().collect()
     }
 
     /// Makes `user` use exactly `keys`: starts what is missing, and stops
@@ -219,11 +264,22 @@ impl<K: Cached> Watches<K> {
             }
         });
         let refused = forbidden.clone();
+        let write_log = self.write_log.clone();
         tracing::info!(kind = %key.kind, namespace = ?key.namespace, "watching");
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             let mut identities: HashMap<(Option<String>, String), String> = HashMap::new();
             while let Some(event) = stream.next().await {
+                // Every event, before anything is skipped: it may confirm a write.
+                if let Some(log) = &write_log {
+                    match &event {
+                        Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                            log.observe(object, false);
+                        }
+                        Ok(watcher::Event::Delete(object)) => log.observe(object, true),
+                        _ => {}
+                    }
+                }
                 // A change that leaves what readers decide by as it was wakes nobody.
                 if let Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) = &event
                     && let Some(identity) = object.identity()

@@ -27,7 +27,10 @@ const CLUSTER_WRITES: &[(&str, &str)] = &[
 /// ... and its Lease and Secrets in its own namespace.
 /// In its own namespace: the leader Lease, its Secrets, and the copies of
 /// the last verified sources (ConfigMaps).
-const NAMESPACE_WRITES: &[(&str, &str)] = &[("coordination.k8s.io", "leases"), ("", "secrets"), ("", "configmaps")];
+/// In the release namespace: the Lease, its own Secrets, the last verified
+/// sources, and the leader's label on its own Pod (`patch` only).
+const NAMESPACE_WRITES: &[(&str, &str)] =
+    &[("coordination.k8s.io", "leases"), ("", "secrets"), ("", "configmaps"), ("", "pods")];
 const OWN_SECRETS: &[&str] = &["driftwarden-webhook-tls", "driftwarden-audit"];
 
 /// Every rule of the rendered ClusterRoles and Roles, with the kind that holds it.

@@ -1,0 +1,520 @@
+//! The write log, the pure part: who wrote which object, from the
+//! operator's always-allowing admission webhook (`/writes`) and, where the
+//! API server is configured to send them, audit events.
+//!
+//! An admission call says what the API server is about to store, not that
+//! it stored it: another admission plugin may still refuse the write, or it
+//! may meet a conflict. So a record from admission is *provisional* until a
+//! watch delivers the write it describes, and then it is *confirmed*:
+//!
+//! - a create or an update carries the object as it will be stored, except
+//!   for its new resourceVersion: its fingerprint (the object with
+//!   resourceVersion and managedFields left out, in the form the watch
+//!   cache keeps) must equal that of an object the watch delivers with the
+//!   same uid and another resourceVersion. A create's uid is assigned
+//!   before admission and is new, so it alone cannot match an older object;
+//! - a scale (and other subresources whose body is not the object) carries
+//!   the parent's uid and the replicas asked for: a watched change of that
+//!   uid to those replicas confirms it;
+//! - a delete is confirmed by the watch's deletion of that uid (or its
+//!   `deletionTimestamp` being set, when finalizers hold it).
+//!
+//! A provisional record no watch confirms within [`PROVISIONAL_TTL`]
+//! expires: a refused write, a no-op update and a forged call never
+//! confirm. Audit events describe writes that succeeded, so they are
+//! confirmed as they come; one that matches a confirmed admission record
+//! (same user, verb, object, within [`SAME_WRITE`]) is the same write and
+//! is counted once.
+//!
+//! Confirmed records are kept per namespace for [`RETENTION`] (longer than
+//! any access window), within a byte budget: when a namespace exceeds it,
+//! the oldest records go and the namespace remembers until when its record
+//! is incomplete ([`WriteLog::incomplete_until`]); the gate then treats
+//! drift from before that moment as unexplained (fails closed: revert).
+
+use std::collections::{HashMap, VecDeque};
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+/// How long an admitted write may take to show up in a watch.
+pub const PROVISIONAL_TTL: SignedDuration = SignedDuration::from_secs(10);
+/// Two reports (admission, audit) of one user's write to one object this
+/// close in time are the same write.
+pub const SAME_WRITE: SignedDuration = SignedDuration::from_secs(2);
+/// How long confirmed records are kept (longer than any access window).
+pub const RETENTION: SignedDuration = SignedDuration::from_hours(25);
+/// The most a namespace's confirmed records may take (estimated).
+pub const NAMESPACE_BUDGET_BYTES: usize = 8 << 20;
+/// The most provisional records waiting at once (a flood of forged calls
+/// pushes out only the oldest unconfirmed ones).
+pub const MAX_PROVISIONAL: usize = 50_000;
+
+/// Where a record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Admission,
+    Audit,
+}
+
+/// One write: who, which verb, which object, when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The user as the API server resolved it (the impersonated one, if any).
+    pub user: String,
+    pub groups: Vec<String>,
+    /// create, update, patch or delete (as RBAC names the verbs).
+    pub verb: String,
+    /// API group ("" for core).
+    pub group: String,
+    /// Plural resource, without the subresource.
+    pub resource: String,
+    pub subresource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// When it was admitted (or, for audit events, received by the API server).
+    pub at: Timestamp,
+}
+
+impl Record {
+    /// The resource as RBAC rules name it: `deployments` or `deployments/scale`.
+    pub fn rbac_resource(&self) -> String {
+        match &self.subresource {
+            Some(sub) => format!("{}/{sub}", self.resource),
+            None => self.resource.clone(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let groups: usize = self.groups.iter().map(String::len).sum();
+        160 + self.user.len()
+            + groups
+            + self.verb.len()
+            + self.group.len()
+            + self.resource.len()
+            + self.subresource.as_ref().map_or(0, String::len)
+            + self.namespace.as_ref().map_or(0, String::len)
+            + self.name.len()
+    }
+
+    fn same_write(&self, other: &Record) -> bool {
+        // Admission sees a patch as an update.
+        let verb = |v: &str| if v == "patch" { "update".to_owned() } else { v.to_owned() };
+        self.user == other.user
+            && verb(&self.verb) == verb(&other.verb)
+            && self.group == other.group
+            && self.resource == other.resource
+            && self.subresource == other.subresource
+            && self.namespace == other.namespace
+            && self.name == other.name
+            && self.at.duration_since(other.at).abs() <= SAME_WRITE
+    }
+}
+
+/// What a watch must deliver to confirm an admitted write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The object with this uid, at another resourceVersion than
+    /// `previous`, with one of these fingerprints (one per form a watch
+    /// keeps: whole, or metadata only).
+    Content { uid: String, previous: Option<String>, fingerprints: Vec<u64> },
+    /// The object with this uid, at another resourceVersion, with these replicas.
+    Replicas { uid: String, previous: Option<String>, replicas: i64 },
+    /// The object with this uid deleted (or its deletion begun).
+    Deletion { uid: String },
+}
+
+impl Expect {
+    fn uid(&self) -> &str {
+        match self {
+            Expect::Content { uid, .. } | Expect::Replicas { uid, .. } | Expect::Deletion { uid } => uid,
+        }
+    }
+}
+
+/// What a watch delivered of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed<'a> {
+    pub uid: &'a str,
+    pub resource_version: Option<&'a str>,
+    /// The fingerprint of the object as the watch keeps it.
+    pub fingerprint: u64,
+    /// `spec.replicas`, where the watch keeps it.
+    pub replicas: Option<i64>,
+    /// Deleted, or its deletion begun.
+    pub deleted: bool,
+}
+
+impl Expect {
+    fn matches(&self, seen: &Observed<'_>) -> bool {
+        let moved = |previous: &Option<String>| previous.as_deref() != seen.resource_version;
+        match self {
+            Expect::Content { previous, fingerprints, .. } => {
+                !seen.deleted && moved(previous) && fingerprints.contains(&seen.fingerprint)
+            }
+            Expect::Replicas { previous, replicas, .. } => {
+                !seen.deleted && moved(previous) && seen.replicas == Some(*replicas)
+            }
+            Expect::Deletion { .. } => seen.deleted,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Confirmed {
+    record: Record,
+    sources: Vec<Source>,
+}
+
+#[derive(Debug, Default)]
+struct NamespaceLog {
+    records: VecDeque<Confirmed>,
+    bytes: usize,
+    /// Records up to this time were dropped for the budget.
+    incomplete_until: Option<Timestamp>,
+}
+
+/// The operator's write log (one per process; the leader's is the one the
+/// gate reads).
+#[derive(Debug, Default)]
+pub struct WriteLog {
+    provisional: HashMap<String, Vec<(Record, Expect)>>,
+    provisional_order: VecDeque<(String, Timestamp)>,
+    namespaces: HashMap<String, NamespaceLog>,
+}
+
+/// Counts of what one call to the log did, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub confirmed: usize,
+    pub merged: usize,
+    pub expired: usize,
+    pub overflowed: usize,
+}
+
+impl WriteLog {
+    /// Keeps an admitted write until a watch confirms it.
+    pub fn admit(&mut self, record: Record, expect: Expect, now: Timestamp) -> Outcome {
+        let mut outcome = self.expire(now);
+        let uid = expect.uid().to_owned();
+        self.provisional.entry(uid.clone()).or_default().push((record, expect));
+        self.provisional_order.push_back((uid, now));
+        while self.provisional_order.len() > MAX_PROVISIONAL {
+            let Some((uid, _)) = self.provisional_order.pop_front() else { break };
+            if let Some(list) = self.provisional.get_mut(&uid) {
+                list.remove(0);
+                if list.is_empty() {
+                    self.provisional.remove(&uid);
+                }
+            }
+            outcome.expired += 1;
+        }
+        outcome
+    }
+
+    /// Whether any provisional record waits for `uid` (a watch computes a
+    /// fingerprint only then).
+    pub fn waits_for(&self, uid: &str) -> bool {
+        self.provisional.contains_key(uid)
+    }
+
+    /// A watch delivered `seen`: confirms every provisional record it
+    /// matches. Returns the records confirmed that were new (not already
+    /// reported by the audit log).
+    pub fn observe(&mut self, seen: &Observed<'_>, now: Timestamp) -> (Vec<Record>, Outcome) {
+        let mut outcome = self.expire(now);
+        let Some(waiting) = self.provisional.remove(seen.uid) else { return (Vec::new(), outcome) };
+        let (matched, left): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(_, expect)| expect.matches(seen));
+        if !left.is_empty() {
+            self.provisional.insert(seen.uid.to_owned(), left);
+        }
+        let mut fresh = Vec::new();
+        for (record, _) in matched {
+            if self.confirm(record.clone(), Source::Admission, &mut outcome) {
+                fresh.push(record);
+            }
+        }
+        (fresh, outcome)
+    }
+
+    /// Audit events: writes that succeeded. Returns those that were new.
+    pub fn audited(&mut self, records: Vec<Record>, now: Timestamp) -> (Vec<Record>, Outcome) {
+        let mut outcome = self.expire(now);
+        let mut fresh = Vec::new();
+        for record in records {
+            if self.confirm(record.clone(), Source::Audit, &mut outcome) {
+                fresh.push(record);
+            }
+        }
+        (fresh, outcome)
+    }
+
+    /// Adds a confirmed record, or marks the one it duplicates; true if new.
+    fn confirm(&mut self, record: Record, source: Source, outcome: &mut Outcome) -> bool {
+        let Some(namespace) = record.namespace.clone() else { return false };
+        let log = self.namespaces.entry(namespace).or_default();
+        if let Some(same) =
+            log.records.iter_mut().rev().find(|c| !c.sources.contains(&source) && c.record.same_write(&record))
+        {
+            same.sources.push(source);
+            outcome.merged += 1;
+            return false;
+        }
+        // A retried audit batch reports the same write again.
+        if log.records.iter().rev().any(|c| c.record == record) {
+            return false;
+        }
+        log.bytes += record.bytes();
+        let position = log.records.iter().rposition(|c| c.record.at <= record.at).map_or(0, |p| p + 1);
+        log.records.insert(position, Confirmed { record, sources: vec![source] });
+        outcome.confirmed += 1;
+        while log.bytes > NAMESPACE_BUDGET_BYTES {
+            let Some(dropped) = log.records.pop_front() else { break };
+            log.bytes -= dropped.record.bytes();
+            log.incomplete_until = log.incomplete_until.max(Some(dropped.record.at));
+            outcome.overflowed += 1;
+        }
+        true
+    }
+
+    /// Drops provisional records past their time and confirmed ones past
+    /// the retention.
+    fn expire(&mut self, now: Timestamp) -> Outcome {
+        let mut outcome = Outcome::default();
+        while let Some((uid, admitted)) = self.provisional_order.front().cloned() {
+            if now.duration_since(admitted) < PROVISIONAL_TTL {
+                break;
+            }
+            self.provisional_order.pop_front();
+            if let Some(list) = self.provisional.get_mut(&uid) {
+                let before = list.len();
+                list.retain(|(record, _)| now.duration_since(record.at) < PROVISIONAL_TTL);
+                outcome.expired += before - list.len();
+                if list.is_empty() {
+                    self.provisional.remove(&uid);
+                }
+            }
+        }
+        for log in self.namespaces.values_mut() {
+            while log.records.front().is_some_and(|c| now.duration_since(c.record.at) > RETENTION) {
+                if let Some(dropped) = log.records.pop_front() {
+                    log.bytes -= dropped.record.bytes();
+                }
+            }
+        }
+        self.namespaces.retain(|_, log| !log.records.is_empty() || log.incomplete_until.is_some());
+        outcome
+    }
+
+    /// The confirmed writes to one object after `from`.
+    pub fn writes_to(
+        &self,
+        namespace: &str,
+        group: &str,
+        resource: &str,
+        name: &str,
+        from: Timestamp,
+    ) -> impl Iterator<Item = &Record> {
+        self.namespaces.get(namespace).into_iter().flat_map(move |log| {
+            log.records
+                .iter()
+                .map(|c| &c.record)
+                .filter(move |r| r.at > from && r.group == group && r.resource == resource && r.name == name)
+        })
+    }
+
+    /// Until when `namespace`'s record is incomplete (records were dropped
+    /// to keep within the budget).
+    pub fn incomplete_until(&self, namespace: &str) -> Option<Timestamp> {
+        self.namespaces.get(namespace).and_then(|log| log.incomplete_until)
+    }
+
+    /// Provisional records waiting, and confirmed records kept.
+    pub fn sizes(&self) -> (usize, usize) {
+        let provisional = self.provisional.values().map(Vec::len).sum();
+        let confirmed = self.namespaces.values().map(|log| log.records.len()).sum();
+        (provisional, confirmed)
+    }
+}
+
+/// A stable fingerprint of a JSON value, whatever the order of its keys.
+pub fn fingerprint(value: &serde_json::Value) -> u64 {
+    use std::hash::Hasher as _;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    feed(value, &mut hasher);
+    hasher.finish()
+}
+
+fn feed(value: &serde_json::Value, hasher: &mut impl std::hash::Hasher) {
+    use serde_json::Value;
+    use std::hash::Hash as _;
+    match value {
+        Value::Null => 0u8.hash(hasher),
+        Value::Bool(b) => (1u8, b).hash(hasher),
+        Value::Number(n) => (2u8, n.to_string()).hash(hasher),
+        Value::String(s) => (3u8, s).hash(hasher),
+        Value::Array(items) => {
+            (4u8, items.len()).hash(hasher);
+            items.iter().for_each(|item| feed(item, hasher));
+        }
+        Value::Object(map) => {
+            (5u8, map.len()).hash(hasher);
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            for key in keys {
+                key.hash(hasher);
+                feed(&map[key], hasher);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + second).unwrap()
+    }
+
+    fn record(user: &str, verb: &str, second: i64) -> Record {
+        Record {
+            user: user.into(),
+            groups: vec![],
+            verb: verb.into(),
+            group: "apps".into(),
+            resource: "deployments".into(),
+            subresource: None,
+            namespace: Some("shop".into()),
+            name: "web".into(),
+            at: at(second),
+        }
+    }
+
+    fn content(fingerprint: u64) -> Expect {
+        Expect::Content { uid: "u1".into(), previous: Some("10".into()), fingerprints: vec![fingerprint] }
+    }
+
+    fn seen(version: &str, fingerprint: u64) -> Observed<'_> {
+        Observed { uid: "u1", resource_version: Some(version), fingerprint, replicas: None, deleted: false }
+    }
+
+    fn writers(log: &WriteLog) -> Vec<String> {
+        log.writes_to("shop", "apps", "deployments", "web", at(-100)).map(|r| r.user.clone()).collect()
+    }
+
+    #[test]
+    fn an_admitted_write_counts_only_once_the_watch_delivers_it() {
+        let mut log = WriteLog::default();
+        log.admit(record("alice", "patch", 0), content(7), at(0));
+        assert!(writers(&log).is_empty(), "provisional records are not writes");
+        // The same resourceVersion (a no-op) or other content confirms nothing.
+        assert!(log.observe(&seen("10", 7), at(0)).0.is_empty());
+        assert!(log.observe(&seen("11", 8), at(0)).0.is_empty());
+        let (fresh, outcome) = log.observe(&seen("12", 7), at(1));
+        assert_eq!((fresh.len(), outcome.confirmed), (1, 1));
+        assert_eq!(writers(&log), ["alice"]);
+        // Confirmed once: the next event of the same content confirms nothing more.
+        assert!(log.observe(&seen("13", 7), at(1)).0.is_empty());
+    }
+
+    #[test]
+    fn a_write_the_api_server_refused_expires_unconfirmed() {
+        let mut log = WriteLog::default();
+        log.admit(record("alice", "patch", 0), content(7), at(0));
+        // Eleven seconds later someone else's write happens to store the same content.
+        assert!(log.observe(&seen("12", 7), at(11)).0.is_empty());
+        assert!(writers(&log).is_empty());
+        assert_eq!(log.sizes(), (0, 0));
+    }
+
+    #[test]
+    fn a_forged_record_matching_a_real_write_is_counted_beside_it() {
+        let mut log = WriteLog::default();
+        log.admit(record("bob", "patch", 0), content(7), at(0));
+        log.admit(record("alice", "patch", 0), content(7), at(0));
+        log.observe(&seen("12", 7), at(0));
+        let mut users = writers(&log);
+        users.sort();
+        assert_eq!(users, ["alice", "bob"], "bob's real write stays in the record, so the drift is unexplained");
+    }
+
+    #[test]
+    fn scale_and_delete_are_confirmed_by_their_effect() {
+        let mut log = WriteLog::default();
+        let mut scale = record("alice", "update", 0);
+        scale.subresource = Some("scale".into());
+        log.admit(scale, Expect::Replicas { uid: "u1".into(), previous: Some("10".into()), replicas: 5 }, at(0));
+        let mut observed = seen("11", 1);
+        observed.replicas = Some(4);
+        assert!(log.observe(&observed, at(0)).0.is_empty());
+        observed.replicas = Some(5);
+        observed.resource_version = Some("12");
+        assert_eq!(log.observe(&observed, at(0)).0[0].rbac_resource(), "deployments/scale");
+
+        log.admit(record("bob", "delete", 1), Expect::Deletion { uid: "u1".into() }, at(1));
+        assert!(log.observe(&seen("13", 1), at(1)).0.is_empty());
+        let deleted = Observed { deleted: true, ..seen("14", 1) };
+        assert_eq!(log.observe(&deleted, at(1)).0[0].verb, "delete");
+    }
+
+    #[test]
+    fn admission_and_audit_reports_of_one_write_count_once() {
+        let mut log = WriteLog::default();
+        log.admit(record("alice", "patch", 0), content(7), at(0));
+        log.observe(&seen("12", 7), at(0));
+        let (fresh, outcome) = log.audited(vec![record("alice", "update", 1)], at(2));
+        assert!(fresh.is_empty());
+        assert_eq!(outcome.merged, 1);
+        assert_eq!(writers(&log), ["alice"]);
+        // The audit event first, then the admission record: still one.
+        let (fresh, _) = log.audited(vec![record("bob", "patch", 5)], at(5));
+        assert_eq!(fresh.len(), 1);
+        log.admit(record("bob", "patch", 5), content(9), at(5));
+        assert!(log.observe(&seen("13", 9), at(5)).0.is_empty());
+        assert_eq!(writers(&log), ["alice", "bob"]);
+        // A retried batch is not a second write.
+        assert!(log.audited(vec![record("bob", "patch", 5)], at(6)).0.is_empty());
+    }
+
+    #[test]
+    fn a_burst_of_other_writes_does_not_push_a_write_out() {
+        let mut log = WriteLog::default();
+        log.admit(record("bob", "patch", 0), content(7), at(0));
+        log.observe(&seen("12", 7), at(0));
+        for i in 0..1000 {
+            let mut other = record("carol", "update", 1);
+            other.name = format!("cm-{i}");
+            log.audited(vec![other], at(1));
+        }
+        assert_eq!(writers(&log), ["bob"]);
+        assert_eq!(log.incomplete_until("shop"), None);
+    }
+
+    #[test]
+    fn past_the_budget_the_oldest_go_and_the_gap_is_known() {
+        let mut log = WriteLog::default();
+        let big = "x".repeat(4096);
+        let mut count = 0;
+        while log.incomplete_until("shop").is_none() {
+            let mut write = record(&big, "update", count);
+            write.name = format!("cm-{count}");
+            log.audited(vec![write], at(count));
+            count += 1;
+        }
+        assert_eq!(log.incomplete_until("shop"), Some(at(0)));
+    }
+
+    #[test]
+    fn a_flood_of_provisional_records_is_bounded() {
+        let mut log = WriteLog::default();
+        for i in 0..(MAX_PROVISIONAL + 10) {
+            let expect = Expect::Deletion { uid: format!("u{i}") };
+            log.admit(record("mallory", "delete", 0), expect, at(0));
+        }
+        assert_eq!(log.sizes().0, MAX_PROVISIONAL);
+        assert_eq!(
+            log.admit(record("x", "delete", 20), Expect::Deletion { uid: "z".into() }, at(20)).expired,
+            MAX_PROVISIONAL
+        );
+    }
+}
