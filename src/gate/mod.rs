@@ -84,7 +84,11 @@ impl Grant<'_> {
     }
 
     fn permits(&self, write: &Write<'_>, drifted: &Drifted<'_>) -> bool {
-        write.user == self.requester && self.rules.iter().any(|r| r.allows(write.verb, drifted.group, write.resource))
+        // Admission sees a patch as an UPDATE (the write log records both as
+        // `update`): either verb of the role explains one.
+        let verbs: &[&str] = if write.verb == "update" { &["update", "patch"] } else { &[write.verb] };
+        write.user == self.requester
+            && verbs.iter().any(|verb| self.rules.iter().any(|r| r.allows(verb, drifted.group, write.resource)))
     }
 
     /// Whether the role allows some write to the drifted resource.
@@ -275,6 +279,8 @@ mod tests {
         let alice_expired = grant("alice-fix", "alice", Expired, (0, 600), &rules);
         let alice_revoked = Grant { ended_at: Some(at(300)), ..grant("alice-fix", "alice", Revoked, (0, 600), &rules) };
         let alice_view = grant("alice-view", "alice", Active, (0, 600), &read_only);
+        let patch_only = vec![Rule { verbs: vec!["patch".into()], ..rules[0].clone() }];
+        let alice_patcher = grant("alice-patch", "alice", Active, (0, 600), &patch_only);
         let bob_active = grant("bob-fix", "bob", Active, (0, 900), &rules);
         let elsewhere = Grant { namespace: "payments", ..alice_active.clone() };
         let pending = grant("alice-wait", "alice", Pending, (0, 600), &rules);
@@ -316,6 +322,16 @@ mod tests {
                 true,
                 20,
                 Decision::Revert { class: DriftClass::Unauthorized, request: None },
+            ),
+            (
+                // Admission sees a patch as an UPDATE: a patch-only role explains it.
+                "an admitted update under a role that may only patch",
+                vec![write("alice", "update", 10)],
+                vec![alice_patcher],
+                REVERT_BOTH,
+                true,
+                20,
+                Decision::Hold { request: "alice-patch".into(), class: DriftClass::Authorized, until: at(600) },
             ),
             (
                 "role does not permit the verb",

@@ -7,7 +7,7 @@
 //!    an HPA keeps `spec.replicas`;
 //! 2. if the applied object still holds fields Git does not declare (a
 //!    sidecar, `privileged: true`, a label), a JSON patch that removes them,
-//!    guarded by the resourceVersion the apply returned.
+//!    each guarded by a `test` of the value it removes.
 
 use serde_json::{Map, Value, json};
 
@@ -134,11 +134,14 @@ fn walk_owned(fields: &Map<String, Value>, path: &mut Vec<String>, out: &mut Vec
 }
 
 /// A JSON patch that removes the fields `diff` reports as added by a foreign
-/// manager, or None when there are none. Paths index into the object the
-/// diff was taken against, so the patch is guarded by its resourceVersion:
-/// if anyone wrote in between, the API server refuses it and the revert is
-/// retried against the new object.
-pub fn removal_patch(diff: &ObjectDiff, resource_version: &str) -> Option<Value> {
+/// manager, or None when there are none. Paths index into `object`, the
+/// object the diff was taken against, so each removal is guarded by a
+/// `test` of the value it removes: if anyone changed that value (or shifted
+/// the list it is in) in between, the API server refuses the patch and the
+/// revert is retried against the new object. A write elsewhere in the
+/// object does not: a busy writer of other fields cannot keep a foreign
+/// field in place by outpacing the revert.
+pub fn removal_patch(diff: &ObjectDiff, object: &Value) -> Option<Value> {
     let mut paths: Vec<Vec<String>> = diff
         .changes
         .iter()
@@ -155,8 +158,20 @@ pub fn removal_patch(diff: &ObjectDiff, resource_version: &str) -> Option<Value>
     paths.dedup();
     let all = paths.clone();
     paths.retain(|path| !all.iter().any(|other| other.len() < path.len() && path.starts_with(other)));
-    let mut ops = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})];
-    ops.extend(paths.iter().map(|path| json!({"op": "remove", "path": pointer(path)})));
+    let mut ops = Vec::with_capacity(paths.len() * 2);
+    for path in &paths {
+        let at = pointer(path);
+        // Not there (cannot happen for a diff of `object`): guard the whole
+        // patch by the version instead.
+        let Some(value) = object.pointer(&at) else {
+            let version = object.pointer("/metadata/resourceVersion").cloned().unwrap_or_default();
+            ops.insert(0, json!({"op": "test", "path": "/metadata/resourceVersion", "value": version}));
+            ops.push(json!({"op": "remove", "path": at}));
+            continue;
+        };
+        ops.push(json!({"op": "test", "path": at, "value": value}));
+        ops.push(json!({"op": "remove", "path": at}));
+    }
     Some(Value::Array(ops))
 }
 
@@ -238,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn removals_run_back_to_front_and_are_guarded() {
+    fn removals_run_back_to_front_and_each_is_guarded_by_its_value() {
         let added = |path: &str| FieldChange { path: path.into(), kind: ChangeKind::Added };
         let diff = ObjectDiff {
             changes: vec![
@@ -246,26 +261,53 @@ mod tests {
                 added("/spec/template/spec/containers/1"),
                 added("/spec/template/spec/containers/1/image"),
                 added("/metadata/labels/team~1x"),
-                added("/spec/template/spec/containers/10"),
                 FieldChange { path: "/spec/replicas".into(), kind: ChangeKind::Changed },
             ],
             unified: String::new(),
         };
-        let patch = removal_patch(&diff, "42").unwrap();
-        let paths: Vec<&str> = patch.as_array().unwrap().iter().map(|op| op["path"].as_str().unwrap()).collect();
+        let object = json!({
+            "metadata": {"resourceVersion": "42", "labels": {"team/x": "red"}},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [
+                {"name": "web", "securityContext": {"privileged": true}},
+                {"name": "miner", "image": "xmr:1"},
+            ]}}},
+        });
+        let patch = removal_patch(&diff, &object).unwrap();
+        let ops: Vec<(&str, &str)> = patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|op| (op["op"].as_str().unwrap(), op["path"].as_str().unwrap()))
+            .collect();
         assert_eq!(
-            paths,
+            ops,
             [
-                "/metadata/resourceVersion",
-                "/spec/template/spec/containers/10",
-                "/spec/template/spec/containers/1",
-                "/spec/template/spec/containers/0/securityContext/privileged",
-                "/metadata/labels/team~1x",
+                ("test", "/spec/template/spec/containers/1"),
+                ("remove", "/spec/template/spec/containers/1"),
+                ("test", "/spec/template/spec/containers/0/securityContext/privileged"),
+                ("remove", "/spec/template/spec/containers/0/securityContext/privileged"),
+                ("test", "/metadata/labels/team~1x"),
+                ("remove", "/metadata/labels/team~1x"),
             ]
         );
-        assert_eq!(patch[0]["op"], "test");
-        assert_eq!(patch[0]["value"], "42");
-        let changed_only = ObjectDiff { changes: vec![diff.changes[5].clone()], unified: String::new() };
-        assert_eq!(removal_patch(&changed_only, "42"), None);
+        assert_eq!(patch[0]["value"], json!({"name": "miner", "image": "xmr:1"}), "exactly that container");
+        assert_eq!(patch[2]["value"], json!(true));
+        // The patch applies to the object it was made for...
+        let patch_ops: json_patch::Patch = serde_json::from_value(patch.clone()).unwrap();
+        let mut applied = object.clone();
+        json_patch::patch(&mut applied, &patch_ops).unwrap();
+        assert_eq!(applied.pointer("/spec/template/spec/containers").unwrap().as_array().unwrap().len(), 1);
+        // ...and to one changed elsewhere, but not to one whose list shifted.
+        let mut elsewhere = object.clone();
+        elsewhere["metadata"]["annotations"] = json!({"tick": "7"});
+        assert!(json_patch::patch(&mut elsewhere, &patch_ops).is_ok());
+        let mut shifted = object.clone();
+        shifted["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap().swap(0, 1);
+        assert!(
+            json_patch::patch(&mut shifted, &patch_ops).is_err(),
+            "a shifted list must not lose the wrong container"
+        );
+        let changed_only = ObjectDiff { changes: vec![diff.changes[4].clone()], unified: String::new() };
+        assert_eq!(removal_patch(&changed_only, &object), None);
     }
 }

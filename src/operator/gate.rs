@@ -444,8 +444,8 @@ fn api_for(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> 
 }
 
 fn is_conflict(error: &kube::Error) -> bool {
-    // 409: a resourceVersion precondition failed; 422 on a JSON patch: its
-    // `test` of the resourceVersion failed.
+    // 409: a resourceVersion precondition failed; 422 on a JSON patch: one
+    // of its `test`s failed (someone changed a value it removes).
     matches!(error, kube::Error::Api(status) if status.code == 409 || (status.code == 422 && status.message.contains("test")))
 }
 
@@ -472,7 +472,7 @@ pub async fn revert(
             let value = serde_json::to_value(&current).unwrap_or_default();
             let left = drift::diff(declared, Some(&value), options);
             let version = current.resource_version().unwrap_or_default();
-            let Some(removal) = revert::removal_patch(&left, &version) else { return Ok(version) };
+            let Some(removal) = revert::removal_patch(&left, &value) else { return Ok(version) };
             let removal: json_patch::Patch =
                 serde_json::from_value(removal).expect("removal patches are valid JSON patches");
             let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };

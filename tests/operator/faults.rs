@@ -97,11 +97,14 @@ async fn a_revert_converges_against_a_busy_writer_and_leaves_its_fields_alone() 
     let privileged = json!({"spec": {"template": {"spec": {"containers": [
         {"name": "web", "securityContext": {"privileged": true}}]}}}});
     deployments.patch("web", &edit, &Patch::Strategic(privileged)).await.unwrap();
+    let edited = std::time::Instant::now();
     until(Duration::from_secs(20), "the revert under contention", || async {
         let web = deployments.get("web").await.unwrap();
         web.spec.unwrap().template.spec.unwrap().containers[0].security_context.is_none()
     })
     .await;
+    eprintln!("reverted under contention after {:?}", edited.elapsed());
+    // (`-- --nocapture` prints it: the figure in docs/GATE.md.)
     writer.abort();
     let web = deployments.get("web").await.unwrap();
     assert!(web.annotations().contains_key("tick"), "the revert removed the other writer's field");

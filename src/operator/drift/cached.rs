@@ -331,11 +331,10 @@ mod tests {
         assert_eq!(drift::diff(&declared, Some(&read_back), &options), diff);
 
         // The removal patch: the foreign addition goes.
-        let version = whole_object.metadata.resource_version.clone().unwrap();
-        let removal = revert::removal_patch(&diff, &version).expect("a foreign addition to remove");
+        let removal = revert::removal_patch(&diff, &whole).expect("a foreign addition to remove");
         assert!(removal.to_string().contains(r#"{"op":"remove","path":"/data/extra"}"#), "{removal}");
         let from_cache = drift::diff(&declared, Some(&read_back), &options);
-        assert_eq!(revert::removal_patch(&from_cache, &version), Some(removal));
+        assert_eq!(revert::removal_patch(&from_cache, &read_back), Some(removal));
 
         // The applied object: an ignore rule by field manager reads managedFields.
         let ignore = [IgnoreRule {
