@@ -132,6 +132,18 @@ impl Step {
         self.entries.iter().filter(|e| e.state == State::Pruning)
     }
 
+    /// Learns the uids of declared objects from what wrote them (a revert
+    /// that re-created a deleted object knows its new uid before any watch
+    /// does): an inventory stored now already lists it.
+    pub fn learn_uids<'a>(&mut self, known: impl IntoIterator<Item = (&'a ObjectKey, &'a str)>) {
+        for (key, uid) in known {
+            let id: Id = (key.group.clone(), key.kind.clone(), key.namespace.clone(), key.name.clone());
+            if let Some(entry) = self.entries.iter_mut().find(|e| e.state == State::Declared && e.id() == id) {
+                entry.uid = uid.to_owned();
+            }
+        }
+    }
+
     /// The uids of the objects kept that the current revision does not
     /// declare (retired, being pruned, held back): never undeclared drift.
     pub fn removed_from_git(&self) -> BTreeSet<String> {
@@ -435,6 +447,17 @@ mod tests {
         // Prune turned off midway: the deletion under way stops.
         let off = advance(&step.entries, &[Current { key: &kept, uid: Some("u-kept") }], KEEP, nowhere);
         assert_eq!(names(&off, State::Retired), ["going", "old"]);
+    }
+
+    #[test]
+    fn a_re_created_object_is_listed_with_the_uid_its_revert_saw() {
+        let a = key("ConfigMap", "a");
+        let mut step = advance(&[], &[Current { key: &a, uid: None }], PRUNE, nowhere);
+        step.learn_uids([(&a, "u-new")]);
+        assert_eq!(step.entries[0].uid, "u-new");
+        // Removed from Git after a restart that read this inventory: pruned, by that uid.
+        let next = advance(&step.entries, &[], PRUNE, nowhere);
+        assert!(next.blocked.is_some(), "one of one is more than half");
     }
 
     #[test]

@@ -449,15 +449,27 @@ fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 409 || (status.code == 422 && status.message.contains("test")))
 }
 
-/// Puts one object back to its declared state; returns the resourceVersion
-/// it left the object at. `live` is the cached copy the drift was seen on.
+/// What a revert left: the object's resourceVersion and uid (a new uid if
+/// it re-created a deleted object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reverted {
+    pub version: String,
+    pub uid: String,
+}
+
+/// Puts one object back to its declared state. `live` is the cached copy
+/// the drift was seen on.
 pub async fn revert(
     client: &Client,
     resource: &ApiResource,
     declared: &Value,
     mut live: Option<Value>,
     options: &DiffOptions,
-) -> Result<String, RevertError> {
+) -> Result<Reverted, RevertError> {
+    let left_at = |object: &DynamicObject| Reverted {
+        version: object.resource_version().unwrap_or_default(),
+        uid: object.uid().unwrap_or_default(),
+    };
     let namespace = declared.pointer("/metadata/namespace").and_then(Value::as_str);
     let name = declared.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
     let api = api_for(client, resource, namespace);
@@ -471,8 +483,7 @@ pub async fn revert(
         for _ in 0..REMOVAL_ROUNDS {
             let value = serde_json::to_value(&current).unwrap_or_default();
             let left = drift::diff(declared, Some(&value), options);
-            let version = current.resource_version().unwrap_or_default();
-            let Some(removal) = revert::removal_patch(&left, &value) else { return Ok(version) };
+            let Some(removal) = revert::removal_patch(&left, &value) else { return Ok(left_at(&current)) };
             let removal: json_patch::Patch =
                 serde_json::from_value(removal).expect("removal patches are valid JSON patches");
             let params = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
@@ -486,7 +497,7 @@ pub async fn revert(
             }
         }
         match conflict {
-            None => return Ok(current.resource_version().unwrap_or_default()),
+            None => return Ok(left_at(&current)),
             Some(_) if attempt < REVERT_ATTEMPTS => {
                 tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                 live = api.get_opt(name).await.map_err(RevertError::Read)?.and_then(|o| serde_json::to_value(o).ok());

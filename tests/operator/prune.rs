@@ -187,7 +187,16 @@ async fn a_removal_published_while_the_operator_was_down_is_pruned_when_it_is_ba
         .unwrap();
     let (namespace, name) = stored.split_once('/').unwrap();
     let config_maps: Api<ConfigMap> = Api::namespaced(t.env.admin.clone(), namespace);
-    assert!(config_maps.get_opt(name).await.unwrap().is_some(), "{stored} is not there");
+    // The pass that re-created the objects stored them without uids (they
+    // were not live yet); the next one, on their watch events, adds them.
+    let with_uids = eventually(Duration::from_secs(10), || async {
+        let stored = config_maps.get_opt(name).await.ok()??;
+        let bytes = stored.binary_data?.get("inventory.gz")?.0.clone();
+        let entries = driftwarden::drift::inventory::decode(&bytes).ok()?;
+        (entries.len() == 3 && entries.iter().all(|e| !e.uid.is_empty())).then_some(())
+    })
+    .await;
+    assert!(with_uids.is_some(), "{stored} does not hold the three objects with their uids");
 
     let outage = Outage::begin(t.operator);
     publish(&t, "shop", &["left", "right"]).await;

@@ -147,8 +147,9 @@ async fn revert(
         let requester = context.gate.requester(&namespace, &request).unwrap_or_default();
         let approvers = context.gate.approvers(&namespace, &request).join(",");
         match result {
-            Ok(version) => {
-                memory.reverted.insert(object_ref.clone(), version);
+            Ok(reverted) => {
+                memory.reverted.insert(object_ref.clone(), reverted.version);
+                outcome.uids.push((index, reverted.uid));
                 memory.clean_at.insert(object_ref.clone(), Timestamp::now());
                 memory.contest.reverted(&object_ref, Timestamp::now());
                 context.metrics.reverts.get_or_create(&RevertLabels { reason: reason.clone() }).inc();

@@ -466,6 +466,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
 
     // Execute, then tell.
     let outcome = execute::carry_out(&context, &state, &inputs, &plan, &mut memory).await;
+    let mut step = step;
+    step.learn_uids(outcome.uids.iter().map(|(index, uid)| (&parsed.objects[*index].key, uid.as_str())));
     let pruned = if state.spec.dry_run {
         execute::Pruned::default()
     } else {

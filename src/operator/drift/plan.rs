@@ -333,6 +333,8 @@ fn judgement(
 pub(super) struct Outcome {
     /// Declared objects put back (indices, sorted).
     pub reverted: Vec<usize>,
+    /// The uid each reverted object has now (a re-created one has a new one).
+    pub uids: Vec<(usize, String)>,
     /// Undeclared objects deleted (indices into the plan's extras, sorted).
     pub deleted: Vec<usize>,
     pub last: Option<RevertRecord>,
