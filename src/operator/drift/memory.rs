@@ -73,6 +73,8 @@ pub(super) struct Memory {
     pub pruning: HashSet<String>,
     /// The token of the blocked prune last announced.
     pub prune_blocked: Option<String>,
+    /// The revert count (and last revert) this process last wrote to status.
+    pub reverts_written: Option<(i64, Option<api::RevertRecord>)>,
 }
 
 impl Memory {

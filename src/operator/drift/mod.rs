@@ -381,9 +381,18 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         context.metadata_watches.release(&me);
         return Ok(Action::await_change());
     }
-    let old = state.status.clone().unwrap_or_default();
+    let mut old = state.status.clone().unwrap_or_default();
     let generation = state.metadata.generation;
     let mut memory = context.memories.take(&me);
+    // The cached status may not have caught up with our last write yet:
+    // counts only this status carries must not go back (and an apply
+    // without them would erase them).
+    if let Some((reverts, last)) = &memory.reverts_written
+        && old.reverts.unwrap_or(0) < *reverts
+    {
+        old.reverts = Some(*reverts);
+        old.last_revert = last.clone();
+    }
 
     // Read.
     let sources = read::sources(&context, &state, &old, &mut memory).await;
@@ -523,6 +532,9 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         now,
     });
     execute::write_status(&context, &state, &old, &status).await?;
+    if let Some(reverts) = status.reverts {
+        memory.reverts_written = Some((reverts, status.last_revert.clone()));
+    }
     let mut notices = plan::notices(&inputs, &plan, &outcome, &memory, &status);
     if let Some(refusal) = &refusal {
         execute::announce_refusal(&context, &state, &old, refusal).await;
