@@ -73,8 +73,15 @@ pub(super) struct Memory {
     pub pruning: HashSet<String>,
     /// The token of the blocked prune last announced.
     pub prune_blocked: Option<String>,
-    /// The revert count (and last revert) this process last wrote to status.
-    pub reverts_written: Option<(i64, Option<api::RevertRecord>)>,
+    /// The counts this process last wrote to status.
+    pub counts_written: Option<Counts>,
+}
+
+/// Counts only status carries from pass to pass.
+pub(super) struct Counts {
+    pub reverts: i64,
+    pub last_revert: Option<api::RevertRecord>,
+    pub pruned: i64,
 }
 
 impl Memory {

@@ -387,11 +387,16 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     // The cached status may not have caught up with our last write yet:
     // counts only this status carries must not go back (and an apply
     // without them would erase them).
-    if let Some((reverts, last)) = &memory.reverts_written
-        && old.reverts.unwrap_or(0) < *reverts
-    {
-        old.reverts = Some(*reverts);
-        old.last_revert = last.clone();
+    if let Some(written) = &memory.counts_written {
+        if old.reverts.unwrap_or(0) < written.reverts {
+            old.reverts = Some(written.reverts);
+            old.last_revert = written.last_revert.clone();
+        }
+        if let Some(inventory) = old.inventory.as_mut()
+            && inventory.pruned < written.pruned
+        {
+            inventory.pruned = written.pruned;
+        }
     }
 
     // Read.
@@ -532,9 +537,11 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         now,
     });
     execute::write_status(&context, &state, &old, &status).await?;
-    if let Some(reverts) = status.reverts {
-        memory.reverts_written = Some((reverts, status.last_revert.clone()));
-    }
+    memory.counts_written = Some(memory::Counts {
+        reverts: status.reverts.unwrap_or(0),
+        last_revert: status.last_revert.clone(),
+        pruned: status.inventory.as_ref().map_or(0, |i| i.pruned),
+    });
     let mut notices = plan::notices(&inputs, &plan, &outcome, &memory, &status);
     if let Some(refusal) = &refusal {
         execute::announce_refusal(&context, &state, &old, refusal).await;
