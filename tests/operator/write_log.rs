@@ -37,13 +37,17 @@ async fn third_party_reverted_grantee_held(t: &AccessTest) {
     scale(t, User::Alice, 5).await;
     t.wait_for_status("shop", Duration::from_secs(10), |s| held_for(s, "web", "alice-fix")).await;
     assert_eq!(replicas(t).await, 5);
+    // The request's activity summary is written after the record is
+    // confirmed, by its own worker: wait for it.
+    let logged = |status: &driftwarden::api::AccessRequestStatus| {
+        status.activity.iter().any(|e| e.resource == "deployments.apps/scale" && e.name.as_deref() == Some("web"))
+    };
+    let _ =
+        eventually(Duration::from_secs(10), || async { logged(&request_status(t, "alice-fix").await).then_some(()) })
+            .await;
     let status = request_status(t, "alice-fix").await;
     assert!(status.activity.iter().all(|e| e.user == "alice"), "{:#?}", status.activity);
-    assert!(
-        status.activity.iter().any(|e| e.resource == "deployments.apps/scale" && e.name.as_deref() == Some("web")),
-        "{:#?}",
-        status.activity
-    );
+    assert!(logged(&status), "{:#?}", status.activity);
 }
 
 #[tokio::test]
