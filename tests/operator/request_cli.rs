@@ -11,11 +11,21 @@ use serde_json::json;
 
 use crate::common::{AccessTest, setup};
 
-/// Runs `args` (the subcommand first) as `user`.
-fn run(t: &AccessTest, user: User, args: &[&str]) -> Output {
+/// `driftwarden ARGS` (the subcommand first) as `user`, in the test's namespace.
+fn command(t: &AccessTest, user: User, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_driftwarden"));
     command.args(args).arg("--kubeconfig").arg(t.env.cp.kubeconfig(user)).args(["-n", &t.env.namespace]);
-    command.output().unwrap()
+    command
+}
+
+/// Runs `args` as `user`.
+fn run(t: &AccessTest, user: User, args: &[&str]) -> Output {
+    command(t, user, args).output().unwrap()
+}
+
+/// Starts `args` as `user` in the background (a `request` that waits).
+fn spawn(t: &AccessTest, user: User, args: &[&str]) -> std::process::Child {
+    command(t, user, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 fn text(output: &Output) -> String {
@@ -27,15 +37,8 @@ async fn a_request_is_made_found_approved_shown_and_revoked_from_the_command_lin
     let t = setup("request-cli", json!({})).await;
 
     // alice asks and waits for the decision.
-    let mut waiting = Command::new(env!("CARGO_BIN_EXE_driftwarden"));
-    waiting
-        .args(["request", "edit", "--for", "10m", "--reason", "INC-7: the checkout is down", "--name", "fix"])
-        .arg("--kubeconfig")
-        .arg(t.env.cp.kubeconfig(User::Alice))
-        .args(["-n", &t.env.namespace])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let waiting = waiting.spawn().unwrap();
+    let request = ["request", "edit", "--for", "10m", "--reason", "INC-7: the checkout is down", "--name", "fix"];
+    let waiting = spawn(&t, User::Alice, &request);
     t.wait_for_phase("fix", AccessPhase::Pending, Duration::from_secs(10)).await;
 
     // carol sees it among what she may review; alice does not see her own there.
@@ -84,15 +87,7 @@ async fn refusals_read_as_their_reasons() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing).contains("accessrequest nope"), "{}", text(&missing));
     // Denied while alice waits: exit 1, with the reason.
-    let mut waiting = Command::new(env!("CARGO_BIN_EXE_driftwarden"));
-    waiting
-        .args(["request", "view", "--reason", "INC-10: read the logs", "--name", "peek"])
-        .arg("--kubeconfig")
-        .arg(t.env.cp.kubeconfig(User::Alice))
-        .args(["-n", &t.env.namespace])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let waiting = waiting.spawn().unwrap();
+    let waiting = spawn(&t, User::Alice, &["request", "view", "--reason", "INC-10: read the logs", "--name", "peek"]);
     t.wait_for_phase("peek", AccessPhase::Pending, Duration::from_secs(10)).await;
     let denied = run(&t, User::Carol, &["deny", "peek", "--reason", "use the dashboards"]);
     assert!(denied.status.success(), "{}", text(&denied));
