@@ -21,6 +21,7 @@ pub mod controlplane;
 pub mod drift;
 pub mod gate;
 pub mod local_diff;
+pub mod notify;
 pub mod operator;
 pub mod pki;
 pub mod publish;

@@ -15,6 +15,7 @@ mod access_request;
 mod access_review;
 mod desired_state;
 pub mod identity;
+mod notifier;
 mod publisher_key;
 mod validation;
 
@@ -29,6 +30,7 @@ pub use desired_state::{
     DriftCounts, DriftedObject, IgnoreRule, InventoryStatus, KindRef, NamedObject, ObjectRef, PruneBlock, Remediation,
     RevertRecord, SourceRef, SourceSignature, Undeclared,
 };
+pub use notifier::{NoticeKind, Notifier, NotifierSpec, NotifierStatus, NotifierType, SecretKeyRef};
 pub use publisher_key::{PublisherKey, PublisherKeySpec, PublisherKeyStatus};
 pub use validation::MAX_ACCESS_DURATION;
 
@@ -73,7 +75,7 @@ pub enum RemediationAction {
 
 /// Every CustomResourceDefinition driftwarden serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![DesiredState::crd(), AccessRequest::crd(), AccessReview::crd(), AccessPolicy::crd(), PublisherKey::crd()]
+    vec![DesiredState::crd(), AccessRequest::crd(), AccessReview::crd(), AccessPolicy::crd(), PublisherKey::crd(), Notifier::crd()]
 }
 
 /// The CRDs, and the admission policy that holds identity at the API

@@ -27,6 +27,7 @@ use super::crds::FIELD_MANAGER;
 use super::metrics::{Metrics, Phase, PhaseLabels, ReviewLabels, ReviewOutcome};
 use super::ready::Ready;
 use crate::access::{self, Binding, Decision, policy};
+use crate::notify;
 use crate::api::{
     AccessPhase, AccessPolicy, AccessRequest, AccessRequestStatus, AccessReview, Approval, IgnoredReview, RoleKind,
 };
@@ -86,15 +87,18 @@ struct Context {
     bindings_listed: Ready,
     requests_listed: Ready,
     metrics: Arc<Metrics>,
+    notices: crate::operator::notify::Outbox,
 }
 
 /// Settings of the access controller.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Settings {
     /// How often orphaned RoleBindings are looked for.
     pub sweep_interval: Duration,
     /// Identifies this replica in Events.
     pub instance: Option<String>,
+    /// Where the request's notifications go.
+    pub notices: crate::operator::notify::Outbox,
 }
 
 /// Runs the controller and the sweep until `shutdown` is cancelled.
@@ -156,6 +160,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         bindings_listed: Ready::of(&bindings),
         requests_listed: Ready::from(listed_requests),
         metrics: metrics.clone(),
+        notices: settings.notices.clone(),
     });
 
     // Namespaces only feed the cache; their changes matter at the next reconcile.
@@ -243,10 +248,34 @@ async fn reconcile(request: Arc<AccessRequest>, context: Arc<Context>) -> Result
     write_status(&context, &request, &old_status, &status).await?;
 
     publish(&context, &request, &old_status, &decision).await;
-    Ok(match decision.wake_at {
+    let warn_at = warn_of_expiry(&context, &request, &status, &decision, now);
+    let wake_at = [decision.wake_at, warn_at].into_iter().flatten().min();
+    Ok(match wake_at {
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)),
         None => Action::await_change(),
     })
+}
+
+/// An active window that ends soon is announced once; one that ends later
+/// returns when to look again.
+fn warn_of_expiry(
+    context: &Context,
+    request: &AccessRequest,
+    status: &AccessRequestStatus,
+    decision: &Decision,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let (AccessPhase::Active, Some(window)) = (decision.phase, decision.window) else { return None };
+    let warn_at = window.expires_at - notify::expiry_warning(window.expires_at.duration_since(window.starts_at));
+    if now < warn_at {
+        return Some(warn_at);
+    }
+    let current = AccessRequest { status: Some(status.clone()), ..request.clone() };
+    if let Some(notice) = notify::expiring_notice(&current, now) {
+        let key = format!("{}/{}@{}", request.namespace().unwrap_or_default(), request.name_any(), window.expires_at);
+        context.notices.expiring(key, notice);
+    }
+    None
 }
 
 /// How long before a grant the API server refused is tried again (its RBAC
@@ -583,6 +612,19 @@ async fn publish(context: &Context, request: &AccessRequest, old: &AccessRequest
         info!(request = %request.name_any(), namespace = ?request.namespace(), %requester, approvers = ?approvers, %role,
               expires_at = %expires, phase = ?decision.phase, message = %decision.message, "access request {}", reason.to_lowercase());
         events.push((kind, reason, note, None));
+    }
+    if old.phase != Some(decision.phase) {
+        let facts = notify::RequestFacts {
+            phase: Some(decision.phase),
+            approvers: approvers.iter().map(|a| a.to_string()).collect(),
+            starts_at: decision.window.map(|w| w.starts_at),
+            expires_at: decision.window.map(|w| w.expires_at),
+            message: Some(decision.message.clone()).filter(|m| !m.is_empty()),
+            ..notify::request_facts(request)
+        };
+        if let Some(notice) = notify::request_notice(request, facts, Timestamp::now()) {
+            context.notices.notice(notice);
+        }
     }
     for (type_, reason, note, secondary) in events {
         let event = Event {

@@ -133,6 +133,32 @@ struct BuildLabels {
 }
 
 /// All metrics of the operator, registered under the `driftwarden_` prefix.
+/// The protocol of a Notifier.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Sink {
+    webhook,
+    slack,
+    alertmanager,
+}
+
+/// What became of one message to a Notifier.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Delivery {
+    delivered,
+    /// An attempt failed and was retried.
+    retried,
+    /// Given up on after every retry, or refused for good (a 4xx).
+    dead_lettered,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub sink: Sink,
+    pub outcome: Delivery,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub access_requests: Family<PhaseLabels, Gauge>,
@@ -161,6 +187,8 @@ pub struct Metrics {
     /// Write-log records by outcome: admitted, confirmed, merged (the
     /// other source's report of the same write), expired, overflowed.
     pub write_records: Family<OutcomeLabels, Counter>,
+    pub notifications: Family<NotificationLabels, Counter>,
+    pub notifications_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -288,6 +316,18 @@ impl Default for Metrics {
             "Write-log records by outcome (admitted, confirmed, merged, expired, overflowed: a namespace's record over its budget, whose older drift is then reverted)",
             write_records.clone(),
         );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Messages to Notifiers by sink and outcome (delivered, retried, dead_lettered)",
+            notifications.clone(),
+        );
+        let notifications_dropped = Counter::default();
+        registry.register(
+            "notifications_dropped",
+            "Notices dropped because the delivery queue was full",
+            notifications_dropped.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "Build information", build_info);
@@ -316,6 +356,8 @@ impl Default for Metrics {
             webhook_requests,
             webhook_duration,
             write_records,
+            notifications,
+            notifications_dropped,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod gate;
 mod health;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod ready;
 pub mod writelog;
 
@@ -204,7 +205,13 @@ async fn lead(
         info!(lease = %args.lease_name, "leading: running the controllers");
         label_leader(&client, args, true).await;
         let term = stop.child_token();
-        let settings = access::Settings { sweep_interval: args.sweep_interval.into(), instance: args.pod_name.clone() };
+        let (notices, inbox) = notify::outbox(metrics.clone());
+        let notifications = notify::run(client.clone(), metrics.clone(), args.namespace.clone(), inbox, term.clone());
+        let settings = access::Settings {
+            sweep_interval: args.sweep_interval.into(),
+            instance: args.pod_name.clone(),
+            notices: notices.clone(),
+        };
         let access = access::run(client.clone(), metrics.clone(), settings, term.clone());
         let drift_settings = drift::Settings {
             operator_namespace: args.namespace.clone(),
@@ -215,9 +222,10 @@ async fn lead(
             verify_sources: !args.insecure_skip_source_verification,
             write_log: Some(write_log.clone()),
             writes_hook: Some(writes_hook.clone()),
+            notices,
         };
         let drift = drift::run(client.clone(), metrics.clone(), drift_settings, term.clone());
-        let running = futures::future::join(access, drift);
+        let running = futures::future::join3(access, drift, notifications);
         tokio::pin!(running);
         tokio::select! {
             _ = &mut running => {}

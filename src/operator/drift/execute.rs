@@ -19,6 +19,7 @@ use super::plan::{Inputs, Notice, Outcome, Plan, describe};
 use super::{Context, Error, REVERT_CONCURRENCY, rejected, status};
 use crate::api::{DesiredState, DesiredStateStatus, DriftClass, DriftCounts, RevertRecord, SessionChange};
 use crate::drift::inventory;
+use crate::notify;
 use crate::operator::gate;
 use crate::operator::metrics::{Metrics, RevertLabels, RevertReason};
 
@@ -93,6 +94,11 @@ pub(super) async fn carry_out(
                         change.source, change.patch
                     );
                     publish_on_request(context, &namespace, &request, "SessionChangesCodified", note).await;
+                    if let Some(access) = context.gate.requests.get(&ObjectRef::new(&request).within(&namespace)) {
+                        let notice =
+                            notify::codified_notice(&access, &change.object, &change.source, &change.patch, now);
+                        context.settings.notices.notice(notice);
+                    }
                 }
             }
             Err(error) => warn!(%error, access_request = %request, "recording the session's changes failed"),
@@ -167,6 +173,14 @@ async fn revert(
                       class = ?judgement.class, took_ms = started.elapsed().as_millis() as u64, "drift reverted to Git");
                 publish(context, state, EventType::Normal, "Reverted", format!("{object} reverted to Git: {why}"))
                     .await;
+                context.settings.notices.notice(notify::reverted_notice(
+                    &name,
+                    &object_ref,
+                    judgement.class,
+                    false,
+                    judgement.request.as_deref(),
+                    Timestamp::now(),
+                ));
                 outcome.reverted.push(index);
                 outcome.last = Some(RevertRecord {
                     object: object_ref,
@@ -251,6 +265,14 @@ async fn delete(
                     format!("{object} deleted: not declared in Git, and {why}"),
                 )
                 .await;
+                context.settings.notices.notice(notify::reverted_notice(
+                    &name,
+                    &extra.object_ref(),
+                    judgement.class,
+                    true,
+                    judgement.request.as_deref(),
+                    Timestamp::now(),
+                ));
                 outcome.deleted.push(at);
                 outcome.last = Some(RevertRecord {
                     object: extra.object_ref(),
@@ -514,39 +536,32 @@ pub(super) async fn write_status(
     old: &DesiredStateStatus,
     new: &DesiredStateStatus,
 ) -> Result<(), Error> {
-    if old == new {
-        return Ok(());
+    let namespace = state.namespace().unwrap_or_default();
+    if old != new {
+        crate::operator::apply_status(&context.client, state, new).await.map_err(|source| Error::WriteStatus {
+            desired_state: format!("{namespace}/{}", state.name_any()),
+            source,
+        })?;
     }
-    crate::operator::apply_status(&context.client, state, new).await.map_err(|source| Error::WriteStatus {
-        desired_state: format!("{}/{}", state.namespace().unwrap_or_default(), state.name_any()),
-        source,
-    })
+    context.settings.notices.drift_status(&namespace, &state.name_any(), Some(new));
+    Ok(())
 }
 
 /// Pending requests in this namespace show the drift they would approve into.
 pub(super) async fn show_pending_drift(context: &Context, state: &DesiredState, fresh: &DesiredStateStatus) {
-    const PENDING_LISTED: usize = 10;
     let namespace = state.namespace().unwrap_or_default();
     let pending = context.gate.pending(&namespace);
     if pending.is_empty() {
         return;
     }
     let me = state.name_any();
-    let mut drift = crate::api::PendingDrift::default();
     let states = context.desired_states.state();
     let statuses = states
         .iter()
         .filter(|ds| ds.namespace().as_deref() == Some(namespace.as_str()) && ds.name_any() != me)
         .filter_map(|ds| ds.status.as_ref())
         .chain(std::iter::once(fresh));
-    for status in statuses {
-        drift.drifted += status.drifted.unwrap_or(0);
-        for object in &status.drifted_objects {
-            if drift.objects.len() < PENDING_LISTED {
-                drift.objects.push(describe(&object.object));
-            }
-        }
-    }
+    let drift = notify::pending_drift(statuses);
     for request in pending {
         if let Err(error) = gate::show_pending_drift(&context.client, &request, &drift).await {
             warn!(%error, access_request = %request.name_any(), "showing drift on a pending request failed");

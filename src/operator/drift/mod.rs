@@ -92,7 +92,7 @@ impl Error {
 }
 
 /// Settings of the drift controller.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Settings {
     /// DesiredStates in this namespace may declare other namespaces and
     /// cluster-scoped objects.
@@ -111,6 +111,8 @@ pub struct Settings {
     pub write_log: Option<Arc<crate::operator::writelog::SharedLog>>,
     /// The write-log webhook's configuration, kept by the leader.
     pub writes_hook: Option<Arc<crate::webhook::configuration::WritesHook>>,
+    /// Where drift's notifications go.
+    pub notices: crate::operator::notify::Outbox,
 }
 
 struct Context {
@@ -607,6 +609,7 @@ fn forget_deleted(context: &Context) {
             context.limiter.forget(&user);
             context.memories.forget(&user);
             context.claims.forget(user.namespace.as_deref().unwrap_or_default(), &user.name);
+            context.settings.notices.drift_status(user.namespace.as_deref().unwrap_or_default(), &user.name, None);
             let (client, operator_namespace) = (context.client.clone(), context.settings.operator_namespace.clone());
             let (namespace, name) = (user.namespace.clone().unwrap_or_default(), user.name.clone());
             tokio::spawn(async move {
