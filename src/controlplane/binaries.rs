@@ -19,6 +19,9 @@ pub const HELM_ENV: &str = "DRIFTWARDEN_HELM";
 /// Set to a `prometheus` executable to skip building it.
 pub const PROMETHEUS_ENV: &str = "DRIFTWARDEN_PROMETHEUS";
 
+/// Set to an `alertmanager` executable to skip building it.
+pub const ALERTMANAGER_ENV: &str = "DRIFTWARDEN_ALERTMANAGER";
+
 /// The build script that lives with the pinned Go modules.
 pub fn build_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/build.sh")
@@ -55,6 +58,18 @@ pub fn prometheus() -> Result<PathBuf, Error> {
         Some(path) if Path::new(&path).is_file() => Ok(PathBuf::from(path)),
         Some(path) => Err(format!("{PROMETHEUS_ENV}={} is not a file", Path::new(&path).display())),
         None => build("prometheus").map(|dir| dir.join("prometheus")).map_err(|e| e.to_string()),
+    });
+    found.clone().map_err(Error::Build)
+}
+
+/// `alertmanager`, from [`ALERTMANAGER_ENV`] or built from the pinned Go
+/// module in `tests/controlplane/alertmanager` (`build.sh alertmanager`).
+pub fn alertmanager() -> Result<PathBuf, Error> {
+    static ALERTMANAGER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = ALERTMANAGER.get_or_init(|| match std::env::var_os(ALERTMANAGER_ENV) {
+        Some(path) if Path::new(&path).is_file() => Ok(PathBuf::from(path)),
+        Some(path) => Err(format!("{ALERTMANAGER_ENV}={} is not a file", Path::new(&path).display())),
+        None => build("alertmanager").map(|dir| dir.join("alertmanager")).map_err(|e| e.to_string()),
     });
     found.clone().map_err(Error::Build)
 }

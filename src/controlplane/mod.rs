@@ -11,8 +11,8 @@ pub mod supervisor;
 mod users;
 
 pub use binaries::{
-    BIN_DIR_ENV, HELM_ENV, KUBERNETES_VERSION, PROMETHEUS_ENV, ensure as binary_dir, helm as helm_binary,
-    prometheus as prometheus_binary,
+    ALERTMANAGER_ENV, BIN_DIR_ENV, HELM_ENV, KUBERNETES_VERSION, PROMETHEUS_ENV, alertmanager as alertmanager_binary,
+    ensure as binary_dir, helm as helm_binary, prometheus as prometheus_binary,
 };
 pub use flags::AuditWebhook;
 pub use supervisor::Supervisor;

@@ -8,6 +8,7 @@
 #                            a kubectl of the same release (./etcd, ./kube)
 #   build.sh helm            helm, for the chart tests (./helm)
 #   build.sh prometheus      Prometheus, for the dashboard test (./prometheus)
+#   build.sh alertmanager    Alertmanager, for the notification test (./alertmanager)
 #
 #   DRIFTWARDEN_CACHE_DIR  cache root (default: ${XDG_CACHE_HOME:-~/.cache}/driftwarden)
 set -euo pipefail
@@ -19,6 +20,7 @@ HELM_VERSION=v3.20.2
 # Prometheus v3.12.0: the Go module numbers v3.x.y as v0.3xx.y.
 PROMETHEUS_VERSION=v3.12.0
 PROMETHEUS_MODULE_VERSION=v0.312.0
+ALERTMANAGER_VERSION=v0.31.1
 target=${1:-controlplane}
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -39,8 +41,13 @@ prometheus)
 	name="prometheus-$PROMETHEUS_VERSION"
 	binaries=(prometheus)
 	;;
+alertmanager)
+	inputs=("$here/alertmanager/go.mod" "$here/alertmanager/go.sum")
+	name="alertmanager-$ALERTMANAGER_VERSION"
+	binaries=(alertmanager)
+	;;
 *)
-	echo "usage: $0 [controlplane|helm|prometheus]" >&2
+	echo "usage: $0 [controlplane|helm|prometheus|alertmanager]" >&2
 	exit 2
 	;;
 esac
@@ -117,6 +124,10 @@ prometheus)
 	prom_ldflags+=" -X github.com/prometheus/common/version.Branch=release"
 	prom_ldflags+=" -X github.com/prometheus/common/version.Revision=$PROMETHEUS_MODULE_VERSION"
 	build prometheus "$here/prometheus" github.com/prometheus/prometheus/cmd/prometheus "$prom_ldflags" remove_all_sd
+	;;
+alertmanager)
+	am_ldflags="-s -w -X github.com/prometheus/common/version.Version=${ALERTMANAGER_VERSION#v}"
+	build alertmanager "$here/alertmanager" github.com/prometheus/alertmanager/cmd/alertmanager "$am_ldflags"
 	;;
 esac
 

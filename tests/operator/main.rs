@@ -23,6 +23,7 @@ mod grant_forbidden;
 mod grant_lifecycle;
 mod identity;
 mod kubectl_flow;
+mod notifications;
 mod operator_probes;
 mod prune;
 mod readme_walkthrough;
