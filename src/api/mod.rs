@@ -75,7 +75,14 @@ pub enum RemediationAction {
 
 /// Every CustomResourceDefinition driftwarden serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![DesiredState::crd(), AccessRequest::crd(), AccessReview::crd(), AccessPolicy::crd(), PublisherKey::crd(), Notifier::crd()]
+    vec![
+        DesiredState::crd(),
+        AccessRequest::crd(),
+        AccessReview::crd(),
+        AccessPolicy::crd(),
+        PublisherKey::crd(),
+        Notifier::crd(),
+    ]
 }
 
 /// The CRDs, and the admission policy that holds identity at the API

@@ -137,10 +137,12 @@ pub fn request_notice(request: &AccessRequest, facts: RequestFacts, now: Timesta
         // A window that starts later was announced when it was approved.
         return None;
     }
-    let who = format!("{} for {} in {}", facts.role, facts.requester, request.metadata.namespace.as_deref().unwrap_or(""));
+    let who =
+        format!("{} for {} in {}", facts.role, facts.requester, request.metadata.namespace.as_deref().unwrap_or(""));
     let (kind, summary, mut facts) = match phase {
         AccessPhase::Pending => {
-            let summary = format!("{} requested {} for {}: {}", facts.requester, facts.role, facts.duration, facts.reason);
+            let summary =
+                format!("{} requested {} for {}: {}", facts.requester, facts.role, facts.duration, facts.reason);
             (NoticeKind::RequestCreated, summary, facts)
         }
         AccessPhase::Approved | AccessPhase::Active => {

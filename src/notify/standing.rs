@@ -39,7 +39,11 @@ impl Standing {
             } else {
                 format!(" at {}", self.drift.fields.join(", "))
             };
-            format!("{} {what}{fields} (DesiredState {name}, {:?}); reported, not reverted", describe(object), self.drift.class)
+            format!(
+                "{} {what}{fields} (DesiredState {name}, {:?}); reported, not reverted",
+                describe(object),
+                self.drift.class
+            )
         };
         Notice {
             kind: NoticeKind::DriftReported,
@@ -64,6 +68,12 @@ impl Standing {
 /// Whether a drifted object stands (is left in place for people to act on).
 pub fn stands(drift: &DriftedObject) -> bool {
     matches!(drift.action, Some(DriftAction::Report | DriftAction::WouldRevert))
+}
+
+/// Whether two sightings are one drift: the same start, to the second
+/// (status keeps seconds; a fresh pass has the instant it saw).
+fn same_drift(old: &Standing, new: &Standing) -> bool {
+    old.drift.since.0.as_second() == new.drift.since.0.as_second()
 }
 
 /// What changed since the last status of a DesiredState.
@@ -104,15 +114,13 @@ impl StandingDrift {
             // The same drift, or a new one on the same object (it was fixed
             // and drifted again since the last status).
             match before.get(object) {
-                Some(old) if old.drift.since == standing.drift.since => {}
+                Some(old) if same_drift(old, standing) => {}
                 _ => changes.appeared.push(standing.clone()),
             }
         }
         for (object, standing) in before {
-            match now.get(&object) {
-                Some(new) if new.drift.since == standing.drift.since => {}
-                Some(_) => {}
-                None => changes.resolved.push(standing),
+            if !now.contains_key(&object) {
+                changes.resolved.push(standing);
             }
         }
         changes

@@ -145,6 +145,11 @@ fn standing_drift_appears_once_resolves_once_and_a_new_drift_is_new() {
     let changes = standing.update(key.clone(), &status(vec![web.clone(), reverted]).drifted_objects);
     assert_eq!(changes.appeared.iter().map(|s| s.drift.object.name.as_str()).collect::<Vec<_>>(), ["web"]);
     assert!(standing.update(key.clone(), &status(vec![web.clone()]).drifted_objects).appeared.is_empty());
+    // The status read back keeps seconds only: still the same drift.
+    let read_back = drifted("web", "2026-12-02T10:00:00.000Z", DriftAction::Report);
+    let fresh = DriftedObject { since: Time(at("2026-12-02T10:00:00.123456Z")), ..read_back.clone() };
+    assert!(standing.update(key.clone(), &status(vec![fresh]).drifted_objects).appeared.is_empty());
+    assert!(standing.update(key.clone(), &status(vec![read_back]).drifted_objects).appeared.is_empty());
     assert_eq!(standing.all().count(), 1);
 
     // Fixed and drifted again between two statuses: a new drift.

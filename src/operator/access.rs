@@ -27,10 +27,10 @@ use super::crds::FIELD_MANAGER;
 use super::metrics::{Metrics, Phase, PhaseLabels, ReviewLabels, ReviewOutcome};
 use super::ready::Ready;
 use crate::access::{self, Binding, Decision, policy};
-use crate::notify;
 use crate::api::{
     AccessPhase, AccessPolicy, AccessRequest, AccessRequestStatus, AccessReview, Approval, IgnoredReview, RoleKind,
 };
+use crate::notify;
 
 const CONTROLLER: &str = "access";
 /// Label on every RoleBinding the operator creates.

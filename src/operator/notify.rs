@@ -25,7 +25,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::api::{DesiredState, DesiredStateStatus, DriftedObject, NoticeKind, Notifier, NotifierStatus, NotifierType, SecretKeyRef};
+use crate::api::{
+    DesiredState, DesiredStateStatus, DriftedObject, NoticeKind, Notifier, NotifierStatus, NotifierType, SecretKeyRef,
+};
 use crate::notify::render::{self, ALERT_RESEND};
 use crate::notify::standing::{self, StandingDrift, StateKey};
 use crate::notify::{Notice, routes};
@@ -224,7 +226,9 @@ async fn with_pending_drift(client: &Client, notice: &mut Notice) {
                 request.pending_drift = Some(drift);
             }
         }
-        Err(error) => warn!(%error, namespace = %notice.namespace, "listing DesiredStates for a request's notice failed"),
+        Err(error) => {
+            warn!(%error, namespace = %notice.namespace, "listing DesiredStates for a request's notice failed")
+        }
     }
 }
 
@@ -376,13 +380,17 @@ async fn attempt_once(shared: &Shared, request: &Prepared, delivery: &str) -> Re
             .header(render::SIGNATURE_HEADER, render::signature(key, timestamp, &request.body));
     }
     // Errors without the URL: a Slack URL is a credential.
-    let response = builder.body(request.body.clone()).send().await.map_err(|e| Failure::Transient(e.without_url().to_string()))?;
+    let response =
+        builder.body(request.body.clone()).send().await.map_err(|e| Failure::Transient(e.without_url().to_string()))?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
     }
     let why = format!("the receiver answered {status}");
-    if status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS && status != http::StatusCode::REQUEST_TIMEOUT {
+    if status.is_client_error()
+        && status != http::StatusCode::TOO_MANY_REQUESTS
+        && status != http::StatusCode::REQUEST_TIMEOUT
+    {
         Err(Failure::Permanent(why))
     } else {
         Err(Failure::Transient(why))

@@ -119,7 +119,8 @@ pub(crate) async fn notifier(t: &AccessTest, name: &str, spec: Value) {
     let notifiers: Api<Notifier> = Api::namespaced(t.env.admin.clone(), OPERATOR_NAMESPACE);
     let mut spec = spec;
     spec["namespaces"] = json!([t.env.namespace]);
-    let object = json!({"apiVersion": "driftwarden.io/v1alpha1", "kind": "Notifier", "metadata": {"name": name}, "spec": spec});
+    let object =
+        json!({"apiVersion": "driftwarden.io/v1alpha1", "kind": "Notifier", "metadata": {"name": name}, "spec": spec});
     notifiers.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(object)).await.unwrap();
 }
 
@@ -181,11 +182,19 @@ async fn every_event_reaches_a_signed_webhook_and_slack_and_reported_drift_pairs
     notifier(&t, &format!("slack-{ns}"), json!({"type": "Slack", "urlSecretRef": {"name": "notify-slack", "key": ns}}))
         .await;
     // Misconfigured Notifiers say so in their status and lose nothing else.
-    notifier(&t, &format!("nokey-{ns}"), json!({"type": "Webhook", "url": hook.url("/nokey"),
-        "hmacSecretRef": {"name": "notify-hmac", "key": "no-such-key"}}))
+    notifier(
+        &t,
+        &format!("nokey-{ns}"),
+        json!({"type": "Webhook", "url": hook.url("/nokey"),
+        "hmacSecretRef": {"name": "notify-hmac", "key": "no-such-key"}}),
+    )
     .await;
-    notifier(&t, &format!("refused-{ns}"), json!({"type": "Webhook", "url": hook.url("/refuses"),
-        "hmacSecretRef": {"name": "notify-hmac", "key": ns}}))
+    notifier(
+        &t,
+        &format!("refused-{ns}"),
+        json!({"type": "Webhook", "url": hook.url("/refuses"),
+        "hmacSecretRef": {"name": "notify-hmac", "key": ns}}),
+    )
     .await;
     managed_shop(&t, json!({})).await;
 
@@ -197,10 +206,11 @@ async fn every_event_reaches_a_signed_webhook_and_slack_and_reported_drift_pairs
     report_unauthorized(&t).await;
     scale(&t, User::Admin, 4).await;
     t.wait_for_status("shop", Duration::from_secs(10), |s| s.drifted == Some(1)).await;
-    let reported = hook.wait_for("/hook", "reported drift", Duration::from_secs(10), |b| {
-        kind_of(b) == "DriftReported" && b["drift"]["action"] == "Reported"
-    })
-    .await;
+    let reported = hook
+        .wait_for("/hook", "reported drift", Duration::from_secs(10), |b| {
+            kind_of(b) == "DriftReported" && b["drift"]["action"] == "Reported"
+        })
+        .await;
     assert_eq!(reported["drift"]["object"]["name"], "web");
     assert_eq!(reported["drift"]["fields"], json!(["/spec/replicas (changed)"]));
     // The fix command is ready to run: alice runs it as it stands.
@@ -257,10 +267,19 @@ async fn every_event_reaches_a_signed_webhook_and_slack_and_reported_drift_pairs
     }
     let kinds: BTreeSet<String> = deliveries.iter().map(|r| kind_of(&r.json()).to_owned()).collect();
     let every = [
-        "DriftReported", "DriftReverted", "RequestApproved", "RequestCreated", "RequestDenied", "RequestEnded",
-        "RequestExpiring", "SessionCodified", "WindowEndReverted",
+        "DriftReported",
+        "DriftReverted",
+        "RequestApproved",
+        "RequestCreated",
+        "RequestDenied",
+        "RequestEnded",
+        "RequestExpiring",
+        "SessionCodified",
+        "WindowEndReverted",
     ];
     assert_eq!(kinds, every.iter().map(|k| k.to_string()).collect(), "every kind of notice, and no other");
+    let reports = deliveries.iter().filter(|r| r.json()["drift"]["action"] == "Reported").count();
+    assert_eq!(reports, 1, "standing drift is announced once, however often its status is written");
     let texts: Vec<String> =
         slack.all().iter().map(|r| r.json()["text"].as_str().unwrap_or_default().to_owned()).collect();
     assert!(texts.iter().all(|r| !r.is_empty()));
@@ -281,8 +300,8 @@ async fn every_event_reaches_a_signed_webhook_and_slack_and_reported_drift_pairs
     let refused = notifier_status(&format!("refused-{ns}"), &t, |s| s["deadLettered"].as_i64() > Some(0)).await;
     assert_eq!(refused["conditions"][0]["reason"], "DeliveryFailing");
     assert_eq!(refused["lastError"], "the receiver answered 400 Bad Request");
-    let good = notifier_status(&format!("hook-{ns}"), &t, |s| s["delivered"].as_i64() >= Some(deliveries.len() as i64))
-        .await;
+    let good =
+        notifier_status(&format!("hook-{ns}"), &t, |s| s["delivered"].as_i64() >= Some(deliveries.len() as i64)).await;
     assert_eq!((ready(&good), good["deadLettered"].clone()), (json!("True"), json!(0)));
     let (_, metrics) = http_get(t.operator.http_port, "/metrics").unwrap();
     assert!(metrics.contains(r#"driftwarden_notifications_total{sink="webhook",outcome="retried"}"#), "retries count");

@@ -1,7 +1,7 @@
 //! Secret canaries: unique values planted in a managed Secret, changed by
 //! hand (reported), inside an access window (held, codified, reverted) and
 //! without one (reverted at once). None of them may appear in any status,
-//! Event, log line, metric or `driftwarden diff` output.
+//! Event, log line, metric, notification or `driftwarden diff` output.
 
 use std::process::Command;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::common::drift_setup;
 use crate::gate::{alice_window, until};
+use crate::notifications::{Receiver, notifier, set_operator_secret, webhook_notifier};
 use crate::support::http_get;
 
 fn canary(n: u32) -> String {
@@ -29,6 +30,14 @@ fn secret_manifest(password: &str) -> String {
 #[tokio::test]
 async fn secret_values_never_leave_the_secret() {
     let t = drift_setup("secret-canaries").await;
+    // Every notification sink hears everything this test does.
+    let receiver = Receiver::start(0).await;
+    webhook_notifier(&t, &receiver).await;
+    set_operator_secret(&t, "notify-slack", &t.env.namespace, &receiver.url("/slack")).await;
+    let slack = json!({"type": "Slack", "urlSecretRef": {"name": "notify-slack", "key": t.env.namespace}});
+    notifier(&t, &format!("slack-{}", t.env.namespace), slack).await;
+    let alertmanager = json!({"type": "Alertmanager", "url": receiver.url("/am")});
+    notifier(&t, &format!("am-{}", t.env.namespace), alertmanager).await;
     let canaries: Vec<String> = (1..=4).map(canary).collect();
     let declared = secret_manifest(&canaries[0]);
     t.kubectl(&["apply", "-f", "-"], Some(&declared));
@@ -44,6 +53,7 @@ async fn secret_values_never_leave_the_secret() {
     // 1. Changed by hand and only reported; `driftwarden diff` shows it too.
     set(secrets.clone(), canaries[1].clone()).await;
     t.wait_for_status("vault", Duration::from_secs(10), |s| s.drifted == Some(1)).await;
+    receiver.wait_for("/am/api/v2/alerts", "the alert", Duration::from_secs(10), |_| true).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("db.yaml"), &declared).unwrap();
     let diff = Command::new(env!("CARGO_BIN_EXE_driftwarden"))
@@ -96,6 +106,10 @@ async fn secret_values_never_leave_the_secret() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    for (path, kind) in [("/hook", "SessionCodified"), ("/hook", "DriftReverted"), ("/slack", "")] {
+        receiver.wait_for(path, kind, Duration::from_secs(10), |b| kind.is_empty() || b["kind"] == kind).await;
+    }
+    let notified: String = receiver.all().iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect();
 
     // Everything the operator wrote or said.
     let state = states.get("vault").await.unwrap();
@@ -111,6 +125,7 @@ async fn secret_values_never_leave_the_secret() {
         ("operator log", log),
         ("metrics", metrics),
         ("driftwarden diff", diff_output),
+        ("notifications", notified),
     ];
     for value in &canaries {
         let encoded = base64::engine::general_purpose::STANDARD.encode(value);
