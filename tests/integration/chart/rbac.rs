@@ -29,8 +29,13 @@ const CLUSTER_WRITES: &[(&str, &str)] = &[
 /// the last verified sources (ConfigMaps).
 /// In the release namespace: the Lease, its own Secrets, the last verified
 /// sources, and the leader's label on its own Pod (`patch` only).
-const NAMESPACE_WRITES: &[(&str, &str)] =
-    &[("coordination.k8s.io", "leases"), ("", "secrets"), ("", "configmaps"), ("", "pods")];
+const NAMESPACE_WRITES: &[(&str, &str)] = &[
+    ("coordination.k8s.io", "leases"),
+    ("", "secrets"),
+    ("", "configmaps"),
+    ("", "pods"),
+    ("driftwarden.io", "notifiers/status"),
+];
 const OWN_SECRETS: &[&str] = &["driftwarden-webhook-tls", "driftwarden-audit"];
 
 /// Every rule of the rendered ClusterRoles and Roles, with the kind that holds it.
@@ -116,7 +121,14 @@ fn rendered_rbac_has_no_wildcard_escalate_or_impersonate_and_binds_only_grantabl
                 }
             }
             if kind == "Role" && rule.resources.iter().flatten().any(|r| r == "secrets") && rule.verbs != ["create"] {
-                assert_eq!(names, OWN_SECRETS, "{context}: the Role reaches Secrets besides the operator's own");
+                // Its own Secrets, or read-only the Notifiers' that the values name.
+                let listed = &values["notifications"]["secretNames"];
+                let notifiers = if listed.is_array() { strings(listed) } else { Vec::new() };
+                let reaches_notifiers = rule.verbs == ["get"] && !names.is_empty() && names == notifiers;
+                assert!(
+                    names == OWN_SECRETS || reaches_notifiers,
+                    "{context}: the Role reaches Secrets besides the operator's own and the Notifiers': {rule:?}"
+                );
             }
         }
         assert_eq!(bindable, grantable, "{context}: bind must cover exactly access.grantableRoles");
