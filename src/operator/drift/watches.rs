@@ -304,16 +304,18 @@ impl<K: Cached> Watches<K> {
                             let _ = trigger.send(user);
                         }
                     }
-                    Err(error) => {
-                        if K::READY_WHEN_FORBIDDEN
-                            && is_forbidden(&error)
-                            && !refused.swap(true, std::sync::atomic::Ordering::Relaxed)
-                        {
+                    Err(error) if K::READY_WHEN_FORBIDDEN && is_forbidden(&error) => {
+                        // Said once; retried quietly (RBAC may be widened).
+                        if !refused.swap(true, std::sync::atomic::Ordering::Relaxed) {
                             tracing::warn!(kind = %key.kind, namespace = ?key.namespace,
                                 "not allowed to watch this kind here (RBAC); its objects are not checked");
                             // Nobody waits for a cache that cannot fill.
                             let _ = ready_sender.send(true);
+                        } else {
+                            tracing::debug!(%error, kind = %key.kind, "watch still forbidden; retrying with backoff");
                         }
+                    }
+                    Err(error) => {
                         tracing::warn!(%error, kind = %key.kind, "watch error; retrying with backoff");
                     }
                 }
