@@ -17,6 +17,7 @@ pub mod access;
 pub mod api;
 pub mod cli;
 pub mod commands;
+pub mod conditions;
 pub mod controlplane;
 pub mod drift;
 pub mod gate;

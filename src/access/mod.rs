@@ -2,6 +2,8 @@
 //! it allows, and the state machine from request and reviews to a phase and
 //! the RoleBinding that must (or must not) exist.
 
+pub mod announce;
+pub mod grant;
 pub mod machine;
 pub mod policy;
 pub mod present;

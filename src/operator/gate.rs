@@ -149,8 +149,8 @@ impl Approvals {
             .filter(|r| r.namespace().as_deref() == Some(&namespace) && r.spec.access_request == name)
             .collect();
         let judge = access::policy::select(&namespace, &labels, &request.spec.role, &policies);
-        let machine_reviews = crate::operator::access::machine_reviews(&reviews);
-        let request = crate::operator::access::machine_request(request);
+        let machine_reviews = crate::access::grant::machine_reviews(&reviews);
+        let request = crate::access::grant::machine_request(request);
         Some(access::evaluate(&request, &machine_reviews, judge.as_ref(), now))
     }
 }
@@ -345,7 +345,7 @@ impl Caches {
                     matches!(d.phase, AccessPhase::Pending | AccessPhase::Approved | AccessPhase::Active)
                 })
             })
-            .map(|request| crate::operator::access::binding_name(&request.name_any()))
+            .map(|request| crate::access::grant::binding_name(&request.name_any()))
             .collect()
     }
 

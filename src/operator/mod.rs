@@ -4,7 +4,6 @@
 
 pub mod access;
 mod backoff;
-mod conditions;
 pub mod crds;
 pub mod drift;
 pub mod gate;

@@ -144,7 +144,7 @@ impl AccessTest {
     }
 
     pub async fn binding(&self, request: &str) -> Option<RoleBinding> {
-        let name = driftwarden::operator::access::binding_name(request);
+        let name = driftwarden::access::grant::binding_name(request);
         self.env.api::<RoleBinding>(User::Admin).await.get_opt(&name).await.unwrap()
     }
 

@@ -5,9 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use driftwarden::access::grant::REQUEST_UID_LABEL;
 use driftwarden::api::{AccessPhase, AccessRequest, DriftAction, DriftClass};
 use driftwarden::controlplane::User;
-use driftwarden::operator::access::REQUEST_UID_LABEL;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -355,7 +355,7 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
     let removed = removals(&log);
     if removed.len() != GRANTS {
         let silent: Vec<String> = (0..GRANTS)
-            .map(|i| driftwarden::operator::access::binding_name(&grant(i).0))
+            .map(|i| driftwarden::access::grant::binding_name(&grant(i).0))
             .filter(|b| !removed.iter().any(|l| l.contains(&format!("\"{b}\""))))
             .collect();
         let about: Vec<&str> = log.lines().filter(|l| silent.iter().any(|b| l.contains(b.as_str()))).collect();

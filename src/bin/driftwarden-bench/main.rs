@@ -245,7 +245,7 @@ async fn expiry(grants: usize, min_seconds: u64, spread_seconds: u64, parallel: 
             .iter()
             .filter_map(|r| {
                 let status = r.status.as_ref()?;
-                let name = driftwarden::operator::access::binding_name(r.metadata.name.as_deref()?);
+                let name = driftwarden::access::grant::binding_name(r.metadata.name.as_deref()?);
                 Some((name, status.expires_at.as_ref()?.0))
             })
             .collect();

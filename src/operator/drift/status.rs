@@ -4,8 +4,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use super::super::conditions::condition;
 use crate::api::{Attribution, DesiredStateStatus, DriftAction, DriftClass, DriftCounts, DriftedObject, ObjectRef};
+use crate::conditions::condition;
 use crate::drift::signature::SignatureError;
 use crate::drift::{ChangeKind, ObjectDiff, SourceErrors, inventory};
 

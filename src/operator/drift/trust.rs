@@ -14,8 +14,8 @@ use kube::{Client, ResourceExt};
 use tracing::warn;
 
 use crate::api::{DesiredState, PublisherKey, PublisherKeyStatus};
+use crate::conditions::condition;
 use crate::drift::signature::{self, TrustedKey};
-use crate::operator::conditions::condition;
 use crate::operator::ready::Ready;
 
 /// The caches trust is read from.
