@@ -74,6 +74,10 @@ impl AuditWrite {
             namespace: self.namespace.clone(),
             name: Some(self.name.clone()),
             fields: self.fields.clone(),
+            container: None,
+            command: Vec::new(),
+            command_truncated: false,
+            sources: Vec::new(),
         }
     }
 }
@@ -333,12 +337,16 @@ pub fn attribute(
 }
 
 /// `old` with `new` appended: no entry twice (the API server retries
-/// batches), the newest [`MAX_ENTRIES`] kept. Returns the list and how many
-/// entries were new.
+/// batches), the newest [`MAX_ENTRIES`] writes kept, and apart from them
+/// the newest commands in Pods ([`super::commands::merge`]). Returns the
+/// list and how many entries were new.
 pub fn append(old: &[ActivityEntry], new: &[ActivityEntry]) -> (Vec<ActivityEntry>, usize) {
-    let mut merged = old.to_vec();
+    let (old_commands, mut merged): (Vec<ActivityEntry>, Vec<ActivityEntry>) =
+        old.iter().cloned().partition(ActivityEntry::is_command);
+    let (new_commands, new_writes): (Vec<&ActivityEntry>, Vec<&ActivityEntry>) =
+        new.iter().partition(|e| e.is_command());
     let mut added = 0;
-    for entry in new {
+    for entry in new_writes {
         if !merged.contains(entry) {
             merged.push(entry.clone());
             added += 1;
@@ -347,7 +355,11 @@ pub fn append(old: &[ActivityEntry], new: &[ActivityEntry]) -> (Vec<ActivityEntr
     merged.sort_by_key(|e| e.time.0);
     let excess = merged.len().saturating_sub(MAX_ENTRIES);
     merged.drain(..excess);
-    (merged, added)
+    let new_commands: Vec<ActivityEntry> = new_commands.into_iter().cloned().collect();
+    let (commands, commands_added) = super::commands::merge(&old_commands, &new_commands);
+    merged.extend(commands);
+    merged.sort_by_key(|e| e.time.0);
+    (merged, added + commands_added)
 }
 
 #[cfg(test)]
