@@ -103,10 +103,26 @@ pub fn story(request: &AccessRequest, now: Timestamp) -> String {
     }
     let total = status.activity_count.unwrap_or(status.activity.len() as i64);
     if total > 0 {
-        line(format!("  activity ({total} write(s), newest {} shown):", status.activity.len().min(SHOWN_ACTIVITY)));
+        line(format!(
+            "  activity ({total} write(s) and command(s), newest {} shown):",
+            status.activity.len().min(SHOWN_ACTIVITY)
+        ));
         let newest = status.activity.iter().rev().take(SHOWN_ACTIVITY).collect::<Vec<_>>();
         for entry in newest.into_iter().rev() {
             let object = entry.name.as_deref().unwrap_or("");
+            if entry.is_command() {
+                let container = entry.container.as_deref().map(|c| format!(" -c {c}")).unwrap_or_default();
+                let cut = if entry.command_truncated { " (cut)" } else { "" };
+                line(format!(
+                    "    {} {} {} {object}{container} -- {}{cut} [{}]",
+                    entry.time.0,
+                    entry.user,
+                    entry.resource,
+                    crate::gate::commands::shell_line(&entry.command),
+                    entry.sources.join("+")
+                ));
+                continue;
+            }
             line(format!("    {} {} {} {}/{object}", entry.time.0, entry.user, entry.verb, entry.resource));
         }
     }
