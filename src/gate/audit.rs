@@ -536,8 +536,18 @@ mod tests {
         let uri = "/api/v1/namespaces/shop/pods/web-0/exec?command=sh&command=-c&command=id&container=app&stdin=true";
         let body = list(vec![
             event("create", "alice", exec.clone(), json!({"requestURI": uri, "responseStatus": {"code": 101}})),
-            event("get", "bob", exec.clone(), json!({"requestURI": uri, "auditID": "b", "responseStatus": {"code": 403}})),
-            event("get", "admin", exec, json!({"requestURI": uri, "auditID": "c", "impersonatedUser": {"username": "carol", "groups": ["dev"]}})),
+            event(
+                "get",
+                "bob",
+                exec.clone(),
+                json!({"requestURI": uri, "auditID": "b", "responseStatus": {"code": 403}}),
+            ),
+            event(
+                "get",
+                "admin",
+                exec,
+                json!({"requestURI": uri, "auditID": "c", "impersonatedUser": {"username": "carol", "groups": ["dev"]}}),
+            ),
             event("patch", "alice", deployment(), json!({})),
         ]);
         let (writes, commands) = parse_with_commands(&body).unwrap();

@@ -229,15 +229,13 @@ fn unescape(value: &str) -> String {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(hi), Some(lo)) => {
-                        out.push((hi * 16 + lo) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             byte => out.push(byte),
         }
         i += 1;
@@ -440,7 +438,10 @@ mod tests {
         let uri = "/api/v1/namespaces/shop/pods/web-0/exec?command=sh&command=-c&command=cat+%2Fetc%2Fpasswd%20%7C%20wc&container=app&stdin=true&stdout=true";
         assert_eq!(Command::uri_options(uri), (Some("app".into()), strings(&["sh", "-c", "cat /etc/passwd | wc"])));
         assert_eq!(Command::uri_options("/api/v1/namespaces/shop/pods/web-0/portforward?ports=8080").1, ["8080"]);
-        assert_eq!(Command::uri_options("/x?command=%zz&command=%e9&command=100%"), (None, strings(&["%zz", "\u{fffd}", "100%"])));
+        assert_eq!(
+            Command::uri_options("/x?command=%zz&command=%e9&command=100%"),
+            (None, strings(&["%zz", "\u{fffd}", "100%"]))
+        );
         assert_eq!(Command::uri_options("/api/v1/namespaces/shop/pods/web-0/attach"), (None, vec![]));
     }
 

@@ -555,7 +555,8 @@ pub async fn log_writes(
     update_request_status(client, namespace, request, |status| {
         let (activity, added) = audit::append(&status.activity, &attributed.activity);
         let (scope_writes, scope_added) = audit::append(&status.scope_writes, &attributed.scope_writes);
-        if added == 0 && scope_added == 0 {
+        // A corroborated command adds no entry but a source to one.
+        if added == 0 && scope_added == 0 && activity == status.activity {
             return None;
         }
         let count = status.activity_count.unwrap_or(0) + i64::try_from(added).unwrap_or(0);
@@ -665,7 +666,10 @@ mod tests {
         };
         let write = |e: &ActivityEntry| logged_write(e, "pods", &subject, at(0)).map(|w| w.resource);
         assert_eq!(write(&entry("patch", "pods", "web-0", 5)).as_deref(), Some("pods"));
-        assert_eq!(write(&entry("create", "pods/ephemeralcontainers", "web-0", 5)).as_deref(), Some("pods/ephemeralcontainers"));
+        assert_eq!(
+            write(&entry("create", "pods/ephemeralcontainers", "web-0", 5)).as_deref(),
+            Some("pods/ephemeralcontainers")
+        );
         assert_eq!(write(&entry("patch", "podsx", "web-0", 5)), None);
         assert_eq!(write(&entry("patch", "pods", "web-1", 5)), None);
         assert_eq!(write(&entry("patch", "pods", "web-0", 0)), None, "before the object was last in sync");

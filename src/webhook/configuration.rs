@@ -279,7 +279,10 @@ mod tests {
             assert_eq!(rule.resources.as_deref().unwrap(), ["pods/exec", "pods/attach", "pods/portforward"]);
             let selector = hook.namespace_selector.clone().unwrap().match_expressions.unwrap();
             assert_eq!(selector.len(), 1);
-            assert_eq!((selector[0].operator.as_str(), selector[0].values.as_deref().unwrap()), ("NotIn", &["driftwarden-system".to_owned()][..]));
+            assert_eq!(
+                (selector[0].operator.as_str(), selector[0].values.as_deref().unwrap()),
+                ("NotIn", &["driftwarden-system".to_owned()][..])
+            );
         }
     }
 

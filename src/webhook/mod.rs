@@ -5,8 +5,8 @@
 pub mod admission;
 pub mod audit;
 pub mod configuration;
-pub mod tls;
 pub mod sessions;
+pub mod tls;
 pub mod writes;
 
 use std::future::Future;

@@ -80,7 +80,9 @@ pub fn record_of(request: &AdmissionRequest<DynamicObject>, now: Timestamp) -> O
 /// `pods/exec`, `pods/attach` or `pods/portforward`), if it is one: the
 /// options, bounded; nothing else of the call is read.
 pub fn command_of(request: &AdmissionRequest<DynamicObject>, now: Timestamp) -> Option<Command> {
-    if request.operation != Operation::Connect || !request.resource.group.is_empty() || request.resource.resource != "pods"
+    if request.operation != Operation::Connect
+        || !request.resource.group.is_empty()
+        || request.resource.resource != "pods"
     {
         return None;
     }
@@ -164,7 +166,8 @@ mod tests {
         );
         assert_eq!(command.command.argv, ["sh", "-c", "id"]);
         assert_eq!((command.groups.len(), command.source), (2, Source::Admission));
-        let forward = command_of(&connect("portforward", json!({"kind": "PodPortForwardOptions", "ports": [5432]})), now);
+        let forward =
+            command_of(&connect("portforward", json!({"kind": "PodPortForwardOptions", "ports": [5432]})), now);
         assert_eq!(forward.unwrap().command.argv, ["5432"]);
         let attach = command_of(&connect("attach", json!({"kind": "PodAttachOptions", "container": "app"})), now);
         assert!(attach.unwrap().command.argv.is_empty());

@@ -108,8 +108,7 @@ async fn a_revert_converges_against_a_busy_writer_and_leaves_its_fields_alone() 
     writer.abort();
     let web = deployments.get("web").await.unwrap();
     assert!(web.annotations().contains_key("tick"), "the revert removed the other writer's field");
-    t.wait_for_status("shop", Duration::from_secs(10), |s| s.drifted == Some(0) && s.reverts.unwrap_or(0) >= 1)
-        .await;
+    t.wait_for_status("shop", Duration::from_secs(10), |s| s.drifted == Some(0) && s.reverts.unwrap_or(0) >= 1).await;
 }
 
 /// The resourceVersions of everything the operator could write in the test.

@@ -158,9 +158,8 @@ async fn a_session_change_is_held_logged_and_reverted_with_a_codify_patch_when_t
     .await;
     assert!(lag < Duration::from_secs(2), "reverted {lag:?} after the window ended");
 
-    let status = t
-        .wait_for_status("shop", Duration::from_secs(10), |s| s.drifted == Some(0) && s.last_revert.is_some())
-        .await;
+    let status =
+        t.wait_for_status("shop", Duration::from_secs(10), |s| s.drifted == Some(0) && s.last_revert.is_some()).await;
     assert_eq!(status.last_revert.unwrap().class, DriftClass::WindowEnded);
     let changes = eventually(Duration::from_secs(5), || async {
         let changes = request_status(&t, "alice-fix").await.session_changes;
@@ -247,9 +246,8 @@ async fn a_foreign_addition_is_removed_and_autoscaler_replicas_are_left_alone() 
     assert_eq!(replicas(&t).await, 7, "the autoscaler's replicas stay");
     // The in-sync status from before the edit would satisfy "drifted 0":
     // wait for the one that counts the revert.
-    let status = t
-        .wait_for_status("shop", Duration::from_secs(10), |s| s.drifted == Some(0) && s.reverts.is_some())
-        .await;
+    let status =
+        t.wait_for_status("shop", Duration::from_secs(10), |s| s.drifted == Some(0) && s.reverts.is_some()).await;
     assert_eq!(status.reverts, Some(1));
     // Reverted once, then left alone: a second look writes nothing. (The
     // deployment controller keeps writing status, so the resourceVersion

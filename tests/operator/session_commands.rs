@@ -110,13 +110,90 @@ async fn a_grantees_exec_is_in_her_activity_and_its_record_outlives_the_request(
     // Deleting the request erases its status, not the record.
     let requests = t.env.api::<AccessRequest>(User::Admin).await;
     requests.delete("alice-shell", &Default::default()).await.unwrap();
-    eventually(Duration::from_secs(20), || async { requests.get_opt("alice-shell").await.unwrap().is_none().then_some(()) })
-        .await
-        .expect("the request is gone");
+    eventually(Duration::from_secs(20), || async {
+        requests.get_opt("alice-shell").await.unwrap().is_none().then_some(())
+    })
+    .await
+    .expect("the request is gone");
     let after = logged_commands(&t);
     assert!(
         after.iter().any(|l| l["access_request"] == "alice-shell" && l["command"] == "sh -c id"),
         "the record went with the request: {after:#?}"
     );
     eprintln!("session commands: alice's exec, kept in the log after her request was deleted: {alice}");
+}
+
+/// Posts an AdmissionReview to the operator's `/sessions` as anyone in the
+/// cluster network could: no credentials (the API server presents none).
+fn forge(t: &AccessTest, user: &str, command: &[&str]) -> String {
+    use std::io::Write as _;
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "forged", "kind": {"group": "", "version": "v1", "kind": "PodExecOptions"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"}, "subResource": "exec",
+        "name": "toolbox", "namespace": t.env.namespace, "operation": "CONNECT",
+        "userInfo": {"username": user, "groups": ["dev"]},
+        "object": {"kind": "PodExecOptions", "apiVersion": "v1", "container": "app", "command": command},
+    }});
+    let mut curl = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--insecure"])
+        .args(["-H", "Content-Type: application/json", "--data-binary", "@-"])
+        .arg(format!("https://127.0.0.1:{}/sessions", t.operator.webhook_port))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    curl.stdin.take().unwrap().write_all(review.to_string().as_bytes()).unwrap();
+    String::from_utf8_lossy(&curl.wait_with_output().unwrap().stdout).into_owned()
+}
+
+#[tokio::test]
+async fn with_audit_the_api_servers_event_corroborates_an_exec_and_a_forged_one_stays_a_claim() {
+    let t = crate::common::drift_setup("session-exec-audit").await;
+    toolbox(&t).await;
+    alice_window(&t, "alice-shell", "5m").await;
+
+    exec(&t, User::Alice, &["toolbox", "-c", "app", "--", "sh", "-c", "id"]);
+    assert_eq!(forge(&t, "alice", &["rm", "-rf", "/data"]), "200");
+
+    // kubectl tries a WebSocket first and, when the upgrade fails (here:
+    // no node), SPDY: one typed command may be two requests to the API
+    // server, each admitted, audited and recorded.
+    let ids = |status: &AccessRequestStatus| -> Vec<Vec<String>> {
+        status.activity.iter().filter(|e| e.command == ["sh", "-c", "id"]).map(|e| e.sources.clone()).collect()
+    };
+    // Audit batches wait at most 1 s.
+    let corroborated = eventually(Duration::from_secs(10), || async {
+        let status = request_status(&t, "alice-shell").await;
+        let ids = ids(&status);
+        (!ids.is_empty() && ids.iter().all(|s| s.len() == 2)).then_some(status)
+    })
+    .await;
+    let status = request_status(&t, "alice-shell").await;
+    let status = corroborated.unwrap_or_else(|| panic!("alice's exec was not corroborated: {:#?}", status.activity));
+    let requests = ids(&status);
+    assert!(requests.iter().all(|s| s == &["admission", "audit"]), "{requests:?}");
+    let forged = exec_entry(&status, &["rm", "-rf", "/data"]).expect("a forged call adds an entry");
+    assert_eq!(forged.sources, ["admission"], "no audit event stands behind it");
+    let commands = status.activity.iter().filter(|e| e.is_command()).count();
+    assert_eq!(commands, requests.len() + 1, "each request once: {:#?}", status.activity);
+    assert_eq!(status.activity_count, Some(commands as i64));
+
+    let lines = logged_commands(&t);
+    let reports = |source: &str, corroborated: bool| {
+        lines
+            .iter()
+            .filter(|l| l["command"] == "sh -c id" && l["source"] == source && l["corroborated"] == corroborated)
+            .count()
+    };
+    assert_eq!(
+        (reports("admission", false), reports("audit", true), reports("audit", false)),
+        (requests.len(), requests.len(), 0),
+        "{lines:#?}"
+    );
+    eprintln!(
+        "session commands: with the audit webhook, alice's exec ({} request(s)) is {:?}; the forged one {:?}",
+        requests.len(),
+        requests[0],
+        forged.sources
+    );
 }
