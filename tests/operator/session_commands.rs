@@ -66,6 +66,7 @@ async fn a_grantees_exec_is_in_her_activity_and_its_record_outlives_the_request(
 
     let failed = exec(&t, User::Alice, &["toolbox", "-c", "app", "--", "sh", "-c", "id"]);
     assert!(failed.contains("does not have a host assigned"), "the exec failed for another reason: {failed}");
+    eprintln!("session commands: kubectl exec failed after admission, as expected: {}", failed.trim());
     // Bob has standing rights and no window: his command is logged, never
     // in alice's activity.
     let long = "x".repeat(5000);
