@@ -64,7 +64,9 @@ async fn a_grantees_exec_is_in_her_activity_and_its_record_outlives_the_request(
     toolbox(&t).await;
     alice_window(&t, "alice-shell", "5m").await;
 
+    let started = std::time::Instant::now();
     let failed = exec(&t, User::Alice, &["toolbox", "-c", "app", "--", "sh", "-c", "id"]);
+    let exec_took = started.elapsed();
     assert!(failed.contains("does not have a host assigned"), "the exec failed for another reason: {failed}");
     eprintln!("session commands: kubectl exec failed after admission, as expected: {}", failed.trim());
     // Bob has standing rights and no window: his command is logged, never
@@ -77,8 +79,12 @@ async fn a_grantees_exec_is_in_her_activity_and_its_record_outlives_the_request(
         exec_entry(&status, &["sh", "-c", "id"]).cloned()
     })
     .await;
+    let listed_after = started.elapsed();
     let status = request_status(&t, "alice-shell").await;
     let entry = shown.unwrap_or_else(|| panic!("alice's exec is not in her activity: {:#?}", status.activity));
+    eprintln!(
+        "session commands: kubectl exec returned after {exec_took:?}; listed in the request's activity {listed_after:?} after it started"
+    );
     assert_eq!(
         (entry.user.as_str(), entry.verb.as_str(), entry.name.as_deref(), entry.container.as_deref()),
         ("alice", "connect", Some("toolbox"), Some("app"))
