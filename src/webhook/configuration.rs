@@ -178,6 +178,10 @@ impl WritesHook {
 /// cluster down: `failurePolicy: Ignore` (a write admitted while the
 /// operator is unreachable has no record, so its drift is reverted) and a
 /// 2 s timeout. The API server skips it for dry runs (`NoneOnDryRun`).
+/// Beside it, the session-command webhook, on the same terms: every
+/// CONNECT on `pods/exec`, `pods/attach` and `pods/portforward` in every
+/// namespace but the operator's (a command unseen while the operator is
+/// unreachable is in the API server's audit log only, where there is one).
 pub fn writes(
     endpoint: &Endpoint,
     ca_pem: &str,

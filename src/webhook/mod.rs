@@ -1,6 +1,7 @@
 //! The operator's HTTPS server for admission webhooks: it stamps and checks
 //! identity on AccessRequests and AccessReviews and enforces AccessPolicy at
-//! `kubectl apply` time.
+//! `kubectl apply` time; it receives the write log (`/writes`), the
+//! commands run in Pods (`/sessions`) and the API server's audit events.
 
 pub mod admission;
 pub mod audit;
