@@ -226,6 +226,27 @@ mod tests {
     }
 
     #[test]
+    fn the_story_shows_a_sessions_commands_as_typed_with_their_sources() {
+        let mut active = request("fix", "alice", "Active", json!([]));
+        let status = active.status.as_mut().unwrap();
+        status.activity.push(
+            serde_json::from_value(json!({"time": "2026-12-02T10:06:00.000000Z", "user": "alice", "verb": "connect",
+                "resource": "pods/exec", "namespace": "shop", "name": "web-0", "container": "app",
+                "command": ["sh", "-c", "cat /tmp/x | wc -l"], "commandTruncated": true, "sources": ["admission", "audit"]}))
+            .unwrap(),
+        );
+        status.activity_count = Some(2);
+        let story = story(&active, at("2026-12-02T10:10:00Z"));
+        for expected in [
+            "activity (2 write(s) and command(s), newest 2 shown)",
+            "alice patch deployments.apps/web",
+            "alice pods/exec web-0 -c app -- sh -c 'cat /tmp/x | wc -l' (cut) [admission+audit]",
+        ] {
+            assert!(story.contains(expected), "{expected:?} missing from:\n{story}");
+        }
+    }
+
+    #[test]
     fn a_webhook_refusal_reads_as_its_reason() {
         let message =
             "admission webhook \"requests.driftwarden.io\" denied the request: no AccessPolicy covers namespace shop";
