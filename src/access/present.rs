@@ -103,10 +103,26 @@ pub fn story(request: &AccessRequest, now: Timestamp) -> String {
     }
     let total = status.activity_count.unwrap_or(status.activity.len() as i64);
     if total > 0 {
-        line(format!("  activity ({total} write(s), newest {} shown):", status.activity.len().min(SHOWN_ACTIVITY)));
+        line(format!(
+            "  activity ({total} write(s) and command(s), newest {} shown):",
+            status.activity.len().min(SHOWN_ACTIVITY)
+        ));
         let newest = status.activity.iter().rev().take(SHOWN_ACTIVITY).collect::<Vec<_>>();
         for entry in newest.into_iter().rev() {
             let object = entry.name.as_deref().unwrap_or("");
+            if entry.is_command() {
+                let container = entry.container.as_deref().map(|c| format!(" -c {c}")).unwrap_or_default();
+                let cut = if entry.command_truncated { " (cut)" } else { "" };
+                line(format!(
+                    "    {} {} {} {object}{container} -- {}{cut} [{}]",
+                    entry.time.0,
+                    entry.user,
+                    entry.resource,
+                    crate::gate::commands::shell_line(&entry.command),
+                    entry.sources.join("+")
+                ));
+                continue;
+            }
             line(format!("    {} {} {} {}/{object}", entry.time.0, entry.user, entry.verb, entry.resource));
         }
     }
@@ -204,6 +220,27 @@ mod tests {
             "binding:   RoleBinding driftwarden-fix",
             "ends in 20m",
             "alice patch deployments.apps/web",
+        ] {
+            assert!(story.contains(expected), "{expected:?} missing from:\n{story}");
+        }
+    }
+
+    #[test]
+    fn the_story_shows_a_sessions_commands_as_typed_with_their_sources() {
+        let mut active = request("fix", "alice", "Active", json!([]));
+        let status = active.status.as_mut().unwrap();
+        status.activity.push(
+            serde_json::from_value(json!({"time": "2026-12-02T10:06:00.000000Z", "user": "alice", "verb": "connect",
+                "resource": "pods/exec", "namespace": "shop", "name": "web-0", "container": "app",
+                "command": ["sh", "-c", "cat /tmp/x | wc -l"], "commandTruncated": true, "sources": ["admission", "audit"]}))
+            .unwrap(),
+        );
+        status.activity_count = Some(2);
+        let story = story(&active, at("2026-12-02T10:10:00Z"));
+        for expected in [
+            "activity (2 write(s) and command(s), newest 2 shown)",
+            "alice patch deployments.apps/web",
+            "alice pods/exec web-0 -c app -- sh -c 'cat /tmp/x | wc -l' (cut) [admission+audit]",
         ] {
             assert!(story.contains(expected), "{expected:?} missing from:\n{story}");
         }

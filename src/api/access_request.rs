@@ -131,10 +131,12 @@ pub struct AccessRequestStatus {
     /// The RoleBinding that grants the access, in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_binding: Option<String>,
-    /// The latest writes made with this access (bounded; see `activityCount`).
+    /// The latest writes made with this access, and the commands run in
+    /// its Pods (`kubectl exec`, `attach`, `port-forward`, `cp`), each
+    /// bounded (see `activityCount`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub activity: Vec<ActivityEntry>,
-    /// How many writes were made with this access in all.
+    /// How many writes (and commands in Pods) were made with this access in all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity_count: Option<i64>,
     /// Writes by other users in this namespace while the window was open
@@ -209,6 +211,32 @@ pub struct ActivityEntry {
     /// JSON pointers of the fields the request body touched, where known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
+    /// For a command in a Pod (verb `connect` on `pods/exec`, `pods/attach`
+    /// or `pods/portforward`): the container, where named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// For `pods/exec`: the command line as typed, bounded (see
+    /// `commandTruncated`); for `pods/portforward`: the ports. Only what
+    /// the API server was asked: never what went through the streams.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The command line was longer than a status keeps: cut (the
+    /// operator's log line keeps more).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub command_truncated: bool,
+    /// For a command: who reported it. `admission`: the operator's webhook
+    /// was called (anyone who can reach it could forge such a call, so on
+    /// its own this is a claim); `audit`: the API server's authenticated
+    /// audit log saw it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+}
+
+impl ActivityEntry {
+    /// A command in a Pod, not a write: it never explains drift.
+    pub fn is_command(&self) -> bool {
+        self.verb == "connect"
+    }
 }
 
 /// What a session changed in one object, as a patch to Git.

@@ -124,6 +124,10 @@ rules:
     resources: [secrets, serviceaccounts/token]
   - group: authentication.k8s.io
     resources: [tokenreviews]
+- level: Metadata
+  resources:
+  - group: \"\"
+    resources: [pods/exec, pods/attach, pods/portforward]
 - level: Request
   verbs: [create, update, patch, delete, deletecollection]
 - level: None

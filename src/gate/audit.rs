@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::commands::{Command, Kind, LOG_BOUNDS, bound};
 use crate::api::ActivityEntry;
 
 /// At most this many field paths per write.
@@ -74,6 +75,10 @@ impl AuditWrite {
             namespace: self.namespace.clone(),
             name: Some(self.name.clone()),
             fields: self.fields.clone(),
+            container: None,
+            command: Vec::new(),
+            command_truncated: false,
+            sources: Vec::new(),
         }
     }
 }
@@ -129,6 +134,8 @@ struct Event {
 struct UserInfo {
     #[serde(default)]
     username: String,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -157,13 +164,54 @@ const WRITE_VERBS: &[&str] = &["create", "update", "patch", "delete"];
 /// The successful writes in an EventList, oldest first. Reads, failed or
 /// dry-run requests, status updates and events of other stages are left out.
 pub fn parse(body: &[u8]) -> Result<Vec<AuditWrite>, Error> {
+    parse_with_commands(body).map(|(writes, _)| writes)
+}
+
+/// [`parse`], and the commands in Pods the list records (see
+/// [`super::commands`]).
+pub fn parse_with_commands(body: &[u8]) -> Result<(Vec<AuditWrite>, Vec<Command>), Error> {
     let list: EventList = serde_json::from_slice(body)?;
     if list.kind != "EventList" || list.api_version != "audit.k8s.io/v1" {
         return Err(Error::WrongKind { kind: list.kind, api_version: list.api_version });
     }
-    let mut writes: Vec<AuditWrite> = list.items.into_iter().filter_map(write_of).collect();
+    let mut commands = Vec::new();
+    let mut writes = Vec::new();
+    for event in list.items {
+        match command_of(&event) {
+            Some(command) => commands.push(command),
+            None => writes.extend(write_of(event)),
+        }
+    }
     writes.sort_by_key(|w| w.at);
-    Ok(writes)
+    Ok((writes, commands))
+}
+
+/// A command in a Pod, from any stage of its event (each event ID is
+/// noted once), unless the API server refused it before admission (401,
+/// 403: nothing ran). The options are read from the request URI only.
+fn command_of(event: &Event) -> Option<Command> {
+    let object = event.object_ref.as_ref()?;
+    if object.resource != "pods" || !object.api_group.is_empty() {
+        return None;
+    }
+    let kind = Kind::of(object.subresource.as_deref()?)?;
+    if event.response_status.as_ref().is_some_and(|s| s.code == 401 || s.code == 403) {
+        return None;
+    }
+    let (container, argv) = Command::uri_options(&event.request_uri);
+    let user = event.impersonated_user.as_ref().unwrap_or(&event.user);
+    Some(Command {
+        user: user.username.clone(),
+        groups: user.groups.clone(),
+        kind,
+        namespace: object.namespace.clone().filter(|ns| !ns.is_empty())?,
+        pod: object.name.clone()?,
+        container,
+        command: bound(&argv, LOG_BOUNDS),
+        at: event.request_received_timestamp.as_deref()?.parse().ok()?,
+        source: super::writes::Source::Audit,
+        audit_id: Some(event.audit_id.clone()).filter(|id| !id.is_empty()),
+    })
 }
 
 /// Whether a request body says it is a Secret (whatever resource the
@@ -333,12 +381,16 @@ pub fn attribute(
 }
 
 /// `old` with `new` appended: no entry twice (the API server retries
-/// batches), the newest [`MAX_ENTRIES`] kept. Returns the list and how many
-/// entries were new.
+/// batches), the newest [`MAX_ENTRIES`] writes kept, and apart from them
+/// the newest commands in Pods ([`super::commands::merge`]). Returns the
+/// list and how many entries were new.
 pub fn append(old: &[ActivityEntry], new: &[ActivityEntry]) -> (Vec<ActivityEntry>, usize) {
-    let mut merged = old.to_vec();
+    let (old_commands, mut merged): (Vec<ActivityEntry>, Vec<ActivityEntry>) =
+        old.iter().cloned().partition(ActivityEntry::is_command);
+    let (new_commands, new_writes): (Vec<&ActivityEntry>, Vec<&ActivityEntry>) =
+        new.iter().partition(|e| e.is_command());
     let mut added = 0;
-    for entry in new {
+    for entry in new_writes {
         if !merged.contains(entry) {
             merged.push(entry.clone());
             added += 1;
@@ -347,7 +399,11 @@ pub fn append(old: &[ActivityEntry], new: &[ActivityEntry]) -> (Vec<ActivityEntr
     merged.sort_by_key(|e| e.time.0);
     let excess = merged.len().saturating_sub(MAX_ENTRIES);
     merged.drain(..excess);
-    (merged, added)
+    let new_commands: Vec<ActivityEntry> = new_commands.into_iter().cloned().collect();
+    let (commands, commands_added) = super::commands::merge(&old_commands, &new_commands);
+    merged.extend(commands);
+    merged.sort_by_key(|e| e.time.0);
+    (merged, added + commands_added)
 }
 
 #[cfg(test)]
@@ -472,6 +528,36 @@ mod tests {
         let body = list(vec![late, event("patch", "alice", deployment(), json!({}))]);
         let users: Vec<String> = parse(&body).unwrap().into_iter().map(|w| w.user).collect();
         assert_eq!(users, ["alice"]);
+    }
+
+    #[test]
+    fn commands_in_pods_are_read_from_the_uri_and_never_counted_as_writes() {
+        let exec = json!({"resource": "pods", "namespace": "shop", "name": "web-0", "apiVersion": "v1", "subresource": "exec"});
+        let uri = "/api/v1/namespaces/shop/pods/web-0/exec?command=sh&command=-c&command=id&container=app&stdin=true";
+        let body = list(vec![
+            event("create", "alice", exec.clone(), json!({"requestURI": uri, "responseStatus": {"code": 101}})),
+            event(
+                "get",
+                "bob",
+                exec.clone(),
+                json!({"requestURI": uri, "auditID": "b", "responseStatus": {"code": 403}}),
+            ),
+            event(
+                "get",
+                "admin",
+                exec,
+                json!({"requestURI": uri, "auditID": "c", "impersonatedUser": {"username": "carol", "groups": ["dev"]}}),
+            ),
+            event("patch", "alice", deployment(), json!({})),
+        ]);
+        let (writes, commands) = parse_with_commands(&body).unwrap();
+        assert_eq!(writes.len(), 1);
+        let who: Vec<(&str, &[String])> = commands.iter().map(|c| (c.user.as_str(), &c.groups[..])).collect();
+        assert_eq!(who, [("alice", &["dev".to_owned()][..]), ("carol", &["dev".to_owned()][..])]);
+        assert_eq!(commands[0].command.argv, ["sh", "-c", "id"]);
+        assert_eq!((commands[0].container.as_deref(), commands[0].pod.as_str()), (Some("app"), "web-0"));
+        assert_eq!(commands[0].audit_id.as_deref(), Some("id-create-alice"));
+        assert_eq!(parse(&body).unwrap().len(), 1);
     }
 
     #[test]

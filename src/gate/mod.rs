@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod codify;
+pub mod commands;
 pub mod revert;
 pub mod writes;
 

@@ -50,7 +50,7 @@ pub const NAMESPACE_BUDGET_BYTES: usize = 8 << 20;
 pub const MAX_PROVISIONAL: usize = 50_000;
 
 /// Where a record came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
     Admission,
     Audit,

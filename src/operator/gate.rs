@@ -20,7 +20,8 @@ use tracing::info;
 
 use crate::access;
 use crate::api::{
-    AccessPhase, AccessPolicy, AccessRequest, AccessRequestStatus, AccessReview, DesiredState, RoleKind, SessionChange,
+    AccessPhase, AccessPolicy, AccessRequest, AccessRequestStatus, AccessReview, ActivityEntry, DesiredState, RoleKind,
+    SessionChange,
 };
 use crate::drift::{self, DiffOptions, OPERATOR_MANAGER};
 use crate::gate::{self, Decision, Drifted, Grant, Remediation, Rule, Write, audit, codify, revert};
@@ -57,6 +58,28 @@ pub struct LoggedWrite {
     pub verb: String,
     pub resource: String,
     pub at: Timestamp,
+}
+
+/// A request's log entry as a write to `subject` (whose resource is `base`,
+/// `plural.group`) after `from`, if it is one. A command in a Pod is never
+/// a write: it explains no drift, whoever reported it.
+fn logged_write(entry: &ActivityEntry, base: &str, subject: &Subject<'_>, from: Timestamp) -> Option<LoggedWrite> {
+    if entry.is_command() {
+        return None;
+    }
+    let sub = match entry.resource.strip_prefix(base)? {
+        "" => None,
+        rest => Some(rest.strip_prefix('/')?),
+    };
+    if entry.name.as_deref() != Some(subject.name) || entry.time.0 <= from {
+        return None;
+    }
+    Some(LoggedWrite {
+        user: entry.user.clone(),
+        verb: entry.verb.clone(),
+        resource: sub.map_or_else(|| subject.plural.to_owned(), |sub| format!("{}/{sub}", subject.plural)),
+        at: entry.time.0,
+    })
 }
 
 /// A drifted object as the gate sees it.
@@ -248,23 +271,7 @@ impl Caches {
         for request in self.requests.state().iter().filter(|r| r.namespace().as_deref() == Some(namespace)) {
             let Some(status) = &request.status else { continue };
             for entry in status.activity.iter().chain(&status.scope_writes) {
-                let sub = match entry.resource.strip_prefix(&base) {
-                    Some("") => None,
-                    Some(rest) => match rest.strip_prefix('/') {
-                        Some(sub) => Some(sub),
-                        None => continue,
-                    },
-                    None => continue,
-                };
-                if entry.name.as_deref() != Some(subject.name) || entry.time.0 <= from {
-                    continue;
-                }
-                let write = LoggedWrite {
-                    user: entry.user.clone(),
-                    verb: entry.verb.clone(),
-                    resource: sub.map_or_else(|| subject.plural.to_owned(), |sub| format!("{}/{sub}", subject.plural)),
-                    at: entry.time.0,
-                };
+                let Some(write) = logged_write(entry, &base, subject, from) else { continue };
                 if !writes.contains(&write) {
                     writes.push(write);
                 }
@@ -548,7 +555,8 @@ pub async fn log_writes(
     update_request_status(client, namespace, request, |status| {
         let (activity, added) = audit::append(&status.activity, &attributed.activity);
         let (scope_writes, scope_added) = audit::append(&status.scope_writes, &attributed.scope_writes);
-        if added == 0 && scope_added == 0 {
+        // A corroborated command adds no entry but a source to one.
+        if added == 0 && scope_added == 0 && activity == status.activity {
             return None;
         }
         let count = status.activity_count.unwrap_or(0) + i64::try_from(added).unwrap_or(0);
@@ -625,4 +633,49 @@ pub async fn show_pending_drift(
         info!(request = %name, %namespace, drifted = drift.drifted, "pending request shows the drift it would approve into");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    #[test]
+    fn only_writes_to_the_object_count_never_commands() {
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let subject = Subject {
+            namespace: Some("shop"),
+            group: "",
+            plural: "pods",
+            name: "web-0",
+            since: at(10),
+            clean_at: Some(at(0)),
+        };
+        let entry = |verb: &str, resource: &str, name: &str, second: i64| ActivityEntry {
+            time: MicroTime(at(second)),
+            user: "alice".into(),
+            verb: verb.into(),
+            resource: resource.into(),
+            namespace: Some("shop".into()),
+            name: Some(name.into()),
+            fields: vec![],
+            container: None,
+            command: vec![],
+            command_truncated: false,
+            sources: vec![],
+        };
+        let write = |e: &ActivityEntry| logged_write(e, "pods", &subject, at(0)).map(|w| w.resource);
+        assert_eq!(write(&entry("patch", "pods", "web-0", 5)).as_deref(), Some("pods"));
+        assert_eq!(
+            write(&entry("create", "pods/ephemeralcontainers", "web-0", 5)).as_deref(),
+            Some("pods/ephemeralcontainers")
+        );
+        assert_eq!(write(&entry("patch", "podsx", "web-0", 5)), None);
+        assert_eq!(write(&entry("patch", "pods", "web-1", 5)), None);
+        assert_eq!(write(&entry("patch", "pods", "web-0", 0)), None, "before the object was last in sync");
+        let mut exec = entry("connect", "pods/exec", "web-0", 5);
+        exec.command = vec!["sh".into()];
+        exec.sources = vec!["admission".into(), "audit".into()];
+        assert_eq!(write(&exec), None, "a command explains no drift");
+    }
 }

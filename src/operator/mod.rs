@@ -115,6 +115,7 @@ pub async fn run(
             String::new()
         }
     };
+    let sessions = webhook::sessions::Sessions::start(client.clone(), requests.clone());
     let queue = webhook::audit::queue();
     let write_log = writelog::SharedLog::new(queue.0.clone(), operator_user.clone(), metrics.clone());
     let audit = webhook::AuditReceiver::start(
@@ -126,6 +127,7 @@ pub async fn run(
         metrics.clone(),
         queue,
         write_log.clone(),
+        sessions.clone(),
     );
     let writes_hook = Arc::new(webhook::configuration::WritesHook::new(
         webhook_config.writes_endpoint.clone(),
@@ -137,7 +139,7 @@ pub async fn run(
         webhook_config,
         metrics.clone(),
         audit,
-        write_log.clone(),
+        (write_log.clone(), sessions),
         writes_hook.clone(),
         stop.clone().cancelled_owned(),
     );

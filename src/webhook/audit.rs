@@ -42,6 +42,7 @@ pub struct AuditReceiver {
     queue: mpsc::Sender<Vec<AuditWrite>>,
     metrics: Arc<Metrics>,
     writes: Arc<SharedLog>,
+    sessions: Arc<super::sessions::Sessions>,
 }
 
 /// The queue of writes to summarize on AccessRequests and log.
@@ -74,9 +75,10 @@ impl AuditReceiver {
         metrics: Arc<Metrics>,
         (queue, batches): (mpsc::Sender<Vec<AuditWrite>>, mpsc::Receiver<Vec<AuditWrite>>),
         writes: Arc<SharedLog>,
+        sessions: Arc<super::sessions::Sessions>,
     ) -> Arc<Self> {
         tokio::spawn(log_batches(client.clone(), requests, operator, batches));
-        Arc::new(Self { client, namespace, secret, token: Mutex::new(None), queue, metrics, writes })
+        Arc::new(Self { client, namespace, secret, token: Mutex::new(None), queue, metrics, writes, sessions })
     }
 
     async fn token(&self, refresh: bool) -> Option<String> {
@@ -142,8 +144,14 @@ impl AuditReceiver {
     /// Handles one POST from the API server, once [`Self::admit`] let it in.
     pub async fn receive(&self, body: &Bytes) -> (StatusCode, &'static str) {
         let count = |outcome| self.metrics.audit_events.get_or_create(&AuditLabels { outcome }).inc();
-        let writes = match audit::parse(body) {
-            Ok(writes) => writes,
+        let writes = match audit::parse_with_commands(body) {
+            Ok((writes, commands)) => {
+                // Commands in Pods: logged at once, listed by their own worker.
+                for command in commands {
+                    self.sessions.note(command);
+                }
+                writes
+            }
             Err(error) => {
                 count(AuditOutcome::malformed);
                 warn!(%error, "refused an audit batch");
@@ -179,7 +187,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The windows that are or were open (a late batch still finds the window
 /// its writes were made in).
-fn windows(requests: &[Arc<AccessRequest>]) -> Vec<(String, String, String, Timestamp, Timestamp)> {
+pub(crate) fn windows(requests: &[Arc<AccessRequest>]) -> Vec<(String, String, String, Timestamp, Timestamp)> {
     requests
         .iter()
         .filter_map(|request| {

@@ -178,6 +178,10 @@ impl WritesHook {
 /// cluster down: `failurePolicy: Ignore` (a write admitted while the
 /// operator is unreachable has no record, so its drift is reverted) and a
 /// 2 s timeout. The API server skips it for dry runs (`NoneOnDryRun`).
+/// Beside it, the session-command webhook, on the same terms: every
+/// CONNECT on `pods/exec`, `pods/attach` and `pods/portforward` in every
+/// namespace but the operator's (a command unseen while the operator is
+/// unreachable is in the API server's audit log only, where there is one).
 pub fn writes(
     endpoint: &Endpoint,
     ca_pem: &str,
@@ -201,17 +205,15 @@ pub fn writes(
                    "resources": resources, "scope": "Namespaced"})
         })
         .collect();
-    let mut expressions =
-        vec![json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [operator_namespace]})];
+    let not_ours = json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [operator_namespace]});
+    let mut expressions = vec![not_ours.clone()];
     if let Some(namespaces) = namespaces {
         expressions.push(json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}));
     }
-    let webhooks: Vec<Value> = if rules.is_empty() {
-        Vec::new()
-    } else {
-        vec![json!({
-            "name": "writes.driftwarden.io",
-            "clientConfig": endpoint.client_config(super::writes::WRITES_PATH, ca_pem),
+    let hook = |name: &str, path: &str, rules: Value, expressions: Vec<Value>| {
+        json!({
+            "name": name,
+            "clientConfig": endpoint.client_config(path, ca_pem),
             "rules": rules,
             "namespaceSelector": {"matchExpressions": expressions},
             "failurePolicy": "Ignore",
@@ -219,8 +221,18 @@ pub fn writes(
             "sideEffects": "NoneOnDryRun",
             "timeoutSeconds": 2,
             "admissionReviewVersions": ["v1"],
-        })]
+        })
     };
+    let mut webhooks: Vec<Value> = Vec::new();
+    if !rules.is_empty() {
+        webhooks.push(hook("writes.driftwarden.io", super::writes::WRITES_PATH, rules.into(), expressions));
+    }
+    // Commands in Pods (`kubectl exec`, `attach`, `port-forward`, `cp`) in
+    // every namespace but ours, whatever the DesiredStates manage: a
+    // session's namespace need not be managed for its commands to count.
+    let sessions = json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CONNECT"],
+                           "resources": ["pods/exec", "pods/attach", "pods/portforward"], "scope": "Namespaced"}]);
+    webhooks.push(hook("sessions.driftwarden.io", super::writes::SESSIONS_PATH, sessions, vec![not_ours]));
     serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": WRITES_NAME, "labels": {"app.kubernetes.io/managed-by": "driftwarden"}},
@@ -253,6 +265,29 @@ mod tests {
         let selector = hook.namespace_selector.clone().unwrap().match_expressions.unwrap();
         assert_eq!(selector[0].values.as_deref().unwrap(), ["driftwarden-system"]);
         assert_eq!(selector[1].values.as_deref().unwrap(), ["shop"]);
+    }
+
+    #[test]
+    fn commands_in_pods_are_routed_in_every_namespace_but_ours_and_always_allowed() {
+        let endpoint = Endpoint::Url("https://127.0.0.1:9443".into());
+        for kinds in [Default::default(), [ManagedKind { group: "apps".into(), plural: "deployments".into() }].into()] {
+            let namespaces = ["shop".to_owned()].into_iter().collect();
+            let config = writes(&endpoint, "CA", &kinds, Some(&namespaces), "driftwarden-system");
+            let hooks = config.webhooks.unwrap();
+            let hook = hooks.iter().find(|h| h.name == "sessions.driftwarden.io").unwrap();
+            assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
+            assert!(hook.timeout_seconds.unwrap() <= 2);
+            assert_eq!(hook.client_config.url.as_deref(), Some("https://127.0.0.1:9443/sessions"));
+            let rule = &hook.rules.as_ref().unwrap()[0];
+            assert_eq!(rule.operations.as_deref().unwrap(), ["CONNECT"]);
+            assert_eq!(rule.resources.as_deref().unwrap(), ["pods/exec", "pods/attach", "pods/portforward"]);
+            let selector = hook.namespace_selector.clone().unwrap().match_expressions.unwrap();
+            assert_eq!(selector.len(), 1);
+            assert_eq!(
+                (selector[0].operator.as_str(), selector[0].values.as_deref().unwrap()),
+                ("NotIn", &["driftwarden-system".to_owned()][..])
+            );
+        }
     }
 
     use super::*;

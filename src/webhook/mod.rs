@@ -1,10 +1,12 @@
 //! The operator's HTTPS server for admission webhooks: it stamps and checks
 //! identity on AccessRequests and AccessReviews and enforces AccessPolicy at
-//! `kubectl apply` time.
+//! `kubectl apply` time; it receives the write log (`/writes`), the
+//! commands run in Pods (`/sessions`) and the API server's audit events.
 
 pub mod admission;
 pub mod audit;
 pub mod configuration;
+pub mod sessions;
 pub mod tls;
 pub mod writes;
 
@@ -43,6 +45,7 @@ struct AppState {
     metrics: Arc<Metrics>,
     audit: Arc<AuditReceiver>,
     write_log: Arc<crate::operator::writelog::SharedLog>,
+    sessions: Arc<sessions::Sessions>,
     break_glass: admission::BreakGlass,
     recorder: Recorder,
 }
@@ -103,7 +106,7 @@ pub async fn serve(
     config: Config,
     metrics: Arc<Metrics>,
     audit: Arc<AuditReceiver>,
-    write_log: Arc<crate::operator::writelog::SharedLog>,
+    (write_log, sessions): (Arc<crate::operator::writelog::SharedLog>, Arc<sessions::Sessions>),
     writes_hook: Arc<configuration::WritesHook>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
@@ -150,6 +153,7 @@ pub async fn serve(
     let writes_permits = Bounds::new(WRITES_CONCURRENCY, MAX_ADMISSION_BODY_BYTES);
     let writes_route = Router::new()
         .route(writes::WRITES_PATH, post(note_write))
+        .route(writes::SESSIONS_PATH, post(note_command))
         .layer(DefaultBodyLimit::max(MAX_ADMISSION_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(writes_permits, bounded));
     let router = admission.merge(audit_route).merge(writes_route).with_state(AppState {
@@ -158,6 +162,7 @@ pub async fn serve(
         metrics,
         audit,
         write_log,
+        sessions,
         break_glass: config.break_glass.clone(),
     });
     info!(addr = %config.addr, endpoint = ?config.endpoint, "serving admission webhooks");
@@ -313,6 +318,28 @@ async fn note_write(
         None => "skipped",
     };
     observe(&state.metrics, "writes", noted, started);
+    Json(AdmissionResponse::from(&request).into_review())
+}
+
+/// The session-command webhook: always allows, and records the command
+/// (the webhook's word: no watch can confirm a CONNECT).
+async fn note_command(
+    State(state): State<AppState>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let started = std::time::Instant::now();
+    let request = match into_request(review) {
+        Ok(request) => request,
+        Err(invalid) => return Json(invalid.into_review()),
+    };
+    let noted = match writes::command_of(&request, Timestamp::now()) {
+        Some(command) => {
+            state.sessions.note(command);
+            "noted"
+        }
+        None => "skipped",
+    };
+    observe(&state.metrics, "sessions", noted, started);
     Json(AdmissionResponse::from(&request).into_review())
 }
 

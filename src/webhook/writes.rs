@@ -15,10 +15,13 @@ use kube::api::{DynamicObject, PartialObjectMeta};
 use kube::core::admission::{AdmissionRequest, Operation};
 use serde_json::Value;
 
-use crate::gate::writes::{Expect, Record};
+use crate::gate::commands::{Command, Kind, LOG_BOUNDS, bound};
+use crate::gate::writes::{Expect, Record, Source};
 
 /// Path of the write-log webhook.
 pub const WRITES_PATH: &str = "/writes";
+/// Path of the session-command webhook (CONNECT on `pods/exec` and the like).
+pub const SESSIONS_PATH: &str = "/sessions";
 
 /// What one admission call says about a write, if it is one to note: not a
 /// dry run, not a connect, in a namespace, with an object uid to confirm by.
@@ -73,6 +76,32 @@ pub fn record_of(request: &AdmissionRequest<DynamicObject>, now: Timestamp) -> O
     Some((record, expect))
 }
 
+/// What one admission call says about a command in a Pod (a CONNECT on
+/// `pods/exec`, `pods/attach` or `pods/portforward`), if it is one: the
+/// options, bounded; nothing else of the call is read.
+pub fn command_of(request: &AdmissionRequest<DynamicObject>, now: Timestamp) -> Option<Command> {
+    if request.operation != Operation::Connect
+        || !request.resource.group.is_empty()
+        || request.resource.resource != "pods"
+    {
+        return None;
+    }
+    let kind = Kind::of(request.sub_resource.as_deref()?)?;
+    let (container, argv) = request.object.as_ref().map(|o| Command::options(&o.data)).unwrap_or_default();
+    Some(Command {
+        user: request.user_info.username.clone().unwrap_or_default(),
+        groups: request.user_info.groups.clone().unwrap_or_default(),
+        kind,
+        namespace: request.namespace.clone()?,
+        pod: request.name.clone(),
+        container,
+        command: bound(&argv, LOG_BOUNDS),
+        at: now,
+        source: Source::Admission,
+        audit_id: None,
+    })
+}
+
 /// The object's fingerprints in each form a watch keeps it: whole (declared
 /// kinds) and metadata only (kinds watched for undeclared objects).
 fn fingerprints(object: &DynamicObject) -> Vec<u64> {
@@ -110,6 +139,45 @@ mod tests {
         let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});
         let review: kube::core::admission::AdmissionReview<DynamicObject> = serde_json::from_value(review).unwrap();
         review.try_into().unwrap()
+    }
+
+    fn connect(sub: &str, object: serde_json::Value) -> AdmissionRequest<DynamicObject> {
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "r2", "kind": {"group": "", "version": "v1", "kind": "PodExecOptions"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"}, "subResource": sub,
+            "requestKind": {"group": "", "version": "v1", "kind": "PodExecOptions"},
+            "name": "web-0", "namespace": "shop", "operation": "CONNECT",
+            "userInfo": {"username": "alice", "groups": ["dev", "system:authenticated"]},
+            "object": object, "dryRun": false,
+        }});
+        let review: kube::core::admission::AdmissionReview<DynamicObject> = serde_json::from_value(review).unwrap();
+        review.try_into().unwrap()
+    }
+
+    #[test]
+    fn a_connect_is_a_command_with_its_options_bounded() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let exec = json!({"kind": "PodExecOptions", "apiVersion": "v1", "stdin": true, "stdout": true,
+                          "container": "app", "command": ["sh", "-c", "id"]});
+        let command = command_of(&connect("exec", exec), now).unwrap();
+        assert_eq!(
+            (command.user.as_str(), command.kind, command.pod.as_str(), command.container.as_deref()),
+            ("alice", Kind::Exec, "web-0", Some("app"))
+        );
+        assert_eq!(command.command.argv, ["sh", "-c", "id"]);
+        assert_eq!((command.groups.len(), command.source), (2, Source::Admission));
+        let forward =
+            command_of(&connect("portforward", json!({"kind": "PodPortForwardOptions", "ports": [5432]})), now);
+        assert_eq!(forward.unwrap().command.argv, ["5432"]);
+        let attach = command_of(&connect("attach", json!({"kind": "PodAttachOptions", "container": "app"})), now);
+        assert!(attach.unwrap().command.argv.is_empty());
+        let long = json!({"command": vec!["x".repeat(4096); 500]});
+        let bounded = command_of(&connect("exec", long), now).unwrap().command;
+        assert!(bounded.truncated && bounded.argv.iter().map(String::len).sum::<usize>() <= LOG_BOUNDS.total_bytes);
+        // Not a session: a proxy, or a write.
+        assert!(command_of(&connect("proxy", json!({})), now).is_none());
+        assert!(command_of(&review("UPDATE", false, None), now).is_none());
+        assert!(record_of(&connect("exec", json!({"command": ["id"]})), now).is_none());
     }
 
     #[test]

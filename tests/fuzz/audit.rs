@@ -11,7 +11,9 @@
 //! Properties: no panic; a batch only fails to parse for a reason (not
 //! JSON, not an EventList, a field of the wrong type, nesting past the JSON
 //! parser's limit); the writes kept are exactly the successful, non-dry-run
-//! writes to objects that are not driftwarden's own or a status, each with
+//! writes to objects that are not driftwarden's own or a status, nor a
+//! command in a Pod (`pods/exec` and the like: read apart, from the URI
+//! only, bounded, never a body's byte), each with
 //! the impersonated user when there is one, oldest first; output is bounded
 //! (no more writes than events, at most `MAX_FIELDS` paths of at most
 //! `MAX_FIELD_BYTES` each, fields only for patches outside Secrets); no
@@ -19,7 +21,10 @@
 //! `Debug`, an activity entry or an attribution; windows get only writes in
 //! their namespace and time, the operator's and the system's never.
 
-use driftwarden::gate::audit::{AuditWrite, MAX_FIELD_BYTES, MAX_FIELDS, Window, attribute, parse};
+use driftwarden::gate::audit::{
+    AuditWrite, MAX_FIELD_BYTES, MAX_FIELDS, Window, attribute, parse, parse_with_commands,
+};
+use driftwarden::gate::commands::{LOG_BOUNDS, STATUS_BOUNDS};
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -93,6 +98,7 @@ const URIS: &[&str] = &[
     "/api/v1/namespaces/shop/configmaps/settings?fieldManager=dryRun=All",
     "/api/v1/namespaces/shop/configmaps/settings?dryrun=All",
     "/api/v1/namespaces/shop/configmaps/dryRun=All",
+    "/api/v1/namespaces/shop/pods/web-0/exec?command=sh&command=-c&command=cat+%2Fetc%2Fsecret&container=app&stdin=true",
     "?",
     "",
 ];
@@ -268,6 +274,17 @@ fn expected(event: &Value) -> Option<(String, String)> {
     {
         return None;
     }
+    // A command in a Pod (exec, attach, port-forward) in a namespace is a
+    // session's command, never a write (docs/ACCESS.md).
+    let named = |key: &str| object.get(key).and_then(Value::as_str);
+    if named("resource") == Some("pods")
+        && named("apiGroup").unwrap_or_default().is_empty()
+        && ["exec", "attach", "portforward"].contains(&named("subresource").unwrap_or_default())
+        && !named("namespace").unwrap_or_default().is_empty()
+        && named("name").is_some()
+    {
+        return None;
+    }
     object.get("name").and_then(Value::as_str).or_else(|| text("/requestObject/metadata/name"))?;
     // A time the operator can represent (Go's range is wider than jiff's).
     text("/requestReceivedTimestamp")?.parse::<Timestamp>().ok()?;
@@ -319,6 +336,15 @@ fn audit_events() {
         };
         check_bounds(&writes, items.len())?;
         check_no_canary(&writes)?;
+        // Commands: read from the URI only, never from a body; bounded.
+        let (_, commands) = parse_with_commands(&body).expect("parsed once already");
+        prop_assert!(writes.len() + commands.len() <= items.len());
+        for command in &commands {
+            let shown = format!("{command:?}{:?}", command.entry());
+            prop_assert!(!shown.contains(CANARY), "a body leaked into a command: {shown}");
+            prop_assert!(command.command.argv.iter().map(String::len).sum::<usize>() <= LOG_BOUNDS.total_bytes);
+            prop_assert!(command.entry().command.iter().map(String::len).sum::<usize>() <= STATUS_BOUNDS.total_bytes);
+        }
         let mut kept: Vec<(String, String)> = writes.iter().map(|w| (w.audit_id.clone(), w.user.clone())).collect();
         let mut wanted: Vec<(String, String)> = items.iter().filter_map(expected).collect();
         kept.sort();

@@ -33,6 +33,7 @@ mod restart;
 mod revocation;
 mod secret_canaries;
 mod service_accounts;
+mod session_commands;
 mod signed_sources;
 mod trust;
 mod undeclared;

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use driftwarden::webhook::configuration::{MUTATE_PATH, VALIDATE_PATH};
-use driftwarden::webhook::writes::WRITES_PATH;
+use driftwarden::webhook::writes::{SESSIONS_PATH, WRITES_PATH};
 
 use crate::support::http_get;
 use crate::support::operator::{OPERATOR, operator_env};
@@ -68,7 +68,7 @@ async fn oversized_and_concurrent_junk_leaves_the_operator_small_and_answering()
     let started = Instant::now();
     let mut senders = Vec::new();
     for _round in 0..2 {
-        for path in [VALIDATE_PATH, MUTATE_PATH, "/audit", WRITES_PATH] {
+        for path in [VALIDATE_PATH, MUTATE_PATH, "/audit", WRITES_PATH, SESSIONS_PATH] {
             for _ in 0..SENDERS {
                 senders.push(curl(operator.webhook_port, path, &body));
             }
