@@ -105,6 +105,10 @@ pub enum NoticeKind {
     DriftReported,
     /// A change made in a window was reverted when the window ended.
     WindowEndReverted,
+    /// Someone ran `kubectl exec`, `attach` or `port-forward` into a Pod
+    /// (the command line as typed, bounded; with the AccessRequest whose
+    /// window it was run in, if any).
+    SessionCommand,
 }
 
 /// What the operator delivered to the Notifier.

@@ -14,7 +14,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use crate::api::{
-    AccessPhase, AccessRequest, DesiredStateStatus, DriftClass, NoticeKind, NotifierSpec, ObjectRef, PendingDrift,
+    AccessPhase, AccessRequest, ActivityEntry, DesiredStateStatus, DriftClass, NoticeKind, NotifierSpec, ObjectRef,
+    PendingDrift,
 };
 
 /// At most this many activity entries and pending objects in one notice.
@@ -37,6 +38,59 @@ pub struct Notice {
     /// Drift that stands: the command that asks for access to fix it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandFacts>,
+}
+
+/// A command run in a Pod, as the request's activity lists it.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandFacts {
+    #[serde(flatten)]
+    pub entry: ActivityEntry,
+    /// The AccessRequests whose open window it ran in (none: no window).
+    pub access_requests: Vec<String>,
+}
+
+/// A command run in a Pod: `entry` is its bounded activity entry.
+pub fn command_notice(entry: &ActivityEntry, access_requests: &[&str], now: Timestamp) -> Notice {
+    let line = shell_line(&entry.command);
+    let container = entry.container.as_deref().map(|c| format!(" (container {c})")).unwrap_or_default();
+    let within = match access_requests {
+        [] => " with no access window open".to_owned(),
+        requests => format!(" in the window of AccessRequest {}", requests.join(", ")),
+    };
+    let cut = if entry.command_truncated { " (cut)" } else { "" };
+    let namespace = entry.namespace.clone().unwrap_or_default();
+    let pod = entry.name.as_deref().unwrap_or_default();
+    Notice {
+        kind: NoticeKind::SessionCommand,
+        namespace: namespace.clone(),
+        time: now,
+        summary: format!(
+            "{} ran {} in Pod {namespace}/{pod}{container}{within}: {line}{cut}",
+            entry.user, entry.resource
+        ),
+        request: None,
+        drift: None,
+        fix: None,
+        command: Some(CommandFacts {
+            entry: entry.clone(),
+            access_requests: access_requests.iter().map(|r| r.to_string()).collect(),
+        }),
+    }
+}
+
+/// A command line as a shell would take it.
+fn shell_line(argv: &[String]) -> String {
+    let word = |arg: &String| {
+        if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+            arg.clone()
+        } else {
+            shell_quote(arg)
+        }
+    };
+    argv.iter().map(word).collect::<Vec<_>>().join(" ")
 }
 
 /// What a notice says about an AccessRequest.
@@ -189,6 +243,7 @@ pub fn request_notice(request: &AccessRequest, facts: RequestFacts, now: Timesta
         request: Some(facts),
         drift: None,
         fix: None,
+        command: None,
     })
 }
 
@@ -216,6 +271,7 @@ pub fn expiring_notice(request: &AccessRequest, now: Timestamp) -> Option<Notice
         request: Some(facts),
         drift: None,
         fix: None,
+        command: None,
     })
 }
 
@@ -242,6 +298,7 @@ pub fn codified_notice(
         request: Some(RequestFacts { changed_object: Some(object.clone()), patch: Some(patch.to_owned()), ..facts }),
         drift: None,
         fix: None,
+        command: None,
     }
 }
 
@@ -277,6 +334,7 @@ pub fn reverted_notice(
             access_request: access_request.map(str::to_owned),
         }),
         fix: None,
+        command: None,
     }
 }
 

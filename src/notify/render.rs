@@ -47,6 +47,7 @@ fn headline(notice: &Notice) -> &'static str {
         NoticeKind::DriftReported if resolved => ":large_green_circle: *Drift resolved*",
         NoticeKind::DriftReported => ":rotating_light: *Drift reported*",
         NoticeKind::WindowEndReverted => ":leftwards_arrow_with_hook: *Window ended: change reverted*",
+        NoticeKind::SessionCommand => ":computer: *Command in a Pod*",
     }
 }
 

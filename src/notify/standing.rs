@@ -61,6 +61,7 @@ impl Standing {
                 access_request: self.drift.access_request.clone(),
             }),
             fix: (!resolved).then(|| fix_command(namespace, name, object)),
+            command: None,
         }
     }
 }

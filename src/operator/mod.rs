@@ -139,7 +139,7 @@ pub async fn run(
         webhook_config,
         metrics.clone(),
         audit,
-        (write_log.clone(), sessions),
+        (write_log.clone(), sessions.clone()),
         writes_hook.clone(),
         stop.clone().cancelled_owned(),
     );
@@ -158,7 +158,7 @@ pub async fn run(
         client.clone(),
         metrics.clone(),
         &args,
-        (write_log, writes_hook),
+        (write_log, writes_hook, sessions),
         leadership.is_leader.clone(),
         stop.clone(),
     );
@@ -193,7 +193,11 @@ async fn lead(
     client: Client,
     metrics: Arc<Metrics>,
     args: &OperatorArgs,
-    (write_log, writes_hook): (Arc<writelog::SharedLog>, Arc<webhook::configuration::WritesHook>),
+    (write_log, writes_hook, sessions): (
+        Arc<writelog::SharedLog>,
+        Arc<webhook::configuration::WritesHook>,
+        Arc<webhook::sessions::Sessions>,
+    ),
     mut is_leader: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
@@ -207,6 +211,7 @@ async fn lead(
         label_leader(&client, args, true).await;
         let term = stop.child_token();
         let (notices, inbox) = notify::outbox(metrics.clone());
+        sessions.notify_to(Some(notices.clone()));
         let notifications = notify::run(client.clone(), metrics.clone(), args.namespace.clone(), inbox, term.clone());
         let settings = access::Settings {
             sweep_interval: args.sweep_interval.into(),
@@ -236,6 +241,7 @@ async fn lead(
                 running.await;
             }
         }
+        sessions.notify_to(None);
         metrics.leader.set(0);
         label_leader(&client, args, false).await;
         if stop.is_cancelled() {

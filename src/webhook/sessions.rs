@@ -26,6 +26,9 @@ pub struct Sessions {
     requests: Store<AccessRequest>,
     recent: Mutex<Recent>,
     queue: mpsc::Sender<(String, String, ActivityEntry)>,
+    /// The leader's notifications, while this replica leads (the
+    /// `/sessions` webhook calls the leader).
+    notices: Mutex<Option<crate::operator::notify::Outbox>>,
 }
 
 impl Sessions {
@@ -34,7 +37,13 @@ impl Sessions {
     pub fn start(client: Client, requests: Store<AccessRequest>) -> Arc<Self> {
         let (queue, entries) = mpsc::channel(QUEUE);
         tokio::spawn(summarize(client, entries));
-        Arc::new(Self { requests, recent: Mutex::default(), queue })
+        Arc::new(Self { requests, recent: Mutex::default(), queue, notices: Mutex::default() })
+    }
+
+    /// Where commands are announced while this replica leads (`None`: it
+    /// stopped leading).
+    pub fn notify_to(&self, notices: Option<crate::operator::notify::Outbox>) {
+        *self.notices.lock().unwrap_or_else(|p| p.into_inner()) = notices;
     }
 
     /// One report of a command: logged now, listed on its request soon.
@@ -66,6 +75,12 @@ impl Sessions {
               audit_id = command.audit_id.as_deref().unwrap_or(""), time = %command.at,
               "command in a Pod");
         let entry = command.entry();
+        // Once per command: a second source's report only corroborates it.
+        if noted == Noted::New
+            && let Some(notices) = self.notices.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        {
+            notices.notice(crate::notify::command_notice(&entry, &requests, Timestamp::now()));
+        }
         for request in requests {
             if self.queue.try_send((command.namespace.clone(), request.to_owned(), entry.clone())).is_err() {
                 warn!(access_request = %request, namespace = %command.namespace,

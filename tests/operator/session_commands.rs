@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::common::{AccessTest, drift_setup_without_audit};
 use crate::gate::{alice_window, request_status, standing_edit};
+use crate::notifications::{Receiver, verify, webhook_notifier};
 use crate::support::eventually;
 
 /// A Pod that no node will ever run (there is no kubelet).
@@ -63,6 +64,8 @@ async fn a_grantees_exec_is_in_her_activity_and_its_record_outlives_the_request(
     standing_edit(&t, "bob").await;
     toolbox(&t).await;
     alice_window(&t, "alice-shell", "5m").await;
+    let receiver = Receiver::start(0).await;
+    let key = webhook_notifier(&t, &receiver).await;
 
     let started = std::time::Instant::now();
     let failed = exec(&t, User::Alice, &["toolbox", "-c", "app", "--", "sh", "-c", "id"]);
@@ -91,6 +94,30 @@ async fn a_grantees_exec_is_in_her_activity_and_its_record_outlives_the_request(
     );
     assert_eq!(entry.sources, ["admission"], "no audit webhook here: the webhook's word only");
     assert!(status.activity.iter().all(|e| e.user == "alice"), "{:#?}", status.activity);
+
+    // The notification sinks hear both, signed, with the window (per typed
+    // exec, kubectl's WebSocket try and its SPDY fallback: up to two).
+    let hers = receiver
+        .wait_for("/hook", "alice's command", Duration::from_secs(10), |b| {
+            b["kind"] == "SessionCommand" && b["command"]["user"] == "alice"
+        })
+        .await;
+    assert_eq!(hers["command"]["command"], serde_json::json!(["sh", "-c", "id"]));
+    assert_eq!(hers["command"]["accessRequests"], serde_json::json!(["alice-shell"]));
+    assert!(
+        hers["summary"].as_str().unwrap().ends_with("in the window of AccessRequest alice-shell: sh -c id"),
+        "{hers}"
+    );
+    let his = receiver
+        .wait_for("/hook", "bob's command", Duration::from_secs(10), |b| {
+            b["kind"] == "SessionCommand" && b["command"]["user"] == "bob"
+        })
+        .await;
+    assert_eq!(his["command"]["accessRequests"], serde_json::json!([]));
+    assert_eq!(his["command"]["commandTruncated"], true, "bounded: {his}");
+    for received in receiver.all() {
+        verify(&received, &key);
+    }
 
     // The log has both commands, complete (bob's bounded), with who and which request.
     let lines = eventually(Duration::from_secs(5), || async {
