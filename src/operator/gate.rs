@@ -678,4 +678,78 @@ mod tests {
         exec.sources = vec!["admission".into(), "audit".into()];
         assert_eq!(write(&exec), None, "a command explains no drift");
     }
+
+    fn settings(data: Value, version: &str) -> Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "shop", "uid": "u1", "resourceVersion": version},
+            "data": data})
+    }
+
+    /// A foreign field whose value changes between the revert's apply and
+    /// its removal patch: the patch's `test` fails (422), the revert reads
+    /// the object again and starts over, and the field goes.
+    #[tokio::test]
+    async fn a_conflict_on_a_revert_reads_again_and_retries() {
+        use crate::operator::mock_api;
+        let (client, mut api) = mock_api::client();
+        let declared = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "shop"}, "data": {"mode": "safe"}});
+        let live = settings(serde_json::json!({"mode": "debug", "extra": "x"}), "1");
+        let resource = ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+        let revert =
+            tokio::spawn(
+                async move { revert(&client, &resource, &declared, Some(live), &DiffOptions::default()).await },
+            );
+
+        let path = "/api/v1/namespaces/shop/configmaps/settings";
+        let apply = api.answer(200, settings(serde_json::json!({"mode": "safe", "extra": "x"}), "2")).await;
+        assert_eq!((apply.method.as_str(), apply.path.as_str()), ("PATCH", path));
+        assert_eq!(apply.content_type, "application/apply-patch+yaml");
+        assert!(
+            apply.query.contains("fieldManager=driftwarden") && apply.query.contains("force=true"),
+            "{}",
+            apply.query
+        );
+        assert_eq!(apply.body["data"], serde_json::json!({"mode": "safe"}));
+        // Someone rewrote the foreign field meanwhile: the guarded removal fails.
+        let refused =
+            mock_api::status(422, "Invalid", "the server rejected our request: testing value /data/extra failed");
+        let removal = api.answer(422, refused).await;
+        assert_eq!(removal.content_type, "application/json-patch+json");
+        assert_eq!(
+            removal.body,
+            serde_json::json!([{"op": "test", "path": "/data/extra", "value": "x"}, {"op": "remove", "path": "/data/extra"}])
+        );
+        let read = api.answer(200, settings(serde_json::json!({"mode": "safe", "extra": "y"}), "3")).await;
+        assert_eq!((read.method.as_str(), read.path.as_str()), ("GET", path));
+        // The second round removes the new value.
+        api.answer(200, settings(serde_json::json!({"mode": "safe", "extra": "y"}), "4")).await;
+        let removal = api.answer(200, settings(serde_json::json!({"mode": "safe"}), "5")).await;
+        assert_eq!(removal.body[0], serde_json::json!({"op": "test", "path": "/data/extra", "value": "y"}));
+        let reverted = revert.await.unwrap().expect("reverted on the second round");
+        assert_eq!(reverted, Reverted { version: "5".into(), uid: "u1".into() });
+        assert!(api.is_quiet().await, "nothing after the revert");
+    }
+
+    /// A conflict on every round: the revert gives up (and is retried by
+    /// the reconcile), it does not loop.
+    #[tokio::test]
+    async fn a_revert_contended_every_round_gives_up() {
+        use crate::operator::mock_api;
+        let (client, mut api) = mock_api::client();
+        let declared = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "shop"}, "data": {"mode": "safe"}});
+        let resource = ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+        let revert =
+            tokio::spawn(async move { revert(&client, &resource, &declared, None, &DiffOptions::default()).await });
+        for round in 1..=REVERT_ATTEMPTS {
+            api.answer(200, settings(serde_json::json!({"mode": "safe", "extra": round.to_string()}), "2")).await;
+            api.answer(409, mock_api::status(409, "Conflict", "the object has been modified")).await;
+            if round < REVERT_ATTEMPTS {
+                api.answer(200, settings(serde_json::json!({"mode": "safe", "extra": "z"}), "3")).await;
+            }
+        }
+        let error = revert.await.unwrap().expect_err("contended");
+        assert!(matches!(error, RevertError::Contended(n) if n == REVERT_ATTEMPTS), "{error}");
+    }
 }

@@ -10,6 +10,8 @@ pub mod gate;
 mod health;
 pub mod leader;
 pub mod metrics;
+#[cfg(test)]
+mod mock_api;
 pub mod notify;
 pub mod ready;
 pub mod writelog;
