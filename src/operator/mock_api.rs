@@ -33,6 +33,12 @@ pub fn client() -> (kube::Client, MockApi) {
 impl MockApi {
     /// Takes the next request and answers it with `status` and `body`.
     pub async fn answer(&mut self, status: u16, body: Value) -> Seen {
+        self.answer_with(status, |_| body).await
+    }
+
+    /// Takes the next request and answers it with `status` and what `body`
+    /// makes of it (`|seen| seen.body.clone()` echoes a create).
+    pub async fn answer_with(&mut self, status: u16, body: impl FnOnce(&Seen) -> Value) -> Seen {
         let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
         let (request, send) = next.expect("a request within 5 s").expect("the client is gone");
         let (parts, received) = request.into_parts();
@@ -52,7 +58,7 @@ impl MockApi {
         let response = Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
+            .body(Body::from(serde_json::to_vec(&body(&seen)).expect("JSON")))
             .expect("a response");
         send.send_response(response);
         seen

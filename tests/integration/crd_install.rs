@@ -26,7 +26,7 @@ async fn crds_install_idempotently_and_become_established() {
     let served = alice.list_api_group_resources(&format!("{GROUP}/{VERSION}")).await.unwrap();
     let mut kinds: Vec<_> = served.resources.iter().filter(|r| !r.name.contains('/')).map(|r| r.kind.clone()).collect();
     kinds.sort();
-    assert_eq!(kinds, ["AccessPolicy", "AccessRequest", "AccessReview", "DesiredState", "PublisherKey"]);
+    assert_eq!(kinds, ["AccessPolicy", "AccessRequest", "AccessReview", "DesiredState", "Notifier", "PublisherKey"]);
 }
 
 #[tokio::test]
