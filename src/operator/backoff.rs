@@ -2,27 +2,19 @@
 //! after two quiet minutes: after an API server restart (403s while its RBAC
 //! cache warms, then 410s while its watch cache catches up) a watch could sit
 //! out half a minute while drift waits. Here: 250 ms doubling to at most 5 s,
-//! back to 250 ms once the watch has delivered for a while.
-//!
-//! "A while": kube's watcher yields `Event::Init` before each (re)list, and
-//! the stream's backoff resets on any item, so a watch refused every time
-//! (a 403 on a kind the operator may not list) would retry every 250 ms for
-//! ever. A reset counts only after [`HEALTHY`] without an error.
+//! back to 250 ms as soon as the watch delivers anything.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::runtime::utils::Backoff;
 
 const FIRST: Duration = Duration::from_millis(250);
 const MAX: Duration = Duration::from_secs(5);
-const HEALTHY: Duration = Duration::from_secs(10);
 
 /// The watches' retry delays.
 #[derive(Clone, Debug)]
 pub struct WatchBackoff {
     next: Duration,
-    /// When the stream last delivered after an error (the reset).
-    delivering_since: Option<Instant>,
     /// A little spread, so that many watches that failed together do not
     /// all retry in the same millisecond.
     salt: u32,
@@ -31,7 +23,7 @@ pub struct WatchBackoff {
 impl Default for WatchBackoff {
     fn default() -> Self {
         let salt = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        Self { next: FIRST, delivering_since: None, salt }
+        Self { next: FIRST, salt }
     }
 }
 
@@ -39,9 +31,6 @@ impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        if self.delivering_since.take().is_some_and(|since| since.elapsed() >= HEALTHY) {
-            self.next = FIRST;
-        }
         let delay = self.next;
         self.next = (self.next * 2).min(MAX);
         self.salt = self.salt.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -53,7 +42,7 @@ impl Iterator for WatchBackoff {
 
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
-        self.delivering_since.get_or_insert_with(Instant::now);
+        self.next = FIRST;
     }
 }
 
@@ -70,12 +59,7 @@ mod tests {
             let base = Duration::from_millis(base);
             assert!(*delay >= base && *delay <= base.mul_f64(1.2), "{delay:?} for {base:?}");
         }
-        // Delivered, then failed at once (a relist that is refused): no reset.
         backoff.reset();
-        assert!(backoff.next().unwrap() >= Duration::from_secs(5));
-        // Delivered for a while: start over.
-        backoff.reset();
-        backoff.delivering_since = Some(Instant::now() - HEALTHY);
         assert!(backoff.next().unwrap() < Duration::from_millis(301));
     }
 }
