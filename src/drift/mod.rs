@@ -9,6 +9,7 @@
 
 pub mod diff;
 pub mod inventory;
+pub mod kept;
 pub mod normalize;
 pub mod schema;
 mod server_fields;

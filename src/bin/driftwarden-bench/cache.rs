@@ -2,8 +2,8 @@
 //! what it keeps for each, measured by building the same values in this
 //! process (see [`crate::footprint`]).
 
+use driftwarden::drift::kept as cached;
 use driftwarden::drift::{self, Scope, SourceConfigMap, SourceScope};
-use driftwarden::operator::drift::cached;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, PartialObjectMeta};

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::cached::Declarations;
+use crate::drift::kept::Declarations;
 
 /// An object as the API server tells objects apart: group, kind, namespace, name.
 pub(super) type ObjectId = (String, String, Option<String>, String);

@@ -38,7 +38,7 @@ pub(super) async fn carry_out(
     let name = state.name_any();
     let now = Timestamp::now();
     let mut outcome = Outcome::default();
-    let live_value = |index: usize| inputs.lives[index].as_deref().and_then(super::cached::live_value);
+    let live_value = |index: usize| inputs.lives[index].as_deref().and_then(crate::drift::kept::live_value);
 
     let mut codified: BTreeMap<String, Vec<SessionChange>> = BTreeMap::new();
     for (request, index) in &plan.codify {
@@ -131,7 +131,8 @@ async fn revert(
         let declared = &inputs.parsed.objects[index];
         let resource = inputs.resources[index].as_ref().map(|key| key.resource());
         let kind = declared.key.kind.clone();
-        let (object, live) = (declared.object(), inputs.lives[index].as_deref().and_then(super::cached::live_value));
+        let (object, live) =
+            (declared.object(), inputs.lives[index].as_deref().and_then(crate::drift::kept::live_value));
         async move {
             let started = Instant::now();
             let result = match resource {

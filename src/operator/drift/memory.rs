@@ -8,10 +8,10 @@ use std::time::Instant;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
-use super::cached::Declarations;
 use super::status;
 use super::trust;
 use crate::api::{self, DesiredState};
+use crate::drift::kept::Declarations;
 use crate::drift::{self, signature};
 
 /// What a set of sources is, as far as the caches know: the DesiredState's

@@ -9,7 +9,6 @@
 //! what to do, as a value) and [`execute`] (do it, then tell).
 //! A source that does not parse is reported and changes nothing.
 
-pub mod cached;
 mod claims;
 mod contest;
 mod execute;
@@ -46,7 +45,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use super::gate::{Caches, RevertLimiter, Subject, Verdict};
 use super::metrics::{ErrorLabels, Metrics};
 use crate::api::{AccessRequest, DesiredState, SourceRef};
-use crate::drift::{self, DiffOptions, undeclared};
+use crate::drift::{self, DiffOptions, kept, undeclared};
 use crate::operator::ready::Ready;
 use memory::{LastDiffs, Memories};
 use read::Sources;
@@ -226,7 +225,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     // that uses them reconciles.
     let sources = watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default())
         .backoff(crate::operator::backoff::WatchBackoff::default())
-        .modify(cached::source_identity)
+        .modify(kept::source_identity)
         .reflect(source_meta_writer)
         .touched_objects();
     // A grant that opens, ends or logs a write may change the gate's verdict
@@ -414,7 +413,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         Sources::Enforce { entry, refusal, resolver } => (entry, refusal, resolver),
         Sources::Settling => return Ok(Action::requeue(Duration::from_secs(1))),
         Sources::Refused(refusal) => {
-            context.claims.register(&claimant, &Arc::new(cached::Declarations { revision: None, objects: Vec::new() }));
+            context.claims.register(&claimant, &Arc::new(kept::Declarations { revision: None, objects: Vec::new() }));
             // Nothing verified to enforce yet: report, and wait for a good source.
             let status = status::invalid(&old, generation, &refusal, Timestamp::now());
             execute::write_status(&context, &state, &old, &status).await?;

@@ -11,11 +11,11 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::DynamicObject;
 use kube::runtime::events::EventType;
 
-use super::cached::{self, Declarations};
 use super::memory::Memory;
 use super::status::{self, Judgement};
 use super::watches::WatchKey;
 use crate::api::{self, Attribution, DesiredStateSpec, DesiredStateStatus, DriftAction, DriftClass, RevertRecord};
+use crate::drift::kept::{self, Declarations};
 use crate::drift::{self, DiffOptions, undeclared};
 use crate::gate::{Decision, Remediation};
 use crate::operator::gate::{Subject, Verdict};
@@ -274,7 +274,7 @@ fn diff_declared(inputs: &Inputs<'_>, memory: &Memory, plan: &mut Plan) {
         let diff = match unchanged {
             Some((seen, diff)) if *seen == version && version.is_some() => diff.clone(),
             _ => {
-                let live = live.and_then(cached::live_value);
+                let live = live.and_then(kept::live_value);
                 let diff = drift::diff(&declared.object(), live.as_ref(), inputs.options);
                 if diff.in_sync() {
                     plan.clean.push(declared.key.object_ref());

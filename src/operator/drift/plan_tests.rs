@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::api::{DesiredStateSpec, KindRef, NamedObject, RemediationAction};
-use crate::drift::{DeclaredObject, ObjectKey, Origin, ParsedSources};
+use crate::drift::{DeclaredObject, ObjectKey, Origin, ParsedSources, kept};
 use crate::operator::drift::memory::Memory;
 
 fn at(seconds: i64) -> Timestamp {
@@ -78,7 +78,7 @@ fn live(name: &str, replicas: i64, version: &str) -> Arc<DynamicObject> {
     object["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply", "apiVersion": "apps/v1",
         "fieldsV1": {"f:spec": {"f:replicas": {}}}}]);
     let mut object: DynamicObject = serde_json::from_value(object).unwrap();
-    cached::for_watch_cache(&mut object);
+    kept::for_watch_cache(&mut object);
     Arc::new(object)
 }
 

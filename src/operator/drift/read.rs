@@ -18,12 +18,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
-use super::cached::Declarations;
 use super::memory::{CachedParse, Fingerprint, Memory, Refused};
 use super::plan::Extra;
 use super::watches::{self, WatchKey};
 use super::{Context, DISCOVERY_REFRESH, Error, PUBLISH_SETTLE, WATCH_READY_TIMEOUT, claims, snapshot, status};
 use crate::api::{DesiredState, DesiredStateStatus, KindRef, SourceRef};
+use crate::drift::kept::Declarations;
 use crate::drift::{self, KindResolver, Scope, SourceConfigMap, SourceScope, signature, undeclared};
 
 /// The sources a pass enforces.

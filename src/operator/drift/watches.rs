@@ -99,7 +99,7 @@ fn meta_value(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
     serde_json::to_value(meta).unwrap_or_default()
 }
 
-/// A cached body as JSON again (see `cached::compact_body`).
+/// A cached body as JSON again (see `kept::compact_body`).
 fn body_value(object: &DynamicObject) -> serde_json::Value {
     match &object.data {
         serde_json::Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
@@ -110,7 +110,7 @@ fn body_value(object: &DynamicObject) -> serde_json::Value {
 /// Declared kinds: the whole object, compact.
 impl Cached for DynamicObject {
     fn for_cache(&mut self) {
-        super::cached::for_watch_cache(self);
+        crate::drift::kept::for_watch_cache(self);
     }
 
     fn fingerprint(&self) -> u64 {
@@ -128,7 +128,7 @@ impl Cached for PartialObjectMeta<DynamicObject> {
     const READY_WHEN_FORBIDDEN: bool = true;
 
     fn for_cache(&mut self) {
-        super::cached::metadata_only(self);
+        crate::drift::kept::metadata_only(self);
     }
 
     fn fingerprint(&self) -> u64 {

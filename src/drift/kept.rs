@@ -204,8 +204,8 @@ mod tests {
     fn cases() -> Vec<(&'static str, Value, Value)> {
         let yaml = |text: &str| serde_yaml_ng::from_str::<Value>(text).unwrap();
         let json = |text: &str| serde_json::from_str::<Value>(text).unwrap();
-        let deployment = yaml(include_str!("../../drift/testdata/deployment-declared.yaml"));
-        let live = json(include_str!("../../drift/testdata/deployment-live.json"));
+        let deployment = yaml(include_str!("testdata/deployment-declared.yaml"));
+        let live = json(include_str!("testdata/deployment-live.json"));
         let mut scaled = live.clone();
         scaled["spec"]["replicas"] = 9.into();
         scaled["status"]["replicas"] = 9.into();
@@ -213,9 +213,9 @@ mod tests {
         annotated["metadata"]["annotations"][LAST_APPLIED] = "{}".into();
         macro_rules! captured {
             ($name:literal) => {{
-                let declared = yaml(include_str!(concat!("../../../benches/data/", $name, ".yaml")));
-                let live = json(include_str!(concat!("../../../benches/data/", $name, ".live.json")));
-                let drifted = json(include_str!(concat!("../../../benches/data/", $name, ".drifted.json")));
+                let declared = yaml(include_str!(concat!("../../benches/data/", $name, ".yaml")));
+                let live = json(include_str!(concat!("../../benches/data/", $name, ".live.json")));
+                let drifted = json(include_str!(concat!("../../benches/data/", $name, ".drifted.json")));
                 [($name, declared.clone(), live), ($name, declared, drifted)]
             }};
         }
@@ -237,9 +237,9 @@ mod tests {
     /// captures have none. The foreign `kubectl-patch` owns both edits.
     fn configmap_edited_by_a_foreign_manager() -> (Value, Value) {
         let declared: Value =
-            serde_yaml_ng::from_str(include_str!("../../../benches/data/configmap-100-keys.yaml")).unwrap();
+            serde_yaml_ng::from_str(include_str!("../../benches/data/configmap-100-keys.yaml")).unwrap();
         let mut live: Value =
-            serde_json::from_str(include_str!("../../../benches/data/configmap-100-keys.drifted.json")).unwrap();
+            serde_json::from_str(include_str!("../../benches/data/configmap-100-keys.drifted.json")).unwrap();
         let applied: serde_json::Map<String, Value> = declared["data"]
             .as_object()
             .unwrap()
@@ -279,8 +279,7 @@ mod tests {
 
     #[test]
     fn dropping_what_the_diff_never_reads_keeps_other_annotations_and_managed_fields() {
-        let live: DynamicObject =
-            serde_json::from_str(include_str!("../../drift/testdata/deployment-live.json")).unwrap();
+        let live: DynamicObject = serde_json::from_str(include_str!("testdata/deployment-live.json")).unwrap();
         let mut stripped = live.clone();
         drop_unread(&mut stripped);
         let annotations = stripped.metadata.annotations.unwrap();
@@ -310,8 +309,7 @@ mod tests {
 
     #[test]
     fn compacting_twice_is_compacting_once() {
-        let mut once: DynamicObject =
-            serde_json::from_str(include_str!("../../drift/testdata/deployment-live.json")).unwrap();
+        let mut once: DynamicObject = serde_json::from_str(include_str!("testdata/deployment-live.json")).unwrap();
         compact_managed_fields(&mut once);
         let mut twice = once.clone();
         compact_managed_fields(&mut twice);
@@ -387,10 +385,10 @@ mod tests {
     #[test]
     fn declarations_give_back_each_object_as_parsed() {
         let files = [
-            ("deployment.yaml", include_str!("../../drift/testdata/deployment-declared.yaml")),
-            ("configmap.yaml", include_str!("../../../benches/data/configmap-100-keys.yaml")),
-            ("crd.yaml", include_str!("../../../benches/data/crd-50kb.yaml")),
-            ("role.yaml", include_str!("../../../benches/data/role-20-rules.yaml")),
+            ("deployment.yaml", include_str!("testdata/deployment-declared.yaml")),
+            ("configmap.yaml", include_str!("../../benches/data/configmap-100-keys.yaml")),
+            ("crd.yaml", include_str!("../../benches/data/crd-50kb.yaml")),
+            ("role.yaml", include_str!("../../benches/data/role-20-rules.yaml")),
             (
                 "numbers.yaml",
                 "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: numbers}\nx: [1, -2, 0.5, 1e300, true, null]\n",
