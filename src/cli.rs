@@ -24,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator against the cluster of the current kubeconfig (or
     /// the in-cluster service account).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML, or write one file per
     /// CRD into a directory.
     Crds(CrdsArgs),
@@ -39,10 +39,6 @@ pub enum Command {
     /// Show how the live cluster differs from a directory of manifests,
     /// changing nothing. Exit code 0: no drift, 1: drift, 2: error.
     Diff(DiffArgs),
-    /// Try driftwarden locally: start a local control plane (unless
-    /// --kubeconfig or KUBECONFIG names a cluster), install the CRDs, apply
-    /// the examples and run the operator until Ctrl-C.
-    Quickstart(QuickstartArgs),
     /// Ask for temporary access to a role in a namespace; waits for the
     /// decision and prints the grant (exit 1 if it is denied).
     Request(RequestArgs),
@@ -336,32 +332,6 @@ pub struct DiffArgs {
     pub namespace: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct QuickstartArgs {
-    /// Manifests to apply once the CRDs are installed (a file or a
-    /// directory of .yaml files).
-    #[arg(long, default_value = "examples/platform")]
-    pub examples: PathBuf,
-
-    /// A directory of manifests, as in Git, that the quickstart signs and
-    /// publishes as CI would: into ConfigMap `<dir name>-desired-state` in
-    /// the namespace named like the directory.
-    #[arg(long, default_value = "examples/git/shop")]
-    pub source: PathBuf,
-
-    /// Where the local control plane keeps its certificates, kubeconfigs
-    /// and logs.
-    #[arg(long, default_value = ".driftwarden/quickstart")]
-    pub dir: PathBuf,
-
-    /// Use the cluster of this kubeconfig instead of a local control plane.
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-
-    #[command(flatten)]
-    pub operator: OperatorArgs,
 }
 
 #[cfg(test)]

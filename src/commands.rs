@@ -13,12 +13,11 @@ use crate::cli::{ClusterArgs, Command, CrdsArgs, KeygenArgs, PublishArgs, RunArg
 pub async fn dispatch(command: Command) -> anyhow::Result<std::process::ExitCode> {
     let done = std::process::ExitCode::SUCCESS;
     match command {
-        Command::Run(args) => run(args).await.map(|()| done),
+        Command::Run(args) => run(*args).await.map(|()| done),
         Command::Crds(args) => crds(args).map(|()| done),
         Command::Publish(args) => publish(args).await.map(|()| done),
         Command::Keygen(args) => keygen(args).map(|()| done),
         Command::Diff(args) => crate::local_diff::run(args).await,
-        Command::Quickstart(args) => crate::quickstart::run(args).await.map(|()| done),
         Command::Request(args) => crate::requests::request(args).await,
         Command::Approve(args) => crate::requests::review(args, "Approve").await.map(|()| done),
         Command::Deny(args) => crate::requests::review(args, "Deny").await.map(|()| done),

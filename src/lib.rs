@@ -9,16 +9,18 @@
 //! - [`pki`]: certificates, as pure functions.
 //! - [`operator`]: the I/O shell that talks to the API server.
 //! - [`webhook`]: the admission webhooks' HTTPS server and its certificate.
-//! - [`controlplane`]: a local etcd + kube-apiserver for tests and the quickstart.
 //! - [`publish`], [`local_diff`]: the `publish` and `diff` commands.
-//! - [`cli`], [`commands`], [`quickstart`], [`telemetry`]: the binary's wiring.
+//! - [`cli`], [`commands`], [`telemetry`]: the binary's wiring.
+//!
+//! The local control plane, the quickstart and the benchmarks' binary are
+//! the development harness, in the workspace's `dev` crate: never linked
+//! into the product.
 
 pub mod access;
 pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod conditions;
-pub mod controlplane;
 pub mod drift;
 pub mod gate;
 pub mod local_diff;
@@ -26,7 +28,6 @@ pub mod notify;
 pub mod operator;
 pub mod pki;
 pub mod publish;
-pub mod quickstart;
 pub mod requests;
 pub mod telemetry;
 pub mod webhook;

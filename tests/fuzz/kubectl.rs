@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use driftwarden::controlplane::{self, ControlPlane, User};
 use driftwarden::drift::{Scope, SourceConfigMap, SourceScope, parse_sources};
+use driftwarden_dev::controlplane::{self, ControlPlane, User};
 use serde_json::Value;
 
 const DEFAULT_CASES: u64 = 10_000;

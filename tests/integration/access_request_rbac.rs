@@ -1,5 +1,5 @@
 use driftwarden::api::AccessRequest;
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, PostParams};
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use driftwarden::api::{AccessRequest, GROUP, VERSION};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 

@@ -2,7 +2,7 @@
 //! what is wrong (the CEL rules and schema of the CRDs).
 
 use driftwarden::api::{AccessPolicy, AccessRequest, AccessReview};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use driftwarden::api::AccessRequest;
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, PostParams};
 

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use driftwarden::controlplane::{self, ControlPlane};
+use driftwarden_dev::controlplane::{self, ControlPlane};
 
 const PROBE_ENV: &str = "DRIFTWARDEN_ORPHAN_PROBE";
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::support::{TestEnv, output};

@@ -1,4 +1,4 @@
-use driftwarden::controlplane::{KUBERNETES_VERSION, User};
+use driftwarden_dev::controlplane::{KUBERNETES_VERSION, User};
 
 use crate::support::{control_plane, output};
 

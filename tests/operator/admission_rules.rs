@@ -2,7 +2,7 @@
 //! that names the rule, before any controller runs.
 
 use driftwarden::api::AccessRequest;
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use kube::api::PostParams;
 use serde_json::json;
 

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 

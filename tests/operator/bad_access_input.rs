@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use driftwarden::api::{AccessPhase, AccessRequest, AccessReview};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::Duration;
 
-use driftwarden::controlplane::User;
-use driftwarden::controlplane::operator::OPERATOR_NAMESPACE;
+use driftwarden_dev::controlplane::User;
+use driftwarden_dev::controlplane::operator::OPERATOR_NAMESPACE;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};

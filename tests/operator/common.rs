@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use driftwarden::api::{AccessPhase, AccessPolicy, AccessRequest, AccessReview};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use driftwarden::api::AccessPhase;
-use driftwarden::controlplane::operator::{OPERATOR_NAMESPACE, chart_dir};
-use driftwarden::controlplane::{self, PROMETHEUS_ENV, Supervisor, User};
+use driftwarden_dev::controlplane::operator::{OPERATOR_NAMESPACE, chart_dir};
+use driftwarden_dev::controlplane::{self, PROMETHEUS_ENV, Supervisor, User};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -32,11 +32,11 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// The harness's Prometheus (`tests/controlplane/build.sh prometheus`,
+    /// The harness's Prometheus (`dev/controlplane/build.sh prometheus`,
     /// built on first use), or the one [`PROMETHEUS_ENV`] names.
     fn binary() -> Option<PathBuf> {
         let how = format!(
-            "the harness builds it with Go from the Go module proxy (`bash tests/controlplane/build.sh prometheus`); \
+            "the harness builds it with Go from the Go module proxy (`bash dev/controlplane/build.sh prometheus`); \
              or set {PROMETHEUS_ENV} to a prometheus v3 executable"
         );
         required("Prometheus", controlplane::prometheus_binary().map_err(|e| e.to_string()), &how)

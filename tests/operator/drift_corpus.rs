@@ -76,6 +76,6 @@ async fn corpus_applied_client_side_and_server_side_shows_no_drift() {
 }
 
 async fn resource_version(t: &crate::common::AccessTest) -> Option<String> {
-    let api = t.env.api::<driftwarden::api::DesiredState>(driftwarden::controlplane::User::Admin).await;
+    let api = t.env.api::<driftwarden::api::DesiredState>(driftwarden_dev::controlplane::User::Admin).await;
     api.get("corpus").await.unwrap().metadata.resource_version
 }

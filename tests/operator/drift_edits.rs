@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use serde_json::json;
 
 use crate::common::{condition, drift_setup};

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -39,8 +39,8 @@ async fn wait_until_leading(port: u16, timeout: Duration) -> Duration {
 /// Stops the second replica however the test ends, so that the tests after
 /// it find the first replica leading.
 struct Standby {
-    operator: &'static driftwarden::controlplane::operator::OperatorEnv,
-    replica: driftwarden::controlplane::operator::Replica,
+    operator: &'static driftwarden_dev::controlplane::operator::OperatorEnv,
+    replica: driftwarden_dev::controlplane::operator::Replica,
 }
 
 impl Drop for Standby {

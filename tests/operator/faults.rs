@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use driftwarden::api::{AccessPhase, AccessRequest, DesiredState};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::RoleBinding;

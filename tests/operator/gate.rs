@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use driftwarden::api::{
     AccessPhase, AccessRequest, Attribution, DesiredStateStatus, DriftAction, DriftClass, DriftedObject,
 };
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::RoleBinding;

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use driftwarden::api::{AccessPhase, AccessRequest};
-use driftwarden::controlplane::User;
-use driftwarden::controlplane::operator::OPERATOR_NAMESPACE;
+use driftwarden_dev::controlplane::User;
+use driftwarden_dev::controlplane::operator::OPERATOR_NAMESPACE;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};

@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
 use driftwarden::api::AccessPhase;
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use serde_json::json;

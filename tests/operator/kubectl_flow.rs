@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 
 use crate::support::eventually;
 use crate::support::operator::{OPERATOR, operator_env};
@@ -43,7 +43,7 @@ fn wait_for(user: User, request: &str, phase: &str) {
 async fn the_documented_kubectl_flow_requests_approves_denies_and_revokes() {
     let _running = OPERATOR.read().await;
     operator_env();
-    // The platform team's part (what `driftwarden quickstart` applies).
+    // The platform team's part (what `cargo quickstart` applies).
     for file in ["00-namespaces.yaml", "access-policy.yaml", "rbac.yaml"] {
         ok(User::Admin, &format!("apply -f examples/platform/{file}"));
     }

@@ -12,8 +12,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use driftwarden::api::{AccessPhase, DesiredState, Notifier};
-use driftwarden::controlplane::operator::OPERATOR_NAMESPACE;
-use driftwarden::controlplane::{self, Supervisor, User};
+use driftwarden_dev::controlplane::operator::OPERATOR_NAMESPACE;
+use driftwarden_dev::controlplane::{self, Supervisor, User};
 use hmac::{Hmac, KeyInit, Mac};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -321,7 +321,7 @@ struct Alertmanager {
 impl Alertmanager {
     fn binary() -> Option<PathBuf> {
         let how = format!(
-            "the harness builds it with Go from the Go module proxy (`bash tests/controlplane/build.sh alertmanager`); \
+            "the harness builds it with Go from the Go module proxy (`bash dev/controlplane/build.sh alertmanager`); \
              or set {} to an alertmanager executable",
             controlplane::ALERTMANAGER_ENV
         );

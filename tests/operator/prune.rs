@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use driftwarden::api::DesiredState;
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};

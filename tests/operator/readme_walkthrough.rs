@@ -1,4 +1,4 @@
-//! The README's walkthrough, run as written against `driftwarden quickstart`:
+//! The README's walkthrough, run as written against `cargo quickstart`:
 //! its commands are read from README.md (the shell blocks of "The two
 //! commands", after the quickstart itself), run in order by the users they
 //! name, and their results checked against what the README says. When the
@@ -91,7 +91,7 @@ fn expectation(line: &str, comment: Option<&str>) -> Option<Check> {
 #[tokio::test]
 async fn the_readme_walkthrough_runs_as_written() {
     let commands = walkthrough();
-    let quickstart = commands.iter().position(|(c, _)| c == "cargo run -- quickstart").expect("the quickstart command");
+    let quickstart = commands.iter().position(|(c, _)| c == "cargo quickstart").expect("the quickstart command");
     let steps: Vec<_> = commands[quickstart + 1..].iter().filter(|(c, _)| !c.starts_with("cargo ")).cloned().collect();
     assert!(steps.len() >= 10, "the walkthrough has too few commands: {steps:?}");
 
@@ -103,10 +103,21 @@ async fn the_readme_walkthrough_runs_as_written() {
     let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (http, webhook) = (port(0), port(1));
     let log = std::fs::File::create(dir.join("quickstart.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_driftwarden"))
+    // The README's command, in the checkout (where its cargo alias is), with
+    // its files in `dir`. Built first, so that its readiness is not timed
+    // against a build.
+    let cargo = || {
+        let mut command = Command::new(env!("CARGO"));
+        command.current_dir(&repo).env_remove("KUBECONFIG");
+        command
+    };
+    let built = cargo().args(["build", "--package", "driftwarden-dev", "--bin", "quickstart"]).status().unwrap();
+    assert!(built.success(), "building the quickstart failed");
+    let mut child = cargo()
         .args(["quickstart", "--http-addr", &format!("127.0.0.1:{http}"), "--webhook-addr"])
         .arg(format!("127.0.0.1:{webhook}"))
-        .current_dir(dir)
+        .arg("--dir")
+        .arg(dir.join(".driftwarden/quickstart"))
         .env_remove("KUBECONFIG")
         .env("RUST_LOG", "info")
         .stdout(log.try_clone().unwrap())
@@ -114,7 +125,7 @@ async fn the_readme_walkthrough_runs_as_written() {
         .spawn()
         .unwrap();
     let guard = KillOnDrop(&mut child, dir.join("quickstart.log"));
-    let bin = driftwarden::controlplane::binary_dir().expect("the control plane binaries");
+    let bin = driftwarden_dev::controlplane::binary_dir().expect("the control plane binaries");
 
     // The quickstart is ready when the shop DesiredState is in sync.
     let admin = ".driftwarden/quickstart/admin.kubeconfig";

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use driftwarden::api::AccessPhase;
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use serde_json::json;
 
 use crate::common::{AccessTest, setup};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use driftwarden::access::grant::REQUEST_UID_LABEL;
 use driftwarden::api::{AccessPhase, AccessRequest, DriftAction, DriftClass};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::RoleBinding;

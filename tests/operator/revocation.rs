@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use driftwarden::api::{AccessPhase, AccessRequest};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 

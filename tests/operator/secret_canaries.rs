@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use driftwarden::api::{AccessRequest, DesiredState, DriftAction};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;

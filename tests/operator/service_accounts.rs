@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use driftwarden::api::{AccessPhase, AccessPolicy, AccessRequest, AccessReview};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use driftwarden::api::{AccessRequest, AccessRequestStatus, ActivityEntry};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use serde_json::{Value, json};

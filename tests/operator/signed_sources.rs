@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use driftwarden::api::{AccessPhase, DesiredStateStatus};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};

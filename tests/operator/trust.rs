@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use driftwarden::api::{AccessPhase, AccessRequest};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;

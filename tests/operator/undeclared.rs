@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use driftwarden::api::{AccessPhase, AccessRequest, DesiredStateStatus, DriftAction, DriftedObject};
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use driftwarden::api::DriftClass;
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;

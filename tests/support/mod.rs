@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use driftwarden::controlplane::{self, ControlPlane, User};
+use driftwarden_dev::controlplane::{self, ControlPlane, User};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
@@ -49,12 +49,12 @@ pub fn control_plane() -> &'static ControlPlane {
 }
 
 /// `helm`, from `DRIFTWARDEN_HELM` or built and cached by
-/// `tests/controlplane/build.sh helm` (see `controlplane::helm_binary`).
+/// `dev/controlplane/build.sh helm` (see `controlplane::helm_binary`).
 pub fn helm_binary() -> PathBuf {
     controlplane::helm_binary().unwrap_or_else(|err| {
         panic!(
             "helm is not available: {err}\nto get it: the harness builds it with Go from the Go module proxy \
-             (`bash tests/controlplane/build.sh helm`), or set DRIFTWARDEN_HELM to a helm v3 executable"
+             (`bash dev/controlplane/build.sh helm`), or set DRIFTWARDEN_HELM to a helm v3 executable"
         )
     })
 }

@@ -1,10 +1,10 @@
 //! The shared operator environment of a test binary: a second control plane
 //! with the operator running as a least-privileged ServiceAccount (see
-//! `driftwarden::controlplane::operator`).
+//! `driftwarden_dev::controlplane::operator`).
 
 use std::sync::OnceLock;
 
-pub use driftwarden::controlplane::operator::OperatorEnv;
+pub use driftwarden_dev::controlplane::operator::OperatorEnv;
 
 static ENV: OnceLock<Result<OperatorEnv, String>> = OnceLock::new();
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 
 use super::{chart, helm};
 use crate::support::{TestEnv, output};

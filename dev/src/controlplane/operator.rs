@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::audit::AuditWiring;
 use super::{ControlPlane, Options, Supervisor, User};
-use crate::api::AccessRequest;
+use driftwarden::api::AccessRequest;
 
 /// The operator's namespace in this environment.
 pub const OPERATOR_NAMESPACE: &str = "driftwarden-system";
@@ -72,7 +72,7 @@ impl Publisher {
 
     /// Signs one source set for `namespace`.
     pub fn sign(&self, namespace: &str, config_maps: &mut [k8s_openapi::api::core::v1::ConfigMap]) {
-        crate::publish::sign(config_maps, &self.key, namespace, self.next_sequence());
+        driftwarden::publish::sign(config_maps, &self.key, namespace, self.next_sequence());
     }
 
     /// The PublisherKey (trusted everywhere) as the platform team would apply it.
@@ -112,12 +112,12 @@ pub struct Replica {
 
 /// The repository's test fixtures (chart values, RBAC for users).
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+    crate::repo_root().join("tests/data")
 }
 
 /// The Helm chart.
 pub fn chart_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/driftwarden")
+    crate::repo_root().join("charts/driftwarden")
 }
 
 /// `helm template` of the chart as [`RELEASE`] in [`OPERATOR_NAMESPACE`]
@@ -190,7 +190,7 @@ impl OperatorEnv {
         };
         let cp = ControlPlane::start(options).await?;
         let admin = cp.client(User::Admin).await?;
-        crate::operator::crds::install(&admin, Duration::from_secs(60)).await?;
+        driftwarden::operator::crds::install(&admin, Duration::from_secs(60)).await?;
         // The operator's identity and RBAC are the chart's, rendered by helm.
         let values = fixtures_dir().join(CHART_VALUES);
         let (service_account, token) =
@@ -199,7 +199,7 @@ impl OperatorEnv {
         wiring.install(&admin, OPERATOR_NAMESPACE).await.context("storing the webhook certificate and audit token")?;
         let publisher = Publisher::new()?;
         let key: DynamicObject = serde_json::from_value(publisher.publisher_key(PUBLISHER_KEY))?;
-        Api::<DynamicObject>::all_with(admin.clone(), &ApiResource::erase::<crate::api::PublisherKey>(&()))
+        Api::<DynamicObject>::all_with(admin.clone(), &ApiResource::erase::<driftwarden::api::PublisherKey>(&()))
             .create(&PostParams::default(), &key)
             .await
             .context("trusting the publisher's key")?;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use driftwarden::controlplane::operator::{OPERATOR_NAMESPACE, OperatorEnv};
+use driftwarden_dev::controlplane::operator::{OPERATOR_NAMESPACE, OperatorEnv};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
@@ -22,7 +22,7 @@ pub async fn run(objects: usize, parallel: usize, window: Duration, settle: Dura
     eprintln!("restarting the API server with an audit log of every request...");
     let audit = AuditLog::restart_apiserver(&env).await?;
     let Managed { env, .. } = manage(env, objects, parallel, json!({}), namespace).await?;
-    let admin = env.cp.client(driftwarden::controlplane::User::Admin).await?;
+    let admin = env.cp.client(driftwarden_dev::controlplane::User::Admin).await?;
     let footprint = crate::cache::footprint(admin, namespace, objects).await?;
     let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{}", env.service_account);
     let pid = operator_pid(&env).await?;

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use driftwarden::controlplane::User;
+use driftwarden_dev::controlplane::User;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 

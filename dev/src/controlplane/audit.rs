@@ -11,8 +11,8 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 
 use super::AuditWebhook;
-use crate::pki::CertificateAuthority;
-use crate::webhook::{AUDIT_PATH, Endpoint, tls};
+use driftwarden::pki::CertificateAuthority;
+use driftwarden::webhook::{AUDIT_PATH, Endpoint, tls};
 
 /// The Secret that holds the webhook server's certificate (the operator's default).
 pub const WEBHOOK_SECRET: &str = "driftwarden-webhook-tls";

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use driftwarden::controlplane::{ControlPlane, Options, User};
+use driftwarden_dev::controlplane::{ControlPlane, Options, User};
 use serde_json::{Value, json};
 
 /// The namespace the fixtures live in.
@@ -23,7 +23,7 @@ struct Case {
 }
 
 fn cases() -> anyhow::Result<Vec<Case>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &driftwarden_dev::repo_root();
     // As written (it quotes "yes", which YAML 1.1 readers such as kubectl take for a bool).
     let deployment = std::fs::read_to_string(root.join("src/drift/testdata/deployment-declared.yaml"))?
         .replace("namespace: shop", &format!("namespace: {NAMESPACE}"));

@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use driftwarden::controlplane::operator::OperatorEnv;
-use driftwarden::controlplane::{Supervisor, User};
+use driftwarden_dev::controlplane::operator::OperatorEnv;
+use driftwarden_dev::controlplane::{Supervisor, User};
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 

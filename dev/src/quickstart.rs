@@ -1,5 +1,6 @@
-//! `driftwarden quickstart`: everything a newcomer needs to see the operator
-//! work, with one command and no cluster of their own.
+//! `cargo quickstart`: everything a newcomer needs to see the operator work,
+//! with one command and no cluster of their own. The operator runs in this
+//! process, as `driftwarden run` would, as the chart's ServiceAccount.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,10 +12,38 @@ use kube::{Client, ResourceExt};
 use serde::Deserialize;
 use tracing::info;
 
-use crate::cli::QuickstartArgs;
 use crate::controlplane::audit::AuditWiring;
 use crate::controlplane::{self, ControlPlane, User};
+use clap::Args;
+use driftwarden::cli::OperatorArgs;
 
+/// What the quickstart runs: where its examples and files are, and the
+/// operator's own flags.
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Manifests to apply once the CRDs are installed (a file or a
+    /// directory of .yaml files).
+    #[arg(long, default_value = "examples/platform")]
+    pub examples: PathBuf,
+
+    /// A directory of manifests, as in Git, that the quickstart signs and
+    /// publishes as CI would: into ConfigMap `<dir name>-desired-state` in
+    /// the namespace named like the directory.
+    #[arg(long, default_value = "examples/git/shop")]
+    pub source: PathBuf,
+
+    /// Where the local control plane keeps its certificates, kubeconfigs
+    /// and logs.
+    #[arg(long, default_value = ".driftwarden/quickstart")]
+    pub dir: PathBuf,
+
+    /// Use the cluster of this kubeconfig instead of a local control plane.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
 const FIELD_MANAGER: &str = "driftwarden-quickstart";
 
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
@@ -23,7 +52,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let mut operator = args.operator;
     let (client, control_plane, wiring) = match &args.kubeconfig {
         Some(path) => {
-            let config = crate::commands::kubeconfig_file(path, &Default::default()).await?;
+            let config = driftwarden::commands::kubeconfig_file(path, &Default::default()).await?;
             (Client::try_from(config)?, None, None)
         }
         None => {
@@ -53,7 +82,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         }
     }
 
-    crate::operator::crds::install(&client, Duration::from_secs(60)).await?;
+    driftwarden::operator::crds::install(&client, Duration::from_secs(60)).await?;
     info!("CRDs installed");
     let applied = apply_manifests(&client, &args.examples).await?;
     info!(objects = applied, from = %args.examples.display(), "examples applied");
@@ -69,7 +98,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         (None, None) => bail!("no cluster to run against"),
     };
     let client = operator_client(&client, &admin_kubeconfig, &operator.namespace, &args.dir).await?;
-    let result = crate::operator::run(client, operator, crate::commands::shutdown_signal()).await;
+    let result = driftwarden::operator::run(client, operator, driftwarden::commands::shutdown_signal()).await;
     drop(control_plane);
     Ok(result?)
 }
@@ -77,26 +106,28 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
 /// Plays the CI job: a signing key (made once, kept in `dir`) that a
 /// PublisherKey trusts signs and publishes the manifests in `source`.
 async fn publish_source(client: &Client, dir: &Path, source: &Path) -> anyhow::Result<String> {
-    use crate::drift::signature::signing_key_from_pem;
+    use driftwarden::drift::signature::signing_key_from_pem;
     std::fs::create_dir_all(dir)?;
     let base = dir.join("publisher");
     if !base.with_extension("key").exists() {
-        crate::commands::write_key_pair(&base)?;
+        driftwarden::commands::write_key_pair(&base)?;
     }
     let private = std::fs::read_to_string(base.with_extension("key"))?;
     let public = std::fs::read_to_string(base.with_extension("pub"))?;
     let key = signing_key_from_pem(&private).context("reading the quickstart's signing key")?;
-    let trusted: DynamicObject = serde_yaml_ng::from_str(&crate::commands::publisher_key_yaml("quickstart", &public))?;
+    let trusted: DynamicObject =
+        serde_yaml_ng::from_str(&driftwarden::commands::publisher_key_yaml("quickstart", &public))?;
     let keys: Api<DynamicObject> =
-        Api::all_with(client.clone(), &kube::core::ApiResource::erase::<crate::api::PublisherKey>(&()));
+        Api::all_with(client.clone(), &kube::core::ApiResource::erase::<driftwarden::api::PublisherKey>(&()));
     keys.patch("quickstart", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&trusted))
         .await
         .context("trusting the quickstart's signing key")?;
-    let files = crate::publish::read_manifest_dir(source).with_context(|| format!("reading {}", source.display()))?;
+    let files =
+        driftwarden::publish::read_manifest_dir(source).with_context(|| format!("reading {}", source.display()))?;
     let namespace = source.file_name().and_then(|n| n.to_str()).context("the source directory has no name")?;
-    let revision = crate::commands::git_revision(source);
+    let revision = driftwarden::commands::git_revision(source);
     let name = format!("{namespace}-desired-state");
-    crate::commands::publish_files(client, &files, &name, namespace, revision.as_deref(), Some(&key)).await
+    driftwarden::commands::publish_files(client, &files, &name, namespace, revision.as_deref(), Some(&key)).await
 }
 
 /// The operator's client: its own ServiceAccount under the RBAC and status
@@ -116,7 +147,7 @@ async fn operator_client(
         .await
         .context("installing the chart's ServiceAccount, RBAC and status policy for the operator")?;
     info!(%account, %namespace, "the operator runs as the chart's ServiceAccount, under the chart's RBAC");
-    let config = crate::commands::kubeconfig_file(admin_kubeconfig, &Default::default()).await?;
+    let config = driftwarden::commands::kubeconfig_file(admin_kubeconfig, &Default::default()).await?;
     client_with_token(config, token)
 }
 

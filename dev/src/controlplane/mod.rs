@@ -29,7 +29,7 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tracing::instrument::WithSubscriber as _;
 
-use crate::pki::CertificateAuthority;
+use driftwarden::pki::CertificateAuthority;
 use flags::Layout;
 
 /// How long each component gets to become ready.
@@ -293,7 +293,7 @@ fn write_files(
         ],
     )?;
     let ca_file = layout.path("ca.crt");
-    let (sa_private, sa_public) = crate::pki::generate_key_pair_pem()?;
+    let (sa_private, sa_public) = driftwarden::pki::generate_key_pair_pem()?;
     let mut files = vec![
         ("ca.crt".to_owned(), ca.cert_pem().to_owned()),
         ("apiserver.crt".to_owned(), serving.cert_pem),

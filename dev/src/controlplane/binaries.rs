@@ -24,7 +24,7 @@ pub const ALERTMANAGER_ENV: &str = "DRIFTWARDEN_ALERTMANAGER";
 
 /// The build script that lives with the pinned Go modules.
 pub fn build_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/build.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh")
 }
 
 /// The directory with the binaries: from [`BIN_DIR_ENV`], or built (and
@@ -37,7 +37,7 @@ pub fn ensure() -> Result<PathBuf, Error> {
 }
 
 /// `helm`, from [`HELM_ENV`] or built from the pinned Go module in
-/// `tests/controlplane/helm` and cached like the control plane binaries
+/// `dev/controlplane/helm` and cached like the control plane binaries
 /// (`build.sh helm`). Looked up once per process: the build script is slow
 /// to even say that its cache is warm when many tests ask at once.
 pub fn helm() -> Result<PathBuf, Error> {
@@ -50,7 +50,7 @@ pub fn helm() -> Result<PathBuf, Error> {
 }
 
 /// `prometheus`, from [`PROMETHEUS_ENV`] or built from the pinned Go module
-/// in `tests/controlplane/prometheus` and cached like helm (`build.sh
+/// in `dev/controlplane/prometheus` and cached like helm (`build.sh
 /// prometheus`); looked up once per process.
 pub fn prometheus() -> Result<PathBuf, Error> {
     static PROMETHEUS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -63,7 +63,7 @@ pub fn prometheus() -> Result<PathBuf, Error> {
 }
 
 /// `alertmanager`, from [`ALERTMANAGER_ENV`] or built from the pinned Go
-/// module in `tests/controlplane/alertmanager` (`build.sh alertmanager`).
+/// module in `dev/controlplane/alertmanager` (`build.sh alertmanager`).
 pub fn alertmanager() -> Result<PathBuf, Error> {
     static ALERTMANAGER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let found = ALERTMANAGER.get_or_init(|| match std::env::var_os(ALERTMANAGER_ENV) {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use driftwarden::api::{AccessPolicy, AccessRequest, AccessReview};
-use driftwarden::controlplane::User;
-use driftwarden::controlplane::operator::OperatorEnv;
+use driftwarden_dev::controlplane::User;
+use driftwarden_dev::controlplane::operator::OperatorEnv;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -518,7 +518,7 @@ async fn revert(objects: usize, edits: usize, parallel: usize) -> anyhow::Result
             let (seen, at) = tokio::time::timeout(Duration::from_secs(30), restored.recv())
                 .await
                 .with_context(|| {
-                    let log = driftwarden::controlplane::supervisor::tail(&env.log(), 40);
+                    let log = driftwarden_dev::controlplane::supervisor::tail(&env.log(), 40);
                     format!("{name} was not reverted within 30 s; the operator's log ends:\n{log}")
                 })?
                 .context("watch ended")?;
@@ -563,7 +563,7 @@ async fn undeclared(objects: usize, creates: usize, parallel: usize) -> anyhow::
             let (seen, at) = tokio::time::timeout(Duration::from_secs(30), gone.recv())
                 .await
                 .with_context(|| {
-                    let log = driftwarden::controlplane::supervisor::tail(&env.log(), 40);
+                    let log = driftwarden_dev::controlplane::supervisor::tail(&env.log(), 40);
                     format!("{name} was not deleted within 30 s; the operator's log ends:\n{log}")
                 })?
                 .context("watch ended")?;

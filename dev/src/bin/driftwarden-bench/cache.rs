@@ -79,7 +79,7 @@ pub async fn footprint(client: Client, namespace: &str, objects: usize) -> anyho
 
 /// Each object of `benches/data`, whole and as the watch cache keeps it.
 fn captured_kinds() -> anyhow::Result<Vec<(String, u64, u64)>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data");
+    let dir = driftwarden_dev::repo_root().join("benches/data");
     let mut kinds = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
