@@ -153,18 +153,18 @@ fn large_source() -> (SourceConfigMap, usize) {
 /// 10,000-object state packed and signed as `driftwarden publish` does.
 fn verify(c: &mut Criterion) {
     use driftwarden::drift::signature::{self, TrustedKey};
-    let files: Vec<driftwarden::publish::ManifestFile> = (0..20)
+    let files: Vec<driftwarden::drift::pack::ManifestFile> = (0..20)
         .map(|f| {
             let documents = typical_documents(f * 500..(f + 1) * 500);
-            driftwarden::publish::ManifestFile {
+            driftwarden::drift::pack::ManifestFile {
                 path: format!("part{f:02}.yaml"),
                 content: documents.join("---\n").into_bytes(),
             }
         })
         .collect();
     let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
-    let mut packed = driftwarden::publish::pack(&files, "state", "bench", Some("0123abcd")).unwrap();
-    driftwarden::publish::sign(&mut packed, &key, "bench", 1);
+    let mut packed = driftwarden::drift::pack::pack(&files, "state", "bench", Some("0123abcd")).unwrap();
+    driftwarden::drift::pack::sign(&mut packed, &key, "bench", 1);
     let sources: Vec<SourceConfigMap> = packed.iter().map(SourceConfigMap::from_config_map).collect();
     let bytes: usize = sources
         .iter()

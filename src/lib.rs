@@ -8,8 +8,12 @@
 //! - [`gate`]: per drifted object, hold (inside an access window) or remediate, pure.
 //! - [`pki`]: certificates, as pure functions.
 //! - [`operator`]: the I/O shell that talks to the API server.
-//! - [`webhook`]: the admission webhooks' HTTPS server and its certificate.
-//! - [`publish`], [`local_diff`]: the `publish` and `diff` commands.
+//! - [`metrics`]: the Prometheus metrics the operator and the webhooks record.
+//! - [`webhook`]: the admission webhooks' HTTPS server and its certificate;
+//!   the endpoints parse and authenticate, and hand what they learn to the
+//!   operator ([`webhook::Records`]).
+//! - [`publish`], [`local_diff`], [`requests`]: the `publish`/`keygen`, `diff`
+//!   and access request commands; [`connect`]: the cluster they talk to.
 //! - [`cli`], [`commands`], [`telemetry`]: the binary's wiring.
 //!
 //! The local control plane, the quickstart and the benchmarks' binary are
@@ -21,9 +25,11 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod conditions;
+pub mod connect;
 pub mod drift;
 pub mod gate;
 pub mod local_diff;
+pub mod metrics;
 pub mod notify;
 pub mod operator;
 pub mod pki;

@@ -21,7 +21,7 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
             Err(bytes) => drop(source.binary_data.insert(file.path, bytes.into_bytes())),
         }
     }
-    let client = crate::commands::client(&args.cluster).await?;
+    let client = crate::connect::client(&args.cluster).await?;
     let namespace = args.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
     let discovery = Discovery::new(client.clone()).run().await.context("discovering the API server's resources")?;
     let resolve = |api_version: &str, kind: &str| {

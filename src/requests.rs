@@ -21,7 +21,7 @@ use crate::cli::{ListArgs, NamedRequestArgs, RequestArgs, RequestTarget, ReviewA
 const POLL: Duration = Duration::from_millis(500);
 
 async fn connect(target: &RequestTarget) -> anyhow::Result<(Client, String)> {
-    let client = crate::commands::client(&target.cluster).await?;
+    let client = crate::connect::client(&target.cluster).await?;
     let namespace = target.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
     Ok((client, namespace))
 }

@@ -52,7 +52,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let mut operator = args.operator;
     let (client, control_plane, wiring) = match &args.kubeconfig {
         Some(path) => {
-            let config = driftwarden::commands::kubeconfig_file(path, &Default::default()).await?;
+            let config = driftwarden::connect::kubeconfig_file(path, &Default::default()).await?;
             (Client::try_from(config)?, None, None)
         }
         None => {
@@ -110,13 +110,13 @@ async fn publish_source(client: &Client, dir: &Path, source: &Path) -> anyhow::R
     std::fs::create_dir_all(dir)?;
     let base = dir.join("publisher");
     if !base.with_extension("key").exists() {
-        driftwarden::commands::write_key_pair(&base)?;
+        driftwarden::publish::write_key_pair(&base)?;
     }
     let private = std::fs::read_to_string(base.with_extension("key"))?;
     let public = std::fs::read_to_string(base.with_extension("pub"))?;
     let key = signing_key_from_pem(&private).context("reading the quickstart's signing key")?;
     let trusted: DynamicObject =
-        serde_yaml_ng::from_str(&driftwarden::commands::publisher_key_yaml("quickstart", &public))?;
+        serde_yaml_ng::from_str(&driftwarden::publish::publisher_key_yaml("quickstart", &public))?;
     let keys: Api<DynamicObject> =
         Api::all_with(client.clone(), &kube::core::ApiResource::erase::<driftwarden::api::PublisherKey>(&()));
     keys.patch("quickstart", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&trusted))
@@ -125,9 +125,9 @@ async fn publish_source(client: &Client, dir: &Path, source: &Path) -> anyhow::R
     let files =
         driftwarden::publish::read_manifest_dir(source).with_context(|| format!("reading {}", source.display()))?;
     let namespace = source.file_name().and_then(|n| n.to_str()).context("the source directory has no name")?;
-    let revision = driftwarden::commands::git_revision(source);
+    let revision = driftwarden::publish::git_revision(source);
     let name = format!("{namespace}-desired-state");
-    driftwarden::commands::publish_files(client, &files, &name, namespace, revision.as_deref(), Some(&key)).await
+    driftwarden::publish::publish_files(client, &files, &name, namespace, revision.as_deref(), Some(&key)).await
 }
 
 /// The operator's client: its own ServiceAccount under the RBAC and status
@@ -147,7 +147,7 @@ async fn operator_client(
         .await
         .context("installing the chart's ServiceAccount, RBAC and status policy for the operator")?;
     info!(%account, %namespace, "the operator runs as the chart's ServiceAccount, under the chart's RBAC");
-    let config = driftwarden::commands::kubeconfig_file(admin_kubeconfig, &Default::default()).await?;
+    let config = driftwarden::connect::kubeconfig_file(admin_kubeconfig, &Default::default()).await?;
     client_with_token(config, token)
 }
 

@@ -129,6 +129,39 @@ fn expand_managed_fields(live: &mut Value) {
     }
 }
 
+/// A kept object as the write log matches it (`gate::writes`): what the
+/// watch cache keeps, without its resourceVersion and managedFields. The
+/// `/writes` webhook computes the same of the object it admits.
+pub fn whole_fingerprint(object: &DynamicObject) -> u64 {
+    crate::gate::writes::fingerprint(&serde_json::json!([meta_value(&object.metadata), body_value(object)]))
+}
+
+/// The same of metadata only (kinds watched for undeclared objects).
+pub fn meta_fingerprint(meta: &ObjectMeta) -> u64 {
+    crate::gate::writes::fingerprint(&meta_value(meta))
+}
+
+/// `spec.replicas` of a kept object (a `scale` is confirmed by it).
+pub fn replicas(object: &DynamicObject) -> Option<i64> {
+    body_value(object).pointer("/spec/replicas").and_then(Value::as_i64)
+}
+
+/// The metadata as the write log matches it.
+fn meta_value(meta: &ObjectMeta) -> Value {
+    let mut meta = meta.clone();
+    meta.resource_version = None;
+    meta.managed_fields = None;
+    serde_json::to_value(meta).unwrap_or_default()
+}
+
+/// A cached body as JSON again (see [`compact_body`]).
+fn body_value(object: &DynamicObject) -> Value {
+    match &object.data {
+        Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
+        body => body.clone(),
+    }
+}
+
 /// A ConfigMap's metadata as the sources' metadata cache keeps it. That
 /// cache holds every ConfigMap of the cluster, sources or not, and its only
 /// readers (`users_of`, `source_fingerprint`) read the name, namespace,

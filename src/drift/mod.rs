@@ -11,6 +11,7 @@ pub mod diff;
 pub mod inventory;
 pub mod kept;
 pub mod normalize;
+pub mod pack;
 pub mod schema;
 mod server_fields;
 pub mod signature;

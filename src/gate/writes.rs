@@ -163,6 +163,10 @@ impl Expect {
 struct Confirmed {
     record: Record,
     sources: Vec<Source>,
+    /// When the write became visible: a watch delivered it (admission
+    /// records), or when the API server received it (audit events report
+    /// writes that succeeded).
+    visible_at: Timestamp,
 }
 
 #[derive(Debug, Default)]
@@ -229,7 +233,7 @@ impl WriteLog {
         }
         let mut fresh = Vec::new();
         for (record, _) in matched {
-            if self.confirm(record.clone(), Source::Admission, &mut outcome) {
+            if self.confirm(record.clone(), Source::Admission, now, &mut outcome) {
                 fresh.push(record);
             }
         }
@@ -241,7 +245,8 @@ impl WriteLog {
         let mut outcome = self.expire(now);
         let mut fresh = Vec::new();
         for record in records {
-            if self.confirm(record.clone(), Source::Audit, &mut outcome) {
+            let received = record.at;
+            if self.confirm(record.clone(), Source::Audit, received, &mut outcome) {
                 fresh.push(record);
             }
         }
@@ -249,7 +254,7 @@ impl WriteLog {
     }
 
     /// Adds a confirmed record, or marks the one it duplicates; true if new.
-    fn confirm(&mut self, record: Record, source: Source, outcome: &mut Outcome) -> bool {
+    fn confirm(&mut self, record: Record, source: Source, visible_at: Timestamp, outcome: &mut Outcome) -> bool {
         let Some(namespace) = record.namespace.clone() else { return false };
         let log = self.namespaces.entry(namespace).or_default();
         if let Some(same) =
@@ -265,7 +270,7 @@ impl WriteLog {
         }
         log.bytes += record.bytes();
         let position = log.records.iter().rposition(|c| c.record.at <= record.at).map_or(0, |p| p + 1);
-        log.records.insert(position, Confirmed { record, sources: vec![source] });
+        log.records.insert(position, Confirmed { record, sources: vec![source], visible_at });
         outcome.confirmed += 1;
         while log.bytes > NAMESPACE_BUDGET_BYTES {
             let Some(dropped) = log.records.pop_front() else { break };
@@ -305,7 +310,11 @@ impl WriteLog {
         outcome
     }
 
-    /// The confirmed writes to one object after `from`.
+    /// The confirmed writes to one object after `from`: admitted after it,
+    /// or admitted before it and visible only after it. The second kind is
+    /// a write the operator's cache did not show yet when it last saw the
+    /// object match Git (that moment is its own clock, taken before it read
+    /// the cache): the write came after the state it saw.
     pub fn writes_to(
         &self,
         namespace: &str,
@@ -317,8 +326,9 @@ impl WriteLog {
         self.namespaces.get(namespace).into_iter().flat_map(move |log| {
             log.records
                 .iter()
+                .filter(move |c| c.record.at > from || c.visible_at > from)
                 .map(|c| &c.record)
-                .filter(move |r| r.at > from && r.group == group && r.resource == resource && r.name == name)
+                .filter(move |r| r.group == group && r.resource == resource && r.name == name)
         })
     }
 
@@ -415,6 +425,21 @@ mod tests {
         assert_eq!(writers(&log), ["alice"]);
         // Confirmed once: the next event of the same content confirms nothing more.
         assert!(log.observe(&seen("13", 7), at(1)).0.is_empty());
+    }
+
+    #[test]
+    fn a_write_visible_only_after_the_object_was_last_seen_in_sync_counts() {
+        // Admitted at 0; the operator's cache still showed Git's state when
+        // a pass at 2 saw the object in sync; the watch delivers it at 3.
+        let mut log = WriteLog::default();
+        log.admit(record("alice", "patch", 0), content(7), at(0));
+        log.observe(&seen("12", 7), at(3));
+        let after = |from| log.writes_to("shop", "apps", "deployments", "web", at(from)).count();
+        assert_eq!((after(2), after(3)), (1, 0));
+        // An audit event's write counts from when the API server took it.
+        let mut log = WriteLog::default();
+        log.audited(vec![record("bob", "update", 0)], at(5));
+        assert_eq!(log.writes_to("shop", "apps", "deployments", "web", at(2)).count(), 0);
     }
 
     #[test]

@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::crds::FIELD_MANAGER;
-use super::metrics::{Metrics, Phase, PhaseLabels, ReviewLabels, ReviewOutcome};
 use super::ready::Ready;
 use crate::access::grant::{
     MANAGED_BY, REQUEST_ANNOTATION, binding_name, desired_binding, machine_request, machine_reviews, next_status,
@@ -31,6 +30,7 @@ use crate::access::grant::{
 };
 use crate::access::{self, Binding, Decision, policy};
 use crate::api::{AccessPhase, AccessPolicy, AccessRequest, AccessRequestStatus, AccessReview};
+use crate::metrics::{Metrics, Phase, PhaseLabels, ReviewLabels, ReviewOutcome};
 use crate::notify;
 
 const CONTROLLER: &str = "access";
@@ -182,7 +182,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
 
 fn error_policy(request: Arc<AccessRequest>, error: &Error, context: Arc<Context>) -> Action {
     warn!(request = %request.name_any(), namespace = ?request.namespace(), %error, "reconcile failed");
-    let labels = super::metrics::ErrorLabels { controller: CONTROLLER, category: error.category() };
+    let labels = crate::metrics::ErrorLabels { controller: CONTROLLER, category: error.category() };
     context.metrics.reconcile_errors.get_or_create(&labels).inc();
     match error {
         Error::NoNamespace(_) => Action::await_change(),
@@ -314,7 +314,7 @@ async fn refused_grant(
     context
         .metrics
         .reconcile_errors
-        .get_or_create(&super::metrics::ErrorLabels { controller: CONTROLLER, category: "bind_forbidden" })
+        .get_or_create(&crate::metrics::ErrorLabels { controller: CONTROLLER, category: "bind_forbidden" })
         .inc();
     warn!(request = %request.name_any(), namespace = ?request.namespace(), requester = ?request.spec.requester,
           %role, refusal = %gist, "the API server refused to bind the role; the grant waits");
@@ -510,5 +510,158 @@ async fn count_forever(requests: Store<AccessRequest>, metrics: Arc<Metrics>, sh
             () = tokio::time::sleep(Duration::from_secs(2)) => {},
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// The controller's I/O order against a mocked API server (`mock_api`):
+/// paths a control plane reaches only with a misconfigured RBAC, or whose
+/// order a cluster test cannot see.
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::SignedDuration;
+    use kube::runtime::reflector::store::Writer;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::operator::mock_api;
+
+    /// A store that has listed `objects`.
+    fn listed<K>(objects: Vec<Value>) -> Store<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+    {
+        let mut writer = Writer::<K>::default();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&watcher::Event::InitApply(serde_json::from_value(object).unwrap()));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        // The reader outlives the writer's end of the test: leak the writer.
+        let reader = writer.as_reader();
+        std::mem::forget(writer);
+        reader
+    }
+
+    /// Alice's request for `edit` in `shop`, approved by Carol of `sre`.
+    fn approved_request() -> (Arc<AccessRequest>, Arc<Context>, mock_api::MockApi) {
+        let created = (Timestamp::now() - SignedDuration::from_secs(60)).to_string();
+        let request: AccessRequest = serde_json::from_value(json!({
+            "apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": "alice-fix", "namespace": "shop", "uid": "req-1", "creationTimestamp": created},
+            "spec": {"role": {"kind": "ClusterRole", "name": "edit"}, "duration": "30m",
+                     "reason": "INC-1234: the frontend returns 502s, roll back the image", "requester": "alice"},
+        }))
+        .unwrap();
+        let (client, api) = mock_api::client();
+        let reviews = listed::<AccessReview>(vec![json!({
+            "apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessReview",
+            "metadata": {"name": "carol-ok", "namespace": "shop", "creationTimestamp": created},
+            "spec": {"accessRequest": "alice-fix", "accessRequestUID": "req-1", "decision": "Approve",
+                     "reason": "checked INC-1234, the rollback is the fix", "reviewer": "carol", "reviewerGroups": ["sre"]},
+        })]);
+        let policies = listed::<AccessPolicy>(vec![json!({
+            "apiVersion": "driftwarden.io/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": "oncall"},
+            "spec": {"namespaceSelector": {"matchLabels": {"team": "checkout"}},
+                     "roles": [{"kind": "ClusterRole", "name": "edit"}], "maxDuration": "4h",
+                     "approvers": {"groups": ["sre"]}, "requiredApprovals": 1},
+        })]);
+        let namespaces = listed::<Namespace>(vec![json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "checkout"}},
+        })]);
+        let bindings = listed::<RoleBinding>(Vec::new());
+        let requests = listed::<AccessRequest>(vec![serde_json::to_value(&request).unwrap()]);
+        let metrics = Arc::new(Metrics::default());
+        let context = Arc::new(Context {
+            recorder: Recorder::new(client.clone(), Reporter { controller: "driftwarden".into(), instance: None }),
+            client,
+            decidable: decidable(&policies, &namespaces, &reviews),
+            bindings_listed: Ready::of(&bindings),
+            requests_listed: Ready::of(&requests),
+            requests,
+            reviews,
+            policies,
+            namespaces,
+            bindings,
+            notices: crate::operator::notify::outbox(metrics.clone()).0,
+            metrics,
+        });
+        (Arc::new(request), context, api)
+    }
+
+    /// The API server's answer to a status apply: the request, with it.
+    fn with_status(request: &AccessRequest) -> impl FnOnce(&mock_api::Seen) -> Value {
+        let mut object = serde_json::to_value(request).unwrap();
+        move |seen| {
+            object["status"] = seen.body["status"].clone();
+            object
+        }
+    }
+
+    #[tokio::test]
+    async fn an_approved_grant_binds_the_role_before_its_status_says_active() {
+        let (request, context, mut api) = approved_request();
+        let reconciled = tokio::spawn(reconcile(request.clone(), context));
+
+        let bind = api.answer_with(200, |seen| seen.body.clone()).await;
+        assert_eq!(
+            (bind.method.as_str(), bind.path.as_str()),
+            ("PATCH", "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/driftwarden-alice-fix")
+        );
+        assert_eq!(bind.body["subjects"][0]["name"], "alice");
+        assert_eq!(bind.body["roleRef"]["name"], "edit");
+
+        // Only once the binding exists does the request say it is granted.
+        let status = api.answer_with(200, with_status(&request)).await;
+        assert_eq!(status.path, "/apis/driftwarden.io/v1alpha1/namespaces/shop/accessrequests/alice-fix/status");
+        assert_eq!(status.body["status"]["phase"], "Active");
+        assert_eq!(status.body["status"]["roleBinding"], "driftwarden-alice-fix");
+        assert!(status.body["status"]["expiresAt"].is_string());
+
+        // Then the Event that tells Alice.
+        let event = api.answer_with(201, |seen| seen.body.clone()).await;
+        assert!(event.path.ends_with("/namespaces/shop/events"), "{}", event.path);
+        let action = reconciled.await.unwrap().unwrap();
+        assert!(action != Action::await_change(), "an active window is woken for its end");
+    }
+
+    #[tokio::test]
+    async fn a_grant_the_api_server_forbids_binds_nothing_says_why_and_retries_later() {
+        let (request, context, mut api) = approved_request();
+        let reconciled = tokio::spawn(reconcile(request.clone(), context.clone()));
+
+        let bind = api
+            .answer(
+                403,
+                mock_api::status(
+                    403,
+                    "Forbidden",
+                    "user \"system:serviceaccount:driftwarden-system:driftwarden\" cannot bind clusterrole edit",
+                ),
+            )
+            .await;
+        assert_eq!(bind.method.as_str(), "PATCH");
+
+        // The request stays Approved, grants nothing, and says why.
+        let status = api.answer_with(200, with_status(&request)).await;
+        assert!(status.path.ends_with("/accessrequests/alice-fix/status"), "{}", status.path);
+        let written = &status.body["status"];
+        assert_eq!(written["phase"], "Approved");
+        assert!(written.get("roleBinding").is_none_or(Value::is_null), "{written}");
+        assert!(written.get("expiresAt").is_none_or(Value::is_null), "{written}");
+        assert!(written["message"].as_str().unwrap().contains("refused to bind ClusterRole edit"), "{written}");
+        assert_eq!(written["conditions"][0]["reason"], "BindForbidden");
+
+        let event = api.answer_with(201, |seen| seen.body.clone()).await;
+        assert_eq!(event.body["reason"], "GrantRefused");
+        assert_eq!(event.body["type"], "Warning");
+        // Not in a loop: once a minute.
+        assert_eq!(reconciled.await.unwrap().unwrap(), Action::requeue(REFUSED_RETRY));
+        assert!(api.is_quiet().await);
+        let refused = context
+            .metrics
+            .reconcile_errors
+            .get_or_create(&crate::metrics::ErrorLabels { controller: CONTROLLER, category: "bind_forbidden" })
+            .get();
+        assert_eq!(refused, 1);
     }
 }

@@ -9,11 +9,13 @@ pub mod drift;
 pub mod gate;
 mod health;
 pub mod leader;
-pub mod metrics;
+
 #[cfg(test)]
 mod mock_api;
 pub mod notify;
 pub mod ready;
+mod records;
+mod sessions;
 pub mod writelog;
 
 use std::future::Future;
@@ -28,9 +30,9 @@ use tracing::{info, warn};
 
 use crate::api::{AccessRequest, GROUP, VERSION};
 use crate::cli::OperatorArgs;
+use crate::metrics::Metrics;
 use crate::webhook::{self, Endpoint};
 use health::Health;
-use metrics::Metrics;
 
 /// How often readiness re-checks the API server.
 const PROBE_INTERVAL: Duration = Duration::from_secs(10);
@@ -110,26 +112,23 @@ pub async fn run(
             .reflect(requests_writer)
             .for_each(|_| async {}),
     );
-    let operator_user = match webhook::audit::own_username(&client).await {
+    let operator_user = match records::own_username(&client).await {
         Ok(user) => user,
         Err(error) => {
             warn!(%error, "could not learn the operator's own user name; its writes may be logged as activity");
             String::new()
         }
     };
-    let sessions = webhook::sessions::Sessions::start(client.clone(), requests.clone());
-    let queue = webhook::audit::queue();
-    let write_log = writelog::SharedLog::new(queue.0.clone(), operator_user.clone(), metrics.clone());
-    let audit = webhook::AuditReceiver::start(
+    let sessions = sessions::Sessions::start(client.clone(), requests.clone());
+    let (queue, batches) = records::queue();
+    let write_log = writelog::SharedLog::new(queue.clone(), operator_user.clone(), metrics.clone());
+    records::start_log(client.clone(), requests, operator_user, batches);
+    let intake = Arc::new(records::Intake { write_log: write_log.clone(), sessions: sessions.clone(), queue });
+    let audit = webhook::AuditReceiver::new(
         client.clone(),
-        args.namespace.clone(),
-        args.audit_token_secret.clone(),
-        requests,
-        operator_user,
+        (args.namespace.clone(), args.audit_token_secret.clone()),
         metrics.clone(),
-        queue,
-        write_log.clone(),
-        sessions.clone(),
+        intake.clone(),
     );
     let writes_hook = Arc::new(webhook::configuration::WritesHook::new(
         webhook_config.writes_endpoint.clone(),
@@ -141,7 +140,7 @@ pub async fn run(
         webhook_config,
         metrics.clone(),
         audit,
-        (write_log.clone(), sessions.clone()),
+        intake,
         writes_hook.clone(),
         stop.clone().cancelled_owned(),
     );
@@ -198,7 +197,7 @@ async fn lead(
     (write_log, writes_hook, sessions): (
         Arc<writelog::SharedLog>,
         Arc<webhook::configuration::WritesHook>,
-        Arc<webhook::sessions::Sessions>,
+        Arc<sessions::Sessions>,
     ),
     mut is_leader: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,

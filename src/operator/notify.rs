@@ -28,10 +28,10 @@ use tracing::{debug, warn};
 use crate::api::{
     DesiredState, DesiredStateStatus, DriftedObject, NoticeKind, Notifier, NotifierStatus, NotifierType, SecretKeyRef,
 };
+use crate::metrics::{Delivery, Metrics, NotificationLabels, Sink};
 use crate::notify::render::{self, ALERT_RESEND};
 use crate::notify::standing::{self, StandingDrift, StateKey};
 use crate::notify::{Notice, routes};
-use crate::operator::metrics::{Delivery, Metrics, NotificationLabels, Sink};
 
 /// Notices waiting to be routed; more are dropped (and counted) rather
 /// than slowing a controller down.

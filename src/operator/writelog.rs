@@ -14,8 +14,8 @@ use tracing::warn;
 
 use crate::gate::audit::{AuditWrite, is_system_user};
 use crate::gate::writes::{Expect, Observed, Outcome, Record, WriteLog};
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::operator::drift::watches::Cached;
-use crate::operator::metrics::{Metrics, OutcomeLabels};
 
 pub struct SharedLog {
     log: Mutex<WriteLog>,

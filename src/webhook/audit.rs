@@ -6,79 +6,46 @@
 //!
 //! The caller must present the bearer token kept in a Secret in the
 //! operator's namespace (key `token`); without that Secret every call is
-//! refused. Batches are answered at once and logged by a worker; when the
-//! worker falls behind, calls get 503 and the API server retries them.
+//! refused. The receiver only authenticates and parses: what a batch
+//! reports goes to the operator ([`super::Records`]), which logs it on the
+//! requests; when that falls behind, calls get 503 and the API server
+//! retries them.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
-use kube::runtime::reflector::Store;
-use kube::{Client, ResourceExt};
-use tokio::sync::mpsc;
-use tracing::{info, warn};
+use kube::Client;
+use kube::api::Api;
+use tracing::warn;
 
-use crate::api::{AccessPhase, AccessRequest};
-use crate::gate::audit::{self, AuditWrite, Window};
-use crate::operator::gate::log_writes;
-use crate::operator::metrics::{AuditLabels, AuditOutcome, Metrics};
-use crate::operator::writelog::SharedLog;
+use crate::gate::audit;
+use crate::metrics::{AuditLabels, AuditOutcome, Metrics};
 
 /// How long a token read from the Secret is trusted before it is read again.
 const TOKEN_TTL: Duration = Duration::from_secs(30);
-/// Batches waiting to be logged; beyond this, callers are told to retry.
-const QUEUE: usize = 256;
 
 pub struct AuditReceiver {
     client: Client,
     namespace: String,
     secret: String,
     token: Mutex<Option<(Option<String>, Instant)>>,
-    queue: mpsc::Sender<Vec<AuditWrite>>,
     metrics: Arc<Metrics>,
-    writes: Arc<SharedLog>,
-    sessions: Arc<super::sessions::Sessions>,
-}
-
-/// The queue of writes to summarize on AccessRequests and log.
-pub fn queue() -> (mpsc::Sender<Vec<AuditWrite>>, mpsc::Receiver<Vec<AuditWrite>>) {
-    mpsc::channel(QUEUE)
-}
-
-/// Who the operator is to the API server: its own writes are no one's session.
-pub async fn own_username(client: &Client) -> Result<String, kube::Error> {
-    let review: SelfSubjectReview = serde_json::from_value(serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"
-    }))
-    .expect("a valid SelfSubjectReview");
-    let answered = Api::<SelfSubjectReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
-    Ok(answered.status.and_then(|s| s.user_info).and_then(|u| u.username).unwrap_or_default())
+    records: Arc<dyn super::Records>,
 }
 
 impl AuditReceiver {
-    /// Starts the worker that logs batches; `requests` must be kept current
-    /// by a reflector.
-    /// `queue` and `batches` are the two ends of [`queue`]; the write log
-    /// sends what it confirms into the same queue.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    /// A receiver that checks callers against the Secret `namespace/secret`
+    /// and hands what they report to `records`.
+    pub fn new(
         client: Client,
-        namespace: String,
-        secret: String,
-        requests: Store<AccessRequest>,
-        operator: String,
+        (namespace, secret): (String, String),
         metrics: Arc<Metrics>,
-        (queue, batches): (mpsc::Sender<Vec<AuditWrite>>, mpsc::Receiver<Vec<AuditWrite>>),
-        writes: Arc<SharedLog>,
-        sessions: Arc<super::sessions::Sessions>,
+        records: Arc<dyn super::Records>,
     ) -> Arc<Self> {
-        tokio::spawn(log_batches(client.clone(), requests, operator, batches));
-        Arc::new(Self { client, namespace, secret, token: Mutex::new(None), queue, metrics, writes, sessions })
+        Arc::new(Self { client, namespace, secret, token: Mutex::new(None), metrics, records })
     }
 
     async fn token(&self, refresh: bool) -> Option<String> {
@@ -146,9 +113,8 @@ impl AuditReceiver {
         let count = |outcome| self.metrics.audit_events.get_or_create(&AuditLabels { outcome }).inc();
         let writes = match audit::parse_with_commands(body) {
             Ok((writes, commands)) => {
-                // Commands in Pods: logged at once, listed by their own worker.
                 for command in commands {
-                    self.sessions.note(command);
+                    self.records.command(command);
                 }
                 writes
             }
@@ -162,84 +128,16 @@ impl AuditReceiver {
             count(AuditOutcome::accepted);
             return (StatusCode::OK, "");
         }
-        match self.queue.try_reserve() {
-            Ok(permit) => {
-                // Into the write log first; only writes it did not already
-                // know from admission are summarized (each write once).
-                let fresh = self.writes.audited(writes);
-                if !fresh.is_empty() {
-                    permit.send(fresh);
-                }
-                count(AuditOutcome::accepted);
-                (StatusCode::OK, "")
-            }
-            Err(_) => {
-                count(AuditOutcome::overloaded);
-                (StatusCode::SERVICE_UNAVAILABLE, "busy; retry")
-            }
+        if self.records.audited(writes) {
+            count(AuditOutcome::accepted);
+            (StatusCode::OK, "")
+        } else {
+            count(AuditOutcome::overloaded);
+            (StatusCode::SERVICE_UNAVAILABLE, "busy; retry")
         }
     }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The windows that are or were open (a late batch still finds the window
-/// its writes were made in).
-pub(crate) fn windows(requests: &[Arc<AccessRequest>]) -> Vec<(String, String, String, Timestamp, Timestamp)> {
-    requests
-        .iter()
-        .filter_map(|request| {
-            let status = request.status.as_ref()?;
-            let opens = status.granted_at.as_ref()?.0;
-            let expires = status.expires_at.as_ref()?.0;
-            let closes = match status.phase? {
-                AccessPhase::Revoked => crate::operator::gate::revoked_at(status).map_or(expires, |r| r.min(expires)),
-                AccessPhase::Active | AccessPhase::Expired => expires,
-                _ => return None,
-            };
-            Some((request.namespace()?, request.name_any(), request.spec.requester.clone()?, opens, closes))
-        })
-        .collect()
-}
-
-async fn log_batches(
-    client: Client,
-    requests: Store<AccessRequest>,
-    operator: String,
-    mut batches: mpsc::Receiver<Vec<AuditWrite>>,
-) {
-    while let Some(mut writes) = batches.recv().await {
-        // Take whatever else is waiting: one status write per request for all of it.
-        while let Ok(more) = batches.try_recv() {
-            writes.extend(more);
-        }
-        let owned = windows(&requests.state());
-        let windows: Vec<Window<'_>> = owned
-            .iter()
-            .map(|(namespace, request, requester, opens, closes)| Window {
-                namespace,
-                request,
-                requester,
-                opens: *opens,
-                closes: *closes,
-            })
-            .collect();
-        for ((namespace, request), attributed) in audit::attribute(&writes, &windows, &operator) {
-            for entry in &attributed.activity {
-                info!(target: "driftwarden::audit", access_request = %request, %namespace, user = %entry.user,
-                      verb = %entry.verb, resource = %entry.resource, name = ?entry.name, fields = ?entry.fields,
-                      time = %entry.time.0, "write made with access");
-            }
-            for entry in &attributed.scope_writes {
-                info!(target: "driftwarden::audit", access_request = %request, %namespace, user = %entry.user,
-                      verb = %entry.verb, resource = %entry.resource, name = ?entry.name,
-                      time = %entry.time.0, "write by someone else during an access window");
-            }
-            if let Err(error) = log_writes(&client, &namespace, &request, &attributed).await {
-                warn!(%error, access_request = %request, %namespace, "logging writes on the AccessRequest failed");
-            }
-        }
-    }
 }

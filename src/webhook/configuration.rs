@@ -101,7 +101,7 @@ pub fn validating(endpoint: &Endpoint, ca_pem: &str) -> ValidatingWebhookConfigu
 
 /// Applies both configurations (server-side apply; a no-op when unchanged).
 pub async fn apply(client: &Client, endpoint: &Endpoint, ca_pem: &str) -> Result<(), kube::Error> {
-    let params = PatchParams::apply(crate::operator::crds::FIELD_MANAGER).force();
+    let params = PatchParams::apply(crate::drift::OPERATOR_MANAGER).force();
     let mutating_api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     mutating_api.patch(NAME, &params, &Patch::Apply(mutating(endpoint, ca_pem))).await?;
     let validating_api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
@@ -158,7 +158,7 @@ impl WritesHook {
         if self.applied.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&wanted) {
             return Ok(());
         }
-        let params = PatchParams::apply(crate::operator::crds::FIELD_MANAGER).force();
+        let params = PatchParams::apply(crate::drift::OPERATOR_MANAGER).force();
         let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
         api.patch(WRITES_NAME, &params, &Patch::Apply(&wanted)).await?;
         *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(wanted);

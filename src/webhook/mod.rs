@@ -6,7 +6,6 @@
 pub mod admission;
 pub mod audit;
 pub mod configuration;
-pub mod sessions;
 pub mod tls;
 pub mod writes;
 
@@ -31,10 +30,25 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::{info, warn};
 
 use crate::api::{AccessPolicy, AccessRequest};
-use crate::operator::metrics::{Metrics, WebhookLabels, WebhookNameLabels};
+use crate::metrics::{Metrics, WebhookLabels, WebhookNameLabels};
 use admission::{Facts, Kind};
 pub use audit::AuditReceiver;
 pub use configuration::Endpoint;
+
+/// What the endpoints report to the operator. They only parse and
+/// authenticate; keeping, confirming and logging is the operator's
+/// (`operator::records`).
+pub trait Records: Send + Sync {
+    /// A write the `/writes` webhook admitted, provisional until a watch
+    /// delivers it. Kept before the API server is answered, so that the
+    /// watch never sees a write before its record.
+    fn write(&self, record: crate::gate::writes::Record, expect: crate::gate::writes::Expect);
+    /// The writes of an authenticated audit batch; false when the operator
+    /// is behind (the caller is told to retry).
+    fn audited(&self, writes: Vec<crate::gate::audit::AuditWrite>) -> bool;
+    /// A command in a Pod (`/sessions`, or an audit event).
+    fn command(&self, command: crate::gate::commands::Command);
+}
 
 /// Path of the audit webhook (the API server's audit backend posts here).
 pub const AUDIT_PATH: &str = "/audit";
@@ -44,8 +58,7 @@ struct AppState {
     client: Client,
     metrics: Arc<Metrics>,
     audit: Arc<AuditReceiver>,
-    write_log: Arc<crate::operator::writelog::SharedLog>,
-    sessions: Arc<sessions::Sessions>,
+    records: Arc<dyn Records>,
     break_glass: admission::BreakGlass,
     recorder: Recorder,
 }
@@ -106,7 +119,7 @@ pub async fn serve(
     config: Config,
     metrics: Arc<Metrics>,
     audit: Arc<AuditReceiver>,
-    (write_log, sessions): (Arc<crate::operator::writelog::SharedLog>, Arc<sessions::Sessions>),
+    records: Arc<dyn Records>,
     writes_hook: Arc<configuration::WritesHook>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
@@ -161,8 +174,7 @@ pub async fn serve(
         client,
         metrics,
         audit,
-        write_log,
-        sessions,
+        records,
         break_glass: config.break_glass.clone(),
     });
     info!(addr = %config.addr, endpoint = ?config.endpoint, "serving admission webhooks");
@@ -312,7 +324,7 @@ async fn note_write(
     let now = Timestamp::from_microsecond(Timestamp::now().as_microsecond()).unwrap_or_else(|_| Timestamp::now());
     let noted = match writes::record_of(&request, now) {
         Some((record, expect)) => {
-            state.write_log.admit(record, expect);
+            state.records.write(record, expect);
             "noted"
         }
         None => "skipped",
@@ -334,7 +346,7 @@ async fn note_command(
     };
     let noted = match writes::command_of(&request, Timestamp::now()) {
         Some(command) => {
-            state.sessions.note(command);
+            state.records.command(command);
             "noted"
         }
         None => "skipped",

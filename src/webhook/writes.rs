@@ -105,16 +105,16 @@ pub fn command_of(request: &AdmissionRequest<DynamicObject>, now: Timestamp) -> 
 /// The object's fingerprints in each form a watch keeps it: whole (declared
 /// kinds) and metadata only (kinds watched for undeclared objects).
 fn fingerprints(object: &DynamicObject) -> Vec<u64> {
-    use crate::operator::drift::watches::Cached as _;
+    use crate::drift::kept;
     let mut whole = object.clone();
-    whole.for_cache();
+    kept::for_watch_cache(&mut whole);
     let mut meta = PartialObjectMeta::<DynamicObject> {
         types: None,
         metadata: object.metadata.clone(),
         _phantom: Default::default(),
     };
-    meta.for_cache();
-    vec![whole.fingerprint(), meta.fingerprint()]
+    kept::metadata_only(&mut meta);
+    vec![kept::whole_fingerprint(&whole), kept::meta_fingerprint(&meta.metadata)]
 }
 
 #[cfg(test)]

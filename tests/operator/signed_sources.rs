@@ -201,7 +201,7 @@ async fn publish_with(t: &AccessTest, key: &ed25519_dalek::SigningKey, mode: &st
     let mut source = api.get("state-source").await.unwrap();
     source.data.get_or_insert_default().insert("settings.yaml".into(), settings(mode));
     source.metadata.annotations.get_or_insert_default().insert("driftwarden.io/revision".into(), revision.into());
-    driftwarden::publish::sign(
+    driftwarden::drift::pack::sign(
         std::slice::from_mut(&mut source),
         key,
         &t.env.namespace,

@@ -72,7 +72,7 @@ impl Publisher {
 
     /// Signs one source set for `namespace`.
     pub fn sign(&self, namespace: &str, config_maps: &mut [k8s_openapi::api::core::v1::ConfigMap]) {
-        driftwarden::publish::sign(config_maps, &self.key, namespace, self.next_sequence());
+        driftwarden::drift::pack::sign(config_maps, &self.key, namespace, self.next_sequence());
     }
 
     /// The PublisherKey (trusted everywhere) as the platform team would apply it.

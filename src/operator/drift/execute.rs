@@ -19,9 +19,9 @@ use super::plan::{Inputs, Notice, Outcome, Plan, describe};
 use super::{Context, Error, REVERT_CONCURRENCY, rejected, status};
 use crate::api::{DesiredState, DesiredStateStatus, DriftClass, DriftCounts, RevertRecord, SessionChange};
 use crate::drift::inventory;
+use crate::metrics::{Metrics, RevertLabels, RevertReason};
 use crate::notify;
 use crate::operator::gate;
-use crate::operator::metrics::{Metrics, RevertLabels, RevertReason};
 
 /// Carries out the plan's reverts, deletions and codify patches: codify
 /// records are made first (from what the drift was seen on) and written
@@ -523,11 +523,7 @@ pub(super) async fn announce_refusal(
     if same {
         return;
     }
-    context
-        .metrics
-        .source_refusals
-        .get_or_create(&crate::operator::metrics::RefusalLabels { reason: refusal.reason })
-        .inc();
+    context.metrics.source_refusals.get_or_create(&crate::metrics::RefusalLabels { reason: refusal.reason }).inc();
     publish(context, state, EventType::Warning, refusal.reason, refusal.message.clone()).await;
 }
 
@@ -591,7 +587,7 @@ pub(super) fn record_drifted(
 }
 
 pub(super) fn publish_drift_gauges(metrics: &Metrics, all: &DriftTally) {
-    use crate::operator::metrics::{Class, ClassLabels};
+    use crate::metrics::{Class, ClassLabels};
     let sum = |f: fn(&DriftCounts) -> i64| all.values().map(|(c, _, _)| f(c)).sum::<i64>();
     for (class, total) in [
         (Class::Unauthorized, sum(|c| c.unauthorized)),

@@ -43,9 +43,9 @@ use tracing::{info, warn};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 
 use super::gate::{Caches, RevertLimiter, Subject, Verdict};
-use super::metrics::{ErrorLabels, Metrics};
 use crate::api::{AccessRequest, DesiredState, SourceRef};
 use crate::drift::{self, DiffOptions, kept, undeclared};
+use crate::metrics::{ErrorLabels, Metrics};
 use crate::operator::ready::Ready;
 use memory::{LastDiffs, Memories};
 use read::Sources;

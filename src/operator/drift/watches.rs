@@ -91,22 +91,6 @@ pub trait Cached:
     }
 }
 
-/// The metadata as the write log matches it.
-fn meta_value(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> serde_json::Value {
-    let mut meta = meta.clone();
-    meta.resource_version = None;
-    meta.managed_fields = None;
-    serde_json::to_value(meta).unwrap_or_default()
-}
-
-/// A cached body as JSON again (see `kept::compact_body`).
-fn body_value(object: &DynamicObject) -> serde_json::Value {
-    match &object.data {
-        serde_json::Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
-        body => body.clone(),
-    }
-}
-
 /// Declared kinds: the whole object, compact.
 impl Cached for DynamicObject {
     fn for_cache(&mut self) {
@@ -114,11 +98,11 @@ impl Cached for DynamicObject {
     }
 
     fn fingerprint(&self) -> u64 {
-        crate::gate::writes::fingerprint(&serde_json::json!([meta_value(&self.metadata), body_value(self)]))
+        crate::drift::kept::whole_fingerprint(self)
     }
 
     fn replicas(&self) -> Option<i64> {
-        body_value(self).pointer("/spec/replicas").and_then(serde_json::Value::as_i64)
+        crate::drift::kept::replicas(self)
     }
 }
 
@@ -132,7 +116,7 @@ impl Cached for PartialObjectMeta<DynamicObject> {
     }
 
     fn fingerprint(&self) -> u64 {
-        crate::gate::writes::fingerprint(&meta_value(&self.metadata))
+        crate::drift::kept::meta_fingerprint(&self.metadata)
     }
 
     fn identity(&self) -> Option<String> {
@@ -248,9 +232,20 @@ impl<K: Cached> Watches<K> {
         };
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
+        let write_log = self.write_log.clone();
         let stream = watcher(api, watcher::Config::default())
             .backoff(crate::operator::backoff::WatchBackoff::default())
             .modify(K::for_cache)
+            // Every event, before the cache holds it: a pass that reads the
+            // new object finds the write that made it confirmed.
+            .inspect(move |event| {
+                let Some(log) = &write_log else { return };
+                match event {
+                    Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => log.observe(object, false),
+                    Ok(watcher::Event::Delete(object)) => log.observe(object, true),
+                    _ => {}
+                }
+            })
             .reflect(writer);
         let (trigger, users, key) = (self.trigger.clone(), self.users.clone(), key.clone());
         let pending_since = self.pending_since.clone();
@@ -264,22 +259,11 @@ impl<K: Cached> Watches<K> {
             }
         });
         let refused = forbidden.clone();
-        let write_log = self.write_log.clone();
         tracing::info!(kind = %key.kind, namespace = ?key.namespace, "watching");
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             let mut identities: HashMap<(Option<String>, String), String> = HashMap::new();
             while let Some(event) = stream.next().await {
-                // Every event, before anything is skipped: it may confirm a write.
-                if let Some(log) = &write_log {
-                    match &event {
-                        Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
-                            log.observe(object, false);
-                        }
-                        Ok(watcher::Event::Delete(object)) => log.observe(object, true),
-                        _ => {}
-                    }
-                }
                 // A change that leaves what readers decide by as it was wakes nobody.
                 if let Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) = &event
                     && let Some(identity) = object.identity()

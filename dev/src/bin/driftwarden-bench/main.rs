@@ -342,9 +342,9 @@ pub(crate) struct Managed {
 }
 
 /// The declarations of `objects` managed objects, 500 to a file.
-pub(crate) fn declarations(objects: usize) -> Vec<driftwarden::publish::ManifestFile> {
+pub(crate) fn declarations(objects: usize) -> Vec<driftwarden::drift::pack::ManifestFile> {
     (0..objects.div_ceil(500))
-        .map(|f| driftwarden::publish::ManifestFile {
+        .map(|f| driftwarden::drift::pack::ManifestFile {
             path: format!("part{f:03}.yaml"),
             content: (f * 500..((f + 1) * 500).min(objects))
                 .map(|i| serde_yaml_ng::to_string(&mix::manifest(i)).expect("a manifest is YAML"))
@@ -396,7 +396,7 @@ pub(crate) async fn manage(
 
     // The declarations, packed and signed the way `driftwarden publish` does.
     let files = declarations(objects);
-    let mut sources = driftwarden::publish::pack(&files, "state", namespace, Some("bench0001"))?;
+    let mut sources = driftwarden::drift::pack::pack(&files, "state", namespace, Some("bench0001"))?;
     env.publisher.sign(namespace, &mut sources);
     for source in sources {
         config_maps.create(&PostParams::default(), &source).await?;
@@ -406,7 +406,7 @@ pub(crate) async fn manage(
     let undeclared = std::env::var("DRIFTWARDEN_BENCH_UNDECLARED").map_or(true, |v| v != "off");
     let state: DesiredState = serde_json::from_value(json!({
         "metadata": {"name": "bench"},
-        "spec": {"sources": [{"selector": {"matchLabels": {driftwarden::publish::SOURCE_LABEL: "state"}}}],
+        "spec": {"sources": [{"selector": {"matchLabels": {driftwarden::drift::pack::SOURCE_LABEL: "state"}}}],
                  "remediation": remediation, "undeclared": {"enabled": undeclared}},
     }))?;
     let states: Api<DesiredState> = Api::namespaced(admin.clone(), namespace);

@@ -1,5 +1,5 @@
 //! Commands in Pods, the shell: the `/sessions` webhook and the audit
-//! receiver hand each report here ([`crate::gate::commands`] is the pure
+//! receiver report them, [`super::records::Intake`] hands each here ([`crate::gate::commands`] is the pure
 //! part). Every report is one structured log line at once (target
 //! `driftwarden::audit`, `record: session-command`), the complete record of
 //! the session, which outlives the AccessRequest; a command run by the
@@ -28,7 +28,7 @@ pub struct Sessions {
     queue: mpsc::Sender<(String, String, ActivityEntry)>,
     /// The leader's notifications, while this replica leads (the
     /// `/sessions` webhook calls the leader).
-    notices: Mutex<Option<crate::operator::notify::Outbox>>,
+    notices: Mutex<Option<super::notify::Outbox>>,
 }
 
 impl Sessions {
@@ -42,7 +42,7 @@ impl Sessions {
 
     /// Where commands are announced while this replica leads (`None`: it
     /// stopped leading).
-    pub fn notify_to(&self, notices: Option<crate::operator::notify::Outbox>) {
+    pub fn notify_to(&self, notices: Option<super::notify::Outbox>) {
         *self.notices.lock().unwrap_or_else(|p| p.into_inner()) = notices;
     }
 
@@ -52,7 +52,7 @@ impl Sessions {
         if noted == Noted::Repeat {
             return;
         }
-        let owned = super::audit::windows(&self.requests.state());
+        let owned = super::records::windows(&self.requests.state());
         let windows: Vec<Window<'_>> = owned
             .iter()
             .map(|(namespace, request, requester, opens, closes)| Window {
@@ -103,7 +103,7 @@ async fn summarize(client: Client, mut entries: mpsc::Receiver<(String, String, 
         }
         for ((namespace, request), activity) in by_request {
             let attributed = Attributed { activity, scope_writes: Vec::new() };
-            if let Err(error) = crate::operator::gate::log_writes(&client, &namespace, &request, &attributed).await {
+            if let Err(error) = super::gate::log_writes(&client, &namespace, &request, &attributed).await {
                 warn!(%error, access_request = %request, %namespace, "listing commands on the AccessRequest failed");
             }
         }
