@@ -218,6 +218,22 @@ async fn the_write_log_follows_the_leader_and_a_write_with_no_leader_is_reverted
     assert!(repointed < takeover + Duration::from_secs(3), "re-pointed {repointed:?} after the death");
     until(Duration::from_secs(60), "the change made with no leader reverted", || async { mode(&t).await == "safe" })
         .await;
+    // The API server loads a changed webhook configuration a moment after
+    // it is written: until then a write reaches no one and has no record
+    // (docs/GATE.md). A dry-run write (never logged) shows when the new
+    // leader's `/writes` is called.
+    let called = until(Duration::from_secs(10), "the API server calling the new leader's /writes", || async {
+        let settings: Api<k8s_openapi::api::core::v1::ConfigMap> = t.env.api(User::Admin).await;
+        let probe = json!({"data": {"mode": "probe"}});
+        let dry_run = kube::api::PatchParams { dry_run: true, ..Default::default() };
+        let _ = settings.patch("settings", &dry_run, &kube::api::Patch::Merge(probe)).await;
+        http_get(standby.http_port, "/metrics").is_some_and(|(_, text)| {
+            text.lines()
+                .any(|l| l.starts_with("driftwarden_webhook_requests_total{webhook=\"writes\",outcome=\"skipped\"}"))
+        })
+    })
+    .await;
+    eprintln!("write log: the API server calls the new leader {:?} after the death", repointed + called);
 
     // The new leader records and confirms: alice's next change is hers.
     set_mode(&t, User::Alice, "after-takeover").await;
