@@ -59,7 +59,7 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
         let diff = drift::diff(&declared.object, live.as_ref(), &options);
         if !diff.in_sync() {
             drifted += 1;
-            let fields = crate::operator::drift::status::fields(&diff).join(", ");
+            let fields = crate::drift::diff::fields(&diff).join(", ");
             println!("~ {} ({})", declared.key, fields);
             print!("{}", diff.unified);
         }

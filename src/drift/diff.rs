@@ -1000,6 +1000,35 @@ fn push_views(views: &mut (Vec<Value>, Vec<Value>), child: Views) {
     views.1.extend(child.live);
 }
 
+/// At most this many field paths per object in a summary.
+pub const MAX_FIELDS: usize = 20;
+
+fn describe(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Changed => "changed",
+        ChangeKind::Added => "added",
+        ChangeKind::Removed => "removed",
+        ChangeKind::ObjectMissing => "deleted",
+    }
+}
+
+/// The fields of a drifted object as status lists them: `path (kind)`.
+pub fn fields(diff: &ObjectDiff) -> Vec<String> {
+    diff.changes
+        .iter()
+        .take(MAX_FIELDS)
+        .map(
+            |c| {
+                if c.path.is_empty() {
+                    describe(c.kind).to_owned()
+                } else {
+                    format!("{} ({})", c.path, describe(c.kind))
+                }
+            },
+        )
+        .collect()
+}
+
 #[cfg(test)]
 #[path = "diff_tests.rs"]
 mod tests;

@@ -7,12 +7,11 @@ use k8s_openapi::jiff::Timestamp;
 use crate::api::{Attribution, DesiredStateStatus, DriftAction, DriftClass, DriftCounts, DriftedObject, ObjectRef};
 use crate::conditions::condition;
 use crate::drift::signature::SignatureError;
-use crate::drift::{ChangeKind, ObjectDiff, SourceErrors, inventory};
+use crate::drift::{ObjectDiff, SourceErrors, inventory};
 
 /// At most this many drifted objects are listed; `drifted` counts them all.
 pub const MAX_LISTED: usize = 50;
-/// At most this many field paths per object.
-pub const MAX_FIELDS: usize = 20;
+pub use crate::drift::diff::{MAX_FIELDS, fields};
 /// At most this many source errors in the condition message.
 const MAX_ERRORS: usize = 10;
 
@@ -38,32 +37,6 @@ pub struct Judgement {
     /// When the object was last seen matching Git, if known: only writes
     /// after it are part of this drift.
     pub in_sync_at: Option<Timestamp>,
-}
-
-fn describe(kind: ChangeKind) -> &'static str {
-    match kind {
-        ChangeKind::Changed => "changed",
-        ChangeKind::Added => "added",
-        ChangeKind::Removed => "removed",
-        ChangeKind::ObjectMissing => "deleted",
-    }
-}
-
-/// The fields of a drifted object as status lists them: `path (kind)`.
-pub fn fields(diff: &ObjectDiff) -> Vec<String> {
-    diff.changes
-        .iter()
-        .take(MAX_FIELDS)
-        .map(
-            |c| {
-                if c.path.is_empty() {
-                    describe(c.kind).to_owned()
-                } else {
-                    format!("{} ({})", c.path, describe(c.kind))
-                }
-            },
-        )
-        .collect()
 }
 
 /// Status after a reconcile of valid sources.
@@ -466,7 +439,7 @@ pub fn transitions(old: &DesiredStateStatus, new: &DesiredStateStatus) -> (Vec<D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drift::FieldChange;
+    use crate::drift::{ChangeKind, FieldChange};
 
     fn object(name: &str) -> ObjectRef {
         ObjectRef {
