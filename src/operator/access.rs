@@ -94,29 +94,68 @@ pub struct Settings {
     pub notices: crate::operator::notify::Outbox,
 }
 
+type Reflected<K> = futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>;
+
+/// The reviews, policies and namespaces requests are decided from: one
+/// watch of each per leadership term, read by this controller and by the
+/// drift gate (`gate::Approvals::of`), so that both decide from the same
+/// state. The watches run while [`run`] polls them.
+pub struct DecisionCaches {
+    pub reviews: Store<AccessReview>,
+    pub policies: Store<AccessPolicy>,
+    pub namespaces: Store<Namespace>,
+    /// All three have listed. One waiter per store, shared by every reader:
+    /// kube wakes only one of several waiters on a store (see `operator::ready`).
+    pub listed: Ready,
+    streams: (Reflected<AccessReview>, Reflected<AccessPolicy>, Reflected<Namespace>),
+}
+
+impl DecisionCaches {
+    pub fn watch(client: &Client) -> Self {
+        fn reflected<K>(client: &Client) -> (Store<K>, Reflected<K>)
+        where
+            K: kube::Resource<DynamicType = ()>
+                + Clone
+                + std::fmt::Debug
+                + serde::de::DeserializeOwned
+                + Send
+                + Sync
+                + 'static,
+        {
+            let (store, writer) = reflector::store();
+            let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+                .backoff(crate::operator::backoff::WatchBackoff::default())
+                .reflect(writer)
+                .boxed();
+            (store, stream)
+        }
+        let (reviews, review_events) = reflected(client);
+        let (policies, policy_events) = reflected(client);
+        let (namespaces, namespace_events) = reflected(client);
+        let listed = decidable(&policies, &namespaces, &reviews);
+        Self { reviews, policies, namespaces, listed, streams: (review_events, policy_events, namespace_events) }
+    }
+}
+
 /// Runs the controller and the sweep until `shutdown` is cancelled.
-pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    caches: DecisionCaches,
+    shutdown: CancellationToken,
+) {
     let config = watcher::Config::default();
     let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
 
-    let (reviews, review_writer) = reflector::store();
-    let review_events = watcher(Api::<AccessReview>::all(client.clone()), config.clone())
-        .backoff(crate::operator::backoff::WatchBackoff::default())
-        .reflect(review_writer)
-        .touched_objects()
-        .inspect_err(|error| warn!(%error, "AccessReview watch failed; retrying"));
-    let (policies, policy_writer) = reflector::store();
-    let policy_events = watcher(Api::<AccessPolicy>::all(client.clone()), config.clone())
-        .backoff(crate::operator::backoff::WatchBackoff::default())
-        .reflect(policy_writer)
-        .touched_objects()
-        .inspect_err(|error| warn!(%error, "AccessPolicy watch failed; retrying"));
-    let (namespaces, namespace_writer) = reflector::store();
-    let namespace_events = watcher(Api::<Namespace>::all(client.clone()), config.clone())
-        .backoff(crate::operator::backoff::WatchBackoff::default())
-        .reflect(namespace_writer)
-        .touched_objects()
-        .inspect_err(|error| warn!(%error, "Namespace watch failed; retrying"));
+    let DecisionCaches { reviews, policies, namespaces, listed: decidable, streams } = caches;
+    let (review_events, policy_events, namespace_events) = streams;
+    let review_events =
+        review_events.touched_objects().inspect_err(|error| warn!(%error, "AccessReview watch failed; retrying"));
+    let policy_events =
+        policy_events.touched_objects().inspect_err(|error| warn!(%error, "AccessPolicy watch failed; retrying"));
+    let namespace_events =
+        namespace_events.touched_objects().inspect_err(|error| warn!(%error, "Namespace watch failed; retrying"));
     let (bindings, binding_writer) = reflector::store();
     let binding_events = watcher(Api::<RoleBinding>::all(client.clone()), managed)
         .backoff(crate::operator::backoff::WatchBackoff::default())
@@ -149,7 +188,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         policies: policies.clone(),
         namespaces: namespaces.clone(),
         bindings: bindings.clone(),
-        decidable: decidable(&policies, &namespaces, &reviews),
+        decidable,
         bindings_listed: Ready::of(&bindings),
         requests_listed: Ready::from(listed_requests),
         metrics: metrics.clone(),

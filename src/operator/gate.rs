@@ -6,14 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tracing::info;
@@ -133,30 +131,16 @@ pub struct Approvals {
 }
 
 impl Approvals {
-    /// Starts the reflectors (until `shutdown`); returns the caches and a
-    /// readiness that holds once all three have listed.
-    pub fn watch(client: &Client, shutdown: tokio_util::sync::CancellationToken) -> (Approvals, Ready) {
-        let (reviews, reviews_writer) = reflector::store();
-        let (policies, policies_writer) = reflector::store();
-        let (namespaces, namespaces_writer) = reflector::store();
-        let config = watcher::Config::default();
-        tokio::spawn(reflect(
-            watcher(Api::<AccessReview>::all(client.clone()), config.clone()),
-            reviews_writer,
-            shutdown.clone(),
-        ));
-        tokio::spawn(reflect(
-            watcher(Api::<AccessPolicy>::all(client.clone()), config.clone()),
-            policies_writer,
-            shutdown.clone(),
-        ));
-        tokio::spawn(reflect(
-            watcher::watcher(Api::<Namespace>::all(client.clone()), config),
-            namespaces_writer,
-            shutdown,
-        ));
-        let ready = Ready::all_of(vec![Ready::of(&reviews), Ready::of(&policies), Ready::of(&namespaces)]);
-        (Approvals { reviews, policies, namespaces }, ready)
+    /// The access controller's caches (one watch per kind, see
+    /// `access::DecisionCaches`) and their one readiness: the gate never
+    /// judges by a grant the controller has not seen, nor misses one it made.
+    pub fn of(caches: &crate::operator::access::DecisionCaches) -> (Approvals, Ready) {
+        let approvals = Approvals {
+            reviews: caches.reviews.clone(),
+            policies: caches.policies.clone(),
+            namespaces: caches.namespaces.clone(),
+        };
+        (approvals, caches.listed.clone())
     }
 
     /// What the access state machine decides for `request` at `now`.
@@ -175,22 +159,6 @@ impl Approvals {
         let machine_reviews = crate::access::grant::machine_reviews(&reviews);
         let request = crate::access::grant::machine_request(request);
         Some(access::evaluate(&request, &machine_reviews, judge.as_ref(), now))
-    }
-}
-
-async fn reflect<K>(
-    stream: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
-    writer: reflector::store::Writer<K>,
-    shutdown: tokio_util::sync::CancellationToken,
-) where
-    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
-{
-    let driven =
-        stream.backoff(crate::operator::backoff::WatchBackoff::default()).reflect(writer).for_each(|_| async {});
-    tokio::select! {
-        () = driven => {},
-        () = shutdown.cancelled() => {},
     }
 }
 

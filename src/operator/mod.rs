@@ -219,7 +219,9 @@ async fn lead(
             instance: args.pod_name.clone(),
             notices: notices.clone(),
         };
-        let access = access::run(client.clone(), metrics.clone(), settings, term.clone());
+        let caches = access::DecisionCaches::watch(&client);
+        let approvals = gate::Approvals::of(&caches);
+        let access = access::run(client.clone(), metrics.clone(), settings, caches, term.clone());
         let drift_settings = drift::Settings {
             operator_namespace: args.namespace.clone(),
             ignore_pointers: args.ignore_pointers.clone(),
@@ -230,6 +232,7 @@ async fn lead(
             write_log: Some(write_log.clone()),
             writes_hook: Some(writes_hook.clone()),
             notices,
+            approvals,
         };
         let drift = drift::run(client.clone(), metrics.clone(), drift_settings, term.clone());
         let running = futures::future::join3(access, drift, notifications);

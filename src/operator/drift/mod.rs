@@ -112,6 +112,9 @@ pub struct Settings {
     pub writes_hook: Option<Arc<crate::webhook::configuration::WritesHook>>,
     /// Where drift's notifications go.
     pub notices: crate::operator::notify::Outbox,
+    /// The reviews, policies and namespaces grants are computed from: the
+    /// access controller's caches (`access::DecisionCaches`).
+    pub approvals: (super::gate::Approvals, Ready),
 }
 
 struct Context {
@@ -173,7 +176,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         )),
         tokio::spawn(drive(watcher(Api::<Role>::all(client.clone()), watcher::Config::default()), roles_writer)),
     ];
-    let (approvals, approvals_listed) = super::gate::Approvals::watch(&client, shutdown.clone());
+    let (approvals, approvals_listed) = settings.approvals.clone();
     let limiter = RevertLimiter::new(settings.revert_rate, settings.revert_burst);
     if !settings.verify_sources {
         warn!(
