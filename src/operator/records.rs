@@ -102,6 +102,20 @@ pub fn windows(requests: &[Arc<AccessRequest>]) -> Vec<(String, String, String, 
         .collect()
 }
 
+/// [`windows`] as the pure attribution reads them.
+pub fn borrowed(owned: &[(String, String, String, Timestamp, Timestamp)]) -> Vec<Window<'_>> {
+    owned
+        .iter()
+        .map(|(namespace, request, requester, opens, closes)| Window {
+            namespace,
+            request,
+            requester,
+            opens: *opens,
+            closes: *closes,
+        })
+        .collect()
+}
+
 async fn log_batches(
     client: Client,
     requests: Store<AccessRequest>,
@@ -114,16 +128,7 @@ async fn log_batches(
             writes.extend(more);
         }
         let owned = windows(&requests.state());
-        let windows: Vec<Window<'_>> = owned
-            .iter()
-            .map(|(namespace, request, requester, opens, closes)| Window {
-                namespace,
-                request,
-                requester,
-                opens: *opens,
-                closes: *closes,
-            })
-            .collect();
+        let windows = borrowed(&owned);
         for ((namespace, request), attributed) in audit::attribute(&writes, &windows, &operator) {
             for entry in &attributed.activity {
                 info!(target: "driftwarden::audit", access_request = %request, %namespace, user = %entry.user,

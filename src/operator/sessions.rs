@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::api::{AccessRequest, ActivityEntry};
-use crate::gate::audit::{Attributed, Window};
+use crate::gate::audit::Attributed;
 use crate::gate::commands::{self, Command, Noted, Recent};
 
 /// Entries waiting to be written to requests' status.
@@ -53,16 +53,7 @@ impl Sessions {
             return;
         }
         let owned = super::records::windows(&self.requests.state());
-        let windows: Vec<Window<'_>> = owned
-            .iter()
-            .map(|(namespace, request, requester, opens, closes)| Window {
-                namespace,
-                request,
-                requester,
-                opens: *opens,
-                closes: *closes,
-            })
-            .collect();
+        let windows = super::records::borrowed(&owned);
         let requests = commands::attribute(&command, &windows);
         let json = |value: &[String]| serde_json::to_string(value).unwrap_or_default();
         info!(target: "driftwarden::audit", record = "session-command",
