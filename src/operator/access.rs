@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use super::crds::FIELD_MANAGER;
 use super::ready::Ready;
+use super::watch::{self, Change, Reflected};
 use crate::access::grant::{
     MANAGED_BY, REQUEST_ANNOTATION, binding_name, desired_binding, machine_request, machine_reviews, next_status,
     orphaned, same_binding,
@@ -94,8 +95,6 @@ pub struct Settings {
     pub notices: crate::operator::notify::Outbox,
 }
 
-type Reflected<K> = futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>;
-
 /// The reviews, policies and namespaces requests are decided from: one
 /// watch of each per leadership term, read by this controller and by the
 /// drift gate (`gate::Approvals::of`), so that both decide from the same
@@ -112,26 +111,9 @@ pub struct DecisionCaches {
 
 impl DecisionCaches {
     pub fn watch(client: &Client) -> Self {
-        fn reflected<K>(client: &Client) -> (Store<K>, Reflected<K>)
-        where
-            K: kube::Resource<DynamicType = ()>
-                + Clone
-                + std::fmt::Debug
-                + serde::de::DeserializeOwned
-                + Send
-                + Sync
-                + 'static,
-        {
-            let (store, writer) = reflector::store();
-            let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-                .backoff(crate::operator::backoff::WatchBackoff::default())
-                .reflect(writer)
-                .boxed();
-            (store, stream)
-        }
-        let (reviews, review_events) = reflected(client);
-        let (policies, policy_events) = reflected(client);
-        let (namespaces, namespace_events) = reflected(client);
+        let (reviews, review_events) = watch::reflect(Api::all(client.clone()), watcher::Config::default());
+        let (policies, policy_events) = watch::reflect(Api::all(client.clone()), watcher::Config::default());
+        let (namespaces, namespace_events) = watch::reflect(Api::all(client.clone()), watcher::Config::default());
         let listed = decidable(&policies, &namespaces, &reviews);
         Self { reviews, policies, namespaces, listed, streams: (review_events, policy_events, namespace_events) }
     }
@@ -142,10 +124,9 @@ pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
     settings: Settings,
-    caches: DecisionCaches,
+    (requests, caches): (watch::Shared<AccessRequest>, DecisionCaches),
     shutdown: CancellationToken,
 ) {
-    let config = watcher::Config::default();
     let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
 
     let DecisionCaches { reviews, policies, namespaces, listed: decidable, streams } = caches;
@@ -156,29 +137,21 @@ pub async fn run(
         policy_events.touched_objects().inspect_err(|error| warn!(%error, "AccessPolicy watch failed; retrying"));
     let namespace_events =
         namespace_events.touched_objects().inspect_err(|error| warn!(%error, "Namespace watch failed; retrying"));
-    let (bindings, binding_writer) = reflector::store();
-    let binding_events = watcher(Api::<RoleBinding>::all(client.clone()), managed)
-        .backoff(crate::operator::backoff::WatchBackoff::default())
-        .reflect(binding_writer)
-        .touched_objects()
-        .inspect_err(|error| warn!(%error, "RoleBinding watch failed; retrying"));
+    let (bindings, binding_events) = watch::reflect(Api::<RoleBinding>::all(client.clone()), managed);
+    let binding_events =
+        binding_events.touched_objects().inspect_err(|error| warn!(%error, "RoleBinding watch failed; retrying"));
 
-    // The requests' cache is ours, not the Controller's, so that the sweep
-    // learns it has listed from the watch itself: waiting on the store
-    // would take the one wakeup kube gives from the controller's runner.
-    let (requests, request_writer) = reflector::store();
-    let (requests_listed, listed_requests) = tokio::sync::watch::channel(false);
-    let request_events = watcher(Api::<AccessRequest>::all(client.clone()), config)
-        .backoff(crate::operator::backoff::WatchBackoff::default())
-        .reflect(request_writer)
-        // After the reflector has applied it: the store holds the whole list.
-        .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                requests_listed.send_replace(true);
-            }
+    // The process's one cache of requests; the sweep learns it has listed
+    // from the watch itself, as waiting on the store would take the one
+    // wakeup kube gives from the controller's runner.
+    let request_events = requests.changes().filter_map(|change| {
+        futures::future::ready(match change {
+            Change::Applied(request) => Some(request),
+            Change::Deleted(_) => None,
         })
-        .applied_objects();
-    let controller = Controller::for_stream(request_events, requests.clone());
+    });
+    let watch::Shared { store: requests, listed: requests_listed, .. } = requests;
+    let controller = Controller::for_shared_stream(request_events, requests.clone());
     let reporter = Reporter { controller: "driftwarden".into(), instance: settings.instance.clone() };
     let context = Arc::new(Context {
         client: client.clone(),
@@ -190,7 +163,7 @@ pub async fn run(
         bindings: bindings.clone(),
         decidable,
         bindings_listed: Ready::of(&bindings),
-        requests_listed: Ready::from(listed_requests),
+        requests_listed,
         metrics: metrics.clone(),
         notices: settings.notices.clone(),
     });

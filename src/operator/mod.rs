@@ -16,15 +16,15 @@ pub mod notify;
 pub mod ready;
 mod records;
 mod sessions;
+pub mod watch;
 pub mod writelog;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::Client;
-use kube::runtime::{WatchStreamExt, watcher};
+
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -105,13 +105,9 @@ pub async fn run(
     };
     // Every replica receives audit events (the API server reaches any of
     // them through the Service) and logs them on AccessRequests.
-    let (requests, requests_writer) = kube::runtime::reflector::store::<AccessRequest>();
-    let request_watch = tokio::spawn(
-        watcher(kube::Api::<AccessRequest>::all(client.clone()), watcher::Config::default())
-            .backoff(crate::operator::backoff::WatchBackoff::default())
-            .reflect(requests_writer)
-            .for_each(|_| async {}),
-    );
+    // The one cache of requests in the process, also read by the leader's
+    // controllers.
+    let requests = watch::Shared::<AccessRequest>::start(kube::Api::all(client.clone()));
     let operator_user = match records::own_username(&client).await {
         Ok(user) => user,
         Err(error) => {
@@ -119,10 +115,10 @@ pub async fn run(
             String::new()
         }
     };
-    let sessions = sessions::Sessions::start(client.clone(), requests.clone());
+    let sessions = sessions::Sessions::start(client.clone(), requests.store.clone());
     let (queue, batches) = records::queue();
     let write_log = writelog::SharedLog::new(queue.clone(), operator_user.clone(), metrics.clone());
-    records::start_log(client.clone(), requests, operator_user, batches);
+    records::start_log(client.clone(), requests.store.clone(), operator_user, batches);
     let intake = Arc::new(records::Intake { write_log: write_log.clone(), sessions: sessions.clone(), queue });
     let audit = webhook::AuditReceiver::new(
         client.clone(),
@@ -159,7 +155,7 @@ pub async fn run(
         client.clone(),
         metrics.clone(),
         &args,
-        (write_log, writes_hook, sessions),
+        (write_log, writes_hook, sessions, requests),
         leadership.is_leader.clone(),
         stop.clone(),
     );
@@ -173,7 +169,6 @@ pub async fn run(
         () = probe => Ok(()),
     };
     stop.cancel();
-    request_watch.abort();
     leadership.resign().await;
     if let Err(error) = &result {
         warn!(%error, "stopping");
@@ -194,10 +189,11 @@ async fn lead(
     client: Client,
     metrics: Arc<Metrics>,
     args: &OperatorArgs,
-    (write_log, writes_hook, sessions): (
+    (write_log, writes_hook, sessions, requests): (
         Arc<writelog::SharedLog>,
         Arc<webhook::configuration::WritesHook>,
         Arc<sessions::Sessions>,
+        watch::Shared<AccessRequest>,
     ),
     mut is_leader: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
@@ -221,7 +217,7 @@ async fn lead(
         };
         let caches = access::DecisionCaches::watch(&client);
         let approvals = gate::Approvals::of(&caches);
-        let access = access::run(client.clone(), metrics.clone(), settings, caches, term.clone());
+        let access = access::run(client.clone(), metrics.clone(), settings, (requests.clone(), caches), term.clone());
         let drift_settings = drift::Settings {
             operator_namespace: args.namespace.clone(),
             ignore_pointers: args.ignore_pointers.clone(),
@@ -233,6 +229,7 @@ async fn lead(
             writes_hook: Some(writes_hook.clone()),
             notices,
             approvals,
+            requests: requests.clone(),
         };
         let drift = drift::run(client.clone(), metrics.clone(), drift_settings, term.clone());
         let running = futures::future::join3(access, drift, notifications);

@@ -13,12 +13,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
@@ -126,11 +125,11 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, namespace: String, inbox
             return;
         }
     };
-    let (notifiers, writer) = reflector::store::<Notifier>();
-    let watch = watcher(Api::<Notifier>::namespaced(client.clone(), &namespace), watcher::Config::default())
-        .backoff(crate::operator::backoff::WatchBackoff::default())
-        .reflect(writer)
-        .for_each(|_| async {});
+    let (notifiers, events) = crate::operator::watch::reflect(
+        Api::<Notifier>::namespaced(client.clone(), &namespace),
+        watcher::Config::default(),
+    );
+    let watch = crate::operator::watch::drive(events);
     let shared = Arc::new(Shared {
         client,
         namespace,

@@ -510,6 +510,21 @@ pub(super) async fn announce(
     }
 }
 
+/// Sources refused with nothing verified to enforce yet: status says why,
+/// and nothing is changed.
+pub(super) async fn refuse(
+    context: &Context,
+    state: &DesiredState,
+    (old, generation): (&DesiredStateStatus, Option<i64>),
+    refusal: &status::Refusal,
+) -> Result<(), Error> {
+    let status = status::invalid(old, generation, refusal, Timestamp::now());
+    write_status(context, state, old, &status).await?;
+    announce_refusal(context, state, old, refusal).await;
+    warn!(desired_state = %state.name_any(), namespace = ?state.namespace(), reason = refusal.reason, "sources refused; nothing will be changed");
+    Ok(())
+}
+
 /// An Event and a count when sources begin to be refused (or are refused
 /// for a new reason); nothing while the same refusal lasts.
 pub(super) async fn announce_refusal(

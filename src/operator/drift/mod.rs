@@ -17,6 +17,7 @@ mod memory;
 mod plan;
 mod read;
 mod rejected;
+mod report;
 mod snapshot;
 pub mod status;
 mod trust;
@@ -33,7 +34,7 @@ use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::core::{Selector, SelectorExt};
 use kube::discovery::Discovery;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -47,7 +48,8 @@ use crate::api::{AccessRequest, DesiredState, SourceRef};
 use crate::drift::{self, DiffOptions, kept, undeclared};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::operator::ready::Ready;
-use memory::{LastDiffs, Memories};
+use crate::operator::watch;
+use memory::Memories;
 use read::Sources;
 use watches::Watches;
 
@@ -115,6 +117,8 @@ pub struct Settings {
     /// The reviews, policies and namespaces grants are computed from: the
     /// access controller's caches (`access::DecisionCaches`).
     pub approvals: (super::gate::Approvals, Ready),
+    /// The process's cache of AccessRequests.
+    pub requests: crate::operator::watch::Shared<AccessRequest>,
 }
 
 struct Context {
@@ -165,17 +169,12 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     let desired_states = controller.store();
     let reporter = Reporter { controller: "driftwarden".into(), instance: settings.instance.clone() };
     let (source_meta, source_meta_writer) = reflector::store();
-    let (requests, requests_writer) = reflector::store::<AccessRequest>();
-    let (cluster_roles, cluster_roles_writer) = reflector::store::<ClusterRole>();
-    let (roles, roles_writer) = reflector::store::<Role>();
+    let (cluster_roles, cluster_role_events) =
+        watch::reflect(Api::<ClusterRole>::all(client.clone()), watcher::Config::default());
+    let (roles, role_events) = watch::reflect(Api::<Role>::all(client.clone()), watcher::Config::default());
     // The roles' rules are only read: their reflectors run on their own.
-    let role_watches = [
-        tokio::spawn(drive(
-            watcher(Api::<ClusterRole>::all(client.clone()), watcher::Config::default()),
-            cluster_roles_writer,
-        )),
-        tokio::spawn(drive(watcher(Api::<Role>::all(client.clone()), watcher::Config::default()), roles_writer)),
-    ];
+    let role_watches = [tokio::spawn(watch::drive(cluster_role_events)), tokio::spawn(watch::drive(role_events))];
+    let requests = settings.requests.clone();
     let (approvals, approvals_listed) = settings.approvals.clone();
     let limiter = RevertLimiter::new(settings.revert_rate, settings.revert_burst);
     if !settings.verify_sources {
@@ -202,12 +201,12 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         drifted: Mutex::default(),
         gate: Caches {
             listed: Ready::all_of(vec![
-                Ready::of(&requests),
+                requests.listed.clone(),
                 Ready::of(&cluster_roles),
                 Ready::of(&roles),
                 approvals_listed,
             ]),
-            requests: requests.clone(),
+            requests: requests.store.clone(),
             cluster_roles,
             roles,
             approvals,
@@ -226,23 +225,21 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     // Source ConfigMaps by metadata only, and of that only what selects and
     // fingerprints a source: their contents are read when a DesiredState
     // that uses them reconciles.
-    let sources = watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default())
-        .backoff(crate::operator::backoff::WatchBackoff::default())
+    let sources = watch::retrying(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default())
         .modify(kept::source_identity)
         .reflect(source_meta_writer)
         .touched_objects();
     // A grant that opens, ends or logs a write may change the gate's verdict
     // on any drift in its namespace.
-    let access_requests = watcher(Api::<AccessRequest>::all(client.clone()), watcher::Config::default())
-        .backoff(crate::operator::backoff::WatchBackoff::default())
-        .reflect(requests_writer)
-        .touched_objects();
+    let access_requests = requests.changes().map(|change| change.object().clone());
     let states = desired_states.clone();
     let states_of_requests = desired_states.clone();
     let (states_of_keys, states_of_namespaces) = (desired_states.clone(), desired_states.clone());
     controller
         .watches_stream(sources, move |config_map: PartialObjectMeta<ConfigMap>| users_of(&states, &config_map))
-        .watches_stream(access_requests, move |request: AccessRequest| in_namespace(&states_of_requests, &request))
+        .watches_shared_stream(access_requests, move |request: Arc<AccessRequest>| {
+            in_namespace(&states_of_requests, &request)
+        })
         // A key added, changed or removed may accept or refuse any source.
         .watches_stream(key_events.map(Ok), move |key: crate::api::PublisherKey| {
             let _ = key_changes.send(key);
@@ -299,17 +296,6 @@ async fn keep_writes_hook(context: Arc<Context>, hook: Arc<crate::webhook::confi
 
 fn all_of(states: &Store<DesiredState>) -> Vec<ObjectRef<DesiredState>> {
     states.state().iter().map(|ds| ObjectRef::from_obj(&**ds)).collect()
-}
-
-/// Keeps a reflector's store current (retrying with backoff).
-async fn drive<K>(
-    stream: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
-    writer: reflector::store::Writer<K>,
-) where
-    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
-{
-    stream.backoff(crate::operator::backoff::WatchBackoff::default()).reflect(writer).for_each(|_| async {}).await;
 }
 
 /// The DesiredStates in a request's namespace.
@@ -373,13 +359,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let me = ObjectRef::from_obj(&*state);
     let triggered_at = context.pending_since.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
     forget_deleted(&context);
-    context.source_meta_listed.wait().await;
-    if tokio::time::timeout(WATCH_READY_TIMEOUT, context.trust.listed.wait()).await.is_err() {
-        return Err(Error::TrustNotReady);
-    }
-    if tokio::time::timeout(WATCH_READY_TIMEOUT, context.gate.listed.wait()).await.is_err() {
-        return Err(Error::GateNotReady);
-    }
+    read::caches_listed(&context).await?;
     if state.spec.suspend {
         context.watches.release(&me);
         context.metadata_watches.release(&me);
@@ -388,20 +368,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let mut old = state.status.clone().unwrap_or_default();
     let generation = state.metadata.generation;
     let mut memory = context.memories.take(&me);
-    // The cached status may not have caught up with our last write yet:
-    // counts only this status carries must not go back (and an apply
-    // without them would erase them).
-    if let Some(written) = &memory.counts_written {
-        if old.reverts.unwrap_or(0) < written.reverts {
-            old.reverts = Some(written.reverts);
-            old.last_revert = written.last_revert.clone();
-        }
-        if let Some(inventory) = old.inventory.as_mut()
-            && inventory.pruned < written.pruned
-        {
-            inventory.pruned = written.pruned;
-        }
-    }
+    memory.catch_up(&mut old);
 
     // Read.
     let sources = read::sources(&context, &state, &old, &mut memory).await;
@@ -418,10 +385,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         Sources::Refused(refusal) => {
             context.claims.register(&claimant, &Arc::new(kept::Declarations { revision: None, objects: Vec::new() }));
             // Nothing verified to enforce yet: report, and wait for a good source.
-            let status = status::invalid(&old, generation, &refusal, Timestamp::now());
-            execute::write_status(&context, &state, &old, &status).await?;
-            execute::announce_refusal(&context, &state, &old, &refusal).await;
-            warn!(desired_state = %state.name_any(), namespace = ?state.namespace(), reason = refusal.reason, "sources refused; nothing will be changed");
+            execute::refuse(&context, &state, (&old, generation), &refusal).await?;
             return Ok(Action::await_change());
         }
     };
@@ -442,15 +406,10 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let Some(previous) = read::inventory(&context, &state, &mut memory).await else {
         return Ok(Action::requeue(Duration::from_secs(2)));
     };
-    let current: Vec<drift::inventory::Current<'_>> = (parsed.objects.iter().zip(&live.lives).zip(&live.owners))
-        .filter(|(_, owner)| owner.is_none())
-        .map(|((declared, live), _)| drift::inventory::Current {
-            key: &declared.key,
-            uid: live.as_ref().and_then(|l| l.metadata.uid.as_deref()),
-        })
-        .collect();
+
+    let current = report::declared_now(&parsed, &live.lives, &live.owners);
     let policy = drift::inventory::Policy { prune: state.spec.prune, confirmed: state.spec.confirm_prune.as_deref() };
-    let step = drift::inventory::advance(&previous, &current, policy, |id| context.claims.declared(id));
+    let mut step = drift::inventory::advance(&previous, &current, policy, |id| context.claims.declared(id));
     let removed_from_git = step.removed_from_git();
 
     // Plan (pure).
@@ -482,102 +441,58 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         memory.clean_at.insert(object.clone(), now);
     }
 
-    // Execute, then tell.
+    // Execute.
     let outcome = execute::carry_out(&context, &state, &inputs, &plan, &mut memory).await;
-    let mut step = step;
     step.learn_uids(outcome.uids.iter().map(|(index, uid)| (&parsed.objects[*index].key, uid.as_str())));
     let pruned = if state.spec.dry_run {
         execute::Pruned::default()
     } else {
         execute::prune(&context, &state, &resolver, &step, &mut memory.pruning).await
     };
+    let (entries, inventory_saved) = execute::keep_inventory(&context, &state, &step, &pruned, &mut memory).await;
+
+    // Tell: status, Events, metrics (what to tell is pure).
     let inventory_at = format!(
         "{}/{}",
         context.settings.operator_namespace,
         inventory::config_map_name(&state.namespace().unwrap_or_default(), &state.name_any())
     );
-    let (entries, inventory_saved) = execute::keep_inventory(&context, &state, &step, &pruned, &mut memory).await;
-    let in_sync = drift::ObjectDiff::default();
-    let observed = plan::observations(&inputs, &plan, &outcome, &in_sync);
-    let foreign: Vec<String> = (live.owners.iter().enumerate())
-        .filter_map(|(index, owner)| {
-            let owner = owner.as_ref()?;
-            Some(format!("{} (DesiredState {owner})", plan::describe(&parsed.objects[index].key.object_ref())))
-        })
-        .collect();
-    let contested: Vec<String> =
-        plan.contested.iter().map(|index| plan::describe(&parsed.objects[*index].key.object_ref())).collect();
-    let rejected: Vec<String> = memory
-        .rejected_of(&parsed)
-        .into_iter()
-        .map(|(index, reason)| {
-            let declared = &parsed.objects[index];
-            format!("{}: {} cannot be applied: {reason}", declared.origin, declared.key)
-        })
-        .collect();
-    let status = status::after_pass(status::Pass {
-        old: &old,
+    let done = report::Done {
         generation,
-        revision: parsed.revision.clone(),
-        observed: &observed,
+        outcome: &outcome,
         signature: entry.signature.clone(),
         verified: context.settings.verify_sources,
-        rejected: &rejected,
         refusal: refusal.as_ref(),
-        contested: &contested,
         unwatched: &live.unwatched,
-        foreign: &foreign,
-        reverted: outcome.reverted.len() + outcome.deleted.len(),
-        last_revert: outcome.last.clone(),
-        inventory: Some(status::inventory(
-            &old,
-            current.len(),
-            &entries,
-            step.blocked.as_ref(),
-            pruned.deleted.len(),
-            &inventory_at,
-        )),
-        prune_blocked: step.blocked.as_ref().map(status::prune_blocked),
-        now,
-    });
+        inventory: report::Kept {
+            declared: current.len(),
+            entries: &entries,
+            blocked: step.blocked.as_ref(),
+            pruned: pruned.deleted.len(),
+            config_map: &inventory_at,
+        },
+    };
+    let status = report::status(&inputs, &plan, &memory, done);
     execute::write_status(&context, &state, &old, &status).await?;
-    memory.counts_written = Some(memory::Counts {
-        reverts: status.reverts.unwrap_or(0),
-        last_revert: status.last_revert.clone(),
-        pruned: status.inventory.as_ref().map_or(0, |i| i.pruned),
-    });
-    let mut notices = plan::notices(&inputs, &plan, &outcome, &memory, &status);
+    memory.wrote(&status);
+    let notices = report::notices(&inputs, &plan, &outcome, &memory, (&status, refusal.is_some()));
     if let Some(refusal) = &refusal {
         execute::announce_refusal(&context, &state, &old, refusal).await;
-    } else if rejected.is_empty() && old.conditions.iter().any(|c| c.type_ == "SourceValid" && c.status == "False") {
-        let revision = status.revision.as_deref().unwrap_or("without a revision");
-        let by = status.signature.as_ref().map(|s| format!(", signed by {}", s.key)).unwrap_or_default();
-        let note = format!("the sources are valid again{by}: enforcing revision {revision}");
-        notices.push(plan::Notice { type_: EventType::Normal, reason: "SourceAccepted", note });
     }
     execute::announce(&context, &state, notices, triggered_at).await;
     memory.contest.expire(now);
     execute::record_drifted(&context, &me, &status, memory.contest.contested(now));
     execute::show_pending_drift(&context, &state, &status).await;
-
-    let drifting = plan.diffs.iter().enumerate().map(|(i, d)| !d.in_sync() && !outcome.reverted.contains(&i)).collect();
-    let undeclared = (plan.extras.iter().enumerate())
-        .filter(|(at, _)| !outcome.deleted.contains(at))
-        .map(|(_, (index, _))| live.extras[*index].uid.clone())
-        .collect();
-    let versions = plan.versions.clone();
-    memory.last = Some(LastDiffs { sources: parsed.clone(), versions, diffs: plan.diffs, drifting, undeclared });
-
-    // Come back when a held change's window ends, or a deferred revert is due.
-    let mut after = plan.wake.map(|at| Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default());
-    let saving_again = (!inventory_saved).then_some(Duration::from_secs(2));
-    for retry in [outcome.retry_after, pruned.retry_after, saving_again].into_iter().flatten() {
-        after = Some(after.map_or(retry, |a| a.min(retry)));
-    }
     if !plan.deletions.is_empty() && outcome.deleted.len() < plan.deletions.len() {
         info!(desired_state = %state.name_any(), "deletions deferred");
     }
-    Ok(after.map_or_else(Action::await_change, |a| Action::requeue(a.max(Duration::from_millis(10)))))
+
+    // Come back when a held change's window ends, or a deferred step is due.
+    let saving_again = (!inventory_saved).then_some(Duration::from_secs(2));
+    let after =
+        report::next_pass(plan.wake, &[outcome.retry_after, pruned.retry_after, saving_again], Timestamp::now());
+    memory.last = Some(report::remembered(&inputs, plan, &outcome));
+    Ok(after.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Whether every DesiredState that could declare what `state` manages has

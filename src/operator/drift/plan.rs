@@ -381,7 +381,7 @@ impl Notice {
     fn warning(reason: &'static str, note: String) -> Self {
         Notice { type_: EventType::Warning, reason, note }
     }
-    fn normal(reason: &'static str, note: String) -> Self {
+    pub fn normal(reason: &'static str, note: String) -> Self {
         Notice { type_: EventType::Normal, reason, note }
     }
 }

@@ -328,3 +328,59 @@ fn an_object_another_desired_state_owns_is_left_to_it() {
     assert_eq!(notices[0].reason, "ManagedElsewhere");
     assert!(notices[0].note.contains("managed by DesiredState shop/platform"), "{:?}", notices[0]);
 }
+
+/// The whole pass after the plan, as values: status, the next pass's
+/// memory, the Events, the wake-up.
+#[test]
+fn a_pass_is_reported_remembered_and_a_recovered_source_announced() {
+    use crate::operator::drift::report;
+    let mut world = World::new(vec![Some(live("web", 5, "10")), Some(live("api", 2, "11"))], Vec::new());
+    world.old.conditions.push(crate::conditions::condition(
+        &[],
+        "SourceValid",
+        false,
+        "SignatureInvalid",
+        "no trusted key signed it".into(),
+        None,
+        at(0),
+    ));
+    let gate = FixedGate::default();
+    let memory = Memory::default();
+    let inputs = world.inputs();
+    let plan = plan(&inputs, &memory, &gate);
+    assert_eq!(plan.reverts, vec![0]);
+    // The revert of web was deferred (the rate limit): it is still drift.
+    let outcome = Outcome { retry_after: Some(std::time::Duration::from_secs(1)), ..Outcome::default() };
+    let current = report::declared_now(&world.parsed, &world.lives, &world.owners);
+    assert_eq!(current.len(), 2);
+    let done = report::Done {
+        generation: Some(3),
+        outcome: &outcome,
+        signature: None,
+        verified: true,
+        refusal: None,
+        unwatched: &[],
+        inventory: report::Kept {
+            declared: current.len(),
+            entries: &[],
+            blocked: None,
+            pruned: 0,
+            config_map: "ops/inv",
+        },
+    };
+    let status = report::status(&inputs, &plan, &memory, done);
+    assert_eq!((status.drifted, status.observed_generation), (Some(1), Some(3)));
+    assert_eq!(status.drifted_objects.iter().map(|d| d.object.name.as_str()).collect::<Vec<_>>(), ["web"]);
+
+    let reasons = |refused| {
+        let notices = report::notices(&inputs, &plan, &outcome, &memory, (&status, refused));
+        notices.into_iter().map(|n| n.reason).collect::<Vec<_>>()
+    };
+    assert_eq!(reasons(false), ["DriftDetected", "SourceAccepted"]);
+    assert_eq!(reasons(true), ["DriftDetected"], "a refusal that stands is announced by the executor");
+
+    assert_eq!(report::next_pass(plan.wake, &[outcome.retry_after, None], at(100)), outcome.retry_after);
+    let last = report::remembered(&inputs, plan, &outcome);
+    assert_eq!(last.drifting, [true, false]);
+    assert_eq!(last.versions, [Some("10".to_owned()), Some("11".to_owned())]);
+}

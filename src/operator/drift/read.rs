@@ -36,6 +36,19 @@ pub(super) enum Sources {
     Settling,
 }
 
+/// Waits until the caches a pass reads have listed: the source ConfigMaps,
+/// the trust anchors and what the gate reads (those two not forever).
+pub(super) async fn caches_listed(context: &Context) -> Result<(), Error> {
+    context.source_meta_listed.wait().await;
+    if tokio::time::timeout(WATCH_READY_TIMEOUT, context.trust.listed.wait()).await.is_err() {
+        return Err(Error::TrustNotReady);
+    }
+    if tokio::time::timeout(WATCH_READY_TIMEOUT, context.gate.listed.wait()).await.is_err() {
+        return Err(Error::GateNotReady);
+    }
+    Ok(())
+}
+
 /// Fetches the sources, verifies their signature and parses them (pure),
 /// unless they are unchanged since the last good parse (or the last
 /// refusal). Refused sources change nothing: the last verified state is

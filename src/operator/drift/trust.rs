@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tracing::warn;
@@ -17,6 +17,7 @@ use crate::api::{DesiredState, PublisherKey, PublisherKeyStatus};
 use crate::conditions::condition;
 use crate::drift::signature::{self, TrustedKey};
 use crate::operator::ready::Ready;
+use crate::operator::watch;
 
 /// The caches trust is read from.
 pub struct Anchors {
@@ -39,19 +40,11 @@ impl Anchors {
         impl futures::Stream<Item = PublisherKey> + use<>,
         impl futures::Stream<Item = PartialObjectMeta<Namespace>> + use<>,
     ) {
-        let (keys, keys_writer) = reflector::store();
-        let (namespaces, namespaces_writer) = reflector::store();
-        let key_events = watcher(Api::<PublisherKey>::all(client.clone()), watcher::Config::default())
-            .backoff(crate::operator::backoff::WatchBackoff::default())
-            .reflect(keys_writer)
-            .touched_objects()
-            .filter_map(|event| async move { event.ok() });
-        let namespace_events =
-            watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
-                .backoff(crate::operator::backoff::WatchBackoff::default())
-                .reflect(namespaces_writer)
-                .touched_objects()
-                .filter_map(|event| async move { event.ok() });
+        let (keys, key_events) = watch::reflect(Api::<PublisherKey>::all(client.clone()), watcher::Config::default());
+        let (namespaces, namespace_events) =
+            watch::reflect(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default());
+        let key_events = key_events.touched_objects().filter_map(|event| async move { event.ok() });
+        let namespace_events = namespace_events.touched_objects().filter_map(|event| async move { event.ok() });
         let listed = Ready::all_of(vec![Ready::of(&keys), Ready::of(&namespaces)]);
         (Self { keys, namespaces, listed }, key_events, namespace_events)
     }

@@ -233,8 +233,7 @@ impl<K: Cached> Watches<K> {
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
         let write_log = self.write_log.clone();
-        let stream = watcher(api, watcher::Config::default())
-            .backoff(crate::operator::backoff::WatchBackoff::default())
+        let stream = crate::operator::watch::retrying(api, watcher::Config::default())
             .modify(K::for_cache)
             // Every event, before the cache holds it: a pass that reads the
             // new object finds the write that made it confirmed.
