@@ -97,7 +97,9 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         (None, Some(cp)) => cp.kubeconfig(User::Admin),
         (None, None) => bail!("no cluster to run against"),
     };
-    let client = operator_client(&client, &admin_kubeconfig, &operator.namespace, &args.dir).await?;
+    let client =
+        operator_client(&client, &admin_kubeconfig, (&operator.namespace, operator.webhook_url.as_deref()), &args.dir)
+            .await?;
     let result = driftwarden::operator::run(client, operator, driftwarden::commands::shutdown_signal()).await;
     drop(control_plane);
     Ok(result?)
@@ -137,15 +139,16 @@ async fn publish_source(client: &Client, dir: &Path, source: &Path) -> anyhow::R
 async fn operator_client(
     admin: &Client,
     admin_kubeconfig: &Path,
-    namespace: &str,
+    (namespace, webhook_url): (&str, Option<&str>),
     work: &Path,
 ) -> anyhow::Result<Client> {
     use crate::controlplane::operator::{chart_dir, client_with_token, install_chart_identity};
     let values = chart_dir().join("values.yaml");
     std::fs::create_dir_all(work)?;
-    let (account, token) = install_chart_identity(admin, namespace, &values, &std::path::absolute(work)?)
-        .await
-        .context("installing the chart's ServiceAccount, RBAC and status policy for the operator")?;
+    let (account, token) =
+        install_chart_identity(admin, namespace, (&values, webhook_url), &std::path::absolute(work)?)
+            .await
+            .context("installing the chart's ServiceAccount, RBAC and status policy for the operator")?;
     info!(%account, %namespace, "the operator runs as the chart's ServiceAccount, under the chart's RBAC");
     let config = driftwarden::connect::kubeconfig_file(admin_kubeconfig, &Default::default()).await?;
     client_with_token(config, token)

@@ -1,6 +1,9 @@
 //! The Mutating- and ValidatingWebhookConfiguration that route our kinds
 //! to the operator, built here (pure) and applied by the operator so their
-//! caBundle always matches the certificate it serves.
+//! caBundle always matches the certificate it serves. The chart creates
+//! them (`templates/webhookconfigurations.yaml`, the same webhooks: a test
+//! compares them); the operator may only patch them by name, so it cannot
+//! install admission configuration of its own.
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use kube::Client;
@@ -80,7 +83,7 @@ pub fn mutating(endpoint: &Endpoint, ca_pem: &str) -> MutatingWebhookConfigurati
     hook["reinvocationPolicy"] = "IfNeeded".into();
     serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": NAME, "labels": {"app.kubernetes.io/managed-by": "driftwarden"}},
+        "metadata": {"name": NAME},
         "webhooks": [hook],
     }))
     .expect("a well-formed MutatingWebhookConfiguration")
@@ -93,7 +96,7 @@ pub fn validating(endpoint: &Endpoint, ca_pem: &str) -> ValidatingWebhookConfigu
     }
     serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": NAME, "labels": {"app.kubernetes.io/managed-by": "driftwarden"}},
+        "metadata": {"name": NAME},
         "webhooks": [webhook("policy.driftwarden.io", endpoint, VALIDATE_PATH, ca_pem, all_rules)],
     }))
     .expect("a well-formed ValidatingWebhookConfiguration")
@@ -235,7 +238,7 @@ pub fn writes(
     webhooks.push(hook("sessions.driftwarden.io", super::writes::SESSIONS_PATH, sessions, vec![not_ours]));
     serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": WRITES_NAME, "labels": {"app.kubernetes.io/managed-by": "driftwarden"}},
+        "metadata": {"name": WRITES_NAME},
         "webhooks": webhooks,
     }))
     .expect("a well-formed ValidatingWebhookConfiguration")

@@ -106,7 +106,9 @@ pub enum Error {
     Tls(#[from] tls::Error),
     #[error("reading the webhook certificate from {dir}: {source}")]
     CertDir { dir: String, source: std::io::Error },
-    #[error("applying the webhook configurations: {0}")]
+    #[error(
+        "updating the webhook configurations (MutatingWebhookConfiguration and ValidatingWebhookConfiguration driftwarden): {0}; the chart creates them and the operator may only patch them: install or upgrade the chart"
+    )]
     Configure(#[source] kube::Error),
     #[error("serving webhooks on {addr}: {source}")]
     Serve { addr: SocketAddr, source: std::io::Error },

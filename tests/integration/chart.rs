@@ -126,7 +126,13 @@ fn values_that_break_the_schema_are_refused_naming_each_field() {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!out.status.success(), "helm {subcommand} accepted invalid values: {text}");
         assert!(text.contains("don't meet the specifications of the schema"), "{text}");
-        for field in ["/replicaCount", "/access/grantableRoles/0/name", "/managedResources/0/resources/0"] {
+        let fields = [
+            "/replicaCount",
+            "/access/grantableRoles/0/name",
+            "/managedResources/0/resources/0",
+            "/undeclaredResources/0/apiGroup",
+        ];
+        for field in fields {
             assert!(text.contains(&format!("at '{field}'")), "helm {subcommand} did not name {field}: {text}");
         }
     }
@@ -147,9 +153,12 @@ fn default_values_render_two_hardened_replicas_with_probes_and_the_dashboard() {
         "ServiceAccount",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
     ];
-    // Two Services: every replica's webhooks, and the leader's write log.
-    let count = |k: &str| if k == "Service" { 2 } else { 1 };
+    // Two Services: every replica's webhooks, and the leader's write log;
+    // two validating configurations: the access webhooks and the write log.
+    let count = |k: &str| if k == "Service" || k == "ValidatingWebhookConfiguration" { 2 } else { 1 };
     assert_eq!(kinds(&objects), expected.into_iter().map(|k| (k, count(k))).collect());
 
     let deployment = the(&objects, "Deployment");
@@ -271,4 +280,40 @@ fn the_chart_crds_are_the_generated_crds() {
     for (name, content) in &generated {
         assert!(&chart_crds[name] == content, "charts/driftwarden/crds/{name} differs from crds/{name}: {fix}");
     }
+}
+
+/// The chart creates the webhook configurations the operator then patches
+/// (by name, the caBundle): both must describe the same webhooks, or each
+/// start of the operator would rewrite what the chart installed.
+#[test]
+fn the_charts_webhook_configurations_are_the_ones_the_operator_keeps() {
+    use driftwarden::webhook::configuration::{self, Endpoint};
+    let without_ca = |config: Value| {
+        let mut webhooks = config["webhooks"].clone();
+        for hook in webhooks.as_array_mut().unwrap() {
+            hook["clientConfig"].as_object_mut().unwrap().remove("caBundle");
+        }
+        webhooks
+    };
+    let service = Endpoint::Service { namespace: NAMESPACE.into(), name: format!("{RELEASE}-driftwarden"), port: 443 };
+    let url = Endpoint::Url("https://127.0.0.1:9443".into());
+    for (endpoint, set) in [(service, vec![]), (url, vec!["webhook.url=https://127.0.0.1:9443/"])] {
+        let objects = render_with(&default_values(), &set);
+        let named = |kind: &str, name: &str| {
+            let found = of_kind(&objects, kind).into_iter().find(|o| o["metadata"]["name"] == name);
+            found.unwrap_or_else(|| panic!("the chart renders no {kind} {name}")).clone()
+        };
+        let operator = serde_json::to_value(configuration::mutating(&endpoint, "")).unwrap();
+        assert_eq!(named("MutatingWebhookConfiguration", configuration::NAME)["webhooks"], without_ca(operator));
+        let operator = serde_json::to_value(configuration::validating(&endpoint, "")).unwrap();
+        assert_eq!(named("ValidatingWebhookConfiguration", configuration::NAME)["webhooks"], without_ca(operator));
+        // The write log's webhooks are the leader's to fill in.
+        assert!(named("ValidatingWebhookConfiguration", configuration::WRITES_NAME)["webhooks"].is_null());
+    }
+    let objects = render_with(&default_values(), &["writeLog.enabled=false"]);
+    let writes = of_kind(&objects, "ValidatingWebhookConfiguration");
+    assert!(
+        writes.iter().all(|o| o["metadata"]["name"] != configuration::WRITES_NAME),
+        "no write log, no configuration"
+    );
 }

@@ -25,6 +25,7 @@ mod identity;
 mod kubectl_flow;
 mod notifications;
 mod operator_probes;
+mod operator_rbac;
 mod prune;
 mod readme_walkthrough;
 mod rejected_reverts;

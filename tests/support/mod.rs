@@ -24,7 +24,13 @@ static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 /// test has its own runtime, which ends with the test. Its processes die with
 /// the test binary, however that ends (see `controlplane::supervisor`).
 pub fn control_plane() -> &'static ControlPlane {
-    let started = CONTROL_PLANE.get_or_init(|| {
+    started_in(&CONTROL_PLANE)
+}
+
+/// A control plane of a test's own (in `slot`), started and set up as the
+/// shared one: for a test whose cluster-wide objects would disturb others.
+pub fn started_in(slot: &'static OnceLock<Result<ControlPlane, String>>) -> &'static ControlPlane {
+    let started = slot.get_or_init(|| {
         std::thread::spawn(|| {
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;

@@ -55,3 +55,20 @@ Names the operator uses in its own namespace. They are fixed in the operator
 {{- define "driftwarden.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/*
+How the API server reaches the admission webhooks at `path`: the Service in
+front of the operator's Pods, or `webhook.url` for an operator that runs
+outside the cluster (a local control plane, say).
+*/}}
+{{- define "driftwarden.webhookClientConfig" -}}
+{{- if .root.Values.webhook.url -}}
+url: {{ printf "%s%s" (trimSuffix "/" .root.Values.webhook.url) .path | quote }}
+{{- else -}}
+service:
+  namespace: {{ .root.Release.Namespace }}
+  name: {{ include "driftwarden.fullname" .root }}
+  path: {{ .path }}
+  port: {{ .root.Values.webhook.port }}
+{{- end -}}
+{{- end }}

@@ -29,9 +29,10 @@ pub const RELEASE: &str = "driftwarden";
 /// tests' DesiredStates manage and observe, and the roles policies grant.
 pub const CHART_VALUES: &str = "chart-values-operator-tests.yaml";
 /// What the harness (and the quickstart) take from the rendered chart: the
-/// operator's identity, its RBAC, and the admission policy that lets only
-/// that identity write status. (The Deployment needs a kubelet; the
-/// operator runs as a process.)
+/// operator's identity, its RBAC, the admission policy that lets only that
+/// identity write status, and the webhook configurations the operator may
+/// only patch. (The Deployment needs a kubelet; the operator runs as a
+/// process, which the API server calls at `webhook.url`.)
 const RBAC_KINDS: &[&str] = &[
     "ServiceAccount",
     "ClusterRole",
@@ -40,6 +41,8 @@ const RBAC_KINDS: &[&str] = &[
     "RoleBinding",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionPolicyBinding",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
 ];
 /// The identity of the first replica in the leader Lease.
 const PRIMARY: &str = "driftwarden-0";
@@ -125,16 +128,26 @@ pub fn chart_dir() -> PathBuf {
 /// bindings, with the namespace in front. `home` keeps helm's cache and
 /// configuration out of $HOME.
 pub fn chart_rbac(home: &Path) -> anyhow::Result<Vec<Value>> {
-    chart_identity(home, OPERATOR_NAMESPACE, &fixtures_dir().join(CHART_VALUES))
+    chart_identity(home, OPERATOR_NAMESPACE, &fixtures_dir().join(CHART_VALUES), None)
 }
 
 /// The chart rendered by helm (release [`RELEASE`] in `namespace`, with
-/// `values`), reduced to what gives the operator its identity: the
-/// namespace, ServiceAccount, RBAC and status admission policy.
-pub fn chart_identity(home: &Path, namespace: &str, values: &Path) -> anyhow::Result<Vec<Value>> {
+/// `values`, the webhooks at `webhook_url` when the operator runs outside
+/// the cluster), reduced to what gives the operator its identity: the
+/// namespace, ServiceAccount, RBAC, status admission policy and webhook
+/// configurations.
+pub fn chart_identity(
+    home: &Path,
+    namespace: &str,
+    values: &Path,
+    webhook_url: Option<&str>,
+) -> anyhow::Result<Vec<Value>> {
     let helm = super::helm_binary()?;
     let mut command = Command::new(&helm);
     command.args(["template", RELEASE]).arg(chart_dir()).args(["--namespace", namespace, "--values"]).arg(values);
+    if let Some(url) = webhook_url {
+        command.args(["--set", &format!("webhook.url={url}")]);
+    }
     for (var, dir) in [("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")] {
         command.env(var, home.join(dir));
     }
@@ -193,8 +206,9 @@ impl OperatorEnv {
         driftwarden::operator::crds::install(&admin, Duration::from_secs(60)).await?;
         // The operator's identity and RBAC are the chart's, rendered by helm.
         let values = fixtures_dir().join(CHART_VALUES);
+        let url = format!("https://127.0.0.1:{webhook_port}");
         let (service_account, token) =
-            install_chart_identity(&admin, OPERATOR_NAMESPACE, &values, files.path()).await?;
+            install_chart_identity(&admin, OPERATOR_NAMESPACE, (&values, Some(&url)), files.path()).await?;
         crate::quickstart::apply_manifests(&admin, &fixtures_dir().join("user-roles.yaml")).await?;
         wiring.install(&admin, OPERATOR_NAMESPACE).await.context("storing the webhook certificate and audit token")?;
         let publisher = Publisher::new()?;
@@ -319,11 +333,13 @@ impl OperatorEnv {
 pub async fn install_chart_identity(
     admin: &kube::Client,
     namespace: &str,
-    values: &Path,
+    (values, webhook_url): (&Path, Option<&str>),
     work: &Path,
 ) -> anyhow::Result<(String, String)> {
     let (home, ns, values_file) = (work.join("helm"), namespace.to_owned(), values.to_owned());
-    let identity = tokio::task::spawn_blocking(move || chart_identity(&home, &ns, &values_file)).await??;
+    let url = webhook_url.map(str::to_owned);
+    let identity =
+        tokio::task::spawn_blocking(move || chart_identity(&home, &ns, &values_file, url.as_deref())).await??;
     let service_account = identity
         .iter()
         .find(|o| o["kind"] == "ServiceAccount")

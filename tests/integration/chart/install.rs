@@ -4,10 +4,19 @@
 use std::path::Path;
 use std::process::Command;
 
-use driftwarden_dev::controlplane::User;
+use std::sync::OnceLock;
+
+use driftwarden::api::AccessRequest;
+use driftwarden_dev::controlplane::{ControlPlane, User};
+use kube::api::PostParams;
 
 use super::{chart, helm};
-use crate::support::{TestEnv, output};
+use crate::support::{TestEnv, access_request, output, started_in};
+
+/// The install's own control plane: the chart's access webhooks fail closed
+/// and no operator answers them here, so on the shared one they would
+/// refuse the other tests' AccessRequests until the uninstall.
+static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 
 /// kubectl with a kubeconfig of our own (the harness's are per user).
 fn kubectl_with(env: &TestEnv, kubeconfig: &Path) -> Command {
@@ -29,7 +38,7 @@ fn can_i(env: &TestEnv, kubeconfig: &Path, verb: &str, resource: &str, namespace
 
 #[tokio::test]
 async fn helm_install_lets_the_service_account_bind_the_listed_roles_and_nothing_more() {
-    let env = TestEnv::new("helm-install").await;
+    let env = TestEnv::on(started_in(&CONTROL_PLANE), "helm-install").await;
     let ns = env.namespace.as_str();
     // Cluster-scoped objects are named after the release: one per test run.
     let release = ns;
@@ -81,6 +90,16 @@ async fn helm_install_lets_the_service_account_bind_the_listed_roles_and_nothing
         ("update", "secrets/driftwarden-audit", ns, true),
         ("get", "secrets/someone-else", ns, false),
         ("get", "secrets/driftwarden-webhook-tls", other_ns, false),
+        // The chart creates the admission configuration; the operator may
+        // only read and patch its own, by name.
+        ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io", ns, false),
+        ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", ns, false),
+        ("create", "validatingadmissionpolicies.admissionregistration.k8s.io", ns, false),
+        ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/driftwarden", ns, true),
+        ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/driftwarden-writes", ns, true),
+        ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/driftwarden", ns, true),
+        ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/someone-else", ns, false),
+        ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io/driftwarden", ns, false),
     ];
     for (verb, resource, namespace, expected) in checks {
         let allowed = can_i(&env, &operator, verb, resource, namespace);
@@ -104,10 +123,24 @@ async fn helm_install_lets_the_service_account_bind_the_listed_roles_and_nothing
     assert!(refused.contains(r#"rolebindings.rbac.authorization.k8s.io "alice-admin" is forbidden"#), "{refused}");
     assert!(refused.contains("attempting to grant RBAC permissions not currently held"), "{refused}");
 
+    // The access webhooks fail closed from the install on: with no operator
+    // to check who asks, an AccessRequest is refused, never admitted unchecked.
+    let requests = env.raw_api::<AccessRequest>(User::Admin).await;
+    let request = access_request("alice-fix", None, "edit", "30m", "INC-1: roll back the frontend image");
+    let refused = requests.create(&PostParams::default(), &request).await.expect_err("admitted with no operator");
+    assert!(refused.to_string().contains("identity.driftwarden.io"), "{refused}");
+
     let mut uninstall = helm();
     uninstall.args(["uninstall", release, "--namespace", ns, "--kubeconfig"]).arg(&admin_kubeconfig);
     output(uninstall);
     let mut kubectl = env.kubectl(User::Admin);
     kubectl.args(["get", "clusterrole", &account, "--ignore-not-found", "--output=name"]);
     assert_eq!(output(kubectl), "", "helm uninstall left the ClusterRole behind");
+    // Nothing is left that would block the cluster.
+    let mut kubectl = env.kubectl(User::Admin);
+    kubectl.args(["get", "validatingwebhookconfigurations,mutatingwebhookconfigurations", "--output=name"]);
+    assert_eq!(output(kubectl), "", "helm uninstall left admission configuration behind");
+    if let Err(error) = requests.create(&PostParams::default(), &request).await {
+        assert!(!error.to_string().contains("failed calling webhook"), "a webhook outlived the uninstall: {error}");
+    }
 }

@@ -21,9 +21,11 @@ const CLUSTER_WRITES: &[(&str, &str)] = &[
     ("rbac.authorization.k8s.io", "rolebindings"),
     ("events.k8s.io", "events"),
     ("authentication.k8s.io", "selfsubjectreviews"),
-    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
-    ("admissionregistration.k8s.io", "validatingwebhookconfigurations"),
 ];
+/// Admission configuration the operator may patch, by these names only: the
+/// chart creates it. A `create` (which cannot be limited by name) would let
+/// a compromised operator route any request to itself, or refuse them all.
+const OWN_ADMISSION: &[&str] = &["driftwarden", "driftwarden-writes"];
 /// ... and its Lease and Secrets in its own namespace.
 /// In its own namespace: the leader Lease, its Secrets, and the copies of
 /// the last verified sources (ConfigMaps).
@@ -100,6 +102,20 @@ fn rendered_rbac_has_no_wildcard_escalate_or_impersonate_and_binds_only_grantabl
             assert!(!wildcard, "{context}: wildcard in {kind} rule {rule:?}");
             for forbidden in ["escalate", "impersonate"] {
                 assert!(!rule.verbs.iter().any(|v| v == forbidden), "{context}: {forbidden} in {kind} rule {rule:?}");
+            }
+            // Reading admission configuration is fine (observedResources may
+            // list it); writing it only as below.
+            let admission =
+                group_resources(&rule).into_iter().any(|(group, _)| group == "admissionregistration.k8s.io");
+            if admission && rule.verbs.iter().any(|v| WRITE_VERBS.contains(&v.as_str())) {
+                assert!(
+                    rule.verbs.iter().all(|v| v == "get" || v == "patch"),
+                    "{context}: {kind} may do more than get and patch admission configuration: {rule:?}"
+                );
+                assert_eq!(
+                    names, OWN_ADMISSION,
+                    "{context}: {kind} reaches admission configuration not its own: {rule:?}"
+                );
             }
             if rule.verbs.iter().any(|v| v == "bind") {
                 assert!(!names.is_empty(), "{context}: bind without resourceNames in {kind} rule {rule:?}");
