@@ -11,6 +11,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::api::AccessPhase;
 
+mod process;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Phase {
     Pending,
@@ -161,6 +163,7 @@ pub struct NotificationLabels {
 
 pub struct Metrics {
     registry: Registry,
+    process: process::Process,
     pub access_requests: Family<PhaseLabels, Gauge>,
     pub active_grants: Gauge,
     pub grant_expiry_lag: Histogram,
@@ -203,7 +206,12 @@ fn seconds_buckets() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("driftwarden");
+        // driftwarden's own metrics under its prefix; the process's under
+        // the names every Prometheus client uses.
+        let mut root = Registry::default();
+        let process = process::Process::default();
+        process.register(&mut root);
+        let registry = root.sub_registry_with_prefix("driftwarden");
         let access_requests = Family::<PhaseLabels, Gauge>::default();
         registry.register("access_requests", "AccessRequests by phase", access_requests.clone());
         let active_grants = Gauge::default();
@@ -332,7 +340,8 @@ impl Default for Metrics {
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "Build information", build_info);
         Self {
-            registry,
+            registry: root,
+            process,
             access_requests,
             active_grants,
             grant_expiry_lag,
@@ -373,6 +382,7 @@ impl Metrics {
             (k8s_openapi::jiff::Timestamp::now().as_millisecond() as f64 / 1000.0 - oldest as f64).max(0.0)
         };
         self.unauthorized_drift_age.set(age);
+        self.process.refresh();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -8,6 +8,7 @@
 //!   cargo run --release --bin driftwarden-bench -- steady --objects 10000
 //!   cargo run --release --bin driftwarden-bench -- kubectl-diff --objects 10000
 //!   cargo run --release --bin driftwarden-bench -- fixtures --out benches/data
+//!   cargo run --release --bin driftwarden-bench -- write-log --objects 100 --writes 1000
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ mod kubectl_diff;
 mod mix;
 mod process;
 mod steady;
+mod write_log;
 
 #[global_allocator]
 static ALLOCATOR: footprint::Counting = footprint::Counting;
@@ -99,6 +101,15 @@ enum Bench {
         /// How many objects are created, one at a time.
         #[arg(long, default_value_t = 50)]
         creates: usize,
+    },
+    /// The write-log webhook's cost per write: latency with and without it,
+    /// the API server's time calling it, and the operator's CPU per write.
+    WriteLog {
+        #[command(flatten)]
+        managed: Scale,
+        /// How many writes of each kind, one at a time.
+        #[arg(long, default_value_t = 1000)]
+        writes: usize,
     },
     /// At rest, all in sync: the operator's memory, CPU and API requests
     /// (from an audit log of every request), and its peak memory when the
@@ -167,6 +178,9 @@ async fn main() -> anyhow::Result<()> {
             kubectl_diff::run(objects, edits, parallel, runs).await
         }
         Bench::Fixtures { out } => fixtures::run(&out).await,
+        Bench::WriteLog { managed: Scale { objects, parallel }, writes } => {
+            write_log::run(objects, parallel, writes).await
+        }
     }
 }
 

@@ -1,0 +1,117 @@
+//! What the write-log webhook costs a write, measured with the release
+//! operator (the tests run a debug build): the same merge patch, one at a
+//! time, to a managed object the webhook covers and to an object in a
+//! namespace no DesiredState manages (the webhook is not called there),
+//! interleaved in rounds so both see the same load. The patch adds an
+//! annotation Git does not declare: no drift, so nothing is reverted, but
+//! each write is admitted through the webhook, confirmed by the watch, and
+//! wakes the DesiredState's pass, as a write in a managed namespace does.
+
+use std::time::Instant;
+
+use driftwarden_dev::controlplane::User;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::{managed, mix, percentiles, scrape_metrics, setup_namespace};
+
+const WEBHOOK: &str = "name=\"writes.driftwarden.io\"";
+
+/// One value of a metric line that starts with `metric` (and holds `filter`), summed.
+fn total(text: &str, metric: &str, filter: &str) -> f64 {
+    (text.lines())
+        .filter(|l| l.starts_with(metric) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The API server's calls to the webhook: total seconds, count, and how many took under 5 ms.
+async fn calls(admin: &kube::Client) -> anyhow::Result<(f64, f64, f64)> {
+    let text = admin.request_text(http::Request::get("/metrics").body(Vec::new())?).await?;
+    let histogram = "apiserver_admission_webhook_admission_duration_seconds";
+    let under_5ms = (text.lines())
+        .filter(|l| l.starts_with(&format!("{histogram}_bucket")) && l.contains(WEBHOOK) && l.contains("le=\"0.005\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Ok((
+        total(&text, &format!("{histogram}_sum"), WEBHOOK),
+        total(&text, &format!("{histogram}_count"), WEBHOOK),
+        under_5ms,
+    ))
+}
+
+async fn cpu_seconds(port: u16) -> anyhow::Result<f64> {
+    Ok(total(&scrape_metrics(port).await?, "process_cpu_seconds_total ", ""))
+}
+
+async fn timed(api: &Api<ConfigMap>, name: &str, count: usize, round: usize) -> anyhow::Result<Vec<f64>> {
+    let mut latencies = Vec::with_capacity(count);
+    for n in 0..count {
+        let patch =
+            Patch::Merge(json!({"metadata": {"annotations": {"bench.driftwarden.io/n": format!("{round}-{n}")}}}));
+        let started = Instant::now();
+        api.patch(name, &PatchParams::default(), &patch).await?;
+        latencies.push(started.elapsed().as_secs_f64());
+    }
+    Ok(latencies)
+}
+
+pub async fn run(objects: usize, parallel: usize, writes: usize) -> anyhow::Result<()> {
+    let namespace = "bench-write-log";
+    let bench = managed(objects, parallel, json!({"unauthorized": "Revert"}), namespace).await?;
+    let env = &bench.env;
+    let admin = env.cp.client(User::Admin).await?;
+    let unmanaged = "bench-write-log-off";
+    setup_namespace(&admin, unmanaged).await?;
+    let off: Api<ConfigMap> = Api::namespaced(admin.clone(), unmanaged);
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "bench"}, "data": {"n": "0"}}))?;
+    off.create(&PostParams::default(), &cm).await?;
+    // Object 0 of the mix is a ConfigMap.
+    let target = mix::object_name(0);
+    let on = &bench.config_maps;
+
+    timed(on, &target, 20, 0).await?;
+    timed(&off, "bench", 20, 0).await?;
+    let rounds = 10;
+    let per_round = writes.div_ceil(rounds);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut cpu_with, mut cpu_without) = (0.0, 0.0);
+    let before = calls(&admin).await?;
+    for round in 1..=rounds {
+        let start = cpu_seconds(env.http_port).await?;
+        with.extend(timed(on, &target, per_round, round).await?);
+        let between = cpu_seconds(env.http_port).await?;
+        without.extend(timed(&off, "bench", per_round, round).await?);
+        cpu_with += between - start;
+        cpu_without += cpu_seconds(env.http_port).await? - between;
+    }
+    let after = calls(&admin).await?;
+    let state = kube::Api::<driftwarden::api::DesiredState>::namespaced(admin.clone(), namespace).get("bench").await?;
+    let drifted = state.status.and_then(|s| s.drifted).unwrap_or(0);
+
+    let n = with.len();
+    let (with_p50, with_p99, _) = percentiles(with);
+    let (without_p50, without_p99, _) = percentiles(without);
+    let count = (after.1 - before.1).max(1.0);
+    let ms = |s: f64| s * 1e3;
+    println!("| {n} writes, {objects} managed objects | p50 | p99 |");
+    println!("|---|---:|---:|");
+    println!("| to a managed object (webhook called) | {:.1} ms | {:.1} ms |", ms(with_p50), ms(with_p99));
+    println!("| to an unmanaged namespace (no webhook) | {:.1} ms | {:.1} ms |", ms(without_p50), ms(without_p99));
+    println!("| added | {:.1} ms | {:.1} ms |", ms(with_p50 - without_p50), ms(with_p99 - without_p99));
+    println!();
+    println!(
+        "the API server's calls to the webhook: {count} in {:.2} ms on average, {:.1}% under 5 ms",
+        ms((after.0 - before.0) / count),
+        (after.2 - before.2) / count * 100.0
+    );
+    let per_thousand = |cpu: f64| cpu / n as f64 * 1000.0 * 1e3;
+    println!(
+        "operator CPU per 1,000 writes: {:.0} ms to the managed object (admission, confirmation, the pass it wakes), {:.0} ms to the unmanaged namespace",
+        per_thousand(cpu_with),
+        per_thousand(cpu_without)
+    );
+    println!("drifted objects after the writes: {drifted} (the annotation is not declared: no drift)");
+    Ok(())
+}
