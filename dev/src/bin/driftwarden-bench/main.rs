@@ -392,6 +392,20 @@ pub(crate) async fn manage(
     remediation: serde_json::Value,
     namespace: &str,
 ) -> anyhow::Result<Managed> {
+    // DRIFTWARDEN_BENCH_UNDECLARED=off: without the undeclared-object
+    // watches, to measure what they cost.
+    let undeclared = std::env::var("DRIFTWARDEN_BENCH_UNDECLARED").map_or(true, |v| v != "off");
+    manage_with(env, (objects, parallel), remediation, namespace, undeclared).await
+}
+
+/// [`manage`], with undeclared objects judged or not.
+pub(crate) async fn manage_with(
+    env: OperatorEnv,
+    (objects, parallel): (usize, usize),
+    remediation: serde_json::Value,
+    namespace: &str,
+    undeclared: bool,
+) -> anyhow::Result<Managed> {
     use driftwarden::api::DesiredState;
     use k8s_openapi::api::core::v1::ConfigMap;
 
@@ -415,9 +429,6 @@ pub(crate) async fn manage(
     for source in sources {
         config_maps.create(&PostParams::default(), &source).await?;
     }
-    // DRIFTWARDEN_BENCH_UNDECLARED=off: without the undeclared-object
-    // watches, to measure what they cost.
-    let undeclared = std::env::var("DRIFTWARDEN_BENCH_UNDECLARED").map_or(true, |v| v != "off");
     let state: DesiredState = serde_json::from_value(json!({
         "metadata": {"name": "bench"},
         "spec": {"sources": [{"selector": {"matchLabels": {driftwarden::drift::pack::SOURCE_LABEL: "state"}}}],
