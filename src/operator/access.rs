@@ -39,8 +39,8 @@ const CONTROLLER: &str = "access";
 const CACHE_WAIT: Duration = Duration::from_secs(10);
 
 /// Ready once the caches a decision reads have all listed.
-fn decidable(policies: &Store<AccessPolicy>, namespaces: &Store<Namespace>, reviews: &Store<AccessReview>) -> Ready {
-    Ready::all_of(vec![Ready::of(policies), Ready::of(namespaces), Ready::of(reviews)])
+fn decidable(policies: &Store<AccessPolicy>, namespaces: Ready, reviews: &Store<AccessReview>) -> Ready {
+    Ready::all_of(vec![Ready::of(policies), namespaces, Ready::of(reviews)])
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +96,10 @@ pub struct Settings {
 }
 
 /// The reviews, policies and namespaces requests are decided from: one
-/// watch of each per leadership term, read by this controller and by the
-/// drift gate (`gate::Approvals::of`), so that both decide from the same
-/// state. The watches run while [`run`] polls them.
+/// watch of reviews and policies per leadership term (the namespaces are
+/// the process's cache), read by this controller and by the drift gate
+/// (`gate::Approvals::of`), so that both decide from the same state. The
+/// watches run while [`run`] polls them.
 pub struct DecisionCaches {
     pub reviews: Store<AccessReview>,
     pub policies: Store<AccessPolicy>,
@@ -106,16 +107,16 @@ pub struct DecisionCaches {
     /// All three have listed. One waiter per store, shared by every reader:
     /// kube wakes only one of several waiters on a store (see `operator::ready`).
     pub listed: Ready,
-    streams: (Reflected<AccessReview>, Reflected<AccessPolicy>, Reflected<Namespace>),
+    streams: (Reflected<AccessReview>, Reflected<AccessPolicy>),
 }
 
 impl DecisionCaches {
-    pub fn watch(client: &Client) -> Self {
+    pub fn watch(client: &Client, namespaces: &watch::Shared<Namespace>) -> Self {
         let (reviews, review_events) = watch::reflect(Api::all(client.clone()), watcher::Config::default());
         let (policies, policy_events) = watch::reflect(Api::all(client.clone()), watcher::Config::default());
-        let (namespaces, namespace_events) = watch::reflect(Api::all(client.clone()), watcher::Config::default());
-        let listed = decidable(&policies, &namespaces, &reviews);
-        Self { reviews, policies, namespaces, listed, streams: (review_events, policy_events, namespace_events) }
+        let listed = decidable(&policies, namespaces.listed.clone(), &reviews);
+        let namespaces = namespaces.store.clone();
+        Self { reviews, policies, namespaces, listed, streams: (review_events, policy_events) }
     }
 }
 
@@ -130,13 +131,11 @@ pub async fn run(
     let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
 
     let DecisionCaches { reviews, policies, namespaces, listed: decidable, streams } = caches;
-    let (review_events, policy_events, namespace_events) = streams;
+    let (review_events, policy_events) = streams;
     let review_events =
         review_events.touched_objects().inspect_err(|error| warn!(%error, "AccessReview watch failed; retrying"));
     let policy_events =
         policy_events.touched_objects().inspect_err(|error| warn!(%error, "AccessPolicy watch failed; retrying"));
-    let namespace_events =
-        namespace_events.touched_objects().inspect_err(|error| warn!(%error, "Namespace watch failed; retrying"));
     let (bindings, binding_events) = watch::reflect(Api::<RoleBinding>::all(client.clone()), managed);
     let binding_events =
         binding_events.touched_objects().inspect_err(|error| warn!(%error, "RoleBinding watch failed; retrying"));
@@ -168,8 +167,6 @@ pub async fn run(
         notices: settings.notices.clone(),
     });
 
-    // Namespaces only feed the cache; their changes matter at the next reconcile.
-    let namespace_cache = tokio::spawn(namespace_events.for_each(|_| async {}));
     let controller = controller
         .owns_stream(binding_events)
         .watches_stream(review_events, |review: AccessReview| {
@@ -187,7 +184,7 @@ pub async fn run(
         () = controller => {},
         () = shutdown.cancelled() => {},
     }
-    for task in [namespace_cache, sweeper, gauges] {
+    for task in [sweeper, gauges] {
         task.abort();
     }
 }
@@ -586,7 +583,7 @@ mod tests {
         let context = Arc::new(Context {
             recorder: Recorder::new(client.clone(), Reporter { controller: "driftwarden".into(), instance: None }),
             client,
-            decidable: decidable(&policies, &namespaces, &reviews),
+            decidable: decidable(&policies, Ready::of(&namespaces), &reviews),
             bindings_listed: Ready::of(&bindings),
             requests_listed: Ready::of(&requests),
             requests,

@@ -105,9 +105,10 @@ pub async fn run(
     };
     // Every replica receives audit events (the API server reaches any of
     // them through the Service) and logs them on AccessRequests.
-    // The one cache of requests in the process, also read by the leader's
-    // controllers.
+    // The process's one cache of requests and of namespaces, also read by
+    // the leader's controllers.
     let requests = watch::Shared::<AccessRequest>::start(kube::Api::all(client.clone()));
+    let namespaces = watch::Shared::<k8s_openapi::api::core::v1::Namespace>::start(kube::Api::all(client.clone()));
     let operator_user = match records::own_username(&client).await {
         Ok(user) => user,
         Err(error) => {
@@ -155,7 +156,8 @@ pub async fn run(
         client.clone(),
         metrics.clone(),
         &args,
-        (write_log, writes_hook, sessions, requests),
+        (write_log, writes_hook, sessions),
+        (requests, namespaces),
         leadership.is_leader.clone(),
         stop.clone(),
     );
@@ -189,12 +191,12 @@ async fn lead(
     client: Client,
     metrics: Arc<Metrics>,
     args: &OperatorArgs,
-    (write_log, writes_hook, sessions, requests): (
+    (write_log, writes_hook, sessions): (
         Arc<writelog::SharedLog>,
         Arc<webhook::configuration::WritesHook>,
         Arc<sessions::Sessions>,
-        watch::Shared<AccessRequest>,
     ),
+    (requests, namespaces): (watch::Shared<AccessRequest>, watch::Shared<k8s_openapi::api::core::v1::Namespace>),
     mut is_leader: tokio::sync::watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
@@ -215,7 +217,7 @@ async fn lead(
             instance: args.pod_name.clone(),
             notices: notices.clone(),
         };
-        let caches = access::DecisionCaches::watch(&client);
+        let caches = access::DecisionCaches::watch(&client, &namespaces);
         let approvals = gate::Approvals::of(&caches);
         let access = access::run(client.clone(), metrics.clone(), settings, (requests.clone(), caches), term.clone());
         let drift_settings = drift::Settings {
@@ -230,6 +232,7 @@ async fn lead(
             notices,
             approvals,
             requests: requests.clone(),
+            namespaces: namespaces.clone(),
         };
         let drift = drift::run(client.clone(), metrics.clone(), drift_settings, term.clone());
         let running = futures::future::join3(access, drift, notifications);

@@ -117,8 +117,9 @@ pub struct Settings {
     /// The reviews, policies and namespaces grants are computed from: the
     /// access controller's caches (`access::DecisionCaches`).
     pub approvals: (super::gate::Approvals, Ready),
-    /// The process's cache of AccessRequests.
+    /// The process's caches of AccessRequests and of Namespaces.
     pub requests: crate::operator::watch::Shared<AccessRequest>,
+    pub namespaces: crate::operator::watch::Shared<Namespace>,
 }
 
 struct Context {
@@ -182,7 +183,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
             "source signature verification is OFF (--insecure-skip-source-verification): anyone who can write a source ConfigMap decides what is enforced"
         );
     }
-    let (trust, key_events, namespace_events) = trust::Anchors::start(&client);
+    let (trust, key_events) = trust::Anchors::start(&client, &settings.namespaces);
+    let namespace_events = settings.namespaces.changes().map(|change| change.object().clone());
     // The same watch that keeps the anchors current feeds the keys' status.
     let (key_changes, changed_keys) = tokio::sync::mpsc::unbounded_channel();
     let key_status = tokio::spawn(trust::keep_key_status(client.clone(), trust.keys.clone(), changed_keys));
@@ -245,7 +247,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
             let _ = key_changes.send(key);
             all_of(&states_of_keys)
         })
-        .watches_stream(namespace_events.map(Ok), move |ns: PartialObjectMeta<Namespace>| {
+        .watches_shared_stream(namespace_events, move |ns: Arc<Namespace>| {
             states_of_namespaces
                 .state()
                 .iter()

@@ -6,7 +6,7 @@
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -22,7 +22,8 @@ use crate::operator::watch;
 /// The caches trust is read from.
 pub struct Anchors {
     pub keys: Store<PublisherKey>,
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// The process's cache of Namespaces (their labels select keys).
+    pub namespaces: Store<Namespace>,
     pub listed: Ready,
 }
 
@@ -31,22 +32,16 @@ pub struct Anchors {
 pub type Fingerprint = Vec<(String, String)>;
 
 impl Anchors {
-    /// Starts the caches; the returned streams drive them (and say when a
-    /// key or a namespace changed).
+    /// Starts the keys' cache; the returned stream drives it (and says when
+    /// a key changed). Namespaces come from the process's cache.
     pub fn start(
         client: &Client,
-    ) -> (
-        Self,
-        impl futures::Stream<Item = PublisherKey> + use<>,
-        impl futures::Stream<Item = PartialObjectMeta<Namespace>> + use<>,
-    ) {
+        namespaces: &watch::Shared<Namespace>,
+    ) -> (Self, impl futures::Stream<Item = PublisherKey> + use<>) {
         let (keys, key_events) = watch::reflect(Api::<PublisherKey>::all(client.clone()), watcher::Config::default());
-        let (namespaces, namespace_events) =
-            watch::reflect(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default());
         let key_events = key_events.touched_objects().filter_map(|event| async move { event.ok() });
-        let namespace_events = namespace_events.touched_objects().filter_map(|event| async move { event.ok() });
-        let listed = Ready::all_of(vec![Ready::of(&keys), Ready::of(&namespaces)]);
-        (Self { keys, namespaces, listed }, key_events, namespace_events)
+        let listed = Ready::all_of(vec![Ready::of(&keys), namespaces.listed.clone()]);
+        (Self { keys, namespaces: namespaces.store.clone(), listed }, key_events)
     }
 
     /// The keys `state` accepts: PublisherKeys whose selector matches its
