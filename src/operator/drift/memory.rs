@@ -10,7 +10,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::status;
 use super::trust;
-use crate::api::{self, DesiredState};
+use crate::api::{self, DesiredState, DesiredStateStatus};
 use crate::drift::kept::Declarations;
 use crate::drift::{self, signature};
 
@@ -112,6 +112,31 @@ impl Memory {
     pub fn new_parse(&mut self) {
         self.reverted.clear();
     }
+
+    /// The cached status may not have caught up with this process's last
+    /// write yet: counts only status carries must not go back (an apply
+    /// without them would erase them).
+    pub fn catch_up(&self, old: &mut DesiredStateStatus) {
+        let Some(written) = &self.counts_written else { return };
+        if old.reverts.unwrap_or(0) < written.reverts {
+            old.reverts = Some(written.reverts);
+            old.last_revert = written.last_revert.clone();
+        }
+        if let Some(inventory) = old.inventory.as_mut()
+            && inventory.pruned < written.pruned
+        {
+            inventory.pruned = written.pruned;
+        }
+    }
+
+    /// Remembers the counts of a status just written.
+    pub fn wrote(&mut self, status: &DesiredStateStatus) {
+        self.counts_written = Some(Counts {
+            reverts: status.reverts.unwrap_or(0),
+            last_revert: status.last_revert.clone(),
+            pruned: status.inventory.as_ref().map_or(0, |i| i.pruned),
+        });
+    }
 }
 
 /// The memory of every DesiredState.
@@ -170,5 +195,38 @@ impl Drop for Taken<'_> {
         if let Some(memory) = self.memory.take() {
             self.memories.lock().insert(self.me.clone(), memory);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_this_process_wrote_do_not_go_back_in_a_stale_status() {
+        let mut memory = Memory::default();
+        let mut old = DesiredStateStatus::default();
+        memory.catch_up(&mut old);
+        assert_eq!(old.reverts, None, "nothing written yet: the status stands");
+
+        let written = DesiredStateStatus {
+            reverts: Some(4),
+            inventory: Some(crate::api::InventoryStatus { pruned: 2, ..Default::default() }),
+            ..Default::default()
+        };
+        memory.wrote(&written);
+        let mut stale = DesiredStateStatus {
+            reverts: Some(3),
+            inventory: Some(crate::api::InventoryStatus { pruned: 1, ..Default::default() }),
+            ..Default::default()
+        };
+        memory.catch_up(&mut stale);
+        assert_eq!(stale.reverts, Some(4));
+        assert_eq!(stale.inventory.as_ref().map(|i| i.pruned), Some(2));
+
+        // A status that moved on (another replica wrote since) is kept.
+        let mut newer = DesiredStateStatus { reverts: Some(9), ..Default::default() };
+        memory.catch_up(&mut newer);
+        assert_eq!(newer.reverts, Some(9));
     }
 }

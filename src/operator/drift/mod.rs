@@ -118,8 +118,8 @@ pub struct Settings {
     /// access controller's caches (`access::DecisionCaches`).
     pub approvals: (super::gate::Approvals, Ready),
     /// The process's caches of AccessRequests and of Namespaces.
-    pub requests: crate::operator::watch::Shared<AccessRequest>,
-    pub namespaces: crate::operator::watch::Shared<Namespace>,
+    pub requests: watch::Shared<AccessRequest>,
+    pub namespaces: watch::Shared<Namespace>,
 }
 
 struct Context {

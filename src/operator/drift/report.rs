@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 
 use super::claims::Claimant;
-use super::memory::{Counts, LastDiffs, Memory};
+use super::memory::{LastDiffs, Memory};
 use super::plan::{self, Inputs, Notice, Outcome, Plan};
 use super::status::{self, Refusal};
 use crate::api::DesiredStateStatus;
@@ -148,33 +148,6 @@ pub(super) fn next_pass(wake: Option<Timestamp>, retries: &[Option<Duration>], n
     Some(soonest.max(Duration::from_millis(10)))
 }
 
-impl Memory {
-    /// The cached status may not have caught up with this process's last
-    /// write yet: counts only status carries must not go back (an apply
-    /// without them would erase them).
-    pub fn catch_up(&self, old: &mut DesiredStateStatus) {
-        let Some(written) = &self.counts_written else { return };
-        if old.reverts.unwrap_or(0) < written.reverts {
-            old.reverts = Some(written.reverts);
-            old.last_revert = written.last_revert.clone();
-        }
-        if let Some(inventory) = old.inventory.as_mut()
-            && inventory.pruned < written.pruned
-        {
-            inventory.pruned = written.pruned;
-        }
-    }
-
-    /// Remembers the counts of a status just written.
-    pub fn wrote(&mut self, status: &DesiredStateStatus) {
-        self.counts_written = Some(Counts {
-            reverts: status.reverts.unwrap_or(0),
-            last_revert: status.last_revert.clone(),
-            pruned: status.inventory.as_ref().map_or(0, |i| i.pruned),
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,33 +172,5 @@ mod tests {
         for (wake, retries, expected) in table {
             assert_eq!(next_pass(wake, &retries, now), expected, "{wake:?} {retries:?}");
         }
-    }
-
-    #[test]
-    fn counts_this_process_wrote_do_not_go_back_in_a_stale_status() {
-        let mut memory = Memory::default();
-        let mut old = DesiredStateStatus::default();
-        memory.catch_up(&mut old);
-        assert_eq!(old.reverts, None, "nothing written yet: the status stands");
-
-        let written = DesiredStateStatus {
-            reverts: Some(4),
-            inventory: Some(crate::api::InventoryStatus { pruned: 2, ..Default::default() }),
-            ..Default::default()
-        };
-        memory.wrote(&written);
-        let mut stale = DesiredStateStatus {
-            reverts: Some(3),
-            inventory: Some(crate::api::InventoryStatus { pruned: 1, ..Default::default() }),
-            ..Default::default()
-        };
-        memory.catch_up(&mut stale);
-        assert_eq!(stale.reverts, Some(4));
-        assert_eq!(stale.inventory.as_ref().map(|i| i.pruned), Some(2));
-
-        // A status that moved on (another replica wrote since) is kept.
-        let mut newer = DesiredStateStatus { reverts: Some(9), ..Default::default() };
-        memory.catch_up(&mut newer);
-        assert_eq!(newer.reverts, Some(9));
     }
 }
