@@ -6,6 +6,8 @@
 #
 #   build.sh [controlplane]  etcd, kube-apiserver, kube-controller-manager and
 #                            a kubectl of the same release (./etcd, ./kube)
+#   build.sh node            kubelet, kube-scheduler and kube-proxy of the same
+#                            release, and the Pods' sandbox program (./kube, ./pause)
 #   build.sh helm            helm, for the chart tests (./helm)
 #   build.sh prometheus      Prometheus, for the dashboard test (./prometheus)
 #   build.sh alertmanager    Alertmanager, for the notification test (./alertmanager)
@@ -31,6 +33,11 @@ controlplane)
 	name="k8s-$KUBE_VERSION-etcd-$ETCD_VERSION"
 	binaries=(kube-apiserver kube-controller-manager kubectl etcd)
 	;;
+node)
+	inputs=("$here/kube/go.mod" "$here/kube/go.sum" "$here/pause/go.mod" "$here/pause/main.go")
+	name="node-$KUBE_VERSION"
+	binaries=(kubelet kube-scheduler kube-proxy pause pause.oci.tar)
+	;;
 helm)
 	inputs=("$here/helm/go.mod" "$here/helm/go.sum")
 	name="helm-$HELM_VERSION"
@@ -47,7 +54,7 @@ alertmanager)
 	binaries=(alertmanager)
 	;;
 *)
-	echo "usage: $0 [controlplane|helm|prometheus|alertmanager]" >&2
+	echo "usage: $0 [controlplane|node|helm|prometheus|alertmanager]" >&2
 	exit 2
 	;;
 esac
@@ -57,7 +64,7 @@ bin="$cache_root/controlplane/$name-$key"
 
 cached=true
 for binary in "${binaries[@]}"; do
-	[[ -x "$bin/$binary" ]] || cached=false
+	[[ -s "$bin/$binary" ]] || cached=false
 done
 if $cached; then
 	echo "$target binaries cached in $bin" >&2
@@ -89,18 +96,35 @@ build() { # name module-dir package ldflags [build tags]
 }
 
 minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+kube_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	kube_ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+	kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
 case $target in
 controlplane)
-	kube_ldflags="-s -w"
-	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-		kube_ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-		kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-	done
-
 	build etcd "$here/etcd" . "-s -w"
 	build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 	build kube-controller-manager "$here/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
 	build kubectl "$here/kube" k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
+	;;
+node)
+	build kubelet "$here/kube" k8s.io/kubernetes/cmd/kubelet "$kube_ldflags"
+	build kube-scheduler "$here/kube" k8s.io/kubernetes/cmd/kube-scheduler "$kube_ldflags"
+	build kube-proxy "$here/kube" k8s.io/kubernetes/cmd/kube-proxy "$kube_ldflags"
+	build pause "$here/pause" . "-s -w"
+	# The Pods' sandbox image (no registry to pull one from): the program
+	# alone in an empty image, packed by buildah without a daemon.
+	command -v buildah >/dev/null || { echo "error: buildah is required to pack the sandbox image (apt-get install buildah)" >&2; exit 1; }
+	storage=$(mktemp -d)
+	bh=(buildah --root "$storage/root" --runroot "$storage/run" --storage-driver vfs)
+	container=$("${bh[@]}" from --isolation chroot scratch)
+	"${bh[@]}" copy "$container" "$bin.partial/pause" /pause >/dev/null
+	"${bh[@]}" config --entrypoint '["/pause"]' --cmd '' --user 65535:65535 "$container"
+	"${bh[@]}" commit -q "$container" localhost/driftwarden-pause:1 >/dev/null
+	"${bh[@]}" push -q localhost/driftwarden-pause:1 "oci-archive:$bin.partial/pause.oci.tar:localhost/driftwarden-pause:1"
+	"${bh[@]}" rm --all >/dev/null 2>&1 || true
+	rm -rf "$storage"
 	;;
 helm)
 	# Helm's own release build sets these: its version, and the Kubernetes

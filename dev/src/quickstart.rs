@@ -70,6 +70,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 controller_manager: true,
                 dir: Some(dir),
                 audit_webhook: Some(wiring.webhook.clone()),
+                node: false,
             };
             let control_plane = ControlPlane::start(options).await.context("starting the local control plane")?;
             (control_plane.client(User::Admin).await?, Some(control_plane), Some(wiring))

@@ -6,6 +6,7 @@
 
 mod dashboard;
 mod install;
+mod on_a_node;
 mod rbac;
 
 use std::collections::BTreeMap;

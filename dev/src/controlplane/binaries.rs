@@ -36,6 +36,14 @@ pub fn ensure() -> Result<PathBuf, Error> {
     }
 }
 
+/// The node's binaries (kubelet, kube-scheduler, kube-proxy, the sandbox
+/// program and its image), built and cached by `build.sh node`; looked up
+/// once per process.
+pub fn node() -> Result<PathBuf, Error> {
+    static NODE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    NODE.get_or_init(|| build("node").map_err(|e| e.to_string())).clone().map_err(Error::Build)
+}
+
 /// `helm`, from [`HELM_ENV`] or built from the pinned Go module in
 /// `dev/controlplane/helm` and cached like the control plane binaries
 /// (`build.sh helm`). Looked up once per process: the build script is slow

@@ -11,6 +11,9 @@ pub struct Layout {
     pub etcd_client_port: u16,
     pub etcd_peer_port: u16,
     pub apiserver_port: u16,
+    /// With a node: the host's address, at which its Pods reach the API
+    /// server (the `kubernetes` Service's endpoint).
+    pub node_address: Option<std::net::Ipv4Addr>,
 }
 
 impl Layout {
@@ -78,6 +81,24 @@ pub fn apiserver(layout: &Layout, audit: Option<&AuditWebhook>) -> Vec<String> {
         "--profiling=false".into(),
         "--v=0".into(),
     ];
+    if let Some(address) = layout.node_address {
+        // Pods reach it at the host's address (loopback is theirs, not
+        // ours); the kubelet's credentials are limited to its own node's
+        // objects; webhook Services are called at their Pods' addresses,
+        // so no kube-proxy is needed for admission.
+        args.retain(|a| !a.starts_with("--bind-address") && !a.starts_with("--advertise-address"));
+        args.retain(|a| !a.starts_with("--authorization-mode"));
+        args.extend([
+            "--bind-address=0.0.0.0".into(),
+            format!("--advertise-address={address}"),
+            "--authorization-mode=Node,RBAC".into(),
+            "--enable-admission-plugins=NodeRestriction".into(),
+            "--enable-aggregator-routing=true".into(),
+            format!("--kubelet-client-certificate={}", s(layout.path("apiserver-kubelet-client.crt"))),
+            format!("--kubelet-client-key={}", s(layout.path("apiserver-kubelet-client.key"))),
+            "--kubelet-preferred-address-types=InternalIP".into(),
+        ]);
+    }
     if audit.is_some() {
         args.push(format!("--audit-policy-file={}", s(layout.path("audit-policy.yaml"))));
         args.push(format!("--audit-webhook-config-file={}", s(layout.path("audit-webhook.kubeconfig"))));
@@ -98,11 +119,22 @@ pub const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller
 root-ca-certificate-publisher-controller,deployment-controller,replicaset-controller,job-controller,\
 serviceaccount-token-controller,clusterrole-aggregation-controller,resourcequota-controller";
 
-/// kube-controller-manager with just [`CONTROLLERS`].
+/// With a node, also: Services get endpoints (the webhooks' and the
+/// `kubernetes` one), the node's health is tracked, and Pods on a node that
+/// is gone are collected.
+pub const NODE_CONTROLLERS: &str = "endpoints-controller,endpointslice-controller,endpointslice-mirroring-controller,\
+node-lifecycle-controller,pod-garbage-collector-controller,ttl-controller,taint-eviction-controller,\
+disruption-controller";
+
+/// kube-controller-manager with just [`CONTROLLERS`] (and [`NODE_CONTROLLERS`]).
 pub fn controller_manager(layout: &Layout) -> Vec<String> {
+    let controllers = match layout.node_address {
+        Some(_) => format!("{CONTROLLERS},{NODE_CONTROLLERS}"),
+        None => CONTROLLERS.to_owned(),
+    };
     vec![
         format!("--kubeconfig={}", s(layout.path("kube-controller-manager.kubeconfig"))),
-        format!("--controllers={CONTROLLERS}"),
+        format!("--controllers={controllers}"),
         format!("--service-account-private-key-file={}", s(layout.path("sa.key"))),
         format!("--root-ca-file={}", s(layout.path("ca.crt"))),
         "--use-service-account-credentials=false".into(),
@@ -164,7 +196,13 @@ mod tests {
     use super::*;
 
     fn layout() -> Layout {
-        Layout { dir: "/cp".into(), etcd_client_port: 2379, etcd_peer_port: 2380, apiserver_port: 6443 }
+        Layout {
+            dir: "/cp".into(),
+            etcd_client_port: 2379,
+            etcd_peer_port: 2380,
+            apiserver_port: 6443,
+            node_address: None,
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod audit;
 mod binaries;
 mod flags;
+pub mod node;
 pub mod operator;
 pub mod supervisor;
 mod users;
@@ -67,6 +68,10 @@ pub struct Options {
     /// Keep certificates, kubeconfigs and logs here instead of in a fresh
     /// temporary directory that is removed when the control plane stops.
     pub dir: Option<PathBuf>,
+    /// Also run a real node (containerd, kubelet, kube-scheduler,
+    /// kube-proxy), so Deployments run as Pods; implies the controller
+    /// manager. Needs root (see [`node`]).
+    pub node: bool,
 }
 
 /// A running control plane. Dropping it stops every process it started.
@@ -76,6 +81,8 @@ pub struct ControlPlane {
     bin_dir: PathBuf,
     tokens: BTreeMap<User, String>,
     ca: CertificateAuthority,
+    // Declared first: the node stops before the API server it reports to.
+    node: Option<node::Node>,
     // Declared before `temp_dir`: processes stop before their files go.
     supervisor: Supervisor,
     _temp_dir: Option<tempfile::TempDir>,
@@ -87,6 +94,18 @@ impl ControlPlane {
     pub async fn start(options: Options) -> Result<Self, Error> {
         let bin_dir =
             tokio::task::spawn_blocking(binaries::ensure).await.map_err(|e| Error::Build(e.to_string()))??;
+        let node_side = match options.node {
+            true => {
+                let node_bin_dir = tokio::task::spawn_blocking(|| {
+                    node::ensure_packages()?;
+                    binaries::node()
+                })
+                .await
+                .map_err(|e| Error::Build(e.to_string()))??;
+                Some((node_bin_dir, node::host_address()?))
+            }
+            false => None,
+        };
         let (dir, temp_dir) = match &options.dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
@@ -102,26 +121,37 @@ impl ControlPlane {
             }
         };
         let [etcd_client_port, etcd_peer_port, apiserver_port] = free_ports()?;
-        let layout = Layout { dir, etcd_client_port, etcd_peer_port, apiserver_port };
+        let node_address = node_side.as_ref().map(|(_, address)| *address);
+        let layout = Layout { dir, etcd_client_port, etcd_peer_port, apiserver_port, node_address };
 
         let ca = CertificateAuthority::generate("driftwarden-local-ca")?;
         let tokens: BTreeMap<User, String> =
             User::ALL.iter().map(|u| Ok((*u, random_token()?))).collect::<Result<_, Error>>()?;
         write_files(&layout, &ca, &tokens, options.audit_webhook.as_ref())?;
 
-        let control_plane = Self {
+        let mut control_plane = Self {
             layout,
             audit: options.audit_webhook.clone(),
             bin_dir,
             tokens,
             ca,
+            node: None,
             supervisor: Supervisor::new().map_err(io("starting the supervisor"))?,
             _temp_dir: temp_dir,
         };
         control_plane.start_etcd().await?;
         control_plane.start_apiserver(options.audit_webhook.as_ref()).await?;
-        if options.controller_manager {
+        if options.controller_manager || options.node {
             control_plane.spawn("kube-controller-manager", flags::controller_manager(&control_plane.layout))?;
+        }
+        if let Some((node_bin_dir, address)) = node_side {
+            let side = node::ControlPlaneSide {
+                node_bin_dir: &node_bin_dir,
+                cp_dir: &control_plane.layout.dir,
+                address,
+                admin: control_plane.client(User::Admin).await?,
+            };
+            control_plane.node = Some(node::Node::start(side).await?);
         }
         Ok(control_plane)
     }
@@ -208,6 +238,11 @@ impl ControlPlane {
         self.supervisor.stop(component);
     }
 
+    /// The node, if [`Options::node`] asked for one.
+    pub fn node(&self) -> Option<&node::Node> {
+        self.node.as_ref()
+    }
+
     /// `https://127.0.0.1:<port>`.
     pub fn server_url(&self) -> String {
         self.layout.server_url()
@@ -275,23 +310,29 @@ impl ControlPlane {
 
 const TEMP_PREFIX: &str = "driftwarden-cp-";
 
+/// The `kubernetes` Service's address (the first of `--service-cluster-ip-range`).
+const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+
 fn write_files(
     layout: &Layout,
     ca: &CertificateAuthority,
     tokens: &BTreeMap<User, String>,
     audit: Option<&AuditWebhook>,
 ) -> Result<(), Error> {
-    let serving = ca.issue_server(
-        "kube-apiserver",
-        &[
-            "127.0.0.1",
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        ],
-    )?;
+    let mut names = vec![
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+        "kubernetes".to_owned(),
+        "kubernetes.default".to_owned(),
+        "kubernetes.default.svc".to_owned(),
+        "kubernetes.default.svc.cluster.local".to_owned(),
+    ];
+    if let Some(address) = layout.node_address {
+        // Pods dial the Service's address, kube-proxy sends them on to this.
+        names.extend([KUBERNETES_SERVICE_IP.to_owned(), address.to_string()]);
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let serving = ca.issue_server("kube-apiserver", &names)?;
     let ca_file = layout.path("ca.crt");
     let (sa_private, sa_public) = driftwarden::pki::generate_key_pair_pem()?;
     let mut files = vec![
@@ -306,6 +347,12 @@ fn write_files(
         let kubeconfig = users::kubeconfig(&layout.server_url(), &ca_file.display().to_string(), *user, token);
         files.push((format!("{}.kubeconfig", user.file_stem()), kubeconfig));
     }
+    if layout.node_address.is_some() {
+        // The API server's credentials at the kubelet (logs, exec).
+        let client = ca.issue_client("kube-apiserver-kubelet-client", &["system:masters"])?;
+        files.push(("apiserver-kubelet-client.crt".to_owned(), client.cert_pem));
+        files.push(("apiserver-kubelet-client.key".to_owned(), client.key_pem));
+    }
     if let Some(audit) = audit {
         files.push(("audit-policy.yaml".to_owned(), flags::AUDIT_POLICY.to_owned()));
         files.push(("audit-webhook.kubeconfig".to_owned(), flags::audit_webhook_kubeconfig(audit)));
@@ -318,7 +365,7 @@ fn write_files(
 }
 
 // Keys and tokens: readable by us only.
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
@@ -335,7 +382,7 @@ pub(crate) fn random_token() -> Result<String, Error> {
 
 /// Ports the kernel considers free right now. All are held at once so the
 /// same port is not handed out twice.
-fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
     let listeners: Vec<TcpListener> =
         (0..N).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>().map_err(io("finding free ports"))?;
     let ports: Vec<u16> = listeners

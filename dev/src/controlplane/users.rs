@@ -21,12 +21,29 @@ pub enum User {
     Mallory,
     /// The controller manager's own identity (`system:masters`); not for tests.
     ControllerManager,
+    /// The node's kubelet (`system:node:<name>`, group `system:nodes`: the
+    /// Node authorizer limits it to its own node's Pods); not for tests.
+    Kubelet,
+    /// kube-scheduler, bound by the built-in `system:kube-scheduler` role.
+    Scheduler,
+    /// kube-proxy, bound by the built-in `system:node-proxier` role.
+    Proxy,
 }
 
 impl User {
     /// Everyone the token file lists.
-    pub const ALL: [User; 7] =
-        [User::Admin, User::Alice, User::Bob, User::Carol, User::Dave, User::Mallory, User::ControllerManager];
+    pub const ALL: [User; 10] = [
+        User::Admin,
+        User::Alice,
+        User::Bob,
+        User::Carol,
+        User::Dave,
+        User::Mallory,
+        User::ControllerManager,
+        User::Kubelet,
+        User::Scheduler,
+        User::Proxy,
+    ];
 
     /// The user name the API server authenticates.
     pub fn name(self) -> &'static str {
@@ -38,6 +55,9 @@ impl User {
             User::Dave => "dave",
             User::Mallory => "mallory",
             User::ControllerManager => "system:kube-controller-manager",
+            User::Kubelet => "system:node:driftwarden-node",
+            User::Scheduler => "system:kube-scheduler",
+            User::Proxy => "system:kube-proxy",
         }
     }
 
@@ -48,7 +68,8 @@ impl User {
             User::Admin | User::ControllerManager => &["system:masters"],
             User::Alice | User::Bob => &["dev"],
             User::Carol | User::Dave => &["sre"],
-            User::Mallory => &[],
+            User::Mallory | User::Scheduler | User::Proxy => &[],
+            User::Kubelet => &["system:nodes"],
         }
     }
 
@@ -56,6 +77,9 @@ impl User {
     pub fn file_stem(self) -> &'static str {
         match self {
             User::ControllerManager => "kube-controller-manager",
+            User::Kubelet => "kubelet",
+            User::Scheduler => "kube-scheduler",
+            User::Proxy => "kube-proxy",
             other => other.name(),
         }
     }
