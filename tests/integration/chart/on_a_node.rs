@@ -43,6 +43,20 @@ fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
     output(command)
 }
 
+/// The operator Pods' last log lines, for a failure's message.
+fn operator_logs(cp: &ControlPlane) -> String {
+    let mut command = cp.kubectl(User::Admin);
+    command.args([
+        "logs",
+        "--namespace",
+        NAMESPACE,
+        "--selector=app.kubernetes.io/name=driftwarden",
+        "--tail=40",
+        "--prefix",
+    ]);
+    command.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
 fn helm_at(cp: &ControlPlane, args: &[&str]) -> String {
     let mut command = helm();
     command.args(args).arg("--kubeconfig").arg(cp.kubeconfig(User::Admin));
@@ -165,6 +179,65 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
     let left = eventually(Duration::from_secs(30), || async { (grants().await == 0).then_some(()) }).await;
     assert!(left.is_some(), "the RoleBinding outlived the window");
 
+    // An unauthorized change is reverted: the shop's Service, declared in a
+    // source signed with a key the cluster trusts, edited with no session.
+    let work = tempfile::tempdir().unwrap();
+    let mut keygen = Command::new(env!("CARGO_BIN_EXE_driftwarden"));
+    keygen.args(["keygen", "--out"]).arg(work.path().join("ci"));
+    std::fs::write(work.path().join("publisher-key.yaml"), output(keygen)).unwrap();
+    kubectl(&cp, &["apply", "-f", &work.path().join("publisher-key.yaml").display().to_string()]);
+    let manifests = work.path().join("deploy");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("service.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+    )
+    .unwrap();
+    kubectl(&cp, &["apply", "-f", &manifests.join("service.yaml").display().to_string()]);
+    let mut publish = Command::new(env!("CARGO_BIN_EXE_driftwarden"));
+    publish
+        .args(["publish"])
+        .arg(&manifests)
+        .args(["--configmap", "shop-state", "--namespace", shop, "--revision", "e2e-1", "--signing-key"])
+        .arg(work.path().join("ci.key"))
+        .env("KUBECONFIG", cp.kubeconfig(User::Admin));
+    output(publish);
+    let desired: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "driftwarden.io/v1alpha1", "kind": "DesiredState", "metadata": {"name": "shop"},
+        "spec": {"sources": [{"name": "shop-state"}], "remediation": {"unauthorized": "Revert", "windowEnd": "Revert"}},
+    }))
+    .unwrap();
+    let desired_states: Api<DynamicObject> = Api::namespaced_with(admin.clone(), shop, &desired_state());
+    desired_states.create(&PostParams::default(), &desired).await.unwrap();
+    let synced = eventually(Duration::from_secs(60), || async {
+        let state = desired_states.get("shop").await.ok()?;
+        let conditions = state.data["status"]["conditions"].as_array()?.clone();
+        conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True").then_some(())
+    })
+    .await;
+    assert!(synced.is_some(), "the DesiredState never became Ready: {:?}", desired_states.get("shop").await);
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), shop);
+    let port = || async {
+        let service = services.get("web").await.unwrap();
+        let target = service.spec.and_then(|s| s.ports).and_then(|p| p.first().and_then(|p| p.target_port.clone()));
+        target.map(|t| match t {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port) => port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(_) => -1,
+        })
+    };
+    let patch = json!({"spec": {"ports": [{"port": 80, "targetPort": 9090}]}});
+    services.patch("web", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let started = Instant::now();
+    let reverted = eventually(Duration::from_secs(30), || async { (port().await == Some(8080)).then_some(()) }).await;
+    let revert_time = started.elapsed();
+    assert!(
+        reverted.is_some(),
+        "the unauthorized change was not reverted: port {:?}\n{}\n{}",
+        port().await,
+        kubectl(&cp, &["get", "desiredstate", "shop", "--namespace", shop, "--output=yaml"]),
+        operator_logs(&cp)
+    );
+
     // Failover: delete the leader's Pod; the other replica takes the Lease.
     let leases: Api<Lease> = Api::namespaced(admin.clone(), NAMESPACE);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
@@ -177,6 +250,30 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
     .await;
     let failover_time = started.elapsed();
     assert!(next.is_some(), "no replica took over from {leader}");
+
+    // A drain of the node: the PodDisruptionBudget lets one replica go and
+    // holds the other (its replacement cannot schedule on a cordoned node).
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            (ready_replicas(&deployments, RELEASE).await == 2).then_some(())
+        })
+        .await
+        .is_some()
+    );
+    let mut drain = cp.kubectl(User::Admin);
+    drain.args([
+        "drain",
+        controlplane::node::NODE_NAME,
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--timeout=20s",
+    ]);
+    let drained = drain.output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&drained.stdout), String::from_utf8_lossy(&drained.stderr));
+    assert!(!drained.status.success(), "the drain evicted every replica: {said}");
+    assert!(said.contains("disruption budget"), "{said}");
+    assert_eq!(ready_replicas(&deployments, RELEASE).await, 1, "the budget did not hold one replica: {said}");
+    kubectl(&cp, &["uncordon", controlplane::node::NODE_NAME]);
 
     // helm upgrade to another tag of the image: the Pods roll; count how
     // long admission refuses meanwhile (the access webhooks fail closed).
@@ -258,11 +355,12 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
     Api::namespaced(admin.clone(), shop).create(&PostParams::default(), &configmap).await.unwrap();
 
     eprintln!(
-        "on a node: image {:.1}s, node start {:.1}s, helm install to 2 Ready {:.1}s, failover {:.1}s, \
+        "on a node: image {:.1}s, node start {:.1}s, helm install to 2 Ready {:.1}s, unauthorized revert {:.2}s, failover {:.1}s, \
          upgrade: longest refusal {:.2}s over {probes} probes",
         image_time.as_secs_f64(),
         node_time.as_secs_f64(),
         install_time.as_secs_f64(),
+        revert_time.as_secs_f64(),
         failover_time.as_secs_f64(),
         longest.as_secs_f64(),
     );
@@ -270,6 +368,10 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
 
 fn ar() -> kube::core::ApiResource {
     kube::core::ApiResource::erase::<AccessRequest>(&())
+}
+
+fn desired_state() -> kube::core::ApiResource {
+    kube::core::ApiResource::erase::<driftwarden::api::DesiredState>(&())
 }
 
 fn review() -> kube::core::ApiResource {
