@@ -41,12 +41,23 @@ pub struct QuickstartArgs {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Run the operator as the chart's Deployment on a real local node
+    /// (containerd, kubelet; root only) instead of in this process: builds
+    /// the image without Docker, imports it and `helm install`s the chart
+    /// with its defaults. Off by default: the first image build takes about
+    /// ten minutes and the node needs root.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub node: bool,
+
     #[command(flatten)]
     pub operator: OperatorArgs,
 }
 const FIELD_MANAGER: &str = "driftwarden-quickstart";
 
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
+    if args.node {
+        return run_on_a_node(args).await;
+    }
     // An explicitly named cluster is used as is; otherwise a throwaway local
     // one, never whatever ~/.kube/config happens to point at.
     let mut operator = args.operator;
@@ -104,6 +115,57 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let result = driftwarden::operator::run(client, operator, driftwarden::commands::shutdown_signal()).await;
     drop(control_plane);
     Ok(result?)
+}
+
+/// `--node`: the control plane with a node, the chart installed from the
+/// image built here, the examples applied; runs until Ctrl-C.
+async fn run_on_a_node(args: QuickstartArgs) -> anyhow::Result<()> {
+    let dir = std::path::absolute(&args.dir)?;
+    let _ = std::fs::remove_dir_all(dir.join("etcd-data"));
+    info!("building the operator image (dev/image/build.sh; the first build takes about ten minutes)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("image/build.sh");
+    let built = std::process::Command::new("bash").arg(&script).stderr(std::process::Stdio::inherit()).output()?;
+    if !built.status.success() {
+        bail!("{} exited with {}", script.display(), built.status);
+    }
+    let archive = PathBuf::from(String::from_utf8_lossy(&built.stdout).lines().last().unwrap_or_default().trim());
+    info!(dir = %dir.display(), "starting a local control plane with a node");
+    let options =
+        controlplane::Options { controller_manager: true, node: true, dir: Some(dir.clone()), ..Default::default() };
+    let cp = ControlPlane::start(options).await.context("starting the local control plane with a node")?;
+    let node = cp.node().context("the control plane started no node")?;
+    node.import_image(&archive)?;
+    let client = cp.client(User::Admin).await?;
+
+    let helm = controlplane::helm_binary()?;
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/driftwarden");
+    let namespace = &args.operator.namespace;
+    info!(%namespace, "helm install driftwarden (the chart's defaults)");
+    let installed = std::process::Command::new(&helm)
+        .args(["install", "driftwarden"])
+        .arg(&chart)
+        .args(["--namespace", namespace, "--create-namespace", "--wait", "--timeout=5m", "--kubeconfig"])
+        .arg(cp.kubeconfig(User::Admin))
+        .env("HELM_CACHE_HOME", dir.join("helm/cache"))
+        .env("HELM_CONFIG_HOME", dir.join("helm/config"))
+        .env("HELM_DATA_HOME", dir.join("helm/data"))
+        .status()?;
+    if !installed.success() {
+        bail!("helm install exited with {installed}");
+    }
+    info!("both replicas are Ready");
+    let applied = apply_manifests(&client, &args.examples).await?;
+    info!(objects = applied, from = %args.examples.display(), "examples applied");
+    let published = publish_source(&client, &args.dir, &args.source).await?;
+    info!(%published, from = %args.source.display(), "source signed and published, as CI would");
+    info!(server = %cp.server_url(), "the operator runs as Pods: kubectl -n {namespace} get pods,lease");
+    for user in [User::Admin, User::Alice, User::Carol, User::Mallory] {
+        info!("  as {:<8} kubectl --kubeconfig {}", user.name(), cp.kubeconfig(user).display());
+    }
+    driftwarden::commands::shutdown_signal().await;
+    info!("stopping: the node is torn down");
+    drop(cp);
+    Ok(())
 }
 
 /// Plays the CI job: a signing key (made once, kept in `dir`) that a
