@@ -47,7 +47,7 @@ command -v musl-gcc >/dev/null || missing+=(musl-tools)
 if ((${#missing[@]})); then
 	if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
 		echo "installing ${missing[*]} from Debian" >&2
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >&2
+		(apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${missing[@]}") >&2
 	else
 		echo "error: building the image needs ${missing[*]} (Debian/Ubuntu: apt-get install ${missing[*]})" >&2
 		exit 1
@@ -76,7 +76,7 @@ start=$SECONDS
 "${bh[@]}" bud --quiet --isolation chroot --target prebuilt -f "$repo/Containerfile" \
 	--build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
 	-t "$image" "$stage" >&2
-"${bh[@]}" push --quiet "$image" "oci-archive:$archive.partial:$image" >&2
-mv "$archive.partial" "$archive"
+"${bh[@]}" push --quiet "$image" "oci-archive:$archive.partial.$$:$image" >&2
+mv "$archive.partial.$$" "$archive"
 echo "  image $image built in $((SECONDS - start))s: $(du -h "$archive" | cut -f1) ($archive)" >&2
 echo "$archive"

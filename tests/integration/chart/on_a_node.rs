@@ -337,6 +337,9 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
         })
         .collect();
     assert!(images.iter().all(|i| i.ends_with(":0.1.0-next")), "not rolled: {images:?}");
+    // Not a speed target: the bound the docs give for admission failing
+    // closed during a handover (the Lease's failover bound).
+    assert!(longest < Duration::from_secs(15), "admission refused for {longest:?} during the upgrade");
 
     // helm uninstall: nothing left that would block the cluster, the CRDs
     // (and the requests in them) kept.

@@ -62,11 +62,12 @@ pub fn ensure_packages() -> Result<(), Error> {
             missing.join(" ")
         )));
     }
+    // Two node tests may start at once: the second waits for apt's lock.
     eprintln!("installing {} from Debian for the node", missing.join(", "));
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {} >&2",
+            "apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq {} >&2",
             missing.join(" ")
         ))
         .stdin(Stdio::null())
