@@ -8,6 +8,13 @@
 //! 2. if the applied object still holds fields Git does not declare (a
 //!    sidecar, `privileged: true`, a label), a JSON patch that removes them,
 //!    each guarded by a `test` of the value it removes.
+//!
+//! When the apply itself is refused as invalid although Git's object is
+//! valid, the live object is what makes the merge invalid: a changed key of
+//! a keyed list (a Service's `port`) makes the apply keep the foreign item
+//! beside the declared one. Then a JSON patch first puts the declared values
+//! back where live changed them (and removes what was added), and the apply
+//! is tried again.
 
 use serde_json::{Map, Value, json};
 
@@ -175,6 +182,23 @@ pub fn removal_patch(diff: &ObjectDiff, object: &Value) -> Option<Value> {
     Some(Value::Array(ops))
 }
 
+/// A JSON patch that puts the declared value back at every path `diff`
+/// reports as changed in `live` (each guarded by a `test` of the live
+/// value), then removes what it reports as added (as [`removal_patch`]).
+/// None when there is nothing to put back or remove.
+pub fn restore_patch(diff: &ObjectDiff, declared: &Value, live: &Value) -> Option<Value> {
+    let mut ops = Vec::new();
+    for change in diff.changes.iter().filter(|c| c.kind == ChangeKind::Changed && !c.path.is_empty()) {
+        let (Some(now), Some(wanted)) = (live.pointer(&change.path), declared.pointer(&change.path)) else { continue };
+        ops.push(json!({"op": "test", "path": change.path, "value": now}));
+        ops.push(json!({"op": "replace", "path": change.path, "value": wanted}));
+    }
+    if let Some(Value::Array(removals)) = removal_patch(diff, live) {
+        ops.extend(removals);
+    }
+    (!ops.is_empty()).then_some(Value::Array(ops))
+}
+
 fn compare_paths(a: &[String], b: &[String]) -> std::cmp::Ordering {
     for (x, y) in a.iter().zip(b) {
         let order = match (x.parse::<usize>(), y.parse::<usize>()) {
@@ -213,6 +237,35 @@ mod tests {
             kind: None,
             name: None,
         }
+    }
+
+    #[test]
+    fn a_restore_puts_declared_values_back_where_live_changed_them() {
+        let declared = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}]}});
+        let live = json!({"spec": {"ports": [{"port": 81, "protocol": "TCP", "appProtocol": "http"}]}});
+        let diff = ObjectDiff {
+            changes: vec![
+                FieldChange { path: "/spec/ports/0/port".into(), kind: ChangeKind::Changed },
+                FieldChange { path: "/spec/ports/0/appProtocol".into(), kind: ChangeKind::Added },
+                FieldChange { path: "/spec/ports/1".into(), kind: ChangeKind::Removed },
+            ],
+            unified: String::new(),
+        };
+        let patch = restore_patch(&diff, &declared, &live).unwrap();
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/spec/ports/0/port", "value": 81},
+                {"op": "replace", "path": "/spec/ports/0/port", "value": 80},
+                {"op": "test", "path": "/spec/ports/0/appProtocol", "value": "http"},
+                {"op": "remove", "path": "/spec/ports/0/appProtocol"},
+            ])
+        );
+        let mut restored = live.clone();
+        let patch: json_patch::Patch = serde_json::from_value(patch).unwrap();
+        json_patch::patch(&mut restored, &patch).unwrap();
+        assert_eq!(restored, declared);
+        assert_eq!(restore_patch(&ObjectDiff::default(), &declared, &live), None);
     }
 
     #[test]

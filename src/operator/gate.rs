@@ -424,6 +424,11 @@ fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 409 || (status.code == 422 && status.message.contains("test")))
 }
 
+/// 422 Unprocessable: the API server's validation refused the object.
+fn is_invalid(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 422)
+}
+
 /// What a revert left: the object's resourceVersion and uid (a new uid if
 /// it re-created a deleted object).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -451,7 +456,37 @@ pub async fn revert(
     for attempt in 1..=REVERT_ATTEMPTS {
         let body = revert::applied_object(declared, live.as_ref(), &options.ignore);
         let params = PatchParams::apply(OPERATOR_MANAGER).force();
-        let mut current = api.patch(name, &params, &Patch::Apply(body)).await.map_err(RevertError::Apply)?;
+        let mut current = match api.patch(name, &params, &Patch::Apply(body.clone())).await {
+            Ok(applied) => applied,
+            // Refused as invalid: if that is the live object's doing (a
+            // changed list key kept beside the declared item), put the
+            // declared values back by JSON patch and apply again. If Git's
+            // object is what is invalid, that patch is refused too, and the
+            // apply's refusal is what is reported.
+            Err(refused) if is_invalid(&refused) && live.is_some() => {
+                let value = live.clone().unwrap_or_default();
+                let left = drift::diff(declared, Some(&value), options);
+                let Some(restore) = revert::restore_patch(&left, declared, &value) else {
+                    return Err(RevertError::Apply(refused));
+                };
+                let restore: json_patch::Patch =
+                    serde_json::from_value(restore).expect("restore patches are valid JSON patches");
+                let json = PatchParams { field_manager: Some(OPERATOR_MANAGER.into()), ..Default::default() };
+                match api.patch(name, &json, &Patch::<()>::Json(restore)).await {
+                    Ok(_) => api.patch(name, &params, &Patch::Apply(body)).await.map_err(RevertError::Apply)?,
+                    Err(error) if is_conflict(&error) && attempt < REVERT_ATTEMPTS => {
+                        live = api
+                            .get_opt(name)
+                            .await
+                            .map_err(RevertError::Read)?
+                            .and_then(|o| serde_json::to_value(o).ok());
+                        continue;
+                    }
+                    Err(_) => return Err(RevertError::Apply(refused)),
+                }
+            }
+            Err(refused) => return Err(RevertError::Apply(refused)),
+        };
         // Removing a foreign field can leave its foreign parent behind (an
         // emptied `securityContext: {}`): look again, a few levels at most.
         let mut conflict = None;

@@ -85,3 +85,60 @@ async fn a_revert_the_api_server_refuses_is_reported_once_as_a_source_problem() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_changed_key_of_a_keyed_list_is_reverted_not_reported_as_a_source_error() {
+    // Server-side apply merges `ports` by `port`: applying Git's port 80 onto
+    // a live port 81 keeps both, which the API server refuses (two ports
+    // need names). The change must still be reverted.
+    let t = drift_setup("changed-list-key").await;
+    t.kubectl(&["apply", "-f", "-"], Some(SERVICE));
+    let revert = json!({"remediation": {"unauthorized": "Revert"}});
+    t.desired_state_spec("keyed", &[("web.yaml", SERVICE.to_owned())], revert).await;
+    t.wait_for_status("keyed", Duration::from_secs(60), |s| s.drifted == Some(0) && s.managed == Some(1)).await;
+    t.kubectl(
+        &["patch", "service/web", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/ports/0/port","value":81}]"#],
+        None,
+    );
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(t.env.admin.clone(), &t.env.namespace);
+    let ports = || async {
+        let service = services.get("web").await.unwrap();
+        service.spec.and_then(|s| s.ports).unwrap_or_default().iter().map(|p| p.port).collect::<Vec<_>>()
+    };
+    let reverted =
+        crate::support::eventually(Duration::from_secs(30), || async { (ports().await == [80]).then_some(()) }).await;
+    let status = t.wait_for_status("keyed", Duration::from_secs(5), |_| true).await;
+    assert!(reverted.is_some(), "the port was left at {:?}: {status:#?}", ports().await);
+    let source_valid = condition(&status, "SourceValid").unwrap();
+    assert_eq!(source_valid.status, "True", "{source_valid:?}");
+}
+
+#[tokio::test]
+async fn a_renamed_container_is_reverted_to_the_declared_one_alone() {
+    // Containers merge by `name`: applying Git's `web` onto a live `evil`
+    // keeps both; the foreign one must go, the declared one stay.
+    const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - {name: web, image: 'nginx:1.27'}\n";
+    let t = drift_setup("renamed-container").await;
+    t.kubectl(&["apply", "-f", "-"], Some(DEPLOYMENT));
+    let revert = json!({"remediation": {"unauthorized": "Revert"}});
+    t.desired_state_spec("renamed", &[("web.yaml", DEPLOYMENT.to_owned())], revert).await;
+    t.wait_for_status("renamed", Duration::from_secs(60), |s| s.drifted == Some(0) && s.managed == Some(1)).await;
+    let patch = r#"[{"op":"replace","path":"/spec/template/spec/containers/0/name","value":"evil"},{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"evil:1"}]"#;
+    t.kubectl(&["patch", "deployment/web", "--type=json", "-p", patch], None);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(t.env.admin.clone(), &t.env.namespace);
+    let containers = || async {
+        let deployment = deployments.get("web").await.unwrap();
+        let spec = deployment.spec.unwrap().template.spec.unwrap();
+        spec.containers
+            .iter()
+            .map(|c| format!("{}={}", c.name, c.image.clone().unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    let reverted = crate::support::eventually(Duration::from_secs(30), || async {
+        (containers().await == ["web=nginx:1.27"]).then_some(())
+    })
+    .await;
+    let status = t.wait_for_status("renamed", Duration::from_secs(5), |_| true).await;
+    assert!(reverted.is_some(), "left: {:?}: {status:#?}", containers().await);
+}
