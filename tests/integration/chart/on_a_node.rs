@@ -251,6 +251,31 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
     let failover_time = started.elapsed();
     assert!(next.is_some(), "no replica took over from {leader}");
 
+    // A crash of the leader (SIGKILL, no handover): the kubelet restarts
+    // the container, which leads again under the same identity, or the
+    // other replica takes over once the Lease runs out.
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            (ready_replicas(&deployments, RELEASE).await == 2).then_some(())
+        })
+        .await
+        .is_some()
+    );
+    let leader = eventually(Duration::from_secs(60), || lease_holder(&leases)).await.expect("a leader");
+    let pod = pods.get(&leader).await.unwrap();
+    let container = pod.status.and_then(|s| s.container_statuses).and_then(|c| c.first()?.container_id.clone());
+    let renewed = |lease: Option<Lease>| lease.and_then(|l| l.spec?.renew_time).map(|t| t.0);
+    let killed_at = jiff_now();
+    let started = Instant::now();
+    node.kill_container(&container.expect("the leader's container id")).unwrap();
+    let led_again = eventually(Duration::from_secs(60), || async {
+        let renewed = renewed(leases.get_opt(RELEASE).await.ok().flatten())?;
+        (renewed > killed_at + std::time::Duration::from_secs(1)).then_some(())
+    })
+    .await;
+    let crash_time = started.elapsed();
+    assert!(led_again.is_some(), "nobody led after the leader was killed");
+
     // A drain of the node: the PodDisruptionBudget lets one replica go and
     // holds the other (its replacement cannot schedule on a cordoned node).
     assert!(
@@ -358,15 +383,21 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
     Api::namespaced(admin.clone(), shop).create(&PostParams::default(), &configmap).await.unwrap();
 
     eprintln!(
-        "on a node: image {:.1}s, node start {:.1}s, helm install to 2 Ready {:.1}s, unauthorized revert {:.2}s, failover {:.1}s, \
+        "on a node: image {:.1}s, node start {:.1}s, helm install to 2 Ready {:.1}s, unauthorized revert {:.2}s, failover {:.1}s, leader killed until the Lease is renewed {:.1}s, \
          upgrade: longest refusal {:.2}s over {probes} probes",
         image_time.as_secs_f64(),
         node_time.as_secs_f64(),
         install_time.as_secs_f64(),
         revert_time.as_secs_f64(),
         failover_time.as_secs_f64(),
+        crash_time.as_secs_f64(),
         longest.as_secs_f64(),
     );
+}
+
+/// Now, in the type the Lease's times have.
+fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
 }
 
 fn ar() -> kube::core::ApiResource {

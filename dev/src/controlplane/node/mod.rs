@@ -227,6 +227,14 @@ impl Node {
         self.ctr(&["images", "tag", "--force", source, target]).map(|_| ())
     }
 
+    /// Kills a container's process with SIGKILL, as an OOM kill or a crash
+    /// would (the kubelet then restarts it). `container_id` as a Pod's
+    /// status gives it (`containerd://<id>` or the bare id).
+    pub fn kill_container(&self, container_id: &str) -> Result<(), Error> {
+        let id = container_id.strip_prefix("containerd://").unwrap_or(container_id);
+        self.ctr(&["tasks", "kill", "--signal", "SIGKILL", id]).map(|_| ())
+    }
+
     /// The directory with the node's configuration, state and logs.
     pub fn dir(&self) -> &Path {
         &self.paths.dir
