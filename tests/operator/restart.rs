@@ -291,7 +291,10 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
     })
     .await;
     let answered = Instant::now();
-    let done = eventually(Duration::from_secs(10), || async {
+    // A deadline for "it happens", not a speed target (the figure is
+    // printed below): in the loaded full suite 10 s once left 4 of the 100
+    // reverts undone.
+    let done = eventually(Duration::from_secs(30), || async {
         let left = bindings.list(&ours).await.ok()?.items.len();
         (left == 0 && changed_modes(&t).await == 0).then_some(())
     })
@@ -307,7 +310,7 @@ async fn a_hundred_grants_and_their_session_drift_end_once_when_the_operator_was
             std::env::temp_dir().join(format!("{namespace}-kube-apiserver.log")),
         );
         panic!(
-            "10 s after the restarted operator answered: {left} RoleBindings left, {} ConfigMaps not reverted; \
+            "30 s after the restarted operator answered: {left} RoleBindings left, {} ConfigMaps not reverted; \
              operator log kept in {}",
             changed_modes(&t).await,
             kept.display()

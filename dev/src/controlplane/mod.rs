@@ -52,6 +52,23 @@ pub enum Error {
     Client { user: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
+impl Error {
+    /// A component that exited before it was ready, with its log's tail.
+    fn exited(component: &'static str, status: std::process::ExitStatus, log: &Path) -> Self {
+        Error::Exited { component, status, log: log.display().to_string(), tail: supervisor::tail(log, 30) }
+    }
+
+    /// A component not ready after [`READY_TIMEOUT`], with its log's tail.
+    fn not_ready(component: &'static str, log: &Path) -> Self {
+        Error::NotReady {
+            component,
+            timeout: READY_TIMEOUT,
+            log: log.display().to_string(),
+            tail: supervisor::tail(log, 30),
+        }
+    }
+}
+
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
     move |source| Error::Io { context, source }
@@ -198,20 +215,10 @@ impl ControlPlane {
                 return Ok(());
             }
             if let Some(status) = self.supervisor.exited(component) {
-                return Err(Error::Exited {
-                    component,
-                    status,
-                    log: log.display().to_string(),
-                    tail: supervisor::tail(&log, 30),
-                });
+                return Err(Error::exited(component, status, &log));
             }
             if start.elapsed() > READY_TIMEOUT {
-                return Err(Error::NotReady {
-                    component,
-                    timeout: READY_TIMEOUT,
-                    log: log.display().to_string(),
-                    tail: supervisor::tail(&log, 30),
-                });
+                return Err(Error::not_ready(component, &log));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -68,6 +68,11 @@ async fn ready_replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
     deployment.status.and_then(|s| s.ready_replicas).unwrap_or(0)
 }
 
+/// Whether both replicas are Ready within `timeout`.
+async fn both_ready(deployments: &Api<Deployment>, timeout: Duration) -> bool {
+    eventually(timeout, || async { (ready_replicas(deployments, RELEASE).await == 2).then_some(()) }).await.is_some()
+}
+
 async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
     leases.get_opt(RELEASE).await.ok().flatten()?.spec?.holder_identity
 }
@@ -118,12 +123,9 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
     );
     assert!(installed.contains("STATUS: deployed"), "{installed}");
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NAMESPACE);
-    let ready = eventually(Duration::from_secs(180), || async {
-        (ready_replicas(&deployments, RELEASE).await == 2).then_some(())
-    })
-    .await;
+    let ready = both_ready(&deployments, Duration::from_secs(180)).await;
     assert!(
-        ready.is_some(),
+        ready,
         "both replicas did not become Ready through their probes:\n{}\nkubelet log: {}",
         kubectl(&cp, &["describe", "pods", "--namespace", NAMESPACE]),
         node.log_file("kubelet").display()
@@ -254,13 +256,7 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
     // A crash of the leader (SIGKILL, no handover): the kubelet restarts
     // the container, which leads again under the same identity, or the
     // other replica takes over once the Lease runs out.
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            (ready_replicas(&deployments, RELEASE).await == 2).then_some(())
-        })
-        .await
-        .is_some()
-    );
+    assert!(both_ready(&deployments, Duration::from_secs(120)).await, "the replicas did not both come back");
     let leader = eventually(Duration::from_secs(60), || lease_holder(&leases)).await.expect("a leader");
     let pod = pods.get(&leader).await.unwrap();
     let container = pod.status.and_then(|s| s.container_statuses).and_then(|c| c.first()?.container_id.clone());
@@ -278,13 +274,7 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
 
     // A drain of the node: the PodDisruptionBudget lets one replica go and
     // holds the other (its replacement cannot schedule on a cordoned node).
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            (ready_replicas(&deployments, RELEASE).await == 2).then_some(())
-        })
-        .await
-        .is_some()
-    );
+    assert!(both_ready(&deployments, Duration::from_secs(120)).await, "the replicas did not both come back");
     let mut drain = cp.kubectl(User::Admin);
     drain.args([
         "drain",
@@ -302,13 +292,7 @@ async fn the_chart_runs_the_operator_as_pods_on_a_real_node() {
 
     // helm upgrade to another tag of the image: the Pods roll; count how
     // long admission refuses meanwhile (the access webhooks fail closed).
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            (ready_replicas(&deployments, RELEASE).await == 2).then_some(())
-        })
-        .await
-        .is_some()
-    );
+    assert!(both_ready(&deployments, Duration::from_secs(120)).await, "the replicas did not both come back");
     node.tag_image(IMAGE, "ghcr.io/driftwarden/driftwarden:0.1.0-next").unwrap();
     let upgraded = helm_at(
         &cp,

@@ -26,11 +26,9 @@ use k8s_openapi::api::core::v1::Node as NodeObject;
 use kube::Client;
 use kube::api::Api;
 
-use super::{Error, Supervisor, User, io, supervisor};
+use super::{Error, READY_TIMEOUT, Supervisor, User, io};
 use config::{Paths, Ports};
 
-/// How long the kubelet gets to register a Ready node.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a node waits for another one's teardown on the same machine.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(180);
 const LOCK_FILE: &str = "/run/lock/driftwarden-node.lock";
@@ -170,13 +168,7 @@ impl Node {
             }
             self.check_running(component)?;
             if start.elapsed() > READY_TIMEOUT {
-                let log = self.log_file(component);
-                return Err(Error::NotReady {
-                    component,
-                    timeout: READY_TIMEOUT,
-                    log: log.display().to_string(),
-                    tail: supervisor::tail(&log, 30),
-                });
+                return Err(Error::not_ready(component, &self.log_file(component)));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -184,13 +176,7 @@ impl Node {
 
     fn check_running(&self, component: &'static str) -> Result<(), Error> {
         if let Some(status) = self.supervisor.as_ref().and_then(|s| s.exited(component)) {
-            let log = self.log_file(component);
-            return Err(Error::Exited {
-                component,
-                status,
-                log: log.display().to_string(),
-                tail: supervisor::tail(&log, 30),
-            });
+            return Err(Error::exited(component, status, &self.log_file(component)));
         }
         Ok(())
     }
@@ -276,13 +262,7 @@ async fn wait_ready(nodes: &Api<NodeObject>, node: &Node) -> Result<(), Error> {
             node.check_running(component)?;
         }
         if start.elapsed() > READY_TIMEOUT {
-            let log = node.log_file("kubelet");
-            return Err(Error::NotReady {
-                component: "kubelet",
-                timeout: READY_TIMEOUT,
-                log: log.display().to_string(),
-                tail: supervisor::tail(&log, 30),
-            });
+            return Err(Error::not_ready("kubelet", &node.log_file("kubelet")));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
