@@ -217,6 +217,27 @@ pub async fn drift_setup(test: &str) -> AccessTest {
 }
 
 impl AccessTest {
+    /// Waits until the write-log webhook routes writes in this test's
+    /// namespace. The leader adds a namespace within about half a second of
+    /// watching it; a write before that has no record, so its drift is
+    /// judged unauthorized (fail closed), whoever made it.
+    pub async fn wait_for_write_log(&self) {
+        use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(self.env.admin.clone());
+        let namespace = self.env.namespace.as_str();
+        let routed = eventually(Duration::from_secs(10), || async {
+            let hooks = api.get_opt(driftwarden::webhook::configuration::WRITES_NAME).await.ok()??;
+            let writes = hooks.webhooks?.into_iter().find(|w| w.name == "writes.driftwarden.io")?;
+            let expressions = writes.namespace_selector?.match_expressions?;
+            let listed = |e: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement| {
+                e.operator == "In" && e.values.iter().flatten().any(|v| *v == namespace)
+            };
+            expressions.iter().any(listed).then_some(())
+        })
+        .await;
+        assert!(routed.is_some(), "the write-log webhook never routed namespace {}", self.env.namespace);
+    }
+
     /// Creates a source ConfigMap holding `files` and a DesiredState reading
     /// it that only reports drift (the detection tests watch drift stay).
     pub async fn desired_state(&self, name: &str, files: &[(&str, String)], ignore: Value) {

@@ -49,6 +49,7 @@ pub(crate) async fn managed_shop(t: &AccessTest, spec: Value) {
     t.kubectl(&["apply", "-f", "-"], Some(SHOP));
     t.desired_state_spec("shop", &[("shop.yaml", SHOP.to_owned())], spec).await;
     t.wait_for_status("shop", Duration::from_secs(20), |s| s.managed == Some(2) && s.drifted == Some(0)).await;
+    t.wait_for_write_log().await;
 }
 
 /// alice holds an approved `edit` window of `duration`; returns its end.

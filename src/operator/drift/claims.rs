@@ -35,6 +35,9 @@ struct Index {
     /// Per DesiredState (namespace, name): who it is, the parse its claims
     /// come from, and what it claims.
     by_state: HashMap<(String, String), Registered>,
+    /// Counts every change: a pass that read owners at one generation
+    /// reads them again at another.
+    generation: u64,
 }
 
 /// What one DesiredState registered: who, from which parse, claiming what.
@@ -61,6 +64,7 @@ impl Claims {
             return;
         }
         remove(&mut index, &key);
+        index.generation += 1;
         let ids: Vec<ObjectId> = parsed
             .objects
             .iter()
@@ -75,6 +79,11 @@ impl Claims {
     pub fn forget(&self, namespace: &str, name: &str) {
         let mut index = self.0.lock().unwrap_or_else(|p| p.into_inner());
         remove(&mut index, &(namespace.to_owned(), name.to_owned()));
+        index.generation += 1;
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).generation
     }
 
     /// Whether a DesiredState (namespace, name) has registered yet.

@@ -146,7 +146,7 @@ async fn revert(
     let results: Vec<_> = futures::stream::iter(reverts).buffer_unordered(REVERT_CONCURRENCY).collect().await;
     for (index, result, started) in results {
         let declared = &inputs.parsed.objects[index];
-        let judgement = plan.judgements[index].as_ref().expect("a reverted object was judged");
+        let judgement = plan.judgements.get(&index).expect("a reverted object was judged");
         let object_ref = declared.key.object_ref();
         let object = describe(&object_ref);
         let reason = reason_of(judgement.class);

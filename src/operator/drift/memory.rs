@@ -1,7 +1,7 @@
 //! What the drift controller remembers of each DesiredState from one pass
 //! to the next, in one place: forgetting a DesiredState is one removal.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -37,12 +37,17 @@ pub(super) struct Refused {
 }
 
 /// The diffs of the last pass, with the live resourceVersions they saw.
+#[derive(Debug)]
 pub(super) struct LastDiffs {
     pub sources: Arc<Declarations>,
     pub versions: Vec<Option<String>>,
     pub diffs: Vec<drift::ObjectDiff>,
-    /// Which declared objects were left drifting (not in sync, not reverted).
-    pub drifting: Vec<bool>,
+    /// The declared objects whose diff is not in sync (by index).
+    pub differing: BTreeSet<usize>,
+    /// Which of them were left drifting (not reverted).
+    pub drifting: BTreeSet<usize>,
+    /// Declared objects this DesiredState manages (no older one does).
+    pub managed: usize,
     /// The uids of the undeclared objects left in place.
     pub undeclared: HashSet<String>,
 }
@@ -75,6 +80,9 @@ pub(super) struct Memory {
     pub prune_blocked: Option<String>,
     /// The counts this process last wrote to status.
     pub counts_written: Option<Counts>,
+    /// What the last full pass read, for the passes that follow a few
+    /// named objects' changes (None: the next pass is a full one).
+    pub steady: Option<super::steady::Steady>,
 }
 
 /// Counts only status carries from pass to pass.

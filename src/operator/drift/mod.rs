@@ -9,6 +9,7 @@
 //! what to do, as a value) and [`execute`] (do it, then tell).
 //! A source that does not parse is reported and changes nothing.
 
+mod changes;
 mod claims;
 mod contest;
 mod execute;
@@ -20,6 +21,7 @@ mod rejected;
 mod report;
 mod snapshot;
 pub mod status;
+mod steady;
 mod trust;
 pub mod watches;
 
@@ -136,6 +138,8 @@ struct Context {
     /// When a watch first saw a change that a DesiredState has not yet
     /// reconciled: the start of the detection latency.
     pending_since: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Instant>>>,
+    /// What changed for each DesiredState since its last pass.
+    changes: changes::Changes,
     /// Drift counts per DesiredState, for the cluster-wide gauges.
     drifted: Mutex<execute::DriftTally>,
     /// Grants, their roles and the audit receiver's logs, for the gate.
@@ -165,6 +169,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     };
     let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
     let pending_since: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Instant>>> = Arc::default();
+    let changes = changes::Changes::default();
     let controller = Controller::new(Api::<DesiredState>::all(client.clone()), watcher::Config::default())
         .trigger_backoff(super::backoff::WatchBackoff::default());
     let desired_states = controller.store();
@@ -196,10 +201,23 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         metrics,
         settings,
         desired_states: desired_states.clone(),
-        watches: Watches::new(client.clone(), trigger.clone(), pending_since.clone(), write_log.clone()),
-        metadata_watches: Watches::new(client.clone(), trigger, pending_since.clone(), write_log.clone()),
+        watches: Watches::new(
+            client.clone(),
+            trigger.clone(),
+            pending_since.clone(),
+            changes.clone(),
+            write_log.clone(),
+        ),
+        metadata_watches: Watches::new(
+            client.clone(),
+            trigger,
+            pending_since.clone(),
+            changes.clone(),
+            write_log.clone(),
+        ),
         discovery: tokio::sync::RwLock::new((Arc::new(discovery), Instant::now())),
         pending_since,
+        changes: changes.clone(),
         drifted: Mutex::default(),
         gate: Caches {
             listed: Ready::all_of(vec![
@@ -237,23 +255,26 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     let states = desired_states.clone();
     let states_of_requests = desired_states.clone();
     let (states_of_keys, states_of_namespaces) = (desired_states.clone(), desired_states.clone());
+    // What these triggers change is not one named object: the pass they
+    // start reads everything.
+    let (of_sources, of_requests, of_keys, of_namespaces) =
+        (changes.clone(), changes.clone(), changes.clone(), changes.clone());
     controller
-        .watches_stream(sources, move |config_map: PartialObjectMeta<ConfigMap>| users_of(&states, &config_map))
+        .watches_stream(sources, move |config_map: PartialObjectMeta<ConfigMap>| {
+            of_sources.anything_for(users_of(&states, &config_map))
+        })
         .watches_shared_stream(access_requests, move |request: Arc<AccessRequest>| {
-            in_namespace(&states_of_requests, &request)
+            of_requests.anything_for(in_namespace(&states_of_requests, &request))
         })
         // A key added, changed or removed may accept or refuse any source.
         .watches_stream(key_events.map(Ok), move |key: crate::api::PublisherKey| {
             let _ = key_changes.send(key);
-            all_of(&states_of_keys)
+            of_keys.anything_for(all_of(&states_of_keys))
         })
         .watches_shared_stream(namespace_events, move |ns: Arc<Namespace>| {
-            states_of_namespaces
-                .state()
-                .iter()
-                .filter(|ds| ds.namespace() == Some(ns.name_any()))
-                .map(|ds| ObjectRef::from_obj(&**ds))
-                .collect::<Vec<_>>()
+            let states = states_of_namespaces.state();
+            let in_it = states.iter().filter(|ds| ds.namespace() == Some(ns.name_any()));
+            of_namespaces.anything_for(in_it.map(|ds| ObjectRef::from_obj(&**ds)).collect())
         })
         .reconcile_on(tokio_stream_from(triggers))
         .graceful_shutdown_on(shutdown.cancelled_owned())
@@ -355,11 +376,14 @@ impl plan::Gate for Caches {
     }
 }
 
-/// One pass: read, plan, execute.
+/// One pass: read, plan, execute. A pass after a full one that only
+/// named declared objects changed since reads, diffs and judges just those
+/// and the drifting ones ([`steady`]).
 async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Action, Error> {
     let _timer = context.metrics.reconcile_timer(CONTROLLER);
     let me = ObjectRef::from_obj(&*state);
     let triggered_at = context.pending_since.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
+    let changed = context.changes.take(&me);
     forget_deleted(&context);
     read::caches_listed(&context).await?;
     if state.spec.suspend {
@@ -370,6 +394,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     let mut old = state.status.clone().unwrap_or_default();
     let generation = state.metadata.generation;
     let mut memory = context.memories.take(&me);
+    // Put back only by a pass that completes: any other ends in a full one.
+    let mut steady = memory.steady.take();
     memory.catch_up(&mut old);
 
     // Read.
@@ -400,19 +426,51 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let now = Timestamp::now();
-    let Some(live) = read::live(&context, &state, &parsed, &resolver, now).await else {
-        return Ok(Action::requeue(Duration::from_secs(1)));
+    let claims_generation = context.claims.generation();
+    let follows = steady
+        .as_ref()
+        .is_some_and(|s| refusal.is_none() && s.fits(&parsed, claims_generation, &changed, Instant::now()));
+    let followed = match steady.take() {
+        Some(mut kept) if follows => match kept.refresh(&changed) {
+            Some(objects) => Some((kept, objects)),
+            None => {
+                steady = Some(kept);
+                None
+            }
+        },
+        other => {
+            steady = other;
+            None
+        }
     };
-    // What earlier revisions declared: Git's removals are pruned or left
-    // alone, never judged as undeclared creations.
-    let Some(previous) = read::inventory(&context, &state, &mut memory).await else {
-        return Ok(Action::requeue(Duration::from_secs(2)));
+    let index = steady.map(|s| s.index);
+    // A full pass also reads and advances the inventory (`full`).
+    // A wake-up the full pass asked for stands: this pass replaces its timer.
+    let mut due = None;
+    let (live, changed_objects, removed_from_git, mut prune_blocked, index, mut full) = match followed {
+        Some((kept, objects)) => {
+            due = kept.due;
+            (kept.live, Some(objects), kept.removed_from_git, kept.prune_blocked, kept.index, None)
+        }
+        None => {
+            let Some(live) = read::live(&context, &state, &parsed, &resolver, now).await else {
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            };
+            // What earlier revisions declared: Git's removals are pruned or left
+            // alone, never judged as undeclared creations.
+            let Some(previous) = read::inventory(&context, &state, &mut memory).await else {
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            };
+            let current = report::declared_now(&parsed, &live.lives, &live.owners);
+            let policy =
+                drift::inventory::Policy { prune: state.spec.prune, confirmed: state.spec.confirm_prune.as_deref() };
+            let step = drift::inventory::advance(&previous, &current, policy, |id| context.claims.declared(id));
+            let declared = current.len();
+            let index = steady::Index::of(&parsed, &live.resources, index);
+            let blocked = step.blocked.as_ref().map(status::prune_blocked);
+            (live, None, step.removed_from_git(), blocked, index, Some((step, declared)))
+        }
     };
-
-    let current = report::declared_now(&parsed, &live.lives, &live.owners);
-    let policy = drift::inventory::Policy { prune: state.spec.prune, confirmed: state.spec.confirm_prune.as_deref() };
-    let mut step = drift::inventory::advance(&previous, &current, policy, |id| context.claims.declared(id));
-    let removed_from_git = step.removed_from_git();
 
     // Plan (pure).
     let options =
@@ -437,21 +495,30 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         removed_from_git: &removed_from_git,
         options: &options,
         now,
+        changed: changed_objects.as_ref(),
     };
-    let plan = plan::plan(&inputs, &memory, &context.gate);
+    let previous = memory.last.take();
+    let plan = plan::plan(&inputs, &memory, previous, &context.gate);
     for object in &plan.clean {
         memory.clean_at.insert(object.clone(), now);
     }
 
     // Execute.
     let outcome = execute::carry_out(&context, &state, &inputs, &plan, &mut memory).await;
-    step.learn_uids(outcome.uids.iter().map(|(index, uid)| (&parsed.objects[*index].key, uid.as_str())));
-    let pruned = if state.spec.dry_run {
-        execute::Pruned::default()
-    } else {
-        execute::prune(&context, &state, &resolver, &step, &mut memory.pruning).await
-    };
-    let (entries, inventory_saved) = execute::keep_inventory(&context, &state, &step, &pruned, &mut memory).await;
+    let mut inventory_saved = true;
+    let mut inventory = None;
+    if let Some((step, declared)) = &mut full {
+        step.learn_uids(outcome.uids.iter().map(|(index, uid)| (&parsed.objects[*index].key, uid.as_str())));
+        let pruned = if state.spec.dry_run {
+            execute::Pruned::default()
+        } else {
+            execute::prune(&context, &state, &resolver, step, &mut memory.pruning).await
+        };
+        let (entries, saved) = execute::keep_inventory(&context, &state, step, &pruned, &mut memory).await;
+        inventory_saved = saved;
+        prune_blocked = step.blocked.as_ref().map(status::prune_blocked);
+        inventory = Some((entries, pruned, *declared));
+    }
 
     // Tell: status, Events, metrics (what to tell is pure).
     let inventory_at = format!(
@@ -459,6 +526,7 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         context.settings.operator_namespace,
         inventory::config_map_name(&state.namespace().unwrap_or_default(), &state.name_any())
     );
+    let blocked = full.as_ref().and_then(|(step, _)| step.blocked.as_ref());
     let done = report::Done {
         generation,
         outcome: &outcome,
@@ -466,13 +534,14 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         verified: context.settings.verify_sources,
         refusal: refusal.as_ref(),
         unwatched: &live.unwatched,
-        inventory: report::Kept {
-            declared: current.len(),
-            entries: &entries,
-            blocked: step.blocked.as_ref(),
+        inventory: inventory.as_ref().map(|(entries, pruned, declared)| report::Kept {
+            declared: *declared,
+            entries,
+            blocked,
             pruned: pruned.deleted.len(),
             config_map: &inventory_at,
-        },
+        }),
+        prune_blocked: prune_blocked.clone(),
     };
     let status = report::status(&inputs, &plan, &memory, done);
     execute::write_status(&context, &state, &old, &status).await?;
@@ -491,9 +560,22 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
 
     // Come back when a held change's window ends, or a deferred step is due.
     let saving_again = (!inventory_saved).then_some(Duration::from_secs(2));
+    let pruning_again = inventory.as_ref().and_then(|(_, pruned, _)| pruned.retry_after);
+    let still_due = due.map(|due: Instant| due.saturating_duration_since(Instant::now()));
     let after =
-        report::next_pass(plan.wake, &[outcome.retry_after, pruned.retry_after, saving_again], Timestamp::now());
+        report::next_pass(plan.wake, &[outcome.retry_after, pruning_again, saving_again, still_due], Timestamp::now());
     memory.last = Some(report::remembered(&inputs, plan, &outcome));
+    // A revert that re-created an object gave it a new uid: the inventory
+    // learns it in a full pass.
+    let recreated = outcome
+        .uids
+        .iter()
+        .any(|(index, uid)| live.lives[*index].as_ref().and_then(|l| l.metadata.uid.as_deref()) != Some(uid.as_str()));
+    if !recreated && inventory_saved {
+        let mut next = steady::Steady::new(parsed, live, index, claims_generation, removed_from_git, prune_blocked);
+        next.due = after.map(|after| Instant::now() + after);
+        memory.steady = Some(next);
+    }
     Ok(after.map_or_else(Action::await_change, Action::requeue))
 }
 

@@ -4,14 +4,14 @@
 //! objects to revert or delete, what to codify, the status and the Events
 //! come out. `execute` carries it out.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::DynamicObject;
 use kube::runtime::events::EventType;
 
-use super::memory::Memory;
+use super::memory::{LastDiffs, Memory};
 use super::status::{self, Judgement};
 use super::watches::WatchKey;
 use crate::api::{self, Attribution, DesiredStateSpec, DesiredStateStatus, DriftAction, DriftClass, RevertRecord};
@@ -91,6 +91,10 @@ pub(super) struct Inputs<'a> {
     pub removed_from_git: &'a BTreeSet<String>,
     pub options: &'a DiffOptions,
     pub now: Timestamp,
+    /// Some: only these declared objects (by index) may have changed since
+    /// the last pass over the same parse, whose diffs the plan is given.
+    /// None: any may have.
+    pub changed: Option<&'a BTreeSet<usize>>,
 }
 
 /// What to do, and what it means for status.
@@ -99,10 +103,20 @@ pub(super) struct Plan {
     /// Per declared object: its diff, and the live resourceVersion it was made at.
     pub diffs: Vec<drift::ObjectDiff>,
     pub versions: Vec<Option<String>>,
+    /// The declared objects whose diff is not in sync (by index): all that
+    /// is judged and shown, so that their number, not all objects', sets
+    /// the cost of a pass.
+    pub differing: BTreeSet<usize>,
+    /// Declared objects this DesiredState manages (no older one does).
+    pub managed: usize,
     /// Declared objects seen matching Git in this pass.
     pub clean: Vec<api::ObjectRef>,
-    /// Per declared object: the gate's verdict (None in sync).
-    pub judgements: Vec<Option<Judgement>>,
+    /// The gate's verdict on each differing declared object (by index).
+    pub judgements: BTreeMap<usize, Judgement>,
+    /// What the last pass over the same parse left drifting (None: no such pass).
+    pub was_drifting: Option<BTreeSet<usize>>,
+    /// The uids of the undeclared objects the last pass left in place.
+    pub seen_undeclared: HashSet<String>,
     /// Declared objects to put back now (by index).
     pub reverts: Vec<usize>,
     /// Declared objects whose window ended, to codify on their request.
@@ -125,10 +139,10 @@ pub(super) struct Plan {
 /// count toward it (its creationTimestamp is whole seconds).
 const CREATED_SLACK: SignedDuration = SignedDuration::from_secs(1);
 
-/// Makes the plan.
-pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Plan {
+/// Makes the plan; `previous` is what the last pass remembered of its diffs.
+pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, previous: Option<LastDiffs>, gate: &dyn Gate) -> Plan {
     let mut plan = Plan::default();
-    diff_declared(inputs, memory, &mut plan);
+    diff_declared(inputs, previous, &mut plan);
     let remediation = Remediation {
         unauthorized: inputs.spec.remediation.unauthorized,
         window_end: inputs.spec.remediation.window_end,
@@ -137,10 +151,11 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
     let revert = if inputs.spec.dry_run { DriftAction::WouldRevert } else { DriftAction::Revert };
 
     // Declared objects: the gate's verdict on each drifted one.
-    for (index, declared) in inputs.parsed.objects.iter().enumerate() {
-        let judgement = match (&inputs.resources[index], plan.diffs[index].in_sync()) {
+    for &index in &plan.differing {
+        let declared = &inputs.parsed.objects[index];
+        let judgement = match &inputs.resources[index] {
             _ if inputs.owners[index].is_some() => None,
-            (Some(key), false) => {
+            Some(key) => {
                 let object = declared.key.object_ref();
                 let listed = inputs.old.drifted_objects.iter().find(|d| d.object == object);
                 let since = listed.map_or(inputs.now, |d| d.since.0);
@@ -161,12 +176,13 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
                 };
                 judgement(gate.verdict(&subject, remediation, inputs.now), revert, clean_at, inputs.now)
             }
-            _ => None,
+            None => None,
         };
-        plan.judgements.push(judgement);
+        if let Some(judgement) = judgement {
+            plan.judgements.insert(index, judgement);
+        }
     }
-    for (index, judgement) in plan.judgements.iter().enumerate() {
-        let Some(judgement) = judgement else { continue };
+    for (&index, judgement) in &plan.judgements {
         let object = inputs.parsed.objects[index].key.object_ref();
         if let Some(request) = to_codify(judgement, &object, gate) {
             plan.codify.push((request, index));
@@ -235,7 +251,7 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, gate: &dyn Gate) -> Pla
         plan.extras.push((index, judgement));
     }
 
-    let held = plan.judgements.iter().flatten().chain(plan.extras.iter().map(|(_, j)| j));
+    let held = plan.judgements.values().chain(plan.extras.iter().map(|(_, j)| j));
     for judgement in held.filter(|j| j.action == DriftAction::Hold) {
         if let Some(at) = judgement.revert_at {
             plan.wake = earliest(plan.wake, at);
@@ -259,32 +275,76 @@ fn earliest(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
 
 /// The diffs of the declared objects: an object whose live resourceVersion
 /// is what it was at the last pass over the same parse has the same diff,
-/// so one edit costs one diff, not one per object.
-fn diff_declared(inputs: &Inputs<'_>, memory: &Memory, plan: &mut Plan) {
-    let previous = memory.last.as_ref().filter(|p| Arc::ptr_eq(&p.sources, inputs.parsed));
-    for (index, declared) in inputs.parsed.objects.iter().enumerate() {
-        if inputs.owners[index].is_some() {
-            plan.versions.push(None);
-            plan.diffs.push(drift::ObjectDiff::default());
-            continue;
-        }
-        let live = inputs.lives[index].as_deref();
-        let version = live.and_then(|l| l.metadata.resource_version.clone());
-        let unchanged = previous.and_then(|p| p.versions.get(index).zip(p.diffs.get(index)));
-        let diff = match unchanged {
-            Some((seen, diff)) if *seen == version && version.is_some() => diff.clone(),
-            _ => {
-                let live = live.and_then(kept::live_value);
-                let diff = drift::diff(&declared.object(), live.as_ref(), inputs.options);
-                if diff.in_sync() {
-                    plan.clean.push(declared.key.object_ref());
-                }
-                diff
-            }
-        };
-        plan.versions.push(version);
-        plan.diffs.push(diff);
+/// so one edit costs one diff, not one per object; and when the pass knows
+/// which objects changed, only those are looked at.
+fn diff_declared(inputs: &Inputs<'_>, previous: Option<LastDiffs>, plan: &mut Plan) {
+    let mut previous = previous.filter(|p| Arc::ptr_eq(&p.sources, inputs.parsed));
+    if let Some(previous) = &mut previous {
+        plan.was_drifting = Some(std::mem::take(&mut previous.drifting));
+        plan.seen_undeclared = std::mem::take(&mut previous.undeclared);
     }
+    let objects = inputs.parsed.objects.len();
+    match (inputs.changed, previous) {
+        (Some(changed), Some(previous)) if previous.diffs.len() == objects && previous.versions.len() == objects => {
+            (plan.diffs, plan.versions) = (previous.diffs, previous.versions);
+            (plan.differing, plan.managed) = (previous.differing, previous.managed);
+            for &index in changed {
+                let (diff, version) = diff_one(inputs, index, None, &mut plan.clean);
+                if diff.in_sync() || inputs.owners[index].is_some() {
+                    plan.differing.remove(&index);
+                } else {
+                    plan.differing.insert(index);
+                }
+                (plan.diffs[index], plan.versions[index]) = (diff, version);
+            }
+        }
+        (_, mut previous) => {
+            plan.diffs.reserve(objects);
+            plan.versions.reserve(objects);
+            for index in 0..objects {
+                let seen = previous.as_mut().and_then(|p| {
+                    let version = p.versions.get_mut(index).map(std::mem::take)?;
+                    Some((version, p.diffs.get_mut(index).map(std::mem::take)?))
+                });
+                let (diff, version) = diff_one(inputs, index, seen, &mut plan.clean);
+                if !diff.in_sync() {
+                    plan.differing.insert(index);
+                }
+                plan.managed += usize::from(inputs.owners[index].is_none());
+                plan.diffs.push(diff);
+                plan.versions.push(version);
+            }
+        }
+    }
+}
+
+/// One declared object's diff, and the live resourceVersion it was made
+/// at: `seen` again if the object is still at the version it was made at.
+/// An object an older DesiredState owns is not diffed.
+fn diff_one(
+    inputs: &Inputs<'_>,
+    index: usize,
+    seen: Option<(Option<String>, drift::ObjectDiff)>,
+    clean: &mut Vec<api::ObjectRef>,
+) -> (drift::ObjectDiff, Option<String>) {
+    if inputs.owners[index].is_some() {
+        return (drift::ObjectDiff::default(), None);
+    }
+    let declared = &inputs.parsed.objects[index];
+    let live = inputs.lives[index].as_deref();
+    let version = live.and_then(|l| l.metadata.resource_version.clone());
+    if let Some((seen, diff)) = seen
+        && seen == version
+        && version.is_some()
+    {
+        return (diff, version);
+    }
+    let live = live.and_then(kept::live_value);
+    let diff = drift::diff(&declared.object(), live.as_ref(), inputs.options);
+    if diff.in_sync() {
+        clean.push(declared.key.object_ref());
+    }
+    (diff, version)
 }
 
 /// The gate's verdict as status shows it (None: nothing to do).
@@ -344,20 +404,20 @@ pub(super) struct Outcome {
 
 /// What status observes of this pass: every declared object (a reverted
 /// one matches Git again) and every undeclared one left in place.
+/// Objects in sync are counted (`plan.managed`), not listed.
 pub(super) fn observations<'a>(
     inputs: &'a Inputs<'_>,
     plan: &'a Plan,
     outcome: &Outcome,
     in_sync: &'a drift::ObjectDiff,
 ) -> Vec<status::Observed<'a>> {
-    let declared = inputs.parsed.objects.iter().enumerate().filter(|(index, _)| inputs.owners[*index].is_none()).map(
-        |(index, declared)| status::Observed {
-            object: declared.key.object_ref(),
+    let declared =
+        plan.differing.iter().filter(|index| inputs.owners[**index].is_none()).map(|&index| status::Observed {
+            object: inputs.parsed.objects[index].key.object_ref(),
             diff: if outcome.reverted.contains(&index) { in_sync } else { &plan.diffs[index] },
-            judgement: plan.judgements[index].as_ref(),
+            judgement: plan.judgements.get(&index),
             undeclared: false,
-        },
-    );
+        });
     let extras = plan.extras.iter().enumerate().filter(|(at, _)| !outcome.deleted.contains(at)).map(
         |(_, (index, judgement))| status::Observed {
             object: inputs.extras[*index].object_ref(),
@@ -389,36 +449,28 @@ impl Notice {
 /// The Events this pass's observations call for: drift that started,
 /// undeclared objects newly found, changes newly held, dry-run reverts, and
 /// drift that ended by itself (a revert or a deletion announces itself).
-pub(super) fn notices(
-    inputs: &Inputs<'_>,
-    plan: &Plan,
-    outcome: &Outcome,
-    memory: &Memory,
-    new: &DesiredStateStatus,
-) -> Vec<Notice> {
+pub(super) fn notices(inputs: &Inputs<'_>, plan: &Plan, outcome: &Outcome, new: &DesiredStateStatus) -> Vec<Notice> {
     let old = inputs.old;
     let mut notices = Vec::new();
-    let previous = memory.last.as_ref().filter(|p| Arc::ptr_eq(&p.sources, inputs.parsed));
-    let object_refs: Vec<api::ObjectRef> = inputs.parsed.objects.iter().map(|d| d.key.object_ref()).collect();
+    let object_ref = |index: usize| inputs.parsed.objects[index].key.object_ref();
     // What was drifting before: the last pass over the same parse knows
     // every object; otherwise status (which lists only the first ones).
-    let was_drifting = |index: usize| match previous {
-        Some(previous) => previous.drifting.get(index).copied().unwrap_or(false),
-        None => old.drifted_objects.iter().any(|d| d.object == object_refs[index]),
+    let was_drifting = |index: usize| match &plan.was_drifting {
+        Some(drifting) => drifting.contains(&index),
+        None => old.drifted_objects.iter().any(|d| d.object == object_ref(index)),
     };
-    for (index, diff) in plan.diffs.iter().enumerate() {
-        if diff.in_sync() || was_drifting(index) && !outcome.reverted.contains(&index) {
+    for &index in &plan.differing {
+        if was_drifting(index) && !outcome.reverted.contains(&index) {
             continue;
         }
-        let object = describe(&object_refs[index]);
-        let fields = status::fields(diff).join(", ");
+        let object = describe(&object_ref(index));
+        let fields = status::fields(&plan.diffs[index]).join(", ");
         notices.push(Notice::warning("DriftDetected", format!("{object} differs from Git: {fields}")));
     }
-    let seen_extras: HashSet<&str> = memory.last.iter().flat_map(|l| l.undeclared.iter().map(String::as_str)).collect();
     for (index, judgement) in &plan.extras {
         let extra = &inputs.extras[*index];
         let listed = old.drifted_objects.iter().any(|d| d.undeclared && d.object == extra.object_ref());
-        if seen_extras.contains(extra.uid.as_str()) || listed {
+        if plan.seen_undeclared.contains(extra.uid.as_str()) || listed {
             continue;
         }
         let object = describe(&extra.object_ref());
@@ -455,8 +507,7 @@ pub(super) fn notices(
     let deleted: BTreeSet<api::ObjectRef> =
         outcome.deleted.iter().map(|at| inputs.extras[plan.extras[*at].0].object_ref()).collect();
     for object in &stopped {
-        let index = object_refs.iter().position(|o| o == object);
-        if index.is_some_and(|i| outcome.reverted.contains(&i)) || deleted.contains(object) {
+        if outcome.reverted.iter().any(|&i| object_ref(i) == *object) || deleted.contains(object) {
             continue;
         }
         let undeclared = old.drifted_objects.iter().any(|d| d.undeclared && d.object == *object);
@@ -471,7 +522,7 @@ pub(super) fn notices(
     if !conflicted && let Some((index, Some(owner))) = inputs.owners.iter().enumerate().find(|(_, o)| o.is_some()) {
         let others = inputs.owners.iter().filter(|o| o.is_some()).count() - 1;
         let more = if others > 0 { format!(" (and {others} more)") } else { String::new() };
-        let object = describe(&object_refs[index]);
+        let object = describe(&object_ref(index));
         let note = format!(
             "{object}{more} is declared here but managed by DesiredState {owner}, which declared it first: left to it"
         );
@@ -480,7 +531,7 @@ pub(super) fn notices(
     for index in &plan.contested {
         let was = old.conditions.iter().any(|c| c.type_ == "Contested" && c.status == "True");
         if !was {
-            let object = describe(&object_refs[*index]);
+            let object = describe(&object_ref(*index));
             let note = format!(
                 "{object} is rewritten right after each revert (a webhook, an autoscaler, another tool?): reverts back off"
             );

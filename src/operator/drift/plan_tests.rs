@@ -163,6 +163,7 @@ impl World {
             removed_from_git: &self.removed_from_git,
             options: &self.options,
             now: at(100),
+            changed: None,
         }
     }
 }
@@ -172,20 +173,20 @@ fn unauthorized_drift_is_reverted_and_announced_once() {
     let world = World::new(vec![Some(live("web", 5, "10")), Some(live("api", 2, "11"))], Vec::new());
     let gate = FixedGate::default();
     let memory = Memory::default();
-    let plan = plan(&world.inputs(), &memory, &gate);
+    let plan = plan(&world.inputs(), &memory, None, &gate);
     assert_eq!(plan.reverts, vec![0]);
     assert!(plan.diffs[1].in_sync());
     assert_eq!(plan.clean.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["api"]);
-    assert_eq!(plan.judgements[0].as_ref().unwrap().class, DriftClass::Unauthorized);
+    assert_eq!(plan.judgements[&0].class, DriftClass::Unauthorized);
     assert!(plan.deletions.is_empty() && plan.wake.is_none());
 
     let outcome = Outcome { reverted: vec![0], ..Outcome::default() };
     let in_sync = drift::ObjectDiff::default();
     let inputs = world.inputs();
     let observed = observations(&inputs, &plan, &outcome, &in_sync);
-    let status = status::observed(&world.old, None, None, &observed, at(100));
+    let status = status::observed(&world.old, None, None, (&observed, plan.managed), at(100));
     assert_eq!(status.drifted, Some(0), "a reverted object matches Git again");
-    let notices = notices(&world.inputs(), &plan, &outcome, &memory, &status);
+    let notices = notices(&world.inputs(), &plan, &outcome, &status);
     let reasons: Vec<&str> = notices.iter().map(|n| n.reason).collect();
     assert_eq!(reasons, ["DriftDetected"]);
 }
@@ -200,14 +201,14 @@ fn our_own_revert_is_not_repeated_and_a_fight_backs_off() {
     // changing back): reported, not reverted in a loop.
     let mut memory = Memory::default();
     memory.reverted.insert(web.clone(), "10".into());
-    assert!(plan(&world.inputs(), &memory, &gate).reverts.is_empty());
+    assert!(plan(&world.inputs(), &memory, None, &gate).reverts.is_empty());
 
     // Rewritten right after each of three reverts: contested, waits.
     let mut memory = Memory::default();
     for second in [97, 98, 99] {
         memory.contest.reverted(&web, at(second));
     }
-    let plan = plan(&world.inputs(), &memory, &gate);
+    let plan = plan(&world.inputs(), &memory, None, &gate);
     assert!(plan.reverts.is_empty());
     assert_eq!(plan.contested, vec![0]);
     assert!(plan.wake.is_some_and(|wake| wake > at(100)), "it comes back when the wait is over");
@@ -219,19 +220,19 @@ fn held_drift_wakes_the_pass_when_its_window_ends_and_codifies_after() {
     let mut gate = FixedGate::default();
     let hold = Decision::Hold { request: "alice-fix".into(), class: DriftClass::Authorized, until: at(400) };
     gate.verdicts.insert("web".into(), hold);
-    let plan_held = plan(&world.inputs(), &Memory::default(), &gate);
+    let plan_held = plan(&world.inputs(), &Memory::default(), None, &gate);
     assert!(plan_held.reverts.is_empty());
     assert_eq!(plan_held.wake, Some(at(400)));
-    assert_eq!(plan_held.judgements[0].as_ref().unwrap().action, DriftAction::Hold);
+    assert_eq!(plan_held.judgements[&0].action, DriftAction::Hold);
 
     // Ended and kept (windowEnd: Report): codified once, then not again.
     world.spec.remediation.window_end = RemediationAction::Report;
     let ended = Decision::Report { class: DriftClass::WindowEnded, request: Some("alice-fix".into()) };
     gate.verdicts.insert("web".into(), ended);
-    let first = plan(&world.inputs(), &Memory::default(), &gate);
+    let first = plan(&world.inputs(), &Memory::default(), None, &gate);
     assert_eq!(first.codify, vec![("alice-fix".to_owned(), 0)]);
     gate.codified.insert("web".into());
-    assert!(plan(&world.inputs(), &Memory::default(), &gate).codify.is_empty());
+    assert!(plan(&world.inputs(), &Memory::default(), None, &gate).codify.is_empty());
 }
 
 #[test]
@@ -255,7 +256,7 @@ fn undeclared_objects_are_judged_deleted_held_or_exempt() {
     let hold = Decision::Hold { request: "alice-fix".into(), class: DriftClass::Authorized, until: at(400) };
     gate.verdicts.insert("backdoor".into(), hold);
     let memory = Memory::default();
-    let plan = plan(&world.inputs(), &memory, &gate);
+    let plan = plan(&world.inputs(), &memory, None, &gate);
 
     let judged: Vec<(&str, DriftAction)> =
         plan.extras.iter().map(|(index, j)| (world.extras[*index].name.as_str(), j.action)).collect();
@@ -271,29 +272,29 @@ fn undeclared_objects_are_judged_deleted_held_or_exempt() {
     let in_sync = drift::ObjectDiff::default();
     let inputs = world.inputs();
     let observed = observations(&inputs, &plan, &outcome, &in_sync);
-    let status = status::observed(&world.old, None, None, &observed, at(100));
+    let status = status::observed(&world.old, None, None, (&observed, plan.managed), at(100));
     let counts = status.drift_counts.clone().unwrap();
     assert_eq!((counts.undeclared, counts.authorized, status.managed), (1, 0, Some(2)));
     let listed = &status.drifted_objects[0];
     assert!(listed.undeclared && listed.object.name == "backdoor" && listed.action == Some(DriftAction::Hold));
-    let notices = notices(&world.inputs(), &plan, &outcome, &memory, &status);
+    let notices = notices(&world.inputs(), &plan, &outcome, &status);
     let reasons: Vec<&str> = notices.iter().map(|n| n.reason).collect();
     assert_eq!(reasons, ["UndeclaredObject", "UndeclaredObject", "DriftHeld"]);
     assert!(notices[2].note.contains("created within AccessRequest alice-fix"), "{:?}", notices[2]);
 
     // Dry run: nothing is deleted, it would be.
     world.spec.dry_run = true;
-    let dry = super::plan(&world.inputs(), &memory, &gate);
+    let dry = super::plan(&world.inputs(), &memory, None, &gate);
     assert!(dry.deletions.is_empty());
     assert_eq!(dry.extras[0].1.action, DriftAction::WouldRevert);
     // Removed from Git (the inventory has it): Git's, not a creation.
     world.spec.dry_run = false;
     world.removed_from_git.insert("uid-miner".into());
-    let judged = super::plan(&world.inputs(), &memory, &gate);
+    let judged = super::plan(&world.inputs(), &memory, None, &gate);
     assert_eq!(judged.extras.iter().map(|(i, _)| world.extras[*i].name.as_str()).collect::<Vec<_>>(), ["backdoor"]);
     // Turned off: not looked at.
     world.extras.truncate(0);
-    assert!(super::plan(&world.inputs(), &memory, &gate).extras.is_empty());
+    assert!(super::plan(&world.inputs(), &memory, None, &gate).extras.is_empty());
 }
 
 #[test]
@@ -316,14 +317,15 @@ fn an_object_another_desired_state_owns_is_left_to_it() {
     world.owners[0] = Some(platform);
     let gate = FixedGate::default();
     let memory = Memory::default();
-    let plan = plan(&world.inputs(), &memory, &gate);
-    assert!(plan.reverts.is_empty() && plan.judgements[0].is_none(), "no revert fight");
+    let plan = plan(&world.inputs(), &memory, None, &gate);
+    assert!(plan.reverts.is_empty() && !plan.judgements.contains_key(&0), "no revert fight");
     let in_sync = drift::ObjectDiff::default();
     let inputs = world.inputs();
     let observed = observations(&inputs, &plan, &Outcome::default(), &in_sync);
-    assert_eq!(observed.len(), 1, "not counted as managed here");
-    let status = status::observed(&world.old, None, None, &observed, at(100));
-    let notices = notices(&inputs, &plan, &Outcome::default(), &memory, &status);
+    assert!(observed.is_empty(), "api is in sync; web is not observed here");
+    assert_eq!(plan.managed, 1, "web is not counted as managed here");
+    let status = status::observed(&world.old, None, None, (&observed, plan.managed), at(100));
+    let notices = notices(&inputs, &plan, &Outcome::default(), &status);
     assert_eq!(notices.len(), 1);
     assert_eq!(notices[0].reason, "ManagedElsewhere");
     assert!(notices[0].note.contains("managed by DesiredState shop/platform"), "{:?}", notices[0]);
@@ -347,7 +349,7 @@ fn a_pass_is_reported_remembered_and_a_recovered_source_announced() {
     let gate = FixedGate::default();
     let memory = Memory::default();
     let inputs = world.inputs();
-    let plan = plan(&inputs, &memory, &gate);
+    let plan = plan(&inputs, &memory, None, &gate);
     assert_eq!(plan.reverts, vec![0]);
     // The revert of web was deferred (the rate limit): it is still drift.
     let outcome = Outcome { retry_after: Some(std::time::Duration::from_secs(1)), ..Outcome::default() };
@@ -360,13 +362,14 @@ fn a_pass_is_reported_remembered_and_a_recovered_source_announced() {
         verified: true,
         refusal: None,
         unwatched: &[],
-        inventory: report::Kept {
+        inventory: Some(report::Kept {
             declared: current.len(),
             entries: &[],
             blocked: None,
             pruned: 0,
             config_map: "ops/inv",
-        },
+        }),
+        prune_blocked: None,
     };
     let status = report::status(&inputs, &plan, &memory, done);
     assert_eq!((status.drifted, status.observed_generation), (Some(1), Some(3)));
@@ -381,6 +384,66 @@ fn a_pass_is_reported_remembered_and_a_recovered_source_announced() {
 
     assert_eq!(report::next_pass(plan.wake, &[outcome.retry_after, None], at(100)), outcome.retry_after);
     let last = report::remembered(&inputs, plan, &outcome);
-    assert_eq!(last.drifting, [true, false]);
+    assert_eq!(last.drifting, [0].into());
     assert_eq!(last.versions, [Some("10".to_owned()), Some("11".to_owned())]);
+}
+
+/// A pass told which objects changed since the last one over the same
+/// parse diffs only those and judges them with the drifting ones: the same
+/// plan a full pass makes, at a cost set by what changed and drifts.
+#[test]
+fn a_pass_that_knows_what_changed_plans_what_a_full_pass_would() {
+    use crate::operator::drift::report;
+    let gate = FixedGate::default();
+    let spec = |world: &mut World| world.spec.remediation.unauthorized = RemediationAction::Report;
+    // web drifts (5 replicas, Git says 2); api is in sync.
+    let mut world = World::new(vec![Some(live("web", 5, "10")), Some(live("api", 2, "11"))], Vec::new());
+    spec(&mut world);
+    let first = plan(&world.inputs(), &Memory::default(), None, &gate);
+    assert_eq!((first.differing.iter().copied().collect::<Vec<_>>(), first.managed), (vec![0], 2));
+    let last = report::remembered(&world.inputs(), first, &Outcome::default());
+
+    // api is edited; web is not.
+    world.lives[1] = Some(live("api", 7, "12"));
+    let changed = [1].into();
+    let mut inputs = world.inputs();
+    inputs.changed = Some(&changed);
+    gate.asked.lock().unwrap().clear();
+    let followed = plan(&inputs, &Memory::default(), Some(last), &gate);
+    let full = plan(&world.inputs(), &Memory::default(), None, &gate);
+    assert_eq!(followed.differing, full.differing);
+    assert_eq!(followed.judgements, full.judgements);
+    assert_eq!(followed.diffs, full.diffs);
+    assert_eq!(followed.versions, full.versions);
+    assert_eq!(followed.managed, full.managed);
+    assert_eq!(followed.was_drifting, Some([0].into()), "what the last pass left drifting");
+    let asked: Vec<String> = gate.asked.lock().unwrap().iter().map(|(name, _)| name.clone()).collect();
+    assert_eq!(asked[..2], ["web".to_owned(), "api".to_owned()], "only the differing objects are judged");
+    let notices = notices(&inputs, &followed, &Outcome::default(), &DesiredStateStatus::default());
+    let detected: Vec<&str> = notices.iter().map(|n| n.note.as_str()).collect();
+    assert_eq!(
+        detected,
+        ["Deployment shop/api differs from Git: /spec/replicas (changed)"],
+        "web was announced before"
+    );
+
+    // Back in sync: api is seen clean, and no longer differs.
+    let last = report::remembered(&inputs, followed, &Outcome::default());
+    world.lives[1] = Some(live("api", 2, "13"));
+    let mut inputs = world.inputs();
+    inputs.changed = Some(&changed);
+    let followed = plan(&inputs, &Memory::default(), Some(last), &gate);
+    assert_eq!(followed.differing, [0].into());
+    assert_eq!(followed.clean.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["api"], "web was not diffed again");
+
+    // Told nothing of web, the pass does not read it: the watches name
+    // every change (and a change they cannot name makes a full pass).
+    let last = report::remembered(&inputs, followed, &Outcome::default());
+    world.lives[0] = Some(live("web", 2, "14"));
+    let nothing = std::collections::BTreeSet::new();
+    let mut inputs = world.inputs();
+    inputs.changed = Some(&nothing);
+    let followed = plan(&inputs, &Memory::default(), Some(last), &gate);
+    assert_eq!(followed.differing, [0].into());
+    assert!(followed.clean.is_empty());
 }

@@ -126,6 +126,7 @@ pub(super) async fn sources(
 }
 
 /// The live side of a pass, from the watch caches.
+#[derive(Default)]
 pub(super) struct Live {
     /// Per declared object: its watch (None: a kind discovery does not know).
     pub resources: Vec<Option<WatchKey>>,
@@ -141,6 +142,8 @@ pub(super) struct Live {
     pub unwatched: Vec<String>,
     /// Per declared object: the (older) DesiredState that owns it instead.
     pub owners: Vec<Option<super::claims::Claimant>>,
+    /// The declared kinds' caches, which a later pass reads changed objects from.
+    pub stores: HashMap<WatchKey, Store<DynamicObject>>,
 }
 
 /// Watches exactly the declared kinds where they are declared, and the
@@ -289,7 +292,19 @@ pub(super) async fn live(
             }
         }
     }
-    Some(Live { resources, lives, extras, watched, uids, grant_bindings, source_config_maps, unwatched, owners })
+    let stores = stores.into_iter().map(|(key, (store, _))| (key, store)).collect();
+    Some(Live {
+        resources,
+        lives,
+        extras,
+        watched,
+        uids,
+        grant_bindings,
+        source_config_maps,
+        unwatched,
+        owners,
+        stores,
+    })
 }
 
 /// The inventory as stored, read once after a start (None: it could not be
@@ -359,17 +374,25 @@ pub(super) fn source_fingerprint(
         .filter(|s| s.name.is_none())
         .filter_map(|s| s.selector.clone().and_then(|sel| Selector::try_from(sel).ok()))
         .collect();
-    let mut found: Vec<(String, String)> = meta
-        .state()
-        .iter()
-        .filter(|cm| cm.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|cm| {
-            let name = cm.metadata.name.as_deref().unwrap_or_default();
-            names.contains(&name) || selectors.iter().any(|s| s.matches(cm.labels()))
-        })
-        .map(|cm| (cm.name_any(), cm.resource_version().unwrap_or_default()))
-        .collect();
+    let version = |cm: &PartialObjectMeta<ConfigMap>| (cm.name_any(), cm.resource_version().unwrap_or_default());
+    // Every pass asks: sources named one by one are looked up, not searched
+    // for among all the cluster's ConfigMaps.
+    let mut found: Vec<(String, String)> = if selectors.is_empty() {
+        let named = names.iter().filter_map(|name| meta.get(&ObjectRef::new(name).within(namespace)));
+        named.map(|cm| version(&cm)).collect()
+    } else {
+        meta.state()
+            .iter()
+            .filter(|cm| cm.metadata.namespace.as_deref() == Some(namespace))
+            .filter(|cm| {
+                let name = cm.metadata.name.as_deref().unwrap_or_default();
+                names.contains(&name) || selectors.iter().any(|s| s.matches(cm.labels()))
+            })
+            .map(|cm| version(cm))
+            .collect()
+    };
     found.sort();
+    found.dedup();
     found
 }
 

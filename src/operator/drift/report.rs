@@ -27,7 +27,10 @@ pub(super) struct Done<'a> {
     pub refusal: Option<&'a Refusal>,
     /// Owned kinds the operator may not watch.
     pub unwatched: &'a [String],
-    pub inventory: Kept<'a>,
+    /// None: a pass that did not read the inventory (it stays as it was).
+    pub inventory: Option<Kept<'a>>,
+    /// What the PruneBlocked condition says (None: no prune is held back).
+    pub prune_blocked: Option<String>,
 }
 
 /// The inventory after the pass.
@@ -68,12 +71,12 @@ pub(super) fn status(inputs: &Inputs<'_>, plan: &Plan, memory: &Memory, done: Do
     let rejected = rejected(inputs, memory);
     let in_sync = drift::ObjectDiff::default();
     let observed = plan::observations(inputs, plan, done.outcome, &in_sync);
-    let kept = &done.inventory;
     status::after_pass(status::Pass {
         old: inputs.old,
         generation: done.generation,
         revision: parsed.revision.clone(),
         observed: &observed,
+        managed: plan.managed,
         signature: done.signature,
         verified: done.verified,
         rejected: &rejected,
@@ -83,15 +86,10 @@ pub(super) fn status(inputs: &Inputs<'_>, plan: &Plan, memory: &Memory, done: Do
         foreign: &foreign,
         reverted: done.outcome.reverted.len() + done.outcome.deleted.len(),
         last_revert: done.outcome.last.clone(),
-        inventory: Some(status::inventory(
-            inputs.old,
-            kept.declared,
-            kept.entries,
-            kept.blocked,
-            kept.pruned,
-            kept.config_map,
-        )),
-        prune_blocked: kept.blocked.map(status::prune_blocked),
+        inventory: done.inventory.as_ref().map(|kept| {
+            status::inventory(inputs.old, kept.declared, kept.entries, kept.blocked, kept.pruned, kept.config_map)
+        }),
+        prune_blocked: done.prune_blocked,
         now: inputs.now,
     })
 }
@@ -116,7 +114,7 @@ pub(super) fn notices(
     memory: &Memory,
     (status, refused): (&DesiredStateStatus, bool),
 ) -> Vec<Notice> {
-    let mut notices = plan::notices(inputs, plan, outcome, memory, status);
+    let mut notices = plan::notices(inputs, plan, outcome, status);
     let was_refused = inputs.old.conditions.iter().any(|c| c.type_ == "SourceValid" && c.status == "False");
     if !refused && was_refused && rejected(inputs, memory).is_empty() {
         let revision = status.revision.as_deref().unwrap_or("without a revision");
@@ -129,12 +127,20 @@ pub(super) fn notices(
 
 /// What the next pass remembers of this one's diffs.
 pub(super) fn remembered(inputs: &Inputs<'_>, plan: Plan, outcome: &Outcome) -> LastDiffs {
-    let drifting = plan.diffs.iter().enumerate().map(|(i, d)| !d.in_sync() && !outcome.reverted.contains(&i)).collect();
+    let drifting = plan.differing.iter().copied().filter(|i| !outcome.reverted.contains(i)).collect();
     let undeclared = (plan.extras.iter().enumerate())
         .filter(|(at, _)| !outcome.deleted.contains(at))
         .map(|(_, (index, _))| inputs.extras[*index].uid.clone())
         .collect();
-    LastDiffs { sources: inputs.parsed.clone(), versions: plan.versions, diffs: plan.diffs, drifting, undeclared }
+    LastDiffs {
+        sources: inputs.parsed.clone(),
+        versions: plan.versions,
+        diffs: plan.diffs,
+        differing: plan.differing,
+        drifting,
+        managed: plan.managed,
+        undeclared,
+    }
 }
 
 /// When to look again without a change: the plan's wake-up (a held

@@ -44,7 +44,7 @@ pub fn observed(
     old: &DesiredStateStatus,
     generation: Option<i64>,
     revision: Option<String>,
-    observed: &[Observed<'_>],
+    (observed, managed): (&[Observed<'_>], usize),
     now: Timestamp,
 ) -> DesiredStateStatus {
     let mut drifted: Vec<DriftedObject> = observed
@@ -85,7 +85,7 @@ pub fn observed(
     }
     drifted.sort_by(|a, b| (a.since.0, &a.object).cmp(&(b.since.0, &b.object)));
     drifted.truncate(MAX_LISTED);
-    let managed = i64::try_from(observed.iter().filter(|o| !o.undeclared).count()).unwrap_or(i64::MAX);
+    let managed = i64::try_from(managed).unwrap_or(i64::MAX);
     let differing = total - counts.undeclared;
     let mut message = if differing == 0 {
         format!("all {managed} objects match Git")
@@ -137,7 +137,10 @@ pub struct Pass<'a> {
     pub old: &'a DesiredStateStatus,
     pub generation: Option<i64>,
     pub revision: Option<String>,
+    /// The objects that differ from Git, and those not declared.
     pub observed: &'a [Observed<'a>],
+    /// Declared objects this DesiredState manages (in sync or not).
+    pub managed: usize,
     /// The signature that verified the enforced sources.
     pub signature: Option<crate::drift::signature::Verified>,
     /// Whether signatures are checked at all.
@@ -165,7 +168,7 @@ pub struct Pass<'a> {
 /// Status after a pass.
 pub fn after_pass(pass: Pass<'_>) -> DesiredStateStatus {
     let (old, now) = (pass.old, pass.now);
-    let mut status = observed(old, pass.generation, pass.revision, pass.observed, now);
+    let mut status = observed(old, pass.generation, pass.revision, (pass.observed, pass.managed), now);
     if let Some(verified) = pass.signature {
         let sequence = i64::try_from(verified.sequence).unwrap_or(i64::MAX);
         status.signature = Some(crate::api::SourceSignature { key: verified.key, sequence });
@@ -466,7 +469,7 @@ mod tests {
             Observed { object: object("b"), diff: &scaled, judgement: None, undeclared: false },
             Observed { object: object("c"), diff: &gone, judgement: None, undeclared: false },
         ];
-        let first = observed(&DesiredStateStatus::default(), Some(1), Some("abc".into()), &seen, t1);
+        let first = observed(&DesiredStateStatus::default(), Some(1), Some("abc".into()), (&seen, 3), t1);
         assert_eq!((first.managed, first.in_sync, first.drifted), (Some(3), Some(1), Some(2)));
         assert_eq!(first.drifted_objects[0].fields, ["/spec/replicas (changed)"]);
         assert_eq!(first.drifted_objects[1].fields, ["deleted"]);
@@ -474,7 +477,7 @@ mod tests {
         assert_eq!((drifted.status.as_str(), drifted.message.as_str()), ("True", "2 of 3 objects differ from Git"));
 
         // The same world later: identical status (no write), same `since`.
-        let again = observed(&first, Some(1), Some("abc".into()), &seen, t2);
+        let again = observed(&first, Some(1), Some("abc".into()), (&seen, 3), t2);
         assert_eq!(again, first);
         let (started, stopped) = transitions(&DesiredStateStatus::default(), &first);
         assert_eq!((started.len(), stopped.len()), (2, 0));
@@ -488,7 +491,8 @@ mod tests {
             .iter()
             .map(|n| Observed { object: object(n), diff: &scaled, judgement: None, undeclared: false })
             .collect();
-        let status = observed(&DesiredStateStatus::default(), None, None, &seen, Timestamp::from_second(1).unwrap());
+        let status =
+            observed(&DesiredStateStatus::default(), None, None, (&seen, 120), Timestamp::from_second(1).unwrap());
         assert_eq!(status.drifted, Some(120));
         assert_eq!(status.drifted_objects.len(), MAX_LISTED);
     }
@@ -498,7 +502,7 @@ mod tests {
         let t = Timestamp::from_second(1).unwrap();
         let scaled = drift("/spec/replicas", ChangeKind::Changed);
         let seen = [Observed { object: object("a"), diff: &scaled, judgement: None, undeclared: false }];
-        let good = observed(&DesiredStateStatus::default(), Some(1), Some("abc".into()), &seen, t);
+        let good = observed(&DesiredStateStatus::default(), Some(1), Some("abc".into()), (&seen, 1), t);
         let refusal = Refusal { reason: "SignatureInvalid", message: "changed after signing".into() };
         let mut enforcing = good.clone();
         enforce_last_verified(&mut enforcing, &good, &refusal, t);
@@ -522,7 +526,7 @@ mod tests {
 
     #[test]
     fn an_empty_source_manages_nothing_and_is_in_sync() {
-        let status = observed(&DesiredStateStatus::default(), None, None, &[], Timestamp::from_second(1).unwrap());
+        let status = observed(&DesiredStateStatus::default(), None, None, (&[], 0), Timestamp::from_second(1).unwrap());
         assert_eq!((status.managed, status.drifted), (Some(0), Some(0)));
         assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     }

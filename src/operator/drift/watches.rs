@@ -16,6 +16,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::changes::Changes;
 use crate::operator::ready::Ready;
 use tokio::task::JoinHandle;
 
@@ -89,10 +90,17 @@ pub trait Cached:
     fn replicas(&self) -> Option<i64> {
         None
     }
+
+    /// Whether an event names the one object a pass needs to look at
+    /// again (declared kinds); else it may change anything (an undeclared
+    /// object: what is exempt, owned, or deleted).
+    const NAMES_ITS_CHANGE: bool = false;
 }
 
 /// Declared kinds: the whole object, compact.
 impl Cached for DynamicObject {
+    const NAMES_ITS_CHANGE: bool = true;
+
     fn for_cache(&mut self) {
         crate::drift::kept::for_watch_cache(self);
     }
@@ -142,6 +150,8 @@ pub struct Watches<K: Cached> {
     client: Client,
     trigger: UnboundedSender<ObjectRef<DesiredState>>,
     pending_since: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Instant>>>,
+    /// What each event changed, for the pass it triggers.
+    changes: Changes,
     // Shared with the watch tasks, which read it at event time so that a
     // user added after a watch started is told too.
     users: Users,
@@ -157,13 +167,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl<K: Cached> Watches<K> {
     /// `pending_since` records, per DesiredState, when a watch first saw a
     /// change it has not reconciled yet (where detection latency starts).
-    pub fn new(
+    pub(super) fn new(
         client: Client,
         trigger: UnboundedSender<ObjectRef<DesiredState>>,
         pending_since: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Instant>>>,
+        changes: Changes,
         write_log: Option<Arc<crate::operator::writelog::SharedLog>>,
     ) -> Self {
-        Self { client, trigger, pending_since, users: Users::default(), running: Mutex::new(HashMap::new()), write_log }
+        let (users, running) = (Users::default(), Mutex::new(HashMap::new()));
+        Self { client, trigger, pending_since, changes, users, running, write_log }
     }
 
     /// The watches in use.
@@ -247,7 +259,7 @@ impl<K: Cached> Watches<K> {
             })
             .reflect(writer);
         let (trigger, users, key) = (self.trigger.clone(), self.users.clone(), key.clone());
-        let pending_since = self.pending_since.clone();
+        let (pending_since, changes) = (self.pending_since.clone(), self.changes.clone());
         let forbidden = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ready_sender, ready) = tokio::sync::watch::channel(false);
         let ready_sender = Arc::new(ready_sender);
@@ -278,11 +290,22 @@ impl<K: Cached> Watches<K> {
                 }
                 match event {
                     // Any change may be drift for whoever declares this kind here.
-                    Ok(_) => {
+                    Ok(event) => {
                         let to_tell: Vec<_> =
                             lock(&users).get(&key).map(|u| u.iter().cloned().collect()).unwrap_or_default();
+                        let named = match &event {
+                            watcher::Event::Apply(object) | watcher::Event::Delete(object) if K::NAMES_ITS_CHANGE => {
+                                object.meta().name.as_deref()
+                            }
+                            // A relist, or an undeclared object.
+                            _ => None,
+                        };
                         let now = Instant::now();
                         for user in to_tell {
+                            match named {
+                                Some(name) => changes.object(&user, &key, name),
+                                None => changes.anything(&user),
+                            }
                             lock(&pending_since).entry(user.clone()).or_insert(now);
                             let _ = trigger.send(user);
                         }
