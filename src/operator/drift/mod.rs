@@ -25,7 +25,7 @@ mod steady;
 mod trust;
 pub mod watches;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 
@@ -381,6 +381,7 @@ impl plan::Gate for Caches {
 /// and the drifting ones ([`steady`]).
 async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Action, Error> {
     let _timer = context.metrics.reconcile_timer(CONTROLLER);
+    let started = Instant::now();
     let me = ObjectRef::from_obj(&*state);
     let triggered_at = context.pending_since.lock().unwrap_or_else(|p| p.into_inner()).remove(&me);
     let changed = context.changes.take(&me);
@@ -427,13 +428,16 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     }
     let now = Timestamp::now();
     let claims_generation = context.claims.generation();
-    let follows = steady
-        .as_ref()
-        .is_some_and(|s| refusal.is_none() && s.fits(&parsed, claims_generation, &changed, Instant::now()));
+    let mut doubt = match &steady {
+        None => Some("no full pass to follow"),
+        Some(_) if refusal.is_some() => Some("the sources are refused"),
+        Some(kept) => kept.doubt(&parsed, claims_generation, &changed, Instant::now()),
+    };
     let followed = match steady.take() {
-        Some(mut kept) if follows => match kept.refresh(&changed) {
+        Some(mut kept) if doubt.is_none() => match kept.refresh(&changed, &|id| context.claims.declared(id)) {
             Some(objects) => Some((kept, objects)),
             None => {
+                doubt = Some("a named change a full read must follow");
                 steady = Some(kept);
                 None
             }
@@ -472,6 +476,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         }
     };
 
+    let read_took = started.elapsed();
+
     // Plan (pure).
     let options =
         DiffOptions::with_ignore(drift::with_global_ignore(&state.spec.ignore, &context.settings.ignore_pointers));
@@ -502,6 +508,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     for object in &plan.clean {
         memory.clean_at.insert(object.clone(), now);
     }
+
+    let planned = started.elapsed();
 
     // Execute.
     let outcome = execute::carry_out(&context, &state, &inputs, &plan, &mut memory).await;
@@ -543,8 +551,10 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         }),
         prune_blocked: prune_blocked.clone(),
     };
+    let executed = started.elapsed();
     let status = report::status(&inputs, &plan, &memory, done);
     execute::write_status(&context, &state, &old, &status).await?;
+    let written = started.elapsed();
     memory.wrote(&status);
     let notices = report::notices(&inputs, &plan, &outcome, &memory, (&status, refusal.is_some()));
     if let Some(refusal) = &refusal {
@@ -571,6 +581,11 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         .uids
         .iter()
         .any(|(index, uid)| live.lives[*index].as_ref().and_then(|l| l.metadata.uid.as_deref()) != Some(uid.as_str()));
+    debug!(desired_state = %state.name_any(), namespace = ?state.namespace(), full = ?doubt,
+           changed = changed_objects.as_ref().map(BTreeSet::len), differing = memory.last.as_ref().map(|l| l.differing.len()),
+           read_us = read_took.as_micros() as u64, planned_us = planned.as_micros() as u64,
+           executed_us = executed.as_micros() as u64, written_us = written.as_micros() as u64,
+           took_us = started.elapsed().as_micros() as u64, "drift pass");
     if !recreated && inventory_saved {
         let mut next = steady::Steady::new(parsed, live, index, claims_generation, removed_from_git, prune_blocked);
         next.due = after.map(|after| Instant::now() + after);

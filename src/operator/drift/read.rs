@@ -144,6 +144,10 @@ pub(super) struct Live {
     pub owners: Vec<Option<super::claims::Claimant>>,
     /// The declared kinds' caches, which a later pass reads changed objects from.
     pub stores: HashMap<WatchKey, Store<DynamicObject>>,
+    /// The caches of kinds watched only for undeclared objects.
+    pub metadata: HashMap<WatchKey, Store<PartialObjectMeta<DynamicObject>>>,
+    /// The watches whose undeclared objects are `extras`.
+    pub extra_keys: HashSet<WatchKey>,
 }
 
 /// Watches exactly the declared kinds where they are declared, and the
@@ -233,23 +237,18 @@ pub(super) async fn live(
         if declared_names.contains(&(key.group.as_str(), key.kind.as_str(), key.namespace.as_deref(), name.as_str())) {
             return;
         }
-        let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-        extras.push(Extra {
-            key: key.clone(),
-            name: name.clone(),
-            uid: uid.clone(),
-            created: meta.creation_timestamp.as_ref().map(|t| t.0),
-            deleting: meta.deletion_timestamp.is_some(),
-            controller: controller.map(|o| (o.api_version.clone(), o.kind.clone(), o.uid.clone())),
-        });
+        extras.extend(extra_of(key, meta));
     };
+    let mut extra_keys: HashSet<WatchKey> = HashSet::new();
     for key in &from_declared {
+        extra_keys.insert(key.clone());
         watched.insert(KindRef { group: key.group.clone(), kind: key.kind.clone() });
         for object in stores.get(key).map(|(store, _)| store.state()).unwrap_or_default() {
             consider(key, &object.metadata);
         }
     }
     for (key, (store, _)) in metadata.iter().filter(|(key, _)| !forbidden.contains(key)) {
+        extra_keys.insert(key.clone());
         watched.insert(KindRef { group: key.group.clone(), kind: key.kind.clone() });
         for object in store.state() {
             consider(key, &object.metadata);
@@ -293,6 +292,7 @@ pub(super) async fn live(
         }
     }
     let stores = stores.into_iter().map(|(key, (store, _))| (key, store)).collect();
+    let metadata = metadata.into_iter().map(|(key, (store, _))| (key, store)).collect();
     Some(Live {
         resources,
         lives,
@@ -304,7 +304,93 @@ pub(super) async fn live(
         unwatched,
         owners,
         stores,
+        metadata,
+        extra_keys,
     })
+}
+
+/// An object of an owned kind as the plan judges it, if it has a name and uid.
+fn extra_of(key: &WatchKey, meta: &ObjectMeta) -> Option<Extra> {
+    let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    Some(Extra {
+        key: key.clone(),
+        name: meta.name.clone()?,
+        uid: meta.uid.clone()?,
+        created: meta.creation_timestamp.as_ref().map(|t| t.0),
+        deleting: meta.deletion_timestamp.is_some(),
+        controller: controller.map(|o| (o.api_version.clone(), o.kind.clone(), o.uid.clone())),
+    })
+}
+
+impl Live {
+    /// Follows a change of an object no source here declares, named by a
+    /// watch of `key`, into `extras` and `uids` as a full read would leave
+    /// them. False: a change this cannot follow (a full pass reads it).
+    pub fn follow_undeclared(
+        &mut self,
+        key: &WatchKey,
+        name: &str,
+        declared_elsewhere: &dyn Fn(&claims::ObjectId) -> bool,
+    ) -> bool {
+        // Not a kind and namespace whose undeclared objects count here.
+        if !self.extra_keys.contains(key) {
+            return true;
+        }
+        fn reference<K: kube::Resource<DynamicType = ApiResource>>(key: &WatchKey, name: &str) -> ObjectRef<K> {
+            let reference = ObjectRef::new_with(name, key.resource());
+            match &key.namespace {
+                Some(namespace) => reference.within(namespace),
+                None => reference,
+            }
+        }
+        let meta = match (self.stores.get(key), self.metadata.get(key)) {
+            (Some(store), _) => store.get(&reference(key, name)).map(|o| o.metadata.clone()),
+            (None, Some(store)) => store.get(&reference(key, name)).map(|o| o.metadata.clone()),
+            (None, None) => return false,
+        };
+        let fresh = meta.as_ref().and_then(|meta| extra_of(key, meta));
+        let known = self.extras.binary_search_by(|e| (&e.key, e.name.as_str()).cmp(&(key, name)));
+        let id = claims::id_of(&key.group, &key.kind, key.namespace.as_deref(), name);
+        match (known, fresh) {
+            // Still there: its times, owner and deletion are read again.
+            (Ok(at), Some(fresh)) if fresh.uid == self.extras[at].uid => {
+                self.extras[at] = fresh;
+                true
+            }
+            // Gone, or re-created: what was known of it goes.
+            (Ok(at), fresh) => {
+                let gone = self.extras.remove(at);
+                self.uids.remove(&gone.uid);
+                fresh.is_none_or(|fresh| self.insert(fresh, &id, declared_elsewhere))
+            }
+            (Err(_), Some(fresh)) => self.insert(fresh, &id, declared_elsewhere),
+            // Gone, and not known as undeclared here (another DesiredState
+            // declares it, say): its uid may be in `uids`, which only a full
+            // read clears.
+            (Err(_), None) => false,
+        }
+    }
+
+    /// A new undeclared object (or one another DesiredState declares:
+    /// known by uid only). False: a uid already known is not followed.
+    fn insert(
+        &mut self,
+        fresh: Extra,
+        id: &claims::ObjectId,
+        declared_elsewhere: &dyn Fn(&claims::ObjectId) -> bool,
+    ) -> bool {
+        let kind = KindRef { group: fresh.key.group.clone(), kind: fresh.key.kind.clone() };
+        if self.uids.insert(fresh.uid.clone(), kind).is_some() {
+            return false;
+        }
+        if declared_elsewhere(id) {
+            return true;
+        }
+        let at = self.extras.binary_search_by(|e| (&e.key, e.name.as_str()).cmp(&(&fresh.key, fresh.name.as_str())));
+        let (Ok(at) | Err(at)) = at;
+        self.extras.insert(at, fresh);
+        true
+    }
 }
 
 /// The inventory as stored, read once after a start (None: it could not be

@@ -84,23 +84,44 @@ impl Steady {
         Steady { parsed, live, index, claims, removed_from_git, prune_blocked, due: None }
     }
 
-    /// Whether a pass may read only what `changed` names.
-    pub fn fits(&self, parsed: &Arc<Declarations>, claims: u64, changed: &Changed, now: Instant) -> bool {
-        Arc::ptr_eq(&self.parsed, parsed)
-            && Arc::ptr_eq(&self.index.parsed, parsed)
-            && self.claims == claims
-            && !changed.anything
-            && self.due.is_none_or(|due| now + DUE_SLACK < due)
+    /// Why a pass may not read only what `changed` names (None: it may).
+    pub fn doubt(
+        &self,
+        parsed: &Arc<Declarations>,
+        claims: u64,
+        changed: &Changed,
+        now: Instant,
+    ) -> Option<&'static str> {
+        if !Arc::ptr_eq(&self.parsed, parsed) || !Arc::ptr_eq(&self.index.parsed, parsed) {
+            Some("a new parse")
+        } else if self.claims != claims {
+            Some("claims changed")
+        } else if changed.anything {
+            Some("not only named objects changed")
+        } else if self.due.is_some_and(|due| now + DUE_SLACK >= due) {
+            Some("a wake-up is due")
+        } else {
+            None
+        }
     }
 
     /// Reads the changed objects from the caches into `live`. Returns the
     /// declared objects that changed (by index), or None when the change is
     /// not one this can follow: a full pass must read everything.
-    pub fn refresh(&mut self, changed: &Changed) -> Option<BTreeSet<usize>> {
+    pub fn refresh(
+        &mut self,
+        changed: &Changed,
+        declared_elsewhere: &dyn Fn(&super::claims::ObjectId) -> bool,
+    ) -> Option<BTreeSet<usize>> {
         let mut indices = BTreeSet::new();
         for (key, name) in &changed.objects {
-            // Not declared here: an undeclared object of a declared kind.
-            let index = self.index.find(key, name)?;
+            let Some(index) = self.index.find(key, name) else {
+                // Not declared here: perhaps an undeclared object.
+                if !self.live.follow_undeclared(key, name, declared_elsewhere) {
+                    return None;
+                }
+                continue;
+            };
             let fresh = self.read(key, name)?;
             let uid = |live: &Option<Arc<DynamicObject>>| live.as_ref().and_then(|l| l.metadata.uid.clone());
             // Created, deleted or re-created: the inventory and the
@@ -142,6 +163,10 @@ mod tests {
             plural: "configmaps".into(),
             namespace: Some("shop".into()),
         }
+    }
+
+    fn kind() -> crate::api::KindRef {
+        crate::api::KindRef { group: String::new(), kind: "ConfigMap".into() }
     }
 
     fn config_map(name: &str, uid: &str, version: &str) -> DynamicObject {
@@ -186,6 +211,8 @@ mod tests {
             resources: vec![Some(key()), Some(key())],
             lives: vec![Some(Arc::new(a)), Some(Arc::new(b))],
             stores: [(key(), writer.as_reader())].into(),
+            uids: [("uid-a".into(), kind()), ("uid-b".into(), kind())].into(),
+            extra_keys: [key()].into(),
             ..Live::default()
         };
         let index = Index::of(&parsed, &live.resources, None);
@@ -195,31 +222,48 @@ mod tests {
     #[test]
     fn an_edit_is_read_alone_and_anything_else_makes_a_full_pass() {
         let (mut steady, mut writer) = steady();
+        let nobody = |_: &crate::operator::drift::claims::ObjectId| false;
         let now = Instant::now();
-        assert!(steady.fits(&steady.parsed.clone(), 7, &changed(&["b"]), now));
-        assert!(!steady.fits(&parse(&["a", "b"]), 7, &changed(&["b"]), now), "another parse");
-        assert!(!steady.fits(&steady.parsed.clone(), 8, &changed(&["b"]), now), "the claims changed");
+        assert!(steady.doubt(&steady.parsed.clone(), 7, &changed(&["b"]), now).is_none());
+        assert!(steady.doubt(&parse(&["a", "b"]), 7, &changed(&["b"]), now).is_some(), "another parse");
+        assert!(steady.doubt(&steady.parsed.clone(), 8, &changed(&["b"]), now).is_some(), "the claims changed");
         let anything = Changed { anything: true, ..Changed::default() };
-        assert!(!steady.fits(&steady.parsed.clone(), 7, &anything, now), "a relist, a grant, a source...");
+        assert!(steady.doubt(&steady.parsed.clone(), 7, &anything, now).is_some(), "a relist, a grant, a source...");
         steady.due = Some(now + Duration::from_millis(10));
-        assert!(!steady.fits(&steady.parsed.clone(), 7, &changed(&["b"]), now), "a wake-up is due");
+        assert!(steady.doubt(&steady.parsed.clone(), 7, &changed(&["b"]), now).is_some(), "a wake-up is due");
         steady.due = None;
 
         // b is edited: only b is read again.
         writer.apply_watcher_event(&Event::Apply(config_map("b", "uid-b", "3")));
-        assert_eq!(steady.refresh(&changed(&["b"])), Some([1].into()));
+        assert_eq!(steady.refresh(&changed(&["b"]), &nobody), Some([1].into()));
         let version =
             |steady: &Steady, i: usize| steady.live.lives[i].as_ref().unwrap().metadata.resource_version.clone();
         assert_eq!(version(&steady, 1).as_deref(), Some("3"));
-        assert_eq!(steady.refresh(&changed(&[])), Some(BTreeSet::new()), "nothing named: nothing read");
+        assert_eq!(steady.refresh(&changed(&[]), &nobody), Some(BTreeSet::new()), "nothing named: nothing read");
 
-        // Not declared here, deleted, re-created: not followed.
-        assert_eq!(steady.refresh(&changed(&["c"])), None, "an undeclared object");
+        // An undeclared object comes and goes: followed into what the plan judges.
+        writer.apply_watcher_event(&Event::Apply(config_map("c", "uid-c", "5")));
+        assert_eq!(steady.refresh(&changed(&["c"]), &nobody), Some(BTreeSet::new()));
+        let extras = |steady: &Steady| steady.live.extras.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+        assert_eq!(extras(&steady), ["c"]);
+        assert!(steady.live.uids.contains_key("uid-c"));
+        writer.apply_watcher_event(&Event::Delete(config_map("c", "uid-c", "5")));
+        assert_eq!(steady.refresh(&changed(&["c"]), &nobody), Some(BTreeSet::new()));
+        assert!(extras(&steady).is_empty() && !steady.live.uids.contains_key("uid-c"), "its uid vouches for nothing");
+        // Another DesiredState's: known by uid, not judged here.
+        writer.apply_watcher_event(&Event::Apply(config_map("d", "uid-d", "6")));
+        assert_eq!(steady.refresh(&changed(&["d"]), &|id| id.3 == "d"), Some(BTreeSet::new()));
+        assert!(extras(&steady).is_empty() && steady.live.uids.contains_key("uid-d"));
+        // ... and when it goes, only a full read knows what to forget.
+        writer.apply_watcher_event(&Event::Delete(config_map("d", "uid-d", "6")));
+        assert_eq!(steady.refresh(&changed(&["d"]), &|id| id.3 == "d"), None);
+
+        // A declared object re-created or deleted: not followed.
         writer.apply_watcher_event(&Event::Apply(config_map("a", "uid-a2", "4")));
-        assert_eq!(steady.refresh(&changed(&["a"])), None, "re-created under a new uid");
+        assert_eq!(steady.refresh(&changed(&["a"]), &nobody), None, "re-created under a new uid");
         let (mut steady, mut writer) = self::steady();
         writer.apply_watcher_event(&Event::Delete(config_map("a", "uid-a", "1")));
-        assert_eq!(steady.refresh(&changed(&["a"])), None, "deleted");
+        assert_eq!(steady.refresh(&changed(&["a"]), &nobody), None, "deleted");
     }
 
     #[test]

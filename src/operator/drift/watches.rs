@@ -90,17 +90,10 @@ pub trait Cached:
     fn replicas(&self) -> Option<i64> {
         None
     }
-
-    /// Whether an event names the one object a pass needs to look at
-    /// again (declared kinds); else it may change anything (an undeclared
-    /// object: what is exempt, owned, or deleted).
-    const NAMES_ITS_CHANGE: bool = false;
 }
 
 /// Declared kinds: the whole object, compact.
 impl Cached for DynamicObject {
-    const NAMES_ITS_CHANGE: bool = true;
-
     fn for_cache(&mut self) {
         crate::drift::kept::for_watch_cache(self);
     }
@@ -294,10 +287,10 @@ impl<K: Cached> Watches<K> {
                         let to_tell: Vec<_> =
                             lock(&users).get(&key).map(|u| u.iter().cloned().collect()).unwrap_or_default();
                         let named = match &event {
-                            watcher::Event::Apply(object) | watcher::Event::Delete(object) if K::NAMES_ITS_CHANGE => {
+                            watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
                                 object.meta().name.as_deref()
                             }
-                            // A relist, or an undeclared object.
+                            // A relist.
                             _ => None,
                         };
                         let now = Instant::now();
