@@ -471,8 +471,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
             let step = drift::inventory::advance(&previous, &current, policy, |id| context.claims.declared(id));
             let declared = current.len();
             let index = steady::Index::of(&parsed, &live.resources, index);
-            let blocked = step.blocked.as_ref().map(status::prune_blocked);
-            (live, None, step.removed_from_git(), blocked, index, Some((step, declared)))
+            // Said after the prune below, from the step it leaves.
+            (live, None, step.removed_from_git(), None, index, Some((step, declared)))
         }
     };
 

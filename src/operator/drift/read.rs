@@ -336,16 +336,9 @@ impl Live {
         if !self.extra_keys.contains(key) {
             return true;
         }
-        fn reference<K: kube::Resource<DynamicType = ApiResource>>(key: &WatchKey, name: &str) -> ObjectRef<K> {
-            let reference = ObjectRef::new_with(name, key.resource());
-            match &key.namespace {
-                Some(namespace) => reference.within(namespace),
-                None => reference,
-            }
-        }
         let meta = match (self.stores.get(key), self.metadata.get(key)) {
-            (Some(store), _) => store.get(&reference(key, name)).map(|o| o.metadata.clone()),
-            (None, Some(store)) => store.get(&reference(key, name)).map(|o| o.metadata.clone()),
+            (Some(store), _) => store.get(&key.object_ref(name)).map(|o| o.metadata.clone()),
+            (None, Some(store)) => store.get(&key.object_ref(name)).map(|o| o.metadata.clone()),
             (None, None) => return false,
         };
         let fresh = meta.as_ref().and_then(|meta| extra_of(key, meta));

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::DynamicObject;
-use kube::runtime::reflector::ObjectRef;
 
 use super::changes::Changed;
 use super::read::Live;
@@ -138,13 +137,7 @@ impl Steady {
 
     /// The object as its watch's cache has it now (Some(None): gone).
     fn read(&self, key: &WatchKey, name: &str) -> Option<Option<Arc<DynamicObject>>> {
-        let store = self.live.stores.get(key)?;
-        let reference = ObjectRef::new_with(name, key.resource());
-        let reference = match &key.namespace {
-            Some(namespace) => reference.within(namespace),
-            None => reference,
-        };
-        Some(store.get(&reference))
+        Some(self.live.stores.get(key)?.get(&key.object_ref(name)))
     }
 }
 

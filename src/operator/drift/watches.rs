@@ -43,6 +43,15 @@ impl WatchKey {
         }
     }
 
+    /// The cache key of the object `name` this watch sees.
+    pub fn object_ref<K: kube::Resource<DynamicType = ApiResource>>(&self, name: &str) -> ObjectRef<K> {
+        let reference = ObjectRef::new_with(name, self.resource());
+        match &self.namespace {
+            Some(namespace) => reference.within(namespace),
+            None => reference,
+        }
+    }
+
     pub fn resource(&self) -> ApiResource {
         let api_version =
             if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) };
