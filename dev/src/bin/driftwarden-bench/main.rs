@@ -395,16 +395,16 @@ pub(crate) async fn manage(
     // DRIFTWARDEN_BENCH_UNDECLARED=off: without the undeclared-object
     // watches, to measure what they cost.
     let undeclared = std::env::var("DRIFTWARDEN_BENCH_UNDECLARED").map_or(true, |v| v != "off");
-    manage_with(env, (objects, parallel), remediation, namespace, undeclared).await
+    manage_with(env, (objects, parallel), remediation, namespace, json!({"enabled": undeclared})).await
 }
 
-/// [`manage`], with undeclared objects judged or not.
+/// [`manage`], with the DesiredState's `spec.undeclared` given.
 pub(crate) async fn manage_with(
     env: OperatorEnv,
     (objects, parallel): (usize, usize),
     remediation: serde_json::Value,
     namespace: &str,
-    undeclared: bool,
+    undeclared: serde_json::Value,
 ) -> anyhow::Result<Managed> {
     use driftwarden::api::DesiredState;
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -432,7 +432,7 @@ pub(crate) async fn manage_with(
     let state: DesiredState = serde_json::from_value(json!({
         "metadata": {"name": "bench"},
         "spec": {"sources": [{"selector": {"matchLabels": {driftwarden::drift::pack::SOURCE_LABEL: "state"}}}],
-                 "remediation": remediation, "undeclared": {"enabled": undeclared}},
+                 "remediation": remediation, "undeclared": undeclared},
     }))?;
     let states: Api<DesiredState> = Api::namespaced(admin.clone(), namespace);
     states.create(&PostParams::default(), &state).await?;
@@ -519,8 +519,12 @@ fn report_latencies(edits_are: &str, objects: usize, edits: usize, latencies: Ve
 async fn revert(objects: usize, edits: usize, parallel: usize) -> anyhow::Result<()> {
     use kube::api::{Patch, PatchParams};
     let namespace = "bench-revert";
-    let Managed { env, config_maps, .. } = managed(objects, parallel, json!({}), namespace).await?;
-    // An on-call engineer with standing edit rights: no AccessRequest behind it.
+    // An on-call engineer with standing edit rights: no AccessRequest behind
+    // it. The platform team's binding is not in Git, so the DesiredState is
+    // told to leave it alone (it would otherwise be deleted as undeclared).
+    let standing_is_kept = json!({"ignore": [{"kind": "RoleBinding", "name": "standing-edit"}]});
+    let Managed { env, config_maps, .. } =
+        manage_with(start_env().await?, (objects, parallel), json!({}), namespace, standing_is_kept).await?;
     let admin = env.cp.client(User::Admin).await?;
     let standing: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "standing-edit"},

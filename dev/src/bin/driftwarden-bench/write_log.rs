@@ -62,7 +62,9 @@ async fn timed(api: &Api<ConfigMap>, name: &str, count: usize, round: usize) -> 
 pub async fn run(objects: usize, parallel: usize, writes: usize) -> anyhow::Result<()> {
     let namespace = "bench-write-log";
     let env = start_env().await?;
-    let bench = manage_with(env, (objects, parallel), json!({"unauthorized": "Revert"}), namespace, false).await?;
+    let bench =
+        manage_with(env, (objects, parallel), json!({"unauthorized": "Revert"}), namespace, json!({"enabled": false}))
+            .await?;
     let env = &bench.env;
     let admin = env.cp.client(User::Admin).await?;
     let unmanaged = "bench-write-log-off";
