@@ -321,7 +321,7 @@ impl Default for Metrics {
         let write_records = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "write_log_records",
-            "Write-log records by outcome (admitted, confirmed, merged, expired, overflowed: a namespace's record over its budget, whose older drift is then reverted)",
+            "Write-log records by outcome (admitted, confirmed, merged, expired, overflowed: a namespace's record over its budget, whose older drift is then reverted; restored: read back from the journal by a new leader; unjournaled: not written to the journal, its queue full)",
             write_records.clone(),
         );
         let notifications = Family::<NotificationLabels, Counter>::default();

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod codify;
 pub mod commands;
+pub mod journal;
 pub mod revert;
 pub mod writes;
 

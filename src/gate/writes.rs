@@ -31,6 +31,11 @@
 //! the oldest records go and the namespace remembers until when its record
 //! is incomplete ([`WriteLog::incomplete_until`]); the gate then treats
 //! drift from before that moment as unexplained (fails closed: revert).
+//!
+//! Each confirmed record is also [`Journaled`] through the API server
+//! ([`super::journal`]), so that a restarted or new leader starts from the
+//! complete record ([`WriteLog::restore`]), not from the requests' bounded
+//! summaries.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -169,6 +174,14 @@ struct Confirmed {
     visible_at: Timestamp,
 }
 
+/// A confirmed record as the journal keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Journaled {
+    pub record: Record,
+    pub source: Source,
+    pub visible_at: Timestamp,
+}
+
 #[derive(Debug, Default)]
 struct NamespaceLog {
     records: VecDeque<Confirmed>,
@@ -184,6 +197,9 @@ pub struct WriteLog {
     provisional: HashMap<String, Vec<(Record, Expect)>>,
     provisional_order: VecDeque<(String, Timestamp)>,
     namespaces: HashMap<String, NamespaceLog>,
+    /// Records up to this time may be missing in every namespace (the
+    /// journal they were restored from was incomplete).
+    incomplete_everywhere_until: Option<Timestamp>,
 }
 
 /// Counts of what one call to the log did, for metrics.
@@ -193,6 +209,7 @@ pub struct Outcome {
     pub merged: usize,
     pub expired: usize,
     pub overflowed: usize,
+    pub restored: usize,
 }
 
 impl WriteLog {
@@ -281,6 +298,62 @@ impl WriteLog {
         true
     }
 
+    /// Takes in what a journal kept (a restart, or a takeover): each record
+    /// once, merged with what this log already holds, within the budget.
+    /// `incomplete_until`: the journal may lack records up to then (every
+    /// namespace's drift from before it is treated as unexplained).
+    pub fn restore(&mut self, entries: Vec<Journaled>, incomplete_until: Option<Timestamp>, now: Timestamp) -> Outcome {
+        let mut outcome = self.expire(now);
+        self.incomplete_everywhere_until = self.incomplete_everywhere_until.max(incomplete_until);
+        let mut by_namespace: HashMap<String, Vec<Confirmed>> = HashMap::new();
+        for Journaled { record, source, visible_at } in entries {
+            if now.duration_since(record.at) > RETENTION {
+                continue;
+            }
+            let Some(namespace) = record.namespace.clone() else { continue };
+            by_namespace.entry(namespace).or_default().push(Confirmed { record, sources: vec![source], visible_at });
+        }
+        for (namespace, mut restored) in by_namespace {
+            let log = self.namespaces.entry(namespace).or_default();
+            let held = log.records.len();
+            restored.extend(log.records.drain(..));
+            // Stable: of two reports of one write, the one kept first stays.
+            restored.sort_by_key(|c| c.record.at);
+            for confirmed in restored {
+                let same = log
+                    .records
+                    .iter_mut()
+                    .rev()
+                    .take_while(|kept| confirmed.record.at.duration_since(kept.record.at) <= SAME_WRITE)
+                    .find(|kept| {
+                        kept.record == confirmed.record
+                            || (kept.record.same_write(&confirmed.record)
+                                && !confirmed.sources.iter().any(|s| kept.sources.contains(s)))
+                    });
+                match same {
+                    Some(kept) => {
+                        for source in confirmed.sources {
+                            if !kept.sources.contains(&source) {
+                                kept.sources.push(source);
+                            }
+                        }
+                        kept.visible_at = kept.visible_at.min(confirmed.visible_at);
+                    }
+                    None => log.records.push_back(confirmed),
+                }
+            }
+            outcome.restored += log.records.len().saturating_sub(held);
+            log.bytes = log.records.iter().map(|c| c.record.bytes()).sum();
+            while log.bytes > NAMESPACE_BUDGET_BYTES {
+                let Some(dropped) = log.records.pop_front() else { break };
+                log.bytes -= dropped.record.bytes();
+                log.incomplete_until = log.incomplete_until.max(Some(dropped.record.at));
+                outcome.overflowed += 1;
+            }
+        }
+        outcome
+    }
+
     /// Drops provisional records past their time and confirmed ones past
     /// the retention.
     fn expire(&mut self, now: Timestamp) -> Outcome {
@@ -335,7 +408,7 @@ impl WriteLog {
     /// Until when `namespace`'s record is incomplete (records were dropped
     /// to keep within the budget).
     pub fn incomplete_until(&self, namespace: &str) -> Option<Timestamp> {
-        self.namespaces.get(namespace).and_then(|log| log.incomplete_until)
+        self.namespaces.get(namespace).and_then(|log| log.incomplete_until).max(self.incomplete_everywhere_until)
     }
 
     /// Provisional records waiting, and confirmed records kept.
@@ -541,5 +614,45 @@ mod tests {
             log.admit(record("x", "delete", 20), Expect::Deletion { uid: "z".into() }, at(20)).expired,
             MAX_PROVISIONAL
         );
+    }
+
+    fn journaled(user: &str, second: i64, source: Source) -> Journaled {
+        Journaled { record: record(user, "update", second), source, visible_at: at(second) }
+    }
+
+    #[test]
+    fn a_restored_journal_is_the_record_again_each_write_once() {
+        let mut log = WriteLog::default();
+        // This process confirmed alice's write from admission before it led.
+        let (_, outcome) = log.observe(&seen("11", 7), at(1)); // nothing waits: nothing confirmed
+        assert_eq!(outcome.confirmed, 0);
+        log.admit(record("alice", "update", 1), content(7), at(1));
+        log.observe(&seen("11", 7), at(1));
+        let entries = vec![
+            // Another replica's journal: the same admission record, and the
+            // audit event of the same write (counted once).
+            journaled("alice", 1, Source::Admission),
+            Journaled { record: record("alice", "patch", 1), source: Source::Audit, visible_at: at(1) },
+            // bob's write, which only the journal knew, twice (two journals).
+            journaled("bob", 3, Source::Admission),
+            journaled("bob", 3, Source::Admission),
+            // Past the retention: gone.
+            journaled("carol", -(RETENTION.as_secs()) - 10, Source::Audit),
+        ];
+        let outcome = log.restore(entries, None, at(5));
+        assert_eq!(outcome.restored, 1);
+        assert_eq!(writers(&log), ["alice", "bob"]);
+        assert_eq!(log.incomplete_until("shop"), None);
+        // Restored again (a second takeover): nothing new.
+        assert_eq!(log.restore(vec![journaled("bob", 3, Source::Admission)], None, at(6)).restored, 0);
+        assert_eq!(writers(&log), ["alice", "bob"]);
+    }
+
+    #[test]
+    fn a_journal_known_to_be_incomplete_makes_every_namespace_incomplete() {
+        let mut log = WriteLog::default();
+        log.restore(vec![journaled("bob", 3, Source::Admission)], Some(at(2)), at(5));
+        assert_eq!(log.incomplete_until("shop"), Some(at(2)));
+        assert_eq!(log.incomplete_until("elsewhere"), Some(at(2)));
     }
 }

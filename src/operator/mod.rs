@@ -8,6 +8,7 @@ pub mod crds;
 pub mod drift;
 pub mod gate;
 mod health;
+mod journal;
 pub mod leader;
 
 #[cfg(test)]
@@ -117,8 +118,14 @@ pub async fn run(
         }
     };
     let sessions = sessions::Sessions::start(client.clone(), requests.store.clone());
+    let identity = args.pod_name.clone().unwrap_or_else(host_name);
+    let journal_place =
+        journal::Place { client: client.clone(), namespace: args.namespace.clone(), series: args.lease_name.clone() };
+    // The journal outlives the controllers by a last write.
+    let journal_stop = CancellationToken::new();
+    let (journal, journal_writer) = journal::start(journal_place.clone(), &identity, journal_stop.clone());
     let (queue, batches) = records::queue();
-    let write_log = writelog::SharedLog::new(queue.clone(), operator_user.clone(), metrics.clone());
+    let write_log = writelog::SharedLog::new(queue.clone(), operator_user.clone(), metrics.clone(), Some(journal));
     records::start_log(client.clone(), requests.store.clone(), operator_user, batches);
     let intake = Arc::new(records::Intake { write_log: write_log.clone(), sessions: sessions.clone(), queue });
     let audit = webhook::AuditReceiver::new(
@@ -144,7 +151,6 @@ pub async fn run(
 
     // A restarted replica may still carry the label from when it led.
     label_leader(&client, &args, false).await;
-    let identity = args.pod_name.clone().unwrap_or_else(host_name);
     let leadership = if args.leader_election {
         leader::Leadership::elect(client.clone(), &args.namespace, &args.lease_name, &identity)
             .await
@@ -156,7 +162,7 @@ pub async fn run(
         client.clone(),
         metrics.clone(),
         &args,
-        (write_log, writes_hook, sessions),
+        (write_log, writes_hook, sessions, journal_place),
         (requests, namespaces),
         leadership.is_leader.clone(),
         stop.clone(),
@@ -171,6 +177,10 @@ pub async fn run(
         () = probe => Ok(()),
     };
     stop.cancel();
+    journal_stop.cancel();
+    if tokio::time::timeout(std::time::Duration::from_secs(2), journal_writer).await.is_err() {
+        warn!("the write journal's last write did not finish");
+    }
     leadership.resign().await;
     if let Err(error) = &result {
         warn!(%error, "stopping");
@@ -191,10 +201,11 @@ async fn lead(
     client: Client,
     metrics: Arc<Metrics>,
     args: &OperatorArgs,
-    (write_log, writes_hook, sessions): (
+    (write_log, writes_hook, sessions, journal_place): (
         Arc<writelog::SharedLog>,
         Arc<webhook::configuration::WritesHook>,
         Arc<sessions::Sessions>,
+        journal::Place,
     ),
     (requests, namespaces): (watch::Shared<AccessRequest>, watch::Shared<k8s_openapi::api::core::v1::Namespace>),
     mut is_leader: tokio::sync::watch::Receiver<bool>,
@@ -208,6 +219,15 @@ async fn lead(
         metrics.leader.set(1);
         info!(lease = %args.lease_name, "leading: running the controllers");
         label_leader(&client, args, true).await;
+        // What earlier leaders (and this replica before) confirmed, before
+        // anything is judged. Unreadable: drift is judged from the requests'
+        // summaries and what is confirmed from now on (fails closed).
+        match journal::load(&journal_place).await {
+            Ok((entries, incomplete_until)) => write_log.restore(entries, incomplete_until),
+            Err(error) => {
+                warn!(%error, "reading the write journal failed: earlier writes are known from the requests' summaries only")
+            }
+        }
         let term = stop.child_token();
         let (notices, inbox) = notify::outbox(metrics.clone());
         sessions.notify_to(Some(notices.clone()));

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::gate::audit::{AuditWrite, is_system_user};
-use crate::gate::writes::{Expect, Observed, Outcome, Record, WriteLog};
+use crate::gate::writes::{Expect, Journaled, Observed, Outcome, Record, Source, WriteLog};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::operator::drift::watches::Cached;
 
@@ -24,6 +24,9 @@ pub struct SharedLog {
     /// The operator's own user: its writes (reverts) are nobody's.
     operator: String,
     metrics: Arc<Metrics>,
+    /// This replica's journal writer ([`super::journal`]): every record it
+    /// confirms, so that whoever leads next starts from them.
+    journal: Option<mpsc::Sender<Vec<Journaled>>>,
 }
 
 impl std::fmt::Debug for SharedLog {
@@ -33,8 +36,32 @@ impl std::fmt::Debug for SharedLog {
 }
 
 impl SharedLog {
-    pub fn new(summaries: mpsc::Sender<Vec<AuditWrite>>, operator: String, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self { log: Mutex::default(), summaries, operator, metrics })
+    pub fn new(
+        summaries: mpsc::Sender<Vec<AuditWrite>>,
+        operator: String,
+        metrics: Arc<Metrics>,
+        journal: Option<mpsc::Sender<Vec<Journaled>>>,
+    ) -> Arc<Self> {
+        Arc::new(Self { log: Mutex::default(), summaries, operator, metrics, journal })
+    }
+
+    /// Takes in what the journal kept (see [`WriteLog::restore`]).
+    pub fn restore(&self, entries: Vec<Journaled>, incomplete_until: Option<Timestamp>) {
+        let outcome = self.lock().restore(entries, incomplete_until, Timestamp::now());
+        self.count(outcome);
+    }
+
+    fn journal(&self, records: &[Record], source: Source, visible_at: impl Fn(&Record) -> Timestamp) {
+        let Some(journal) = &self.journal else { return };
+        if records.is_empty() {
+            return;
+        }
+        let entries =
+            records.iter().map(|r| Journaled { record: r.clone(), source, visible_at: visible_at(r) }).collect();
+        if journal.try_send(entries).is_err() {
+            self.metrics.write_records.get_or_create(&OutcomeLabels { outcome: "unjournaled" }).inc();
+            warn!(writes = records.len(), "the write journal's queue is full: a new leader will not know these writes");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WriteLog> {
@@ -47,6 +74,7 @@ impl SharedLog {
             ("merged", outcome.merged),
             ("expired", outcome.expired),
             ("overflowed", outcome.overflowed),
+            ("restored", outcome.restored),
         ] {
             if n > 0 {
                 self.metrics.write_records.get_or_create(&OutcomeLabels { outcome: name }).inc_by(n as u64);
@@ -90,8 +118,10 @@ impl SharedLog {
             replicas: object.replicas(),
             deleted,
         };
-        let (fresh, outcome) = self.lock().observe(&seen, Timestamp::now());
+        let now = Timestamp::now();
+        let (fresh, outcome) = self.lock().observe(&seen, now);
         self.count(outcome);
+        self.journal(&fresh, Source::Admission, |_| now);
         if !fresh.is_empty() && self.summaries.try_send(fresh.iter().map(audit_write).collect()).is_err() {
             warn!(writes = fresh.len(), "the activity summary queue is full; these writes are in the write log only");
         }
@@ -103,6 +133,8 @@ impl SharedLog {
         let records: Vec<Record> = writes.iter().filter(|w| self.is_someones(&w.user)).map(record).collect();
         let (fresh, outcome) = self.lock().audited(records, Timestamp::now());
         self.count(outcome);
+        // An audit event's write was visible when the API server received it.
+        self.journal(&fresh, Source::Audit, |r| r.at);
         writes.into_iter().filter(|w| fresh.iter().any(|r| *r == record(w))).collect()
     }
 

@@ -144,6 +144,84 @@ async fn a_third_partys_write_survives_a_burst_of_a_thousand_other_writes() {
     assert!(drifted(&status, "settings").unwrap().access_request.is_none());
 }
 
+/// Writes `count` merge patches to the ConfigMap `noise` as `user`.
+async fn noise(t: &AccessTest, user: User, count: usize) {
+    let api: Api<ConfigMap> = t.env.api(user).await;
+    for n in 1..=count {
+        let patch = Patch::Merge(json!({"data": {"n": format!("{user:?}-{n}")}}));
+        api.patch("noise", &PatchParams::default(), &patch).await.unwrap();
+    }
+}
+
+/// A restarted operator starts from the journal of the write log, not from
+/// the requests' summaries (the newest 100 writes each): alice's held change
+/// stays hers, and bob's change to what alice changed after him stays his,
+/// though both records were pushed out of the summaries before the restart.
+#[tokio::test]
+async fn a_restarted_operator_judges_from_the_whole_record_not_the_summaries() {
+    let mut t = drift_setup_without_audit("wlog-restart").await;
+    t.running.take();
+    let exclusive = crate::support::operator::OPERATOR_WITHOUT_AUDIT.write().await;
+    t.operator.wait_until_serving().await.unwrap();
+    standing_edit(&t, "bob").await;
+    let noisy: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "noise"}, "data": {"n": "0"}})).unwrap();
+    t.env.api::<ConfigMap>(User::Admin).await.create(&PostParams::default(), &noisy).await.unwrap();
+    crate::common::next_second().await;
+    managed_shop(&t, json!({"remediation": {"unauthorized": "Report"}})).await;
+    alice_window(&t, "alice-long", "10m").await;
+
+    // bob's change is reported (not reverted), then pushed out of the
+    // request's scopeWrites by his own writes.
+    set_mode(&t, User::Bob, "bob").await;
+    t.wait_for_status("shop", Duration::from_secs(10), |s| {
+        drifted(s, "settings").is_some_and(|d| d.class == DriftClass::Unauthorized)
+    })
+    .await;
+    noise(&t, User::Bob, 110).await;
+    // alice's scale is held as hers, then pushed out of her activity.
+    scale(&t, User::Alice, 5).await;
+    t.wait_for_status("shop", Duration::from_secs(10), |s| held_for(s, "web", "alice-long")).await;
+    noise(&t, User::Alice, 110).await;
+    // alice changes what bob changed: still his drift (his write explains nothing).
+    set_mode(&t, User::Alice, "alice").await;
+    let pushed_out = |status: &driftwarden::api::AccessRequestStatus| {
+        let scaled = status.activity.iter().any(|e| e.name.as_deref() == Some("web"));
+        let bobs = status.scope_writes.iter().any(|e| e.name.as_deref() == Some("settings"));
+        let alices = status.activity.iter().any(|e| e.name.as_deref() == Some("settings"));
+        !scaled && !bobs && alices
+    };
+    let summarized = eventually(Duration::from_secs(10), || async {
+        pushed_out(&request_status(&t, "alice-long").await).then_some(())
+    })
+    .await;
+    let status = request_status(&t, "alice-long").await;
+    assert!(summarized.is_some(), "the summaries still hold the early writes: {:#?}", status);
+    let status = t.wait_for_status("shop", Duration::from_secs(5), |s| held_for(s, "web", "alice-long")).await;
+    assert_eq!(drifted(&status, "settings").map(|d| d.class), Some(DriftClass::Unauthorized));
+    // The journal is written once a second; then the operator crashes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outage = crate::restart::Outage::begin(t.operator);
+    outage.end();
+    t.operator.wait_until_serving().await.unwrap();
+    t.wait_for_write_log().await;
+
+    // A new change of alice's: once the restarted operator holds it, it has
+    // judged the namespace again.
+    let created: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "after-restart"}})).unwrap();
+    t.env.api::<ConfigMap>(User::Alice).await.create(&PostParams::default(), &created).await.unwrap();
+    let status = t
+        .wait_for_status("shop", Duration::from_secs(30), |s| {
+            drifted(s, "after-restart").is_some_and(|d| d.access_request.as_deref() == Some("alice-long"))
+        })
+        .await;
+    assert!(held_for(&status, "web", "alice-long"), "alice's scale after the restart: {:#?}", drifted(&status, "web"));
+    assert_eq!(replicas(&t).await, 5);
+    let settings = drifted(&status, "settings").expect("settings still drifted");
+    assert_eq!(settings.class, DriftClass::Unauthorized, "bob's change after the restart: {settings:#?}");
+    assert!(settings.access_request.is_none(), "{settings:#?}");
+    drop(exclusive);
+}
+
 /// p50 and p99 of `latencies`.
 fn percentiles(mut latencies: Vec<Duration>) -> (Duration, Duration) {
     latencies.sort();

@@ -131,5 +131,42 @@ pub async fn run(objects: usize, parallel: usize, writes: usize) -> anyhow::Resu
         ms((passes_after.0 - passes_before.0) / pass_count.max(1.0))
     );
     println!("drifted objects after the writes: {drifted} (undeclared objects are not judged here: no drift)");
-    Ok(())
+    restart_from_the_journal(env).await
+}
+
+/// Restarts the operator (SIGKILL, as a crash) and reports how long its
+/// first lead took to read the write journal back, and how big it is.
+async fn restart_from_the_journal(env: &driftwarden_dev::controlplane::operator::OperatorEnv) -> anyhow::Result<()> {
+    use driftwarden_dev::controlplane::operator::OPERATOR_NAMESPACE;
+    // The journal is written once a second.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let admin = env.cp.client(User::Admin).await?;
+    let chunks = Api::<ConfigMap>::namespaced(admin, OPERATOR_NAMESPACE)
+        .list(&kube::api::ListParams::default().labels("driftwarden.io/write-journal"))
+        .await?
+        .items;
+    let bytes: usize = chunks.iter().filter_map(|c| c.data.as_ref()?.get("records")).map(String::len).sum();
+    let log = env.log();
+    let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+    env.kill_operator();
+    env.start_operator()?;
+    env.wait_until_serving().await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let line = text.get(before..).unwrap_or_default().lines().find(|l| l.contains("write journal read"));
+        if let Some(line) = line {
+            let read: serde_json::Value = serde_json::from_str(line)?;
+            println!(
+                "journal: {} chunks, {:.1} MiB; read back after a restart: {} records in {} ms",
+                chunks.len(),
+                bytes as f64 / f64::from(1 << 20),
+                read["records"],
+                read["took_ms"]
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the restarted operator did not read its journal");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
