@@ -6,6 +6,7 @@
 //! last second before a replica dies are lost: their drift then has no
 //! record and is reverted (fails safe).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -47,29 +48,59 @@ pub struct Place {
     pub series: String,
 }
 
+/// This replica's way into its journal.
+#[derive(Clone)]
+pub struct Journal {
+    sender: mpsc::Sender<Vec<Journaled>>,
+    /// Records up to then could not be queued: the next chunk says the
+    /// journal is incomplete until then.
+    lost_until: Arc<Mutex<Option<Timestamp>>>,
+}
+
+impl Journal {
+    /// Queues `entries` for the next write; false if the queue was full
+    /// (the journal then marks itself incomplete: a later leader treats
+    /// drift from before them as unexplained).
+    pub fn send(&self, entries: Vec<Journaled>) -> bool {
+        let newest = entries.iter().map(|entry| entry.record.at).max();
+        match self.sender.try_send(entries) {
+            Ok(()) => true,
+            Err(_) => {
+                let mut lost = self.lost_until.lock().unwrap_or_else(|p| p.into_inner());
+                *lost = (*lost).max(newest);
+                false
+            }
+        }
+    }
+}
+
 /// Starts this replica's writer; send it what the write log confirms. It
 /// writes what is left when `stop` is cancelled, then ends.
-pub fn start(
-    place: Place,
-    identity: &str,
-    stop: CancellationToken,
-) -> (mpsc::Sender<Vec<Journaled>>, tokio::task::JoinHandle<()>) {
+pub fn start(place: Place, identity: &str, stop: CancellationToken) -> (Journal, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = mpsc::channel(QUEUE);
+    let lost_until = Arc::default();
     let writer: String = Sha256::digest(identity.as_bytes()).iter().take(5).map(|byte| format!("{byte:02x}")).collect();
     // A replica restarted under the same identity starts a new series.
     let prefix = format!("{}-journal-{writer}-{}", place.series, Timestamp::now().as_second());
-    let writer = tokio::spawn(write(place, prefix, identity.to_owned(), receiver, stop));
-    (sender, writer)
+    let writer = tokio::spawn(write(place, prefix, identity.to_owned(), (receiver, Arc::clone(&lost_until)), stop));
+    (Journal { sender, lost_until }, writer)
 }
 
 async fn write(
     place: Place,
     prefix: String,
     identity: String,
-    mut receiver: mpsc::Receiver<Vec<Journaled>>,
+    (mut receiver, lost_until): (mpsc::Receiver<Vec<Journaled>>, Arc<Mutex<Option<Timestamp>>>),
     stop: CancellationToken,
 ) {
-    let mut chunk = Chunk { name: format!("{prefix}-0"), text: String::new(), sequence: 0, incomplete_until: None };
+    let mut chunk = Chunk {
+        name: format!("{prefix}-0"),
+        text: String::new(),
+        sequence: 0,
+        until: None,
+        incomplete_until: None,
+        marked: None,
+    };
     chunk.sweep(&place).await;
     let mut pending: Vec<Journaled> = Vec::new();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -80,19 +111,28 @@ async fn write(
                 Some(batch) => pending.extend(batch),
                 None => break,
             },
-            _ = tick.tick() => chunk.flush(&place, &prefix, &identity, &mut pending).await,
+            _ = tick.tick() => {
+                let lost = *lost_until.lock().unwrap_or_else(|p| p.into_inner());
+                chunk.incomplete_until = chunk.incomplete_until.max(lost);
+                chunk.flush(&place, &prefix, &identity, &mut pending).await;
+            }
             () = stop.cancelled() => break,
         }
         if pending.len() > MAX_PENDING {
-            let dropped = pending.len() - MAX_PENDING;
-            pending.drain(..dropped);
-            warn!(dropped, "the write journal cannot be written: the oldest records are in memory only");
+            let dropped: Vec<Journaled> = pending.drain(..pending.len() - MAX_PENDING).collect();
+            chunk.incomplete_until = chunk.incomplete_until.max(dropped.iter().map(|entry| entry.record.at).max());
+            warn!(
+                dropped = dropped.len(),
+                "the write journal cannot be written: the oldest records are lost to a new leader"
+            );
         }
     }
     // Stopping: what came in meanwhile, once more.
     while let Ok(batch) = receiver.try_recv() {
         pending.extend(batch);
     }
+    let lost = *lost_until.lock().unwrap_or_else(|p| p.into_inner());
+    chunk.incomplete_until = chunk.incomplete_until.max(lost);
     chunk.flush(&place, &prefix, &identity, &mut pending).await;
 }
 
@@ -101,14 +141,20 @@ struct Chunk {
     /// What the ConfigMap holds (it is rewritten whole).
     text: String,
     sequence: u64,
-    /// Chunks deleted for the budget held records up to then (said on
-    /// every chunk this writer writes).
+    /// Its newest record's time.
+    until: Option<Timestamp>,
+    /// Records up to then are missing from the journal: chunks deleted for
+    /// the budget, or records this writer could not keep (said on every
+    /// chunk it writes after).
     incomplete_until: Option<Timestamp>,
+    /// The `incomplete_until` the last written chunk said.
+    marked: Option<Timestamp>,
 }
 
 impl Chunk {
     async fn flush(&mut self, place: &Place, prefix: &str, identity: &str, pending: &mut Vec<Journaled>) {
-        if pending.is_empty() {
+        // A new mark is written even with no new records.
+        if pending.is_empty() && self.incomplete_until == self.marked {
             return;
         }
         let lines = journal::encode(pending);
@@ -116,10 +162,12 @@ impl Chunk {
             self.sequence += 1;
             self.name = format!("{prefix}-{}", self.sequence);
             self.text.clear();
+            self.until = None;
             self.sweep(place).await;
         }
         let text = format!("{}{lines}", self.text);
-        let until = pending.iter().map(|entry| entry.record.at).max().unwrap_or_else(Timestamp::now);
+        let newest = self.until.max(pending.iter().map(|entry| entry.record.at).max());
+        let until = newest.unwrap_or_else(Timestamp::now);
         let mut annotations = serde_json::json!({
             UNTIL_ANNOTATION: until.to_string(),
             WRITER_ANNOTATION: identity,
@@ -139,6 +187,8 @@ impl Chunk {
             Ok(_) => {
                 debug!(chunk = %self.name, records = pending.len(), bytes = text.len(), "journaled writes");
                 self.text = text;
+                self.until = newest;
+                self.marked = self.incomplete_until;
                 pending.clear();
             }
             Err(error) => {

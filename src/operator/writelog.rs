@@ -26,7 +26,7 @@ pub struct SharedLog {
     metrics: Arc<Metrics>,
     /// This replica's journal writer ([`super::journal`]): every record it
     /// confirms, so that whoever leads next starts from them.
-    journal: Option<mpsc::Sender<Vec<Journaled>>>,
+    journal: Option<super::journal::Journal>,
 }
 
 impl std::fmt::Debug for SharedLog {
@@ -40,7 +40,7 @@ impl SharedLog {
         summaries: mpsc::Sender<Vec<AuditWrite>>,
         operator: String,
         metrics: Arc<Metrics>,
-        journal: Option<mpsc::Sender<Vec<Journaled>>>,
+        journal: Option<super::journal::Journal>,
     ) -> Arc<Self> {
         Arc::new(Self { log: Mutex::default(), summaries, operator, metrics, journal })
     }
@@ -58,9 +58,15 @@ impl SharedLog {
         }
         let entries =
             records.iter().map(|r| Journaled { record: r.clone(), source, visible_at: visible_at(r) }).collect();
-        if journal.try_send(entries).is_err() {
-            self.metrics.write_records.get_or_create(&OutcomeLabels { outcome: "unjournaled" }).inc();
-            warn!(writes = records.len(), "the write journal's queue is full: a new leader will not know these writes");
+        if !journal.send(entries) {
+            self.metrics
+                .write_records
+                .get_or_create(&OutcomeLabels { outcome: "unjournaled" })
+                .inc_by(records.len() as u64);
+            warn!(
+                writes = records.len(),
+                "the write journal's queue is full: a new leader will treat drift from before these writes as unexplained"
+            );
         }
     }
 

@@ -145,7 +145,22 @@ async fn restart_from_the_journal(env: &driftwarden_dev::controlplane::operator:
         .list(&kube::api::ListParams::default().labels("driftwarden.io/write-journal"))
         .await?
         .items;
-    let bytes: usize = chunks.iter().filter_map(|c| c.data.as_ref()?.get("records")).map(String::len).sum();
+    let texts: Vec<&String> = chunks.iter().filter_map(|c| c.data.as_ref()?.get("records")).collect();
+    let bytes: usize = texts.iter().map(|t| t.len()).sum();
+    // Each write once: the same write from admission and the audit webhook is one line.
+    let (mut lines, mut from_audit) = (0, 0);
+    let mut writes = std::collections::BTreeSet::new();
+    for text in &texts {
+        for entry in driftwarden::gate::journal::decode(text).0 {
+            lines += 1;
+            from_audit += usize::from(entry.source == driftwarden::gate::writes::Source::Audit);
+            writes.insert((entry.record.namespace, entry.record.name, entry.record.user, entry.record.at));
+        }
+    }
+    println!(
+        "journal lines: {lines} ({from_audit} first reported by the audit webhook, in any namespace), distinct writes: {}",
+        writes.len()
+    );
     let log = env.log();
     let before = std::fs::read_to_string(&log).unwrap_or_default().len();
     env.kill_operator();
