@@ -24,7 +24,7 @@ pub const CHUNK_BYTES: usize = 64 << 10;
 /// The most all chunks together may hold (a leader reads them one by one).
 pub const JOURNAL_BUDGET_BYTES: usize = 32 << 20;
 
-/// One record, as a line (short keys: about 200 bytes, 300 to a chunk).
+/// One record, as a line (short keys: some 160 bytes, 400 to a chunk).
 #[derive(Serialize, Deserialize)]
 struct Line {
     u: String,
