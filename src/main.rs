@@ -6,6 +6,7 @@ use driftwarden::cli::Cli;
 // mimalloc instead of glibc's malloc: it returns freed memory to the system
 // and fragments less, which kept the operator's resident size at rest
 // smaller with 10,000 cached objects (docs/BENCHMARKS.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

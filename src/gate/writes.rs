@@ -43,6 +43,10 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 /// How long an admitted write may take to show up in a watch.
 pub const PROVISIONAL_TTL: SignedDuration = SignedDuration::from_secs(10);
+/// A provisional record waits for its watch while the watches that could
+/// deliver it are still listing (a replica starting to lead, a watch
+/// starting or relisting), but never longer than this.
+pub const PROVISIONAL_MAX_WAIT: SignedDuration = SignedDuration::from_secs(60);
 /// Two reports (admission, audit) of one user's write to one object this
 /// close in time are the same write.
 pub const SAME_WRITE: SignedDuration = SignedDuration::from_secs(2);
@@ -196,6 +200,13 @@ struct NamespaceLog {
 pub struct WriteLog {
     provisional: HashMap<String, Vec<(Record, Expect)>>,
     provisional_order: VecDeque<(String, Timestamp)>,
+    /// Watches listing now (and a replica's start as leader): the writes
+    /// they will deliver cannot have been seen yet, so provisional records
+    /// do not expire meanwhile ([`PROVISIONAL_MAX_WAIT`] bounds it).
+    listing: usize,
+    /// When the last of them finished: [`PROVISIONAL_TTL`] counts from then
+    /// for a record admitted before.
+    listed_at: Option<Timestamp>,
     namespaces: HashMap<String, NamespaceLog>,
     /// Records up to this time may be missing in every namespace (the
     /// journal they were restored from was incomplete).
@@ -230,6 +241,23 @@ impl WriteLog {
             outcome.expired += 1;
         }
         outcome
+    }
+
+    /// A watch began to list (or a replica began to lead and has not
+    /// started its watches yet): provisional records wait for it.
+    pub fn listing_began(&mut self) {
+        self.listing += 1;
+    }
+
+    /// A list that [`Self::listing_began`] announced is done (or abandoned).
+    pub fn listing_ended(&mut self, now: Timestamp) {
+        self.listing = self.listing.saturating_sub(1);
+        self.listed_at = Some(now);
+    }
+
+    /// Whether a provisional record admitted at `admitted` is past its time.
+    fn is_overdue(&self, admitted: Timestamp, now: Timestamp) -> bool {
+        overdue((self.listing, self.listed_at), admitted, now)
     }
 
     /// Whether any provisional record waits for `uid` (a watch computes a
@@ -359,13 +387,14 @@ impl WriteLog {
     fn expire(&mut self, now: Timestamp) -> Outcome {
         let mut outcome = Outcome::default();
         while let Some((uid, admitted)) = self.provisional_order.front().cloned() {
-            if now.duration_since(admitted) < PROVISIONAL_TTL {
+            if !self.is_overdue(admitted, now) {
                 break;
             }
             self.provisional_order.pop_front();
+            let lists = (self.listing, self.listed_at);
             if let Some(list) = self.provisional.get_mut(&uid) {
                 let before = list.len();
-                list.retain(|(record, _)| now.duration_since(record.at) < PROVISIONAL_TTL);
+                list.retain(|(record, _)| !overdue(lists, record.at, now));
                 outcome.expired += before - list.len();
                 if list.is_empty() {
                     self.provisional.remove(&uid);
@@ -417,6 +446,16 @@ impl WriteLog {
         let confirmed = self.namespaces.values().map(|log| log.records.len()).sum();
         (provisional, confirmed)
     }
+}
+
+/// Whether a provisional record admitted at `admitted` is past its time,
+/// given the lists in progress and when the last one ended.
+fn overdue((listing, listed_at): (usize, Option<Timestamp>), admitted: Timestamp, now: Timestamp) -> bool {
+    if now.duration_since(admitted) >= PROVISIONAL_MAX_WAIT {
+        return true;
+    }
+    let from = listed_at.map_or(admitted, |listed| listed.max(admitted));
+    listing == 0 && now.duration_since(from) >= PROVISIONAL_TTL
 }
 
 /// A stable fingerprint of a JSON value, whatever the order of its keys.
@@ -523,6 +562,30 @@ mod tests {
         assert!(log.observe(&seen("12", 7), at(11)).0.is_empty());
         assert!(writers(&log).is_empty());
         assert_eq!(log.sizes(), (0, 0));
+    }
+
+    #[test]
+    fn a_write_admitted_while_its_watch_lists_waits_for_the_list() {
+        // Admitted at 0 while the watches list (a new leader starting): the
+        // list that delivers it ends at 25, the record is confirmed at 26.
+        let mut log = WriteLog::default();
+        log.listing_began();
+        log.admit(record("alice", "create", 0), content(7), at(0));
+        log.observe(&seen("11", 1), at(20));
+        assert_eq!(log.sizes(), (1, 0), "still waiting while the list runs");
+        log.listing_ended(at(25));
+        assert_eq!(log.observe(&seen("12", 7), at(26)).0.len(), 1);
+        assert_eq!(writers(&log), ["alice"]);
+        // Ten seconds after the last list, or a minute in all, it expires.
+        let mut log = WriteLog::default();
+        log.listing_began();
+        log.admit(record("alice", "patch", 0), content(7), at(0));
+        log.listing_ended(at(5));
+        assert!(log.observe(&seen("12", 7), at(15)).0.is_empty());
+        let mut log = WriteLog::default();
+        log.listing_began();
+        log.admit(record("alice", "patch", 0), content(7), at(0));
+        assert!(log.observe(&seen("12", 7), at(60)).0.is_empty(), "a list that never ends holds it a minute at most");
     }
 
     #[test]

@@ -29,6 +29,16 @@ pub struct SharedLog {
     journal: Option<super::journal::Journal>,
 }
 
+/// A list in progress, as the write log knows it: ends when dropped (the
+/// list is done, or its watch stopped in the middle of it).
+pub struct Listing(Arc<SharedLog>);
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        self.0.lock().listing_ended(Timestamp::now());
+    }
+}
+
 impl std::fmt::Debug for SharedLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedLog").field("sizes", &self.lock().sizes()).finish_non_exhaustive()
@@ -43,6 +53,14 @@ impl SharedLog {
         journal: Option<super::journal::Journal>,
     ) -> Arc<Self> {
         Arc::new(Self { log: Mutex::default(), summaries, operator, metrics, journal })
+    }
+
+    /// A list that may deliver admitted writes has begun (a watch listing,
+    /// a new leader's first passes): provisional records wait for it until
+    /// the returned guard is dropped.
+    pub fn listing(self: &Arc<Self>) -> Listing {
+        self.lock().listing_began();
+        Listing(self.clone())
     }
 
     /// Takes in what the journal kept (see [`WriteLog::restore`]).

@@ -5,15 +5,17 @@
 //! instead of fighting over it. The same index says which objects some
 //! DesiredState declares, so that no other one takes them for undeclared.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::jiff::Timestamp;
 
 use crate::drift::kept::Declarations;
 
-/// An object as the API server tells objects apart: group, kind, namespace, name.
-pub(super) type ObjectId = (String, String, Option<String>, String);
+/// An object as the API server tells objects apart: group, kind, namespace
+/// and name, in one string (one allocation per declared object: the index
+/// holds one for every object of every DesiredState).
+pub(super) type ObjectId = Box<str>;
 
 /// A DesiredState that declares an object: the oldest one owns it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,24 +33,35 @@ impl std::fmt::Display for Claimant {
 
 #[derive(Default)]
 struct Index {
-    by_object: HashMap<ObjectId, BTreeSet<Claimant>>,
-    /// Per DesiredState (namespace, name): who it is, the parse its claims
-    /// come from, and what it claims.
+    /// Who declares each object, oldest first (almost always one).
+    by_object: HashMap<ObjectId, Vec<Arc<Claimant>>>,
+    /// Per DesiredState (namespace, name): who it is and the parse its
+    /// claims come from (the objects it claims are that parse's).
     by_state: HashMap<(String, String), Registered>,
     /// Counts every change: a pass that read owners at one generation
     /// reads them again at another.
     generation: u64,
 }
 
-/// What one DesiredState registered: who, from which parse, claiming what.
-type Registered = (Claimant, Arc<Declarations>, Vec<ObjectId>);
+/// What one DesiredState registered: who, and from which parse.
+type Registered = (Arc<Claimant>, Arc<Declarations>);
 
 /// The claims of every DesiredState.
 #[derive(Default)]
 pub(super) struct Claims(Mutex<Index>);
 
+/// The id of an object. The parts are joined by NUL, which no group, kind,
+/// namespace or name holds; a cluster-scoped object has no namespace part.
 pub(super) fn id_of(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> ObjectId {
-    (group.to_owned(), kind.to_owned(), namespace.map(str::to_owned), name.to_owned())
+    match namespace {
+        Some(namespace) => format!("{group}\0{kind}\0{namespace}\0{name}"),
+        None => format!("{group}\0{kind}\0{name}"),
+    }
+    .into_boxed_str()
+}
+
+fn ids(parsed: &Declarations) -> impl Iterator<Item = ObjectId> + '_ {
+    parsed.objects.iter().map(|d| id_of(&d.key.group, &d.key.kind, d.key.namespace.as_deref(), &d.key.name))
 }
 
 impl Claims {
@@ -57,23 +70,22 @@ impl Claims {
     pub fn register(&self, claimant: &Claimant, parsed: &Arc<Declarations>) {
         let mut index = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let key = (claimant.namespace.clone(), claimant.name.clone());
-        if let Some((known, previous, _)) = index.by_state.get(&key)
-            && known == claimant
+        if let Some((known, previous)) = index.by_state.get(&key)
+            && **known == *claimant
             && Arc::ptr_eq(previous, parsed)
         {
             return;
         }
         remove(&mut index, &key);
         index.generation += 1;
-        let ids: Vec<ObjectId> = parsed
-            .objects
-            .iter()
-            .map(|d| id_of(&d.key.group, &d.key.kind, d.key.namespace.as_deref(), &d.key.name))
-            .collect();
-        for id in &ids {
-            index.by_object.entry(id.clone()).or_default().insert(claimant.clone());
+        let shared = Arc::new(claimant.clone());
+        for id in ids(parsed) {
+            let claimants = index.by_object.entry(id).or_default();
+            if let Err(at) = claimants.binary_search(&shared) {
+                claimants.insert(at, shared.clone());
+            }
         }
-        index.by_state.insert(key, (claimant.clone(), parsed.clone(), ids));
+        index.by_state.insert(key, (shared, parsed.clone()));
     }
 
     pub fn forget(&self, namespace: &str, name: &str) {
@@ -97,7 +109,8 @@ impl Claims {
         let index = self.0.lock().unwrap_or_else(|p| p.into_inner());
         ids.iter()
             .map(|id| {
-                index.by_object.get(id).and_then(|claimants| claimants.first()).filter(|owner| *owner != me).cloned()
+                let owner = index.by_object.get(id).and_then(|claimants| claimants.first());
+                owner.filter(|owner| ***owner != *me).map(|owner| (**owner).clone())
             })
             .collect()
     }
@@ -109,10 +122,10 @@ impl Claims {
 }
 
 fn remove(index: &mut Index, key: &(String, String)) {
-    if let Some((claimant, _, ids)) = index.by_state.remove(key) {
-        for id in ids {
+    if let Some((claimant, parsed)) = index.by_state.remove(key) {
+        for id in ids(&parsed) {
             if let Some(claimants) = index.by_object.get_mut(&id) {
-                claimants.remove(&claimant);
+                claimants.retain(|c| *c != claimant);
                 if claimants.is_empty() {
                     index.by_object.remove(&id);
                 }

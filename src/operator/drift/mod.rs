@@ -25,7 +25,7 @@ mod steady;
 mod trust;
 pub mod watches;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,9 +48,10 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use super::gate::{Caches, RevertLimiter, Subject, Verdict};
 use crate::api::{AccessRequest, DesiredState, SourceRef};
 use crate::drift::{self, DiffOptions, kept, undeclared};
+use crate::gate::writes;
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::operator::ready::Ready;
-use crate::operator::watch;
+use crate::operator::{watch, writelog};
 use memory::Memories;
 use read::Sources;
 use watches::Watches;
@@ -242,6 +243,10 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     });
 
     let hook_keeper = writes_hook.map(|hook| tokio::spawn(keep_writes_hook(context.clone(), hook)));
+    let first_watches = context.gate.write_log.as_ref().map(|log| {
+        let listing = log.listing();
+        tokio::spawn(first_watches_started(context.clone(), Ready::of(&desired_states), listing))
+    });
     // Source ConfigMaps by metadata only, and of that only what selects and
     // fingerprints a source: their contents are read when a DesiredState
     // that uses them reconciles.
@@ -283,9 +288,29 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         .await;
     role_watches.iter().for_each(|task| task.abort());
     key_status.abort();
-    if let Some(task) = hook_keeper {
+    for task in hook_keeper.into_iter().chain(first_watches) {
         task.abort();
     }
+}
+
+/// Holds `listing` until every DesiredState has started its watches, whose
+/// own lists are waited for from then on (or, at most, for
+/// [`writes::PROVISIONAL_MAX_WAIT`]): a write admitted while a new leader
+/// starts stays provisional until a watch can have delivered it.
+async fn first_watches_started(context: Arc<Context>, listed: Ready, listing: writelog::Listing) {
+    let started = async {
+        listed.wait().await;
+        loop {
+            let users: HashSet<ObjectRef<DesiredState>> =
+                context.watches.users().into_iter().chain(context.metadata_watches.users()).collect();
+            if context.desired_states.state().iter().all(|state| users.contains(&ObjectRef::from_obj(&**state))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let _ = tokio::time::timeout(writes::PROVISIONAL_MAX_WAIT.unsigned_abs(), started).await;
+    drop(listing);
 }
 
 /// How often the leader compares the write-log webhook's rules with the watches.
@@ -468,7 +493,9 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
             let current = report::declared_now(&parsed, &live.lives, &live.owners);
             let policy =
                 drift::inventory::Policy { prune: state.spec.prune, confirmed: state.spec.confirm_prune.as_deref() };
-            let step = drift::inventory::advance(&previous, &current, policy, |id| context.claims.declared(id));
+            let step = drift::inventory::advance(&previous, &current, policy, |(group, kind, namespace, name)| {
+                context.claims.declared(&claims::id_of(group, kind, namespace.as_deref(), name))
+            });
             let declared = current.len();
             let index = steady::Index::of(&parsed, &live.resources, index);
             // Said after the prune below, from the step it leaves.

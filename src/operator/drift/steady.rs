@@ -245,11 +245,11 @@ mod tests {
         assert!(extras(&steady).is_empty() && !steady.live.uids.contains_key("uid-c"), "its uid vouches for nothing");
         // Another DesiredState's: known by uid, not judged here.
         writer.apply_watcher_event(&Event::Apply(config_map("d", "uid-d", "6")));
-        assert_eq!(steady.refresh(&changed(&["d"]), &|id| id.3 == "d"), Some(BTreeSet::new()));
+        assert_eq!(steady.refresh(&changed(&["d"]), &|id| id.ends_with("\0d")), Some(BTreeSet::new()));
         assert!(extras(&steady).is_empty() && steady.live.uids.contains_key("uid-d"));
         // ... and when it goes, only a full read knows what to forget.
         writer.apply_watcher_event(&Event::Delete(config_map("d", "uid-d", "6")));
-        assert_eq!(steady.refresh(&changed(&["d"]), &|id| id.3 == "d"), None);
+        assert_eq!(steady.refresh(&changed(&["d"]), &|id| id.ends_with("\0d")), None);
 
         // A declared object re-created or deleted: not followed.
         writer.apply_watcher_event(&Event::Apply(config_map("a", "uid-a2", "4")));

@@ -250,13 +250,21 @@ impl<K: Cached> Watches<K> {
         let stream = crate::operator::watch::retrying(api, watcher::Config::default())
             .modify(K::for_cache)
             // Every event, before the cache holds it: a pass that reads the
-            // new object finds the write that made it confirmed.
-            .inspect(move |event| {
-                let Some(log) = &write_log else { return };
-                match event {
-                    Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => log.observe(object, false),
-                    Ok(watcher::Event::Delete(object)) => log.observe(object, true),
-                    _ => {}
+            // new object finds the write that made it confirmed. While the
+            // watch lists, writes admitted before are waited for.
+            .inspect({
+                let mut listing = None;
+                move |event| {
+                    let Some(log) = &write_log else { return };
+                    match event {
+                        Ok(watcher::Event::Init) => listing = listing.take().or_else(|| Some(log.listing())),
+                        Ok(watcher::Event::InitDone) => listing = None,
+                        Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                            log.observe(object, false)
+                        }
+                        Ok(watcher::Event::Delete(object)) => log.observe(object, true),
+                        Err(_) => {}
+                    }
                 }
             })
             .reflect(writer);

@@ -10,19 +10,22 @@ use driftwarden_dev::controlplane::User;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use crate::{Managed, managed};
+use crate::{Scale, Target, managed};
 
 /// `edits` objects are changed by hand first, so that both have something
 /// to find; each tool runs `runs` times and the median is reported.
-pub async fn run(objects: usize, edits: usize, parallel: usize, runs: usize) -> anyhow::Result<()> {
+pub async fn run(scale: Scale, edits: usize, runs: usize) -> anyhow::Result<()> {
     let namespace = "bench-diff";
+    let objects = scale.objects;
     let report = json!({"unauthorized": "Report"});
-    let Managed { env, config_maps, mut statuses } = managed(objects, parallel, report, namespace).await?;
-    for target in crate::mix::edit_targets(edits, objects) {
+    let mut bench = managed(scale, report, namespace).await?;
+    bench.single()?;
+    for Target { api, name, .. } in bench.targets(edits) {
         let patch = json!({"data": {"value": "edited by hand"}});
-        config_maps.patch(&crate::mix::object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     }
-    while statuses.recv().await.context("status watch ended")?.1 < edits as i64 {}
+    while bench.statuses.recv().await.context("status watch ended")?.1 < edits as i64 {}
+    let env = &bench.env;
     eprintln!("the operator reports {edits} drifted; diffing by hand...");
 
     let dir = tempfile::tempdir()?;

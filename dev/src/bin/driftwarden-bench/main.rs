@@ -147,13 +147,17 @@ enum Bench {
 
 /// The managed objects: a mix of kinds (see `mix.rs`) that one DesiredState declares.
 #[derive(clap::Args, Clone, Copy)]
-struct Scale {
+pub(crate) struct Scale {
     /// How many managed objects the DesiredState declares.
     #[arg(long, default_value_t = 1000)]
     objects: usize,
     /// How many objects are created at once.
     #[arg(long, default_value_t = 32)]
     parallel: usize,
+    /// How many DesiredStates share the objects, each in its own namespace
+    /// (`objects / states` each; edits go to all of them in turn).
+    #[arg(long, default_value_t = 1)]
+    states: usize,
 }
 
 #[tokio::main]
@@ -163,24 +167,18 @@ async fn main() -> anyhow::Result<()> {
         Bench::Expiry { grants, min_seconds, spread_seconds, parallel } => {
             expiry(grants, min_seconds, spread_seconds, parallel).await
         }
-        Bench::Detection { managed: Scale { objects, parallel }, edits } => detection(objects, edits, parallel).await,
-        Bench::Revert { managed: Scale { objects, parallel }, edits } => revert(objects, edits, parallel).await,
-        Bench::WindowEnd { managed: Scale { objects, parallel }, edits } => window_end(objects, edits, parallel).await,
-        Bench::Undeclared { managed: Scale { objects, parallel }, creates } => {
-            undeclared(objects, creates, parallel).await
-        }
-        Bench::Steady { managed: Scale { objects, parallel }, window_seconds, settle_seconds } => {
+        Bench::Detection { managed, edits } => detection(managed, edits).await,
+        Bench::Revert { managed, edits } => revert(managed, edits).await,
+        Bench::WindowEnd { managed, edits } => window_end(managed, edits).await,
+        Bench::Undeclared { managed, creates } => undeclared(managed, creates).await,
+        Bench::Steady { managed, window_seconds, settle_seconds } => {
             let window = Duration::from_secs(window_seconds);
             let settle = Duration::from_secs(settle_seconds);
-            steady::run(objects, parallel, window, settle).await
+            steady::run(managed, window, settle).await
         }
-        Bench::KubectlDiff { managed: Scale { objects, parallel }, edits, runs } => {
-            kubectl_diff::run(objects, edits, parallel, runs).await
-        }
+        Bench::KubectlDiff { managed, edits, runs } => kubectl_diff::run(managed, edits, runs).await,
         Bench::Fixtures { out } => fixtures::run(&out).await,
-        Bench::WriteLog { managed: Scale { objects, parallel }, writes } => {
-            write_log::run(objects, parallel, writes).await
-        }
+        Bench::WriteLog { managed, writes } => write_log::run(managed, writes).await,
     }
 }
 
@@ -346,13 +344,49 @@ fn percentiles(mut samples: Vec<f64>) -> (f64, f64, f64) {
     (pick(0.5), pick(0.99), pick(1.0))
 }
 
-/// A namespace with `objects` managed objects and a DesiredState declaring them
-/// with `remediation`, in sync; and the DesiredState's status changes as
-/// they arrive (managed, drifted, when).
+/// Namespaces with managed objects and a DesiredState declaring them with
+/// `remediation`, in sync; and the DesiredStates' status changes as they
+/// arrive (managed and drifted summed over all of them, when).
 pub(crate) struct Managed {
     env: OperatorEnv,
-    config_maps: Api<k8s_openapi::api::core::v1::ConfigMap>,
+    /// The bench ConfigMaps' API of each DesiredState's namespace.
+    config_maps: Vec<Api<k8s_openapi::api::core::v1::ConfigMap>>,
+    /// How many objects each DesiredState declares.
+    per_state: usize,
     statuses: tokio::sync::mpsc::UnboundedReceiver<(i64, i64, Instant)>,
+}
+
+/// A managed ConfigMap to edit: where it is and what it is called.
+pub(crate) struct Target {
+    api: Api<k8s_openapi::api::core::v1::ConfigMap>,
+    name: String,
+    /// `namespace/name`, as [`restorations`] reports it.
+    key: String,
+}
+
+impl Managed {
+    /// `edits` distinct ConfigMaps to edit, the same every run, taken from
+    /// the DesiredStates in turn.
+    pub(crate) fn targets(&self, edits: usize) -> Vec<Target> {
+        let states = self.config_maps.len();
+        mix::edit_targets(edits.div_ceil(states), self.per_state)
+            .into_iter()
+            .flat_map(|i| (0..states).map(move |s| (s, i)))
+            .take(edits)
+            .map(|(s, i)| {
+                let api = self.config_maps[s].clone();
+                let name = mix::object_name(i);
+                let key = format!("{}/{name}", api.namespace().unwrap_or_default());
+                Target { api, name, key }
+            })
+            .collect()
+    }
+
+    /// The only namespace, for the benchmarks that take one DesiredState.
+    pub(crate) fn single(&self) -> anyhow::Result<&Api<k8s_openapi::api::core::v1::ConfigMap>> {
+        anyhow::ensure!(self.config_maps.len() == 1, "this benchmark takes one DesiredState (--states 1)");
+        Ok(&self.config_maps[0])
+    }
 }
 
 /// The declarations of `objects` managed objects, 500 to a file.
@@ -369,14 +403,9 @@ pub(crate) fn declarations(objects: usize) -> Vec<driftwarden::drift::pack::Mani
         .collect()
 }
 
-pub(crate) async fn managed(
-    objects: usize,
-    parallel: usize,
-    remediation: serde_json::Value,
-    namespace: &str,
-) -> anyhow::Result<Managed> {
+pub(crate) async fn managed(scale: Scale, remediation: serde_json::Value, namespace: &str) -> anyhow::Result<Managed> {
     let env = start_env().await?;
-    manage(env, objects, parallel, remediation, namespace).await
+    manage(env, scale, remediation, namespace).await
 }
 
 pub(crate) async fn start_env() -> anyhow::Result<OperatorEnv> {
@@ -387,21 +416,21 @@ pub(crate) async fn start_env() -> anyhow::Result<OperatorEnv> {
 /// [`managed`] in a running environment.
 pub(crate) async fn manage(
     env: OperatorEnv,
-    objects: usize,
-    parallel: usize,
+    scale: Scale,
     remediation: serde_json::Value,
     namespace: &str,
 ) -> anyhow::Result<Managed> {
     // DRIFTWARDEN_BENCH_UNDECLARED=off: without the undeclared-object
     // watches, to measure what they cost.
     let undeclared = std::env::var("DRIFTWARDEN_BENCH_UNDECLARED").map_or(true, |v| v != "off");
-    manage_with(env, (objects, parallel), remediation, namespace, json!({"enabled": undeclared})).await
+    manage_with(env, scale, remediation, namespace, json!({"enabled": undeclared})).await
 }
 
-/// [`manage`], with the DesiredState's `spec.undeclared` given.
+/// [`manage`], with the DesiredStates' `spec.undeclared` given. With one
+/// DesiredState its namespace is `namespace`; with more, `namespace-N`.
 pub(crate) async fn manage_with(
     env: OperatorEnv,
-    (objects, parallel): (usize, usize),
+    Scale { objects, parallel, states }: Scale,
     remediation: serde_json::Value,
     namespace: &str,
     undeclared: serde_json::Value,
@@ -409,56 +438,82 @@ pub(crate) async fn manage_with(
     use driftwarden::api::DesiredState;
     use k8s_openapi::api::core::v1::ConfigMap;
 
+    anyhow::ensure!(states >= 1 && objects % states == 0, "--objects must be a multiple of --states");
+    let per_state = objects / states;
+    let namespaces: Vec<String> = match states {
+        1 => vec![namespace.to_owned()],
+        _ => (0..states).map(|s| format!("{namespace}-{s}")).collect(),
+    };
     let admin = env.cp.client(User::Admin).await?;
-    setup_namespace(&admin, namespace).await?;
+    for namespace in &namespaces {
+        setup_namespace(&admin, namespace).await?;
+    }
 
-    eprintln!("creating {objects} objects (ConfigMaps, Services, Deployments, ServiceAccounts, Roles)...");
+    eprintln!(
+        "creating {objects} objects (ConfigMaps, Services, Deployments, ServiceAccounts, Roles) in {states} namespaces..."
+    );
     let started = Instant::now();
-    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), namespace);
-    stream::iter(0..objects)
-        .map(|i| mix::create_applied(&admin, namespace, i))
+    let every = namespaces.iter().flat_map(|namespace| (0..per_state).map(move |i| (namespace, i)));
+    stream::iter(every)
+        .map(|(namespace, i)| mix::create_applied(&admin, namespace, i))
         .buffer_unordered(parallel)
         .try_collect::<Vec<()>>()
         .await?;
     eprintln!("created in {:.1}s; publishing the declarations...", started.elapsed().as_secs_f64());
 
     // The declarations, packed and signed the way `driftwarden publish` does.
-    let files = declarations(objects);
-    let mut sources = driftwarden::drift::pack::pack(&files, "state", namespace, Some("bench0001"))?;
-    env.publisher.sign(namespace, &mut sources);
-    for source in sources {
-        config_maps.create(&PostParams::default(), &source).await?;
+    let files = declarations(per_state);
+    let mut config_maps = Vec::with_capacity(states);
+    for namespace in &namespaces {
+        let api: Api<ConfigMap> = Api::namespaced(admin.clone(), namespace);
+        let mut sources = driftwarden::drift::pack::pack(&files, "state", namespace, Some("bench0001"))?;
+        env.publisher.sign(namespace, &mut sources);
+        for source in sources {
+            api.create(&PostParams::default(), &source).await?;
+        }
+        config_maps.push(api);
     }
-    let state: DesiredState = serde_json::from_value(json!({
-        "metadata": {"name": "bench"},
-        "spec": {"sources": [{"selector": {"matchLabels": {driftwarden::drift::pack::SOURCE_LABEL: "state"}}}],
-                 "remediation": remediation, "undeclared": undeclared},
-    }))?;
-    let states: Api<DesiredState> = Api::namespaced(admin.clone(), namespace);
-    states.create(&PostParams::default(), &state).await?;
 
+    // Sums over the DesiredStates of the bench's namespaces, sent on each change.
     let (seen_tx, mut statuses) = tokio::sync::mpsc::unbounded_channel::<(i64, i64, Instant)>();
-    let watch = watcher(states.clone(), watcher::Config::default());
+    let watch = watcher(Api::<DesiredState>::all(admin.clone()), watcher::Config::default());
+    let ours: std::collections::BTreeSet<String> = namespaces.iter().cloned().collect();
     tokio::spawn(async move {
+        let mut each: HashMap<String, (i64, i64)> = HashMap::new();
         let mut events = std::pin::pin!(watch);
         while let Some(Ok(event)) = events.next().await {
             if let watcher::Event::Apply(state) | watcher::Event::InitApply(state) = event
+                && let Some(namespace) = state.metadata.namespace.clone().filter(|n| ours.contains(n))
                 && let Some(status) = state.status
             {
-                let _ = seen_tx.send((status.managed.unwrap_or(0), status.drifted.unwrap_or(0), Instant::now()));
+                each.insert(namespace, (status.managed.unwrap_or(0), status.drifted.unwrap_or(0)));
+                let (managed, drifted) = each.values().fold((0, 0), |(m, d), (a, b)| (m + a, d + b));
+                let _ = seen_tx.send((managed, drifted, Instant::now()));
             }
         }
     });
+    for namespace in &namespaces {
+        let state: DesiredState = serde_json::from_value(json!({
+            "metadata": {"name": "bench"},
+            "spec": {"sources": [{"selector": {"matchLabels": {driftwarden::drift::pack::SOURCE_LABEL: "state"}}}],
+                     "remediation": remediation, "undeclared": undeclared},
+        }))?;
+        Api::<DesiredState>::namespaced(admin.clone(), namespace).create(&PostParams::default(), &state).await?;
+    }
     let synced = Instant::now();
+    // Ten minutes, and more past 60,000 objects.
+    let patience = Duration::from_secs(600).max(Duration::from_millis(10 * objects as u64));
     loop {
-        let (managed, drifted, _) = statuses.recv().await.context("status watch ended")?;
+        let (managed, drifted, _) = tokio::time::timeout(patience.saturating_sub(synced.elapsed()), statuses.recv())
+            .await
+            .with_context(|| format!("not in sync after {} s", patience.as_secs()))?
+            .context("status watch ended")?;
         if managed == objects as i64 && drifted == 0 {
             break;
         }
-        anyhow::ensure!(synced.elapsed() < Duration::from_secs(600), "not in sync after 10 minutes");
     }
     eprintln!("in sync after {:.1}s", synced.elapsed().as_secs_f64());
-    Ok(Managed { env, config_maps, statuses })
+    Ok(Managed { env, config_maps, per_state, statuses })
 }
 
 /// `count` distinct pseudo-random indices below `below` (the same every run).
@@ -478,25 +533,30 @@ pub(crate) fn random_targets(count: usize, below: usize) -> Vec<usize> {
     order
 }
 
-/// When each bench ConfigMap is seen holding its declared value again.
+/// When each bench ConfigMap is seen holding its declared value again, by
+/// `namespace/name`.
 fn restorations(
-    config_maps: &Api<k8s_openapi::api::core::v1::ConfigMap>,
+    config_maps: &[Api<k8s_openapi::api::core::v1::ConfigMap>],
 ) -> tokio::sync::mpsc::UnboundedReceiver<(String, Instant)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let watch = watcher(config_maps.clone(), watcher::Config::default().labels("app=bench"));
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(watch);
-        while let Some(Ok(event)) = events.next().await {
-            if let watcher::Event::Apply(object) = event {
-                let name = object.metadata.name.clone().unwrap_or_default();
-                let index: usize = name.trim_start_matches("obj-").parse().unwrap_or(usize::MAX);
-                let value = object.data.and_then(|d| d.get("value").cloned()).unwrap_or_default();
-                if value == index.to_string() {
-                    let _ = tx.send((name, Instant::now()));
+    for api in config_maps {
+        let tx = tx.clone();
+        let watch = watcher(api.clone(), watcher::Config::default().labels("app=bench"));
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(watch);
+            while let Some(Ok(event)) = events.next().await {
+                if let watcher::Event::Apply(object) = event {
+                    let name = object.metadata.name.clone().unwrap_or_default();
+                    let namespace = object.metadata.namespace.clone().unwrap_or_default();
+                    let index: usize = name.trim_start_matches("obj-").parse().unwrap_or(usize::MAX);
+                    let value = object.data.and_then(|d| d.get("value").cloned()).unwrap_or_default();
+                    if value == index.to_string() {
+                        let _ = tx.send((format!("{namespace}/{name}"), Instant::now()));
+                    }
                 }
             }
-        }
-    });
+        });
+    }
     rx
 }
 
@@ -516,54 +576,59 @@ fn report_latencies(edits_are: &str, objects: usize, edits: usize, latencies: Ve
     }
 }
 
-async fn revert(objects: usize, edits: usize, parallel: usize) -> anyhow::Result<()> {
+async fn revert(scale: Scale, edits: usize) -> anyhow::Result<()> {
     use kube::api::{Patch, PatchParams};
     let namespace = "bench-revert";
     // An on-call engineer with standing edit rights: no AccessRequest behind
     // it. The platform team's binding is not in Git, so the DesiredState is
     // told to leave it alone (it would otherwise be deleted as undeclared).
     let standing_is_kept = json!({"ignore": [{"kind": "RoleBinding", "name": "standing-edit"}]});
-    let Managed { env, config_maps, .. } =
-        manage_with(start_env().await?, (objects, parallel), json!({}), namespace, standing_is_kept).await?;
+    let bench = manage_with(start_env().await?, scale, json!({}), namespace, standing_is_kept).await?;
+    let env = &bench.env;
     let admin = env.cp.client(User::Admin).await?;
-    let standing: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "standing-edit"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}],
-    }))?;
-    Api::<RoleBinding>::namespaced(admin, namespace).create(&PostParams::default(), &standing).await?;
-    let bob: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(env.cp.client(User::Bob).await?, namespace);
-    let mut restored = restorations(&config_maps);
+    let bob = env.cp.client(User::Bob).await?;
+    for api in &bench.config_maps {
+        let standing: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": "standing-edit"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}],
+        }))?;
+        let namespace = api.namespace().unwrap_or_default();
+        Api::<RoleBinding>::namespaced(admin.clone(), namespace).create(&PostParams::default(), &standing).await?;
+    }
+    let mut restored = restorations(&bench.config_maps);
     eprintln!("bob edits {edits} objects one at a time...");
     let mut latencies = Vec::with_capacity(edits);
-    for target in mix::edit_targets(edits, objects) {
-        let name = mix::object_name(target);
+    for Target { api, name, key } in bench.targets(edits) {
+        let as_bob: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(bob.clone(), api.namespace().unwrap_or_default());
         let patch = json!({"data": {"value": "edited by hand"}});
         // Under load the revert can be seen before the write's response is.
         let sent = Instant::now();
-        bob.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        as_bob.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
         let written = Instant::now();
         loop {
             let (seen, at) = tokio::time::timeout(Duration::from_secs(30), restored.recv())
                 .await
                 .with_context(|| {
                     let log = driftwarden_dev::controlplane::supervisor::tail(&env.log(), 40);
-                    format!("{name} was not reverted within 30 s; the operator's log ends:\n{log}")
+                    format!("{key} was not reverted within 30 s; the operator's log ends:\n{log}")
                 })?
                 .context("watch ended")?;
-            if seen == name && at > sent {
+            if seen == key && at > sent {
                 latencies.push(at.saturating_duration_since(written).as_secs_f64());
                 break;
             }
         }
     }
-    report_latencies("edits", objects, edits, latencies, &env);
+    report_latencies("edits", scale.objects, edits, latencies, env);
     Ok(())
 }
 
-async fn undeclared(objects: usize, creates: usize, parallel: usize) -> anyhow::Result<()> {
+async fn undeclared(scale: Scale, creates: usize) -> anyhow::Result<()> {
     let namespace = "bench-undeclared";
-    let Managed { env, config_maps, .. } = managed(objects, parallel, json!({}), namespace).await?;
+    let bench = managed(scale, json!({}), namespace).await?;
+    let (env, config_maps) = (&bench.env, bench.single()?);
     let (gone_tx, mut gone) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let watch = watcher(config_maps.clone(), watcher::Config::default().labels("bench-extra=yes"));
     tokio::spawn(async move {
@@ -602,14 +667,16 @@ async fn undeclared(objects: usize, creates: usize, parallel: usize) -> anyhow::
             }
         }
     }
-    report_latencies("undeclared creates", objects, creates, latencies, &env);
+    report_latencies("undeclared creates", scale.objects, creates, latencies, env);
     Ok(())
 }
 
-async fn window_end(objects: usize, edits: usize, parallel: usize) -> anyhow::Result<()> {
+async fn window_end(scale: Scale, edits: usize) -> anyhow::Result<()> {
     use kube::api::{Patch, PatchParams};
     let namespace = "bench-window";
-    let Managed { env, config_maps, mut statuses } = managed(objects, parallel, json!({}), namespace).await?;
+    let mut bench = managed(scale, json!({}), namespace).await?;
+    bench.single()?;
+    let (env, config_maps) = (&bench.env, &bench.config_maps);
     let alice = env.cp.client(User::Alice).await?;
     let requests: Api<DynamicObject> =
         Api::namespaced_with(alice.clone(), namespace, &ApiResource::erase::<AccessRequest>(&()));
@@ -636,29 +703,29 @@ async fn window_end(objects: usize, edits: usize, parallel: usize) -> anyhow::Re
 
     eprintln!("alice edits {edits} objects inside her {window_seconds}s window...");
     let as_alice: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(alice, namespace);
-    let targets = mix::edit_targets(edits, objects);
-    stream::iter(targets.iter().copied())
+    let targets = bench.targets(edits);
+    stream::iter(targets.iter())
         .map(|target| {
             let api = as_alice.clone();
             async move {
                 let patch = json!({"data": {"value": "changed during the incident"}});
-                api.patch(&mix::object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
+                api.patch(&target.name, &PatchParams::default(), &Patch::Merge(patch)).await?;
                 anyhow::Ok(())
             }
         })
-        .buffer_unordered(parallel)
+        .buffer_unordered(scale.parallel)
         .try_collect::<Vec<()>>()
         .await?;
     loop {
-        let (_, drifted, _) = statuses.recv().await.context("status watch ended")?;
+        let (_, drifted, _) = bench.statuses.recv().await.context("status watch ended")?;
         if drifted == edits as i64 {
             break;
         }
     }
     anyhow::ensure!(Timestamp::now() < expires_at, "the window ended before all edits were held: lengthen it");
     eprintln!("all {edits} held; waiting for the window to end at {expires_at}...");
-    let mut restored = restorations(&config_maps);
-    let mut pending: std::collections::BTreeSet<String> = targets.iter().map(|t| mix::object_name(*t)).collect();
+    let mut restored = restorations(config_maps);
+    let mut pending: std::collections::BTreeSet<String> = targets.iter().map(|t| t.key.clone()).collect();
     let mut lags = Vec::with_capacity(edits);
     let deadline = Instant::now() + Duration::from_secs(window_seconds + 60);
     while !pending.is_empty() && Instant::now() < deadline {
@@ -670,30 +737,30 @@ async fn window_end(objects: usize, edits: usize, parallel: usize) -> anyhow::Re
         }
     }
     anyhow::ensure!(pending.is_empty(), "{} objects were not reverted", pending.len());
-    report_latencies("session edits", objects, edits, lags, &env);
+    report_latencies("session edits", scale.objects, edits, lags, env);
     Ok(())
 }
 
-async fn detection(objects: usize, edits: usize, parallel: usize) -> anyhow::Result<()> {
+async fn detection(scale: Scale, edits: usize) -> anyhow::Result<()> {
     use kube::api::{Patch, PatchParams};
     // Report only: the drift stays, so each edit adds one to the count.
     let report = json!({"unauthorized": "Report"});
-    let Managed { env, config_maps, statuses: mut seen_rx } = managed(objects, parallel, report, "bench-drift").await?;
+    let mut bench = managed(scale, report, "bench-drift").await?;
     eprintln!("editing {edits} objects one at a time...");
     let mut latencies = Vec::with_capacity(edits);
-    for (done, target) in mix::edit_targets(edits, objects).into_iter().enumerate() {
+    for (done, Target { api, name, .. }) in bench.targets(edits).into_iter().enumerate() {
         let patch = json!({"data": {"value": "edited by hand"}});
-        config_maps.patch(&mix::object_name(target), &PatchParams::default(), &Patch::Merge(patch)).await?;
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
         let written = Instant::now();
         loop {
             let (_, drifted, at) =
-                tokio::time::timeout(Duration::from_secs(30), seen_rx.recv()).await?.context("status watch ended")?;
+                tokio::time::timeout(Duration::from_secs(30), bench.statuses.recv()).await?.context("status watch ended")?;
             if drifted > done as i64 {
                 latencies.push(at.duration_since(written).as_secs_f64());
                 break;
             }
         }
     }
-    report_latencies("edits", objects, edits, latencies, &env);
+    report_latencies("edits", scale.objects, edits, latencies, &bench.env);
     Ok(())
 }

@@ -10,20 +10,23 @@ use serde_json::json;
 
 use crate::audit_log::{self, AuditLog, Counts};
 use crate::process::{self, mib};
-use crate::{Managed, manage};
+use crate::{Managed, Scale, manage};
 
 /// `window`: the steady-state window; `settle`: quiet time after a
 /// disturbance before measuring.
-pub async fn run(objects: usize, parallel: usize, window: Duration, settle: Duration) -> anyhow::Result<()> {
+pub async fn run(scale: Scale, window: Duration, settle: Duration) -> anyhow::Result<()> {
+    let objects = scale.objects;
     let namespace = "bench-steady";
     let env = crate::start_env().await?;
     // Logging every request from the start: the steady window then has
     // memory, CPU and requests at once.
     eprintln!("restarting the API server with an audit log of every request...");
     let audit = AuditLog::restart_apiserver(&env).await?;
-    let Managed { env, .. } = manage(env, objects, parallel, json!({}), namespace).await?;
+    let Managed { env, config_maps, per_state, .. } = manage(env, scale, json!({}), namespace).await?;
     let admin = env.cp.client(driftwarden_dev::controlplane::User::Admin).await?;
-    let footprint = crate::cache::footprint(admin, namespace, objects).await?;
+    // Per object: the first DesiredState's objects stand for all of them.
+    let first = config_maps[0].namespace().unwrap_or_default().to_owned();
+    let footprint = crate::cache::footprint(admin, &first, per_state).await?;
     let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{}", env.service_account);
     let pid = operator_pid(&env).await?;
     tokio::time::sleep(settle).await;
@@ -50,7 +53,7 @@ pub async fn run(objects: usize, parallel: usize, window: Duration, settle: Dura
     let started = Instant::now();
     env.start_operator()?;
     let pid = operator_pid(&env).await?;
-    let (full_pass, cold) = process::sample_rss_while(pid, first_drift_pass(&env)).await;
+    let (full_pass, cold) = process::sample_rss_while(pid, first_drift_pass(&env, scale.states)).await;
     let full_pass = full_pass.map(|_| started.elapsed());
     // VmHWM keeps the peak of the rest of the start-up.
     tokio::time::sleep(settle).await;
@@ -125,9 +128,10 @@ async fn operator_pid(env: &OperatorEnv) -> anyhow::Result<u32> {
     anyhow::bail!("the operator process did not start")
 }
 
-/// Waits (at most 10 minutes) until the operator has finished a drift
-/// reconcile: its first one lists and diffs every object.
-async fn first_drift_pass(env: &OperatorEnv) -> Option<()> {
+/// Waits (at most 10 minutes) until the drift controller has finished
+/// `states` reconciles: the first pass of every DesiredState, which lists
+/// and diffs every object (at rest nothing else wakes one).
+async fn first_drift_pass(env: &OperatorEnv, states: usize) -> Option<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
         let metrics = crate::scrape_metrics(env.http_port).await.unwrap_or_default();
@@ -135,7 +139,7 @@ async fn first_drift_pass(env: &OperatorEnv) -> Option<()> {
             .lines()
             .find(|l| l.starts_with("driftwarden_reconcile_duration_seconds_count{controller=\"drift\"}"))
             .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .is_some_and(|count| count >= 1.0);
+            .is_some_and(|count| count >= states as f64);
         if done {
             return Some(());
         }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use super::{manage_with, percentiles, scrape_metrics, setup_namespace, start_env};
+use super::{Scale, manage_with, percentiles, scrape_metrics, setup_namespace, start_env};
 
 const WEBHOOK: &str = "name=\"writes.driftwarden.io\"";
 
@@ -59,12 +59,12 @@ async fn timed(api: &Api<ConfigMap>, name: &str, count: usize, round: usize) -> 
     Ok(latencies)
 }
 
-pub async fn run(objects: usize, parallel: usize, writes: usize) -> anyhow::Result<()> {
+pub async fn run(scale: Scale, writes: usize) -> anyhow::Result<()> {
     let namespace = "bench-write-log";
+    let objects = scale.objects;
     let env = start_env().await?;
     let bench =
-        manage_with(env, (objects, parallel), json!({"unauthorized": "Revert"}), namespace, json!({"enabled": false}))
-            .await?;
+        manage_with(env, scale, json!({"unauthorized": "Revert"}), namespace, json!({"enabled": false})).await?;
     let env = &bench.env;
     let admin = env.cp.client(User::Admin).await?;
     let unmanaged = "bench-write-log-off";
@@ -72,7 +72,7 @@ pub async fn run(objects: usize, parallel: usize, writes: usize) -> anyhow::Resu
     let off: Api<ConfigMap> = Api::namespaced(admin.clone(), unmanaged);
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "bench"}, "data": {"n": "0"}}))?;
     off.create(&PostParams::default(), &cm).await?;
-    let on = &bench.config_maps;
+    let on = bench.single()?;
     on.create(&PostParams::default(), &cm).await?;
     let target = "bench";
 
