@@ -753,8 +753,9 @@ async fn detection(scale: Scale, edits: usize) -> anyhow::Result<()> {
         api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
         let written = Instant::now();
         loop {
-            let (_, drifted, at) =
-                tokio::time::timeout(Duration::from_secs(30), bench.statuses.recv()).await?.context("status watch ended")?;
+            let (_, drifted, at) = tokio::time::timeout(Duration::from_secs(30), bench.statuses.recv())
+                .await?
+                .context("status watch ended")?;
             if drifted > done as i64 {
                 latencies.push(at.duration_since(written).as_secs_f64());
                 break;
