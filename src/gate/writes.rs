@@ -255,11 +255,6 @@ impl WriteLog {
         self.listed_at = Some(now);
     }
 
-    /// Whether a provisional record admitted at `admitted` is past its time.
-    fn is_overdue(&self, admitted: Timestamp, now: Timestamp) -> bool {
-        overdue((self.listing, self.listed_at), admitted, now)
-    }
-
     /// Whether any provisional record waits for `uid` (a watch computes a
     /// fingerprint only then).
     pub fn waits_for(&self, uid: &str) -> bool {
@@ -386,12 +381,12 @@ impl WriteLog {
     /// the retention.
     fn expire(&mut self, now: Timestamp) -> Outcome {
         let mut outcome = Outcome::default();
+        let lists = (self.listing, self.listed_at);
         while let Some((uid, admitted)) = self.provisional_order.front().cloned() {
-            if !self.is_overdue(admitted, now) {
+            if !overdue(lists, admitted, now) {
                 break;
             }
             self.provisional_order.pop_front();
-            let lists = (self.listing, self.listed_at);
             if let Some(list) = self.provisional.get_mut(&uid) {
                 let before = list.len();
                 list.retain(|(record, _)| !overdue(lists, record.at, now));

@@ -257,13 +257,13 @@ impl<K: Cached> Watches<K> {
                 move |event| {
                     let Some(log) = &write_log else { return };
                     match event {
-                        Ok(watcher::Event::Init) => listing = listing.take().or_else(|| Some(log.listing())),
+                        Ok(watcher::Event::Init) if listing.is_none() => listing = Some(log.listing()),
                         Ok(watcher::Event::InitDone) => listing = None,
                         Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
                             log.observe(object, false)
                         }
                         Ok(watcher::Event::Delete(object)) => log.observe(object, true),
-                        Err(_) => {}
+                        Ok(watcher::Event::Init) | Err(_) => {}
                     }
                 }
             })
