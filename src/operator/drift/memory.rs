@@ -48,8 +48,8 @@ pub(super) struct LastDiffs {
     pub drifting: BTreeSet<usize>,
     /// Declared objects this DesiredState manages (no older one does).
     pub managed: usize,
-    /// The uids of the undeclared objects left in place.
-    pub undeclared: HashSet<String>,
+    /// The undeclared objects left in place: uid -> watch and name.
+    pub undeclared: HashMap<String, (super::watches::WatchKey, String)>,
 }
 
 /// Everything remembered of one DesiredState.

@@ -609,7 +609,8 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
         .iter()
         .any(|(index, uid)| live.lives[*index].as_ref().and_then(|l| l.metadata.uid.as_deref()) != Some(uid.as_str()));
     debug!(desired_state = %state.name_any(), namespace = ?state.namespace(), full = ?doubt,
-           changed = changed_objects.as_ref().map(BTreeSet::len), differing = memory.last.as_ref().map(|l| l.differing.len()),
+           changed = changed_objects.as_ref().map(|f| f.declared.len()),
+           undeclared_changed = changed_objects.as_ref().map(|f| f.undeclared.as_ref().map(BTreeSet::len)), differing = memory.last.as_ref().map(|l| l.differing.len()),
            read_us = read_took.as_micros() as u64, planned_us = planned.as_micros() as u64,
            executed_us = executed.as_micros() as u64, written_us = written.as_micros() as u64,
            took_us = started.elapsed().as_micros() as u64, "drift pass");

@@ -4,7 +4,7 @@
 //! objects to revert or delete, what to codify, the status and the Events
 //! come out. `execute` carries it out.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -91,10 +91,21 @@ pub(super) struct Inputs<'a> {
     pub removed_from_git: &'a BTreeSet<String>,
     pub options: &'a DiffOptions,
     pub now: Timestamp,
-    /// Some: only these declared objects (by index) may have changed since
-    /// the last pass over the same parse, whose diffs the plan is given.
-    /// None: any may have.
-    pub changed: Option<&'a BTreeSet<usize>>,
+    /// Some: only what this names may have changed since the last pass
+    /// over the same parse, whose diffs the plan is given. None: anything
+    /// may have.
+    pub changed: Option<&'a Followed>,
+}
+
+/// What may have changed since the last pass over the same parse, in a
+/// pass that follows the changes the watches named.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Followed {
+    /// Declared objects, by index.
+    pub declared: BTreeSet<usize>,
+    /// Undeclared objects, by watch and name. None: any of them (one went
+    /// whose uid may have exempted others).
+    pub undeclared: Option<BTreeSet<(WatchKey, String)>>,
 }
 
 /// What to do, and what it means for status.
@@ -115,8 +126,8 @@ pub(super) struct Plan {
     pub judgements: BTreeMap<usize, Judgement>,
     /// What the last pass over the same parse left drifting (None: no such pass).
     pub was_drifting: Option<BTreeSet<usize>>,
-    /// The uids of the undeclared objects the last pass left in place.
-    pub seen_undeclared: HashSet<String>,
+    /// The undeclared objects the last pass left in place: uid -> watch and name.
+    pub seen_undeclared: HashMap<String, (WatchKey, String)>,
     /// Declared objects to put back now (by index).
     pub reverts: Vec<usize>,
     /// Declared objects whose window ended, to codify on their request.
@@ -210,7 +221,8 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, previous: Option<LastDi
 
     // Undeclared objects: exempt, or judged like any drift (created under
     // a window: held until it ends; else removed at once or reported).
-    for (index, extra) in inputs.extras.iter().enumerate() {
+    for index in undeclared_to_judge(inputs, &plan) {
+        let extra = &inputs.extras[index];
         if extra.deleting || inputs.removed_from_git.contains(&extra.uid) {
             continue;
         }
@@ -260,6 +272,28 @@ pub(super) fn plan(inputs: &Inputs<'_>, memory: &Memory, previous: Option<LastDi
     plan
 }
 
+/// The undeclared objects to judge, by index into the extras, in order:
+/// every one; or, in a pass that follows named changes, those named and
+/// those the last pass left in place (their verdict follows the gate's:
+/// a window ends, a grant opens). An exemption of one not named stands:
+/// what it rests on (the spec, grants, sources, the owner's uid) makes a
+/// full pass or [`Followed::undeclared`] None when it changes.
+fn undeclared_to_judge(inputs: &Inputs<'_>, plan: &Plan) -> Vec<usize> {
+    // What the last pass left is known only when its plan is the one followed.
+    let followed = inputs.changed.filter(|_| plan.was_drifting.is_some());
+    let Some(named) = followed.and_then(|followed| followed.undeclared.as_ref()) else {
+        return (0..inputs.extras.len()).collect();
+    };
+    let seen = &plan.seen_undeclared;
+    let find = |(key, name): &(WatchKey, String)| {
+        inputs.extras.binary_search_by(|e| (&e.key, e.name.as_str()).cmp(&(key, name.as_str()))).ok()
+    };
+    let mut indices: Vec<usize> = named.iter().chain(seen.values()).filter_map(find).collect();
+    indices.sort_unstable();
+    indices.dedup();
+    indices
+}
+
 /// The request whose codified changes get `object`: a window ended with it
 /// still changed, and it is not already listed there (a change that is kept
 /// and reported is codified once).
@@ -288,7 +322,7 @@ fn diff_declared(inputs: &Inputs<'_>, previous: Option<LastDiffs>, plan: &mut Pl
         (Some(changed), Some(previous)) if previous.diffs.len() == objects && previous.versions.len() == objects => {
             (plan.diffs, plan.versions) = (previous.diffs, previous.versions);
             (plan.differing, plan.managed) = (previous.differing, previous.managed);
-            for &index in changed {
+            for &index in &changed.declared {
                 let (diff, version) = diff_one(inputs, index, None, &mut plan.clean);
                 if diff.in_sync() || inputs.owners[index].is_some() {
                     plan.differing.remove(&index);
@@ -470,7 +504,7 @@ pub(super) fn notices(inputs: &Inputs<'_>, plan: &Plan, outcome: &Outcome, new: 
     for (index, judgement) in &plan.extras {
         let extra = &inputs.extras[*index];
         let listed = old.drifted_objects.iter().any(|d| d.undeclared && d.object == extra.object_ref());
-        if plan.seen_undeclared.contains(extra.uid.as_str()) || listed {
+        if plan.seen_undeclared.contains_key(extra.uid.as_str()) || listed {
             continue;
         }
         let object = describe(&extra.object_ref());

@@ -405,7 +405,7 @@ fn a_pass_that_knows_what_changed_plans_what_a_full_pass_would() {
 
     // api is edited; web is not.
     world.lives[1] = Some(live("api", 7, "12"));
-    let changed = [1].into();
+    let changed = declared(&[1]);
     let mut inputs = world.inputs();
     inputs.changed = Some(&changed);
     gate.asked.lock().unwrap().clear();
@@ -440,10 +440,86 @@ fn a_pass_that_knows_what_changed_plans_what_a_full_pass_would() {
     // every change (and a change they cannot name makes a full pass).
     let last = report::remembered(&inputs, followed, &Outcome::default());
     world.lives[0] = Some(live("web", 2, "14"));
-    let nothing = std::collections::BTreeSet::new();
+    let nothing = declared(&[]);
     let mut inputs = world.inputs();
     inputs.changed = Some(&nothing);
     let followed = plan(&inputs, &Memory::default(), Some(last), &gate);
     assert_eq!(followed.differing, [0].into());
     assert!(followed.clean.is_empty());
+}
+
+/// A pass that follows named changes of these declared objects (and no
+/// undeclared ones).
+fn declared(indices: &[usize]) -> Followed {
+    Followed { declared: indices.iter().copied().collect(), undeclared: Some(Default::default()) }
+}
+
+#[test]
+fn a_pass_that_follows_undeclared_changes_judges_those_named_and_those_left() {
+    use crate::operator::drift::report;
+    let lives = vec![Some(live("web", 2, "10")), Some(live("api", 2, "11"))];
+    let mut replica_set = extra("ReplicaSet", "apps", "replicasets", "web-6f7", at(50));
+    replica_set.controller = Some(("apps/v1".into(), "Deployment".into(), "uid-web".into()));
+    let backdoor = extra("ServiceAccount", "", "serviceaccounts", "backdoor", at(60));
+    let mut world = World::new(lives, vec![replica_set, backdoor]);
+    world.extras.sort_by(|a, b| (&a.key, &a.name).cmp(&(&b.key, &b.name)));
+    world.watched.insert(KindRef { group: "apps".into(), kind: "ReplicaSet".into() });
+    world.uids.insert("uid-web".into(), KindRef { group: "apps".into(), kind: "Deployment".into() });
+    world.spec.remediation.unauthorized = RemediationAction::Report;
+    let mut gate = FixedGate::default();
+    let hold = Decision::Hold { request: "alice-fix".into(), class: DriftClass::Authorized, until: at(400) };
+    gate.verdicts.insert("backdoor".into(), hold);
+    let judged = |plan: &Plan, world: &World| -> Vec<(String, DriftAction)> {
+        plan.extras.iter().map(|(index, j)| (world.extras[*index].name.clone(), j.action)).collect()
+    };
+    let first = plan(&world.inputs(), &Memory::default(), None, &gate);
+    assert_eq!(judged(&first, &world), [("backdoor".to_owned(), DriftAction::Hold)]);
+    let last = report::remembered(&world.inputs(), first, &Outcome::default());
+
+    // A Deployment nobody declared appears: it, and the held one (whose
+    // window may have ended), are judged; the ReplicaSet is not looked at.
+    world.extras.push(extra("Deployment", "apps", "deployments", "miner", at(70)));
+    world.extras.sort_by(|a, b| (&a.key, &a.name).cmp(&(&b.key, &b.name)));
+    let named = Followed {
+        declared: Default::default(),
+        undeclared: Some([(key("Deployment", "apps", "deployments"), "miner".to_owned())].into()),
+    };
+    let mut inputs = world.inputs();
+    inputs.changed = Some(&named);
+    gate.asked.lock().unwrap().clear();
+    let followed = plan(&inputs, &Memory::default(), Some(last), &gate);
+    let full = plan(&world.inputs(), &Memory::default(), None, &gate);
+    assert_eq!(judged(&followed, &world), judged(&full, &world));
+    assert_eq!(
+        judged(&followed, &world),
+        [("backdoor".to_owned(), DriftAction::Hold), ("miner".to_owned(), DriftAction::Report)]
+    );
+    let asked = gate.asked.lock().unwrap()[..2].iter().map(|(name, _)| name.clone()).collect::<Vec<_>>();
+    assert_eq!(asked, ["backdoor", "miner"], "in the extras' order");
+    let notices = notices(&inputs, &followed, &Outcome::default(), &DesiredStateStatus::default());
+    assert_eq!(notices.iter().filter(|n| n.note.contains("miner")).count(), 1, "the new one is announced");
+    assert!(!notices.iter().any(|n| n.note.contains("backdoor")), "the held one was announced before");
+    let last = report::remembered(&inputs, followed, &Outcome::default());
+
+    // The ReplicaSet's Deployment goes: its exemption rested on that uid,
+    // so a pass told that an undeclared object went judges every one.
+    world.uids.remove("uid-web");
+    let nothing = declared(&[]);
+    let mut inputs = world.inputs();
+    inputs.changed = Some(&nothing);
+    let told_nothing = plan(&inputs, &Memory::default(), Some(last), &gate);
+    assert!(!judged(&told_nothing, &world).iter().any(|(name, _)| name == "web-6f7"), "told nothing of it: not judged");
+    let last = report::remembered(&inputs, told_nothing, &Outcome::default());
+    let all = Followed { declared: Default::default(), undeclared: None };
+    let mut inputs = world.inputs();
+    inputs.changed = Some(&all);
+    let followed = plan(&inputs, &Memory::default(), Some(last), &gate);
+    let full = plan(&world.inputs(), &Memory::default(), None, &gate);
+    assert_eq!(judged(&followed, &world), judged(&full, &world));
+    assert!(judged(&followed, &world).contains(&("web-6f7".to_owned(), DriftAction::Report)), "its owner is gone");
+
+    // No last pass to follow: every one is judged, whatever the pass was told.
+    let mut inputs = world.inputs();
+    inputs.changed = Some(&nothing);
+    assert_eq!(judged(&plan(&inputs, &Memory::default(), None, &gate), &world), judged(&full, &world));
 }

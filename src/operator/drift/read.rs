@@ -322,24 +322,38 @@ fn extra_of(key: &WatchKey, meta: &ObjectMeta) -> Option<Extra> {
     })
 }
 
+/// What following one undeclared change leaves the plan to judge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Followed {
+    /// Nothing here: not a kind and namespace whose undeclared objects
+    /// count here, or an object another DesiredState declares.
+    Nothing,
+    /// The object named, and only it.
+    It,
+    /// Every undeclared object: one went whose uid may have exempted others
+    /// (the controller of a ReplicaSet, say).
+    All,
+    /// A change this cannot follow: a full pass reads everything.
+    Cannot,
+}
+
 impl Live {
     /// Follows a change of an object no source here declares, named by a
     /// watch of `key`, into `extras` and `uids` as a full read would leave
-    /// them. False: a change this cannot follow (a full pass reads it).
+    /// them.
     pub fn follow_undeclared(
         &mut self,
         key: &WatchKey,
         name: &str,
         declared_elsewhere: &dyn Fn(&claims::ObjectId) -> bool,
-    ) -> bool {
-        // Not a kind and namespace whose undeclared objects count here.
+    ) -> Followed {
         if !self.extra_keys.contains(key) {
-            return true;
+            return Followed::Nothing;
         }
         let meta = match (self.stores.get(key), self.metadata.get(key)) {
             (Some(store), _) => store.get(&key.object_ref(name)).map(|o| o.metadata.clone()),
             (None, Some(store)) => store.get(&key.object_ref(name)).map(|o| o.metadata.clone()),
-            (None, None) => return false,
+            (None, None) => return Followed::Cannot,
         };
         let fresh = meta.as_ref().and_then(|meta| extra_of(key, meta));
         let known = self.extras.binary_search_by(|e| (&e.key, e.name.as_str()).cmp(&(key, name)));
@@ -348,41 +362,44 @@ impl Live {
             // Still there: its times, owner and deletion are read again.
             (Ok(at), Some(fresh)) if fresh.uid == self.extras[at].uid => {
                 self.extras[at] = fresh;
-                true
+                Followed::It
             }
             // Gone, or re-created: what was known of it goes.
             (Ok(at), fresh) => {
                 let gone = self.extras.remove(at);
                 self.uids.remove(&gone.uid);
-                fresh.is_none_or(|fresh| self.insert(fresh, &id, declared_elsewhere))
+                match fresh.map(|fresh| self.insert(fresh, &id, declared_elsewhere)) {
+                    Some(Followed::Cannot) => Followed::Cannot,
+                    _ => Followed::All,
+                }
             }
             (Err(_), Some(fresh)) => self.insert(fresh, &id, declared_elsewhere),
             // Gone, and not known as undeclared here (another DesiredState
             // declares it, say): its uid may be in `uids`, which only a full
             // read clears.
-            (Err(_), None) => false,
+            (Err(_), None) => Followed::Cannot,
         }
     }
 
     /// A new undeclared object (or one another DesiredState declares:
-    /// known by uid only). False: a uid already known is not followed.
+    /// known by uid only). A uid already known is not followed.
     fn insert(
         &mut self,
         fresh: Extra,
         id: &claims::ObjectId,
         declared_elsewhere: &dyn Fn(&claims::ObjectId) -> bool,
-    ) -> bool {
+    ) -> Followed {
         let kind = KindRef { group: fresh.key.group.clone(), kind: fresh.key.kind.clone() };
         if self.uids.insert(fresh.uid.clone(), kind).is_some() {
-            return false;
+            return Followed::Cannot;
         }
         if declared_elsewhere(id) {
-            return true;
+            return Followed::Nothing;
         }
         let at = self.extras.binary_search_by(|e| (&e.key, e.name.as_str()).cmp(&(&fresh.key, fresh.name.as_str())));
         let (Ok(at) | Err(at)) = at;
         self.extras.insert(at, fresh);
-        true
+        Followed::It
     }
 }
 

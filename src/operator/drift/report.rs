@@ -65,7 +65,8 @@ pub(super) fn status(inputs: &Inputs<'_>, plan: &Plan, memory: &Memory, done: Do
     let parsed = inputs.parsed;
     let describe = |index: usize| plan::describe(&parsed.objects[index].key.object_ref());
     let foreign: Vec<String> = (inputs.owners.iter().enumerate())
-        .filter_map(|(index, owner)| Some(format!("{} (DesiredState {})", describe(index), owner.as_ref()?)))
+        // The owner first: only an object another DesiredState owns is described.
+        .filter_map(|(index, owner)| owner.as_ref().map(|owner| format!("{} (DesiredState {owner})", describe(index))))
         .collect();
     let contested: Vec<String> = plan.contested.iter().map(|index| describe(*index)).collect();
     let rejected = rejected(inputs, memory);
@@ -130,7 +131,10 @@ pub(super) fn remembered(inputs: &Inputs<'_>, plan: Plan, outcome: &Outcome) -> 
     let drifting = plan.differing.iter().copied().filter(|i| !outcome.reverted.contains(i)).collect();
     let undeclared = (plan.extras.iter().enumerate())
         .filter(|(at, _)| !outcome.deleted.contains(at))
-        .map(|(_, (index, _))| inputs.extras[*index].uid.clone())
+        .map(|(_, (index, _))| {
+            let extra = &inputs.extras[*index];
+            (extra.uid.clone(), (extra.key.clone(), extra.name.clone()))
+        })
         .collect();
     LastDiffs {
         sources: inputs.parsed.clone(),

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use kube::api::DynamicObject;
 
 use super::changes::Changed;
-use super::read::Live;
+use super::plan::Followed;
+use super::read::{self, Live};
 use super::watches::WatchKey;
 use crate::drift::kept::Declarations;
 
@@ -104,20 +105,27 @@ impl Steady {
         }
     }
 
-    /// Reads the changed objects from the caches into `live`. Returns the
-    /// declared objects that changed (by index), or None when the change is
-    /// not one this can follow: a full pass must read everything.
+    /// Reads the changed objects from the caches into `live`. Returns what
+    /// may have changed, or None when the change is not one this can
+    /// follow: a full pass must read everything.
     pub fn refresh(
         &mut self,
         changed: &Changed,
         declared_elsewhere: &dyn Fn(&super::claims::ObjectId) -> bool,
-    ) -> Option<BTreeSet<usize>> {
-        let mut indices = BTreeSet::new();
+    ) -> Option<Followed> {
+        let mut followed = Followed { undeclared: Some(BTreeSet::new()), ..Followed::default() };
         for (key, name) in &changed.objects {
             let Some(index) = self.index.find(key, name) else {
                 // Not declared here: perhaps an undeclared object.
-                if !self.live.follow_undeclared(key, name, declared_elsewhere) {
-                    return None;
+                match self.live.follow_undeclared(key, name, declared_elsewhere) {
+                    read::Followed::Nothing => {}
+                    read::Followed::It => {
+                        if let Some(named) = &mut followed.undeclared {
+                            named.insert((key.clone(), name.clone()));
+                        }
+                    }
+                    read::Followed::All => followed.undeclared = None,
+                    read::Followed::Cannot => return None,
                 }
                 continue;
             };
@@ -130,9 +138,9 @@ impl Steady {
                 return None;
             }
             self.live.lives[index] = fresh;
-            indices.insert(index);
+            followed.declared.insert(index);
         }
-        Some(indices)
+        Some(followed)
     }
 
     /// The object as its watch's cache has it now (Some(None): gone).
@@ -189,6 +197,15 @@ mod tests {
         Arc::new(Declarations::from(ParsedSources { revision: None, objects }))
     }
 
+    /// What a refresh says changed: declared objects by index, undeclared
+    /// by name (None: all).
+    fn followed(declared: &[usize], undeclared: Option<&[&str]>) -> Followed {
+        Followed {
+            declared: declared.iter().copied().collect(),
+            undeclared: undeclared.map(|names| names.iter().map(|n| (key(), (*n).to_owned())).collect()),
+        }
+    }
+
     fn changed(names: &[&str]) -> Changed {
         Changed { objects: names.iter().map(|n| (key(), (*n).to_owned())).collect(), anything: false }
     }
@@ -228,24 +245,31 @@ mod tests {
 
         // b is edited: only b is read again.
         writer.apply_watcher_event(&Event::Apply(config_map("b", "uid-b", "3")));
-        assert_eq!(steady.refresh(&changed(&["b"]), &nobody), Some([1].into()));
+        assert_eq!(steady.refresh(&changed(&["b"]), &nobody), Some(followed(&[1], Some(&[]))));
         let version =
             |steady: &Steady, i: usize| steady.live.lives[i].as_ref().unwrap().metadata.resource_version.clone();
         assert_eq!(version(&steady, 1).as_deref(), Some("3"));
-        assert_eq!(steady.refresh(&changed(&[]), &nobody), Some(BTreeSet::new()), "nothing named: nothing read");
+        assert_eq!(
+            steady.refresh(&changed(&[]), &nobody),
+            Some(followed(&[], Some(&[]))),
+            "nothing named: nothing read"
+        );
 
         // An undeclared object comes and goes: followed into what the plan judges.
         writer.apply_watcher_event(&Event::Apply(config_map("c", "uid-c", "5")));
-        assert_eq!(steady.refresh(&changed(&["c"]), &nobody), Some(BTreeSet::new()));
+        assert_eq!(steady.refresh(&changed(&["c"]), &nobody), Some(followed(&[], Some(&["c"]))), "c alone is judged");
         let extras = |steady: &Steady| steady.live.extras.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
         assert_eq!(extras(&steady), ["c"]);
         assert!(steady.live.uids.contains_key("uid-c"));
+        writer.apply_watcher_event(&Event::Apply(config_map("c", "uid-c", "7")));
+        assert_eq!(steady.refresh(&changed(&["c", "b"]), &nobody), Some(followed(&[1], Some(&["c"]))), "edited");
         writer.apply_watcher_event(&Event::Delete(config_map("c", "uid-c", "5")));
-        assert_eq!(steady.refresh(&changed(&["c"]), &nobody), Some(BTreeSet::new()));
+        let all = Some(followed(&[], None));
+        assert_eq!(steady.refresh(&changed(&["c"]), &nobody), all, "its uid went: every undeclared object is judged");
         assert!(extras(&steady).is_empty() && !steady.live.uids.contains_key("uid-c"), "its uid vouches for nothing");
         // Another DesiredState's: known by uid, not judged here.
         writer.apply_watcher_event(&Event::Apply(config_map("d", "uid-d", "6")));
-        assert_eq!(steady.refresh(&changed(&["d"]), &|id| id.ends_with("\0d")), Some(BTreeSet::new()));
+        assert_eq!(steady.refresh(&changed(&["d"]), &|id| id.ends_with("\0d")), Some(followed(&[], Some(&[]))));
         assert!(extras(&steady).is_empty() && steady.live.uids.contains_key("uid-d"));
         // ... and when it goes, only a full read knows what to forget.
         writer.apply_watcher_event(&Event::Delete(config_map("d", "uid-d", "6")));
