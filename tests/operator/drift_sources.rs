@@ -70,3 +70,32 @@ async fn an_empty_source_manages_nothing_and_a_missing_one_is_an_error() {
     let message = &condition(&status, "SourceValid").unwrap().message;
     assert!(message.contains("configmap empty-source: not found"), "{message}");
 }
+
+#[tokio::test]
+async fn a_source_that_stops_matching_its_selector_is_seen_at_once() {
+    let t = drift_setup("drift-selected").await;
+    let settings = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n".to_string();
+    t.kubectl(&["apply", "-f", "-"], Some(&settings));
+    let by_label = json!([{"selector": {"matchLabels": {"driftwarden.io/source": "selected-source"}}}]);
+    let report = json!({"unauthorized": "Report", "windowEnd": "Report"});
+    t.desired_state_spec(
+        "selected",
+        &[("settings.yaml", settings)],
+        json!({"sources": by_label, "remediation": report}),
+    )
+    .await;
+    t.wait_for_status("selected", Duration::from_secs(30), |s| s.managed == Some(1) && s.drifted == Some(0)).await;
+    // Passes that follow one object's change: the sources are not looked
+    // for again (with a selector that walks every ConfigMap)...
+    t.kubectl(&["patch", "configmap/settings", "--type=merge", "-p", r#"{"data":{"mode":"slow"}}"#], None);
+    t.wait_for_status("selected", Duration::from_secs(30), |s| s.drifted == Some(1)).await;
+
+    // ...but the label taken off the source, which the selector then no
+    // longer matches, is a change of the sources, and its pass starts at
+    // once: nothing else happens in the namespace to start one.
+    t.kubectl(&["label", "configmap/selected-source", "driftwarden.io/source-"], None);
+    t.wait_for_status("selected", Duration::from_secs(15), |s| {
+        s.managed != Some(1) || condition(s, "SourceValid").is_some_and(|c| c.status == "False")
+    })
+    .await;
+}

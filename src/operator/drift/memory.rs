@@ -17,7 +17,10 @@ use crate::drift::{self, signature};
 /// What a set of sources is, as far as the caches know: the DesiredState's
 /// generation, each source ConfigMap's resourceVersion, and the trust
 /// anchors' versions.
-pub(super) type Fingerprint = (Option<i64>, Vec<(String, String)>, trust::Fingerprint);
+pub(super) type Fingerprint = (Option<i64>, SourceVersions, trust::Fingerprint);
+
+/// The source ConfigMaps found, as (name, resourceVersion).
+pub(super) type SourceVersions = Vec<(String, String)>;
 
 /// A verified parse, and what it was parsed from.
 #[derive(Clone)]
@@ -60,6 +63,9 @@ pub(super) struct Memory {
     pub parsed: Option<CachedParse>,
     /// Why the current sources are refused, while they are.
     pub refused: Option<Refused>,
+    /// The source ConfigMaps (name, resourceVersion) the last pass found,
+    /// and the DesiredState generation it looked for them at.
+    pub sources_found: Option<(Option<i64>, SourceVersions)>,
     pub last: Option<LastDiffs>,
     /// The resourceVersion each object was left at by its last revert.
     pub reverted: HashMap<api::ObjectRef, String>,

@@ -29,7 +29,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
@@ -150,6 +150,10 @@ struct Context {
     source_meta: Store<PartialObjectMeta<ConfigMap>>,
     /// Every reconcile waits for it at once: see `operator::ready`.
     source_meta_listed: crate::operator::ready::Ready,
+    /// The source ConfigMaps each DesiredState's sources last named: a
+    /// change to one of them is a change to its sources even when it no
+    /// longer matches (a label taken off).
+    sources_found: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Vec<String>>>>,
     /// The PublisherKeys and namespace labels signatures are checked against.
     trust: trust::Anchors,
     /// What each DesiredState's last pass left for the next.
@@ -176,6 +180,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     let desired_states = controller.store();
     let reporter = Reporter { controller: "driftwarden".into(), instance: settings.instance.clone() };
     let (source_meta, source_meta_writer) = reflector::store();
+    let sources_found: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Vec<String>>>> = Arc::default();
     let (cluster_roles, cluster_role_events) =
         watch::reflect(Api::<ClusterRole>::all(client.clone()), watcher::Config::default());
     let (roles, role_events) = watch::reflect(Api::<Role>::all(client.clone()), watcher::Config::default());
@@ -235,6 +240,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         },
         limiter,
         source_meta_listed: crate::operator::ready::Ready::of(&source_meta),
+        sources_found: sources_found.clone(),
         source_meta,
         trust,
         memories: Memories::default(),
@@ -250,9 +256,17 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     // Source ConfigMaps by metadata only, and of that only what selects and
     // fingerprints a source: their contents are read when a DesiredState
     // that uses them reconciles.
+    // A relist may have missed a deletion (no event says so): every
+    // DesiredState reads its sources again on its next pass.
+    let (relisted, states_relisted) = (changes.clone(), desired_states.clone());
     let sources = watch::retrying(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default())
         .modify(kept::source_identity)
         .reflect(source_meta_writer)
+        .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                relisted.anything_for(all_of(&states_relisted));
+            }
+        })
         .touched_objects();
     // A grant that opens, ends or logs a write may change the gate's verdict
     // on any drift in its namespace.
@@ -266,7 +280,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
         (changes.clone(), changes.clone(), changes.clone(), changes.clone());
     controller
         .watches_stream(sources, move |config_map: PartialObjectMeta<ConfigMap>| {
-            of_sources.anything_for(users_of(&states, &config_map))
+            of_sources.anything_for(users_of(&states, &sources_found, &config_map))
         })
         .watches_shared_stream(access_requests, move |request: Arc<AccessRequest>| {
             of_requests.anything_for(in_namespace(&states_of_requests, &request))
@@ -358,17 +372,27 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// The DesiredStates whose sources include this ConfigMap.
-fn users_of(states: &Store<DesiredState>, config_map: &PartialObjectMeta<ConfigMap>) -> Vec<ObjectRef<DesiredState>> {
+/// The DesiredStates whose sources include this ConfigMap, or did when
+/// their sources were last read.
+fn users_of(
+    states: &Store<DesiredState>,
+    found: &Mutex<HashMap<ObjectRef<DesiredState>, Vec<String>>>,
+    config_map: &PartialObjectMeta<ConfigMap>,
+) -> Vec<ObjectRef<DesiredState>> {
     let namespace = config_map.namespace();
     let name = config_map.name_any();
     let labels = config_map.labels().clone();
+    let found = found.lock().unwrap_or_else(|p| p.into_inner());
     states
         .state()
         .iter()
         .filter(|ds| ds.namespace() == namespace)
-        .filter(|ds| ds.spec.sources.iter().any(|source| selects(source, &name, &labels)))
-        .map(|ds| ObjectRef::from_obj(&**ds))
+        .map(|ds| (ObjectRef::from_obj(&**ds), ds))
+        .filter(|(me, ds)| {
+            ds.spec.sources.iter().any(|source| selects(source, &name, &labels))
+                || found.get(me).is_some_and(|names| names.contains(&name))
+        })
+        .map(|(me, _)| me)
         .collect()
 }
 
@@ -425,7 +449,9 @@ async fn reconcile(state: Arc<DesiredState>, context: Arc<Context>) -> Result<Ac
     memory.catch_up(&mut old);
 
     // Read.
-    let sources = read::sources(&context, &state, &old, &mut memory).await;
+    // Only named objects changed since the last pass: the sources did not.
+    let quiet = !changed.anything && steady.is_some();
+    let sources = read::sources(&context, &state, &old, &mut memory, quiet).await;
     let refused_now = context.memories.refused() + usize::from(memory.refused.is_some());
     context.metrics.sources_refused.set(refused_now as i64);
     let claimant = claims::Claimant {
@@ -652,6 +678,7 @@ fn forget_deleted(context: &Context) {
             context.drifted.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
             context.limiter.forget(&user);
             context.memories.forget(&user);
+            context.sources_found.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
             context.claims.forget(user.namespace.as_deref().unwrap_or_default(), &user.name);
             context.settings.notices.drift_status(user.namespace.as_deref().unwrap_or_default(), &user.name, None);
             let (client, operator_namespace) = (context.client.clone(), context.settings.operator_namespace.clone());

@@ -53,20 +53,31 @@ pub(super) async fn caches_listed(context: &Context) -> Result<(), Error> {
 /// unless they are unchanged since the last good parse (or the last
 /// refusal). Refused sources change nothing: the last verified state is
 /// still enforced, so breaking or forging a source never switches the
-/// operator off.
+/// operator off. `quiet`: only named objects changed since the last pass
+/// (no source ConfigMap, key or namespace did), so the sources found then
+/// stand; with a label selector, finding them walks every ConfigMap.
 pub(super) async fn sources(
     context: &Context,
     state: &DesiredState,
     old: &DesiredStateStatus,
     memory: &mut Memory,
+    quiet: bool,
 ) -> Result<Sources, Error> {
     let namespace = state.namespace().unwrap_or_default();
     let name = state.name_any();
-    let fingerprint: Fingerprint = (
-        state.metadata.generation,
-        source_fingerprint(&context.source_meta, &namespace, &state.spec.sources),
-        context.trust.fingerprint(state),
-    );
+    let generation = state.metadata.generation;
+    let found = match memory.sources_found.take() {
+        Some((of, found)) if quiet && of == generation => found,
+        _ => {
+            let found = source_fingerprint(&context.source_meta, &namespace, &state.spec.sources);
+            let names = found.iter().map(|(name, _)| name.clone()).collect();
+            let me = ObjectRef::from_obj(state);
+            context.sources_found.lock().unwrap_or_else(|p| p.into_inner()).insert(me, names);
+            found
+        }
+    };
+    memory.sources_found = Some((generation, found.clone()));
+    let fingerprint: Fingerprint = (generation, found, context.trust.fingerprint(state));
     let remembered = memory.parsed.clone();
     let still_refused = memory.refused.as_ref().filter(|r| r.fingerprint == fingerprint).map(|r| r.refusal.clone());
     let scope = SourceScope { namespace: &namespace, operator_namespace: &context.settings.operator_namespace };
