@@ -6,6 +6,7 @@
 //!   cargo run --release --bin driftwarden-bench -- revert --objects 10000
 //!   cargo run --release --bin driftwarden-bench -- window-end --objects 10000
 //!   cargo run --release --bin driftwarden-bench -- steady --objects 10000
+//!   cargo run --release --bin driftwarden-bench -- scale --objects 100000 --states 10
 //!   cargo run --release --bin driftwarden-bench -- kubectl-diff --objects 10000
 //!   cargo run --release --bin driftwarden-bench -- fixtures --out benches/data
 //!   cargo run --release --bin driftwarden-bench -- write-log --objects 100 --writes 1000
@@ -35,6 +36,7 @@ mod footprint;
 mod kubectl_diff;
 mod mix;
 mod process;
+mod scale;
 mod steady;
 mod write_log;
 
@@ -125,6 +127,23 @@ enum Bench {
         #[arg(long, default_value_t = 90)]
         settle_seconds: u64,
     },
+    /// One creation of the objects, then in turn: the first sync, memory
+    /// and CPU at rest, detection latency, unauthorized-revert latency and
+    /// the operator's restart (its first full drift pass and peak memory).
+    Scale {
+        #[command(flatten)]
+        managed: Scale,
+        /// How many edits for detection, and again for revert, one at a time.
+        #[arg(long, default_value_t = 200)]
+        edits: usize,
+        /// Length of the window at rest, in seconds.
+        #[arg(long, default_value_t = 60)]
+        window_seconds: u64,
+        /// Quiet time after the first sync and after the operator's restart
+        /// before measuring, in seconds.
+        #[arg(long, default_value_t = 60)]
+        settle_seconds: u64,
+    },
     /// `kubectl diff -f` against `driftwarden diff` over the same manifests
     /// and objects: wall time of each.
     KubectlDiff {
@@ -175,6 +194,11 @@ async fn main() -> anyhow::Result<()> {
             let window = Duration::from_secs(window_seconds);
             let settle = Duration::from_secs(settle_seconds);
             steady::run(managed, window, settle).await
+        }
+        Bench::Scale { managed, edits, window_seconds, settle_seconds } => {
+            let window = Duration::from_secs(window_seconds);
+            let settle = Duration::from_secs(settle_seconds);
+            scale::run(managed, edits, window, settle).await
         }
         Bench::KubectlDiff { managed, edits, runs } => kubectl_diff::run(managed, edits, runs).await,
         Bench::Fixtures { out } => fixtures::run(&out).await,
@@ -354,6 +378,13 @@ pub(crate) struct Managed {
     /// How many objects each DesiredState declares.
     per_state: usize,
     statuses: tokio::sync::mpsc::UnboundedReceiver<(i64, i64, Instant)>,
+    /// How long creating the objects took.
+    created_in: Duration,
+    /// How long the controller manager's ReplicaSets and Pods trailed the
+    /// creation (none: not all there within the time allowed).
+    controller_manager: Option<Duration>,
+    /// From the DesiredStates' creation until all were in sync.
+    first_sync: Duration,
 }
 
 /// A managed ConfigMap to edit: where it is and what it is called.
@@ -362,6 +393,8 @@ pub(crate) struct Target {
     name: String,
     /// `namespace/name`, as [`restorations`] reports it.
     key: String,
+    /// Which object of the mix it is.
+    index: usize,
 }
 
 impl Managed {
@@ -377,7 +410,7 @@ impl Managed {
                 let api = self.config_maps[s].clone();
                 let name = mix::object_name(i);
                 let key = format!("{}/{name}", api.namespace().unwrap_or_default());
-                Target { api, name, key }
+                Target { api, name, key, index: i }
             })
             .collect()
     }
@@ -459,7 +492,19 @@ pub(crate) async fn manage_with(
         .buffer_unordered(parallel)
         .try_collect::<Vec<()>>()
         .await?;
-    eprintln!("created in {:.1}s; publishing the declarations...", started.elapsed().as_secs_f64());
+    let created_in = started.elapsed();
+    eprintln!("created in {:.1}s", created_in.as_secs_f64());
+    // Before the DesiredStates: their first sync, and everything after it,
+    // is then measured at rest.
+    let deployments = mix::count(mix::Kind::Deployment, per_state) * states;
+    let controller_manager = match wait_for_controller_manager(&admin, &namespaces, deployments).await {
+        Ok(waited) => Some(waited),
+        Err(error) => {
+            eprintln!("warning: {error:#}; measuring anyway, with the controller manager still at work");
+            None
+        }
+    };
+    eprintln!("publishing the declarations...");
 
     // The declarations, packed and signed the way `driftwarden publish` does.
     let files = declarations(per_state);
@@ -492,6 +537,7 @@ pub(crate) async fn manage_with(
             }
         }
     });
+    let synced = Instant::now();
     for namespace in &namespaces {
         let state: DesiredState = serde_json::from_value(json!({
             "metadata": {"name": "bench"},
@@ -500,7 +546,6 @@ pub(crate) async fn manage_with(
         }))?;
         Api::<DesiredState>::namespaced(admin.clone(), namespace).create(&PostParams::default(), &state).await?;
     }
-    let synced = Instant::now();
     // Ten minutes, and more past 60,000 objects.
     let patience = Duration::from_secs(600).max(Duration::from_millis(10 * objects as u64));
     loop {
@@ -512,8 +557,75 @@ pub(crate) async fn manage_with(
             break;
         }
     }
-    eprintln!("in sync after {:.1}s", synced.elapsed().as_secs_f64());
-    Ok(Managed { env, config_maps, per_state, statuses })
+    let first_sync = synced.elapsed();
+    eprintln!("in sync after {:.1}s", first_sync.as_secs_f64());
+    Ok(Managed { env, config_maps, per_state, statuses, created_in, controller_manager, first_sync })
+}
+
+/// Waits (at most 30 minutes) until the controller manager has made what
+/// the `deployments` Deployments in `namespaces` ask for: a ReplicaSet each
+/// and [`mix::REPLICAS`] Pods each (Pending for good: there is no kubelet,
+/// so none is ever replaced). Until then the API server and the operator's
+/// watches are busy with them, and nothing is at rest.
+pub(crate) async fn wait_for_controller_manager(
+    admin: &kube::Client,
+    namespaces: &[String],
+    deployments: usize,
+) -> anyhow::Result<Duration> {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::Pod;
+    let pods_expected = deployments * mix::REPLICAS;
+    let started = Instant::now();
+    let mut said = started;
+    loop {
+        let (mut sets, mut pods) = (0, 0);
+        for namespace in namespaces {
+            sets += count(&Api::<ReplicaSet>::namespaced(admin.clone(), namespace)).await?;
+            pods += count(&Api::<Pod>::namespaced(admin.clone(), namespace)).await?;
+        }
+        if sets == deployments && pods == pods_expected {
+            let waited = started.elapsed();
+            eprintln!(
+                "the controller manager's {sets} ReplicaSets and {pods} Pods were all there after {:.1}s more",
+                waited.as_secs_f64()
+            );
+            return Ok(waited);
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30 * 60),
+            "after 30 minutes, {sets} of {deployments} ReplicaSets and {pods} of {pods_expected} Pods"
+        );
+        if said.elapsed() >= Duration::from_secs(30) {
+            eprintln!(
+                "waiting for the controller manager: {sets} of {deployments} ReplicaSets, {pods} of {pods_expected} Pods after {:.0}s",
+                started.elapsed().as_secs_f64()
+            );
+            said = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// How many objects `api` lists: metadata only, 500 a page; the API server
+/// says how many the other pages hold when it can (no selector), so usually
+/// one page is read.
+async fn count<K>(api: &Api<K>) -> anyhow::Result<usize>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = kube::api::ListParams::default().limit(500);
+    let mut counted = 0;
+    loop {
+        let page = api.list_metadata(&params).await?;
+        counted += page.items.len();
+        if let Some(rest) = page.metadata.remaining_item_count {
+            return Ok(counted + usize::try_from(rest).unwrap_or(0));
+        }
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(counted),
+        }
+    }
 }
 
 /// `count` distinct pseudo-random indices below `below` (the same every run).
@@ -577,17 +689,30 @@ fn report_latencies(edits_are: &str, objects: usize, edits: usize, latencies: Ve
 }
 
 async fn revert(scale: Scale, edits: usize) -> anyhow::Result<()> {
-    use kube::api::{Patch, PatchParams};
     let namespace = "bench-revert";
-    // An on-call engineer with standing edit rights: no AccessRequest behind
-    // it. The platform team's binding is not in Git, so the DesiredState is
-    // told to leave it alone (it would otherwise be deleted as undeclared).
-    let standing_is_kept = json!({"ignore": [{"kind": "RoleBinding", "name": "standing-edit"}]});
-    let bench = manage_with(start_env().await?, scale, json!({}), namespace, standing_is_kept).await?;
+    let bench = manage_with(start_env().await?, scale, json!({}), namespace, standing_is_kept()).await?;
     let env = &bench.env;
-    let admin = env.cp.client(User::Admin).await?;
-    let bob = env.cp.client(User::Bob).await?;
-    for api in &bench.config_maps {
+    grant_standing_edit(&env.cp.client(User::Admin).await?, &bench.config_maps).await?;
+    let latencies = unauthorized_edits(&bench, &env.cp.client(User::Bob).await?, edits).await?;
+    report_latencies("edits", scale.objects, edits, latencies, env);
+    Ok(())
+}
+
+/// An on-call engineer (bob) with standing edit rights: no AccessRequest
+/// behind them. The platform team's binding is not in Git, so the
+/// DesiredStates are told to leave it alone (it would otherwise be deleted
+/// as undeclared): their `spec.undeclared`, set at creation.
+pub(crate) fn standing_is_kept() -> serde_json::Value {
+    json!({"ignore": [{"kind": "RoleBinding", "name": "standing-edit"}]})
+}
+
+/// bob's standing RoleBinding (see [`standing_is_kept`]) in every
+/// DesiredState's namespace.
+pub(crate) async fn grant_standing_edit(
+    admin: &kube::Client,
+    config_maps: &[Api<k8s_openapi::api::core::v1::ConfigMap>],
+) -> anyhow::Result<()> {
+    for api in config_maps {
         let standing: RoleBinding = serde_json::from_value(json!({
             "metadata": {"name": "standing-edit"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
@@ -596,10 +721,19 @@ async fn revert(scale: Scale, edits: usize) -> anyhow::Result<()> {
         let namespace = api.namespace().unwrap_or_default();
         Api::<RoleBinding>::namespaced(admin.clone(), namespace).create(&PostParams::default(), &standing).await?;
     }
+    Ok(())
+}
+
+/// bob edits `edits` managed objects one at a time, with no access window
+/// (the DesiredStates revert): from each write's response until the object
+/// is seen holding its declared value again, in seconds.
+pub(crate) async fn unauthorized_edits(bench: &Managed, bob: &kube::Client, edits: usize) -> anyhow::Result<Vec<f64>> {
+    use kube::api::{Patch, PatchParams};
+    let env = &bench.env;
     let mut restored = restorations(&bench.config_maps);
     eprintln!("bob edits {edits} objects one at a time...");
     let mut latencies = Vec::with_capacity(edits);
-    for Target { api, name, key } in bench.targets(edits) {
+    for Target { api, name, key, .. } in bench.targets(edits) {
         let as_bob: Api<k8s_openapi::api::core::v1::ConfigMap> =
             Api::namespaced(bob.clone(), api.namespace().unwrap_or_default());
         let patch = json!({"data": {"value": "edited by hand"}});
@@ -621,8 +755,7 @@ async fn revert(scale: Scale, edits: usize) -> anyhow::Result<()> {
             }
         }
     }
-    report_latencies("edits", scale.objects, edits, latencies, env);
-    Ok(())
+    Ok(latencies)
 }
 
 async fn undeclared(scale: Scale, creates: usize) -> anyhow::Result<()> {
@@ -742,10 +875,19 @@ async fn window_end(scale: Scale, edits: usize) -> anyhow::Result<()> {
 }
 
 async fn detection(scale: Scale, edits: usize) -> anyhow::Result<()> {
-    use kube::api::{Patch, PatchParams};
     // Report only: the drift stays, so each edit adds one to the count.
     let report = json!({"unauthorized": "Report"});
     let mut bench = managed(scale, report, "bench-drift").await?;
+    let latencies = detect_edits(&mut bench, edits).await?;
+    report_latencies("edits", scale.objects, edits, latencies, &bench.env);
+    Ok(())
+}
+
+/// Edits `edits` managed objects one at a time, none drifted before and
+/// the DesiredStates only reporting: from each write's response until the
+/// status counts one more drifted, in seconds.
+pub(crate) async fn detect_edits(bench: &mut Managed, edits: usize) -> anyhow::Result<Vec<f64>> {
+    use kube::api::{Patch, PatchParams};
     eprintln!("editing {edits} objects one at a time...");
     let mut latencies = Vec::with_capacity(edits);
     for (done, Target { api, name, .. }) in bench.targets(edits).into_iter().enumerate() {
@@ -762,6 +904,5 @@ async fn detection(scale: Scale, edits: usize) -> anyhow::Result<()> {
             }
         }
     }
-    report_latencies("edits", scale.objects, edits, latencies, &bench.env);
-    Ok(())
+    Ok(latencies)
 }

@@ -33,6 +33,11 @@ pub fn kind(i: usize) -> Kind {
     }
 }
 
+/// How many of the first `objects` are of kind `of`.
+pub fn count(of: Kind, objects: usize) -> usize {
+    (0..objects).filter(|&i| kind(i) == of).count()
+}
+
 /// Every kind of the mix.
 pub const KINDS: [Kind; 5] = [Kind::ConfigMap, Kind::Service, Kind::Deployment, Kind::ServiceAccount, Kind::Role];
 
@@ -45,6 +50,10 @@ pub fn resource(kind: Kind) -> ApiResource {
         Kind::Role => ApiResource::erase::<Role>(&()),
     }
 }
+
+/// Each Deployment's replicas: the controller manager makes one ReplicaSet
+/// and this many Pods for it.
+pub const REPLICAS: usize = 2;
 
 /// The name of managed object `i`.
 pub fn object_name(i: usize) -> String {
@@ -63,7 +72,7 @@ pub fn manifest(i: usize) -> Value {
                 {"name": "http", "port": 80, "targetPort": "http"},
                 {"name": "metrics", "port": 9090, "targetPort": 9090}]}}),
         Kind::Deployment => json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
-            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+            "spec": {"replicas": REPLICAS, "selector": {"matchLabels": {"app": name}},
                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{
                     "name": "app", "image": "registry.example.com/shop/app:1.4.2",
                     "ports": [{"name": "http", "containerPort": 8080}],
@@ -115,6 +124,7 @@ mod tests {
         assert_eq!(counts[&Kind::Deployment], 150);
         assert_eq!(counts[&Kind::ServiceAccount], 150);
         assert_eq!(counts[&Kind::Role], 100);
+        assert!(KINDS.iter().all(|&k| count(k, 1000) == counts[&k]));
         let targets = edit_targets(200, 1000);
         assert_eq!(targets.len(), 200);
         assert!(targets.iter().all(|&i| kind(i) == Kind::ConfigMap && i < 1000));

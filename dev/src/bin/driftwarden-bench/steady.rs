@@ -118,7 +118,7 @@ fn writes(counts: &Counts) -> (usize, usize) {
 }
 
 /// The operator's pid once its process is up.
-async fn operator_pid(env: &OperatorEnv) -> anyhow::Result<u32> {
+pub(crate) async fn operator_pid(env: &OperatorEnv) -> anyhow::Result<u32> {
     for _ in 0..200 {
         if let Some(pid) = process::operator_pid(env.http_port) {
             return Ok(pid);
@@ -131,7 +131,7 @@ async fn operator_pid(env: &OperatorEnv) -> anyhow::Result<u32> {
 /// Waits (at most 10 minutes) until the drift controller has finished
 /// `states` reconciles: the first pass of every DesiredState, which lists
 /// and diffs every object (at rest nothing else wakes one).
-async fn first_drift_pass(env: &OperatorEnv, states: usize) -> Option<()> {
+pub(crate) async fn first_drift_pass(env: &OperatorEnv, states: usize) -> Option<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
         let metrics = crate::scrape_metrics(env.http_port).await.unwrap_or_default();
