@@ -107,7 +107,9 @@ impl Record {
 
     fn same_write(&self, other: &Record) -> bool {
         // Admission sees a patch as an update.
-        let verb = |v: &str| if v == "patch" { "update".to_owned() } else { v.to_owned() };
+        fn verb(v: &str) -> &str {
+            if v == "patch" { "update" } else { v }
+        }
         self.user == other.user
             && verb(&self.verb) == verb(&other.verb)
             && self.group == other.group
@@ -188,8 +190,13 @@ pub struct Journaled {
 
 #[derive(Debug, Default)]
 struct NamespaceLog {
+    /// In the order of `record.at`.
     records: VecDeque<Confirmed>,
     bytes: usize,
+    /// The longest a kept write took to become visible: a lookup from a
+    /// time on reads the records admitted from that much before it, not
+    /// all of them.
+    visible_after: SignedDuration,
     /// Records up to this time were dropped for the budget.
     incomplete_until: Option<Timestamp>,
 }
@@ -297,17 +304,21 @@ impl WriteLog {
     fn confirm(&mut self, record: Record, source: Source, visible_at: Timestamp, outcome: &mut Outcome) -> bool {
         let Some(namespace) = record.namespace.clone() else { return false };
         let log = self.namespaces.entry(namespace).or_default();
-        if let Some(same) =
-            log.records.iter_mut().rev().find(|c| !c.sources.contains(&source) && c.record.same_write(&record))
-        {
+        // Only records this close in time can be the same write: the
+        // records are in time order, so the scan stops there, not at the
+        // start of a day's writes.
+        let near = record.at - SAME_WRITE;
+        let mut recent = log.records.iter_mut().rev().take_while(|c| c.record.at >= near);
+        if let Some(same) = recent.find(|c| !c.sources.contains(&source) && c.record.same_write(&record)) {
             same.sources.push(source);
             outcome.merged += 1;
             return false;
         }
         // A retried audit batch reports the same write again.
-        if log.records.iter().rev().any(|c| c.record == record) {
+        if log.records.iter().rev().take_while(|c| c.record.at >= near).any(|c| c.record == record) {
             return false;
         }
+        log.visible_after = log.visible_after.max(visible_at.duration_since(record.at));
         log.bytes += record.bytes();
         let position = log.records.iter().rposition(|c| c.record.at <= record.at).map_or(0, |p| p + 1);
         log.records.insert(position, Confirmed { record, sources: vec![source], visible_at });
@@ -367,6 +378,8 @@ impl WriteLog {
             }
             outcome.restored += log.records.len().saturating_sub(held);
             log.bytes = log.records.iter().map(|c| c.record.bytes()).sum();
+            let lag = |c: &Confirmed| c.visible_at.duration_since(c.record.at);
+            log.visible_after = log.records.iter().map(lag).fold(log.visible_after, SignedDuration::max);
             while log.bytes > NAMESPACE_BUDGET_BYTES {
                 let Some(dropped) = log.records.pop_front() else { break };
                 log.bytes -= dropped.record.bytes();
@@ -421,8 +434,10 @@ impl WriteLog {
         from: Timestamp,
     ) -> impl Iterator<Item = &Record> {
         self.namespaces.get(namespace).into_iter().flat_map(move |log| {
+            // Admitted after `from`, or up to the longest lag before it and visible after it.
+            let first = log.records.partition_point(|c| c.record.at <= from - log.visible_after);
             log.records
-                .iter()
+                .range(first..)
                 .filter(move |c| c.record.at > from || c.visible_at > from)
                 .map(|c| &c.record)
                 .filter(move |r| r.group == group && r.resource == resource && r.name == name)
@@ -547,6 +562,29 @@ mod tests {
         let mut log = WriteLog::default();
         log.audited(vec![record("bob", "update", 0)], at(5));
         assert_eq!(log.writes_to("shop", "apps", "deployments", "web", at(2)).count(), 0);
+    }
+
+    #[test]
+    fn a_lookup_reads_back_only_as_far_as_the_slowest_write_became_visible() {
+        let mut log = WriteLog::default();
+        // Two hours of other writes in the namespace, each visible at once.
+        let other = |s: i64| Record { name: format!("cm-{s}"), ..record("carol", "update", s) };
+        log.audited((-7200..0).map(other).collect(), at(0));
+        // alice's write, admitted at 0, reaches the watch only at 50 (a list in between).
+        log.listing_began();
+        log.admit(record("alice", "patch", 0), content(7), at(0));
+        log.listing_ended(at(45));
+        assert_eq!(log.observe(&seen("12", 7), at(50)).1.confirmed, 1);
+        let after = |from| log.writes_to("shop", "apps", "deployments", "web", at(from)).count();
+        assert_eq!((after(-1), after(49), after(50)), (1, 1, 0), "found from before it until it became visible");
+        let others = |from| log.writes_to("shop", "apps", "deployments", "cm-10", at(from)).count();
+        assert_eq!(others(-7200), 0, "another object's name");
+        let old = |from| log.writes_to("shop", "apps", "deployments", "cm--100", at(from)).count();
+        assert_eq!((old(-101), old(-100)), (1, 0), "read back past the lag when the lookup asks for it");
+        // The same write reported again by the audit webhook merges, however long the log.
+        let (fresh, outcome) = log.audited(vec![record("alice", "update", 0)], at(51));
+        assert_eq!((fresh.len(), outcome.merged), (0, 1));
+        assert_eq!(log.sizes().1, 7201);
     }
 
     #[test]
