@@ -193,9 +193,9 @@ struct NamespaceLog {
     /// In the order of `record.at`.
     records: VecDeque<Confirmed>,
     bytes: usize,
-    /// The longest a kept write took to become visible: a lookup from a
-    /// time on reads the records admitted from that much before it, not
-    /// all of them.
+    /// The longest any write taken in here took to become visible (it does
+    /// not shrink as records go): a lookup from a time on reads the records
+    /// admitted from that much before it, not all of them.
     visible_after: SignedDuration,
     /// Records up to this time were dropped for the budget.
     incomplete_until: Option<Timestamp>,

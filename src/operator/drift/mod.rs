@@ -153,7 +153,7 @@ struct Context {
     /// The source ConfigMaps each DesiredState's sources last named: a
     /// change to one of them is a change to its sources even when it no
     /// longer matches (a label taken off).
-    sources_found: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Vec<String>>>>,
+    sources_found: Arc<SourcesFound>,
     /// The PublisherKeys and namespace labels signatures are checked against.
     trust: trust::Anchors,
     /// What each DesiredState's last pass left for the next.
@@ -162,6 +162,9 @@ struct Context {
     claims: claims::Claims,
     started: Instant,
 }
+
+/// The names of the source ConfigMaps each DesiredState's last read found.
+type SourcesFound = Mutex<HashMap<ObjectRef<DesiredState>, Vec<String>>>;
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shutdown: CancellationToken) {
@@ -180,7 +183,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, shut
     let desired_states = controller.store();
     let reporter = Reporter { controller: "driftwarden".into(), instance: settings.instance.clone() };
     let (source_meta, source_meta_writer) = reflector::store();
-    let sources_found: Arc<Mutex<HashMap<ObjectRef<DesiredState>, Vec<String>>>> = Arc::default();
+    let sources_found: Arc<SourcesFound> = Arc::default();
     let (cluster_roles, cluster_role_events) =
         watch::reflect(Api::<ClusterRole>::all(client.clone()), watcher::Config::default());
     let (roles, role_events) = watch::reflect(Api::<Role>::all(client.clone()), watcher::Config::default());
@@ -376,7 +379,7 @@ fn tokio_stream_from<T: Send + 'static>(
 /// their sources were last read.
 fn users_of(
     states: &Store<DesiredState>,
-    found: &Mutex<HashMap<ObjectRef<DesiredState>, Vec<String>>>,
+    found: &SourcesFound,
     config_map: &PartialObjectMeta<ConfigMap>,
 ) -> Vec<ObjectRef<DesiredState>> {
     let namespace = config_map.namespace();

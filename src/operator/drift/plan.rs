@@ -56,6 +56,12 @@ impl Extra {
         }
     }
 
+    /// Where the object of `key` and `name` is (or would go) in `extras`,
+    /// which are kept in the order of watch and name.
+    pub fn position(extras: &[Extra], key: &WatchKey, name: &str) -> Result<usize, usize> {
+        extras.binary_search_by(|e| (&e.key, e.name.as_str()).cmp(&(key, name)))
+    }
+
     fn candidate(&self) -> undeclared::Candidate<'_> {
         undeclared::Candidate {
             group: &self.key.group,
@@ -285,9 +291,7 @@ fn undeclared_to_judge(inputs: &Inputs<'_>, plan: &Plan) -> Vec<usize> {
         return (0..inputs.extras.len()).collect();
     };
     let seen = &plan.seen_undeclared;
-    let find = |(key, name): &(WatchKey, String)| {
-        inputs.extras.binary_search_by(|e| (&e.key, e.name.as_str()).cmp(&(key, name.as_str()))).ok()
-    };
+    let find = |(key, name): &(WatchKey, String)| Extra::position(inputs.extras, key, name).ok();
     let mut indices: Vec<usize> = named.iter().chain(seen.values()).filter_map(find).collect();
     indices.sort_unstable();
     indices.dedup();

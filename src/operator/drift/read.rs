@@ -335,7 +335,7 @@ fn extra_of(key: &WatchKey, meta: &ObjectMeta) -> Option<Extra> {
 
 /// What following one undeclared change leaves the plan to judge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Followed {
+pub(super) enum Rejudge {
     /// Nothing here: not a kind and namespace whose undeclared objects
     /// count here, or an object another DesiredState declares.
     Nothing,
@@ -357,38 +357,38 @@ impl Live {
         key: &WatchKey,
         name: &str,
         declared_elsewhere: &dyn Fn(&claims::ObjectId) -> bool,
-    ) -> Followed {
+    ) -> Rejudge {
         if !self.extra_keys.contains(key) {
-            return Followed::Nothing;
+            return Rejudge::Nothing;
         }
         let meta = match (self.stores.get(key), self.metadata.get(key)) {
             (Some(store), _) => store.get(&key.object_ref(name)).map(|o| o.metadata.clone()),
             (None, Some(store)) => store.get(&key.object_ref(name)).map(|o| o.metadata.clone()),
-            (None, None) => return Followed::Cannot,
+            (None, None) => return Rejudge::Cannot,
         };
         let fresh = meta.as_ref().and_then(|meta| extra_of(key, meta));
-        let known = self.extras.binary_search_by(|e| (&e.key, e.name.as_str()).cmp(&(key, name)));
+        let known = Extra::position(&self.extras, key, name);
         let id = claims::id_of(&key.group, &key.kind, key.namespace.as_deref(), name);
         match (known, fresh) {
             // Still there: its times, owner and deletion are read again.
             (Ok(at), Some(fresh)) if fresh.uid == self.extras[at].uid => {
                 self.extras[at] = fresh;
-                Followed::It
+                Rejudge::It
             }
             // Gone, or re-created: what was known of it goes.
             (Ok(at), fresh) => {
                 let gone = self.extras.remove(at);
                 self.uids.remove(&gone.uid);
                 match fresh.map(|fresh| self.insert(fresh, &id, declared_elsewhere)) {
-                    Some(Followed::Cannot) => Followed::Cannot,
-                    _ => Followed::All,
+                    Some(Rejudge::Cannot) => Rejudge::Cannot,
+                    _ => Rejudge::All,
                 }
             }
             (Err(_), Some(fresh)) => self.insert(fresh, &id, declared_elsewhere),
             // Gone, and not known as undeclared here (another DesiredState
             // declares it, say): its uid may be in `uids`, which only a full
             // read clears.
-            (Err(_), None) => Followed::Cannot,
+            (Err(_), None) => Rejudge::Cannot,
         }
     }
 
@@ -399,18 +399,17 @@ impl Live {
         fresh: Extra,
         id: &claims::ObjectId,
         declared_elsewhere: &dyn Fn(&claims::ObjectId) -> bool,
-    ) -> Followed {
+    ) -> Rejudge {
         let kind = KindRef { group: fresh.key.group.clone(), kind: fresh.key.kind.clone() };
         if self.uids.insert(fresh.uid.clone(), kind).is_some() {
-            return Followed::Cannot;
+            return Rejudge::Cannot;
         }
         if declared_elsewhere(id) {
-            return Followed::Nothing;
+            return Rejudge::Nothing;
         }
-        let at = self.extras.binary_search_by(|e| (&e.key, e.name.as_str()).cmp(&(&fresh.key, fresh.name.as_str())));
-        let (Ok(at) | Err(at)) = at;
+        let (Ok(at) | Err(at)) = Extra::position(&self.extras, &fresh.key, &fresh.name);
         self.extras.insert(at, fresh);
-        Followed::It
+        Rejudge::It
     }
 }
 

@@ -118,14 +118,14 @@ impl Steady {
             let Some(index) = self.index.find(key, name) else {
                 // Not declared here: perhaps an undeclared object.
                 match self.live.follow_undeclared(key, name, declared_elsewhere) {
-                    read::Followed::Nothing => {}
-                    read::Followed::It => {
+                    read::Rejudge::Nothing => {}
+                    read::Rejudge::It => {
                         if let Some(named) = &mut followed.undeclared {
                             named.insert((key.clone(), name.clone()));
                         }
                     }
-                    read::Followed::All => followed.undeclared = None,
-                    read::Followed::Cannot => return None,
+                    read::Rejudge::All => followed.undeclared = None,
+                    read::Rejudge::Cannot => return None,
                 }
                 continue;
             };
