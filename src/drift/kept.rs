@@ -10,7 +10,7 @@
 //! dropped.
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DynamicObject, PartialObjectMeta};
 use serde_json::Value;
 
@@ -20,11 +20,11 @@ use crate::drift::{ObjectKey, Origin, ParsedSources};
 pub use crate::drift::diff::LAST_APPLIED;
 
 /// A live object as the watch cache keeps it: without what no reader uses
-/// ([`drop_unread`]) and with its managedFields compact
-/// ([`compact_managed_fields`]). [`live_value`] reads it back.
+/// ([`drop_unread`]), and with its body and the metadata no pass reads
+/// for every object as one JSON text ([`compact_body`]). [`live_value`]
+/// reads it back.
 pub fn for_watch_cache(object: &mut DynamicObject) {
     drop_unread(object);
-    compact_managed_fields(object);
     compact_body(object);
 }
 
@@ -46,18 +46,38 @@ pub fn metadata_only(object: &mut PartialObjectMeta<DynamicObject>) {
 }
 
 /// Keeps the object's body (everything but apiVersion, kind and metadata:
-/// `spec`, `data`, `rules`...) as its JSON text, for the same reason as
-/// [`compact_managed_fields`]: nested maps cost a B-tree node each, and only
-/// the objects that changed are read back. Metadata stays parsed: the
-/// reconcile reads resourceVersions of every object.
+/// `spec`, `data`, `rules`...) and the metadata only a diff reads (labels,
+/// annotations, finalizers, managedFields) as one JSON text, the folded
+/// metadata under the key `metadata` (which a body never has: the
+/// metadata is a field of its own). Parsed, each JSON object costs a
+/// B-tree node (hundreds of bytes, even with one entry) and `ObjectMeta`'s
+/// maps and managedFields entries were most of a cached object; only the
+/// objects that changed are read back. What every pass reads of every
+/// object (name, uid, resourceVersion, times, owner references) stays parsed.
 ///
 /// The API server only ever sends a body that is a JSON object, so a string
 /// there can only be this encoding.
 pub fn compact_body(object: &mut DynamicObject) {
-    if !object.data.is_string() {
-        object.data = Value::String(object.data.to_string());
+    if object.data.is_string() {
+        return;
     }
+    let meta = &mut object.metadata;
+    let folded = ObjectMeta {
+        labels: meta.labels.take(),
+        annotations: meta.annotations.take(),
+        finalizers: meta.finalizers.take(),
+        managed_fields: meta.managed_fields.take(),
+        ..ObjectMeta::default()
+    };
+    let mut body = std::mem::take(&mut object.data);
+    if let (Some(fields), Ok(folded)) = (body.as_object_mut(), serde_json::to_value(folded)) {
+        fields.insert(FOLDED.into(), folded);
+    }
+    object.data = Value::String(body.to_string());
 }
+
+/// Where [`compact_body`] keeps the folded metadata in the body text.
+const FOLDED: &str = "metadata";
 
 /// Drops the object's `status` and the last-applied annotation. The diff
 /// skips both (in either direction), reverts and codify work from the diff
@@ -78,88 +98,61 @@ pub fn drop_unread(object: &mut DynamicObject) {
     }
 }
 
-/// Keeps each managedFields entry's `fieldsV1` as its JSON text (a
-/// `Value::String`) instead of nested maps. fieldsV1 is almost nothing but
-/// small maps, and serde_json spends a B-tree node (hundreds of bytes) on
-/// each: as text it takes a tenth. Only objects whose resourceVersion
-/// changed are diffed, so it is parsed again rarely, a few microseconds each.
-///
-/// The API server only ever sends fieldsV1 as a JSON object, so a string
-/// there can only be this encoding.
-pub fn compact_managed_fields(object: &mut DynamicObject) {
-    for entry in object.metadata.managed_fields.iter_mut().flatten() {
-        if let Some(FieldsV1(fields)) = entry.fields_v1.as_mut()
-            && !fields.is_string()
-        {
-            *fields = Value::String(fields.to_string());
-        }
-    }
-}
-
 /// A cached object as the diff, reverts and codify read it: as JSON, with
-/// managedFields whole again. Every reader of a watch-cached object must go
-/// through here: the diff skips a manager whose fieldsV1 is not a map, so a
-/// compact one would hide that manager's additions.
+/// its metadata whole again. Every reader of a watch-cached object's body,
+/// labels, annotations or managedFields must go through here.
 pub fn live_value(object: &DynamicObject) -> Option<Value> {
-    let mut value = match &object.data {
-        // Our own encoding of a JSON object: it parses.
-        Value::String(text) => serde_json::from_str(text).ok()?,
-        body => body.clone(),
-    };
+    let (meta, mut value) = unfold(object)?;
     let fields = value.as_object_mut()?;
     if let Some(types) = &object.types {
         fields.insert("apiVersion".into(), types.api_version.clone().into());
         fields.insert("kind".into(), types.kind.clone().into());
     }
-    fields.insert("metadata".into(), serde_json::to_value(&object.metadata).ok()?);
-    expand_managed_fields(&mut value);
+    fields.insert("metadata".into(), meta);
     Some(value)
 }
 
-/// Parses back each fieldsV1 that [`compact_managed_fields`] made text.
-fn expand_managed_fields(live: &mut Value) {
-    let Some(Value::Array(entries)) = live.pointer_mut("/metadata/managedFields") else { return };
-    for entry in entries {
-        if let Some(fields) = entry.get_mut("fieldsV1")
-            && let Value::String(text) = fields
-        {
-            // Our own encoding of a Value: it parses.
-            *fields = serde_json::from_str(text).unwrap_or_default();
+/// A cached object's whole metadata and its body, as JSON (see
+/// [`compact_body`]; an object not compacted is read as it is).
+fn unfold(object: &DynamicObject) -> Option<(Value, Value)> {
+    let mut meta = serde_json::to_value(&object.metadata).ok()?;
+    let body = match &object.data {
+        // Our own encoding of a JSON object: it parses.
+        Value::String(text) => {
+            let mut body: Value = serde_json::from_str(text).ok()?;
+            if let (Some(folded), Some(meta)) = (body.as_object_mut()?.remove(FOLDED), meta.as_object_mut()) {
+                meta.extend(folded.as_object()?.clone());
+            }
+            body
         }
-    }
+        body => body.clone(),
+    };
+    Some((meta, body))
 }
 
 /// A kept object as the write log matches it (`gate::writes`): what the
 /// watch cache keeps, without its resourceVersion and managedFields. The
 /// `/writes` webhook computes the same of the object it admits.
 pub fn whole_fingerprint(object: &DynamicObject) -> u64 {
-    crate::gate::writes::fingerprint(&serde_json::json!([meta_value(&object.metadata), body_value(object)]))
+    let (mut meta, body) = unfold(object).unwrap_or_default();
+    if let Some(meta) = meta.as_object_mut() {
+        meta.remove("resourceVersion");
+        meta.remove("managedFields");
+    }
+    crate::gate::writes::fingerprint(&serde_json::json!([meta, body]))
 }
 
 /// The same of metadata only (kinds watched for undeclared objects).
 pub fn meta_fingerprint(meta: &ObjectMeta) -> u64 {
-    crate::gate::writes::fingerprint(&meta_value(meta))
+    let mut meta = meta.clone();
+    meta.resource_version = None;
+    meta.managed_fields = None;
+    crate::gate::writes::fingerprint(&serde_json::to_value(meta).unwrap_or_default())
 }
 
 /// `spec.replicas` of a kept object (a `scale` is confirmed by it).
 pub fn replicas(object: &DynamicObject) -> Option<i64> {
-    body_value(object).pointer("/spec/replicas").and_then(Value::as_i64)
-}
-
-/// The metadata as the write log matches it.
-fn meta_value(meta: &ObjectMeta) -> Value {
-    let mut meta = meta.clone();
-    meta.resource_version = None;
-    meta.managed_fields = None;
-    serde_json::to_value(meta).unwrap_or_default()
-}
-
-/// A cached body as JSON again (see [`compact_body`]).
-fn body_value(object: &DynamicObject) -> Value {
-    match &object.data {
-        Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
-        body => body.clone(),
-    }
+    unfold(object)?.1.pointer("/spec/replicas").and_then(Value::as_i64)
 }
 
 /// A ConfigMap's metadata as the sources' metadata cache keeps it. That
@@ -323,30 +316,57 @@ mod tests {
     }
 
     #[test]
-    fn compact_managed_fields_read_back_are_the_object_without_what_is_dropped() {
+    fn a_cached_object_read_back_is_the_object_without_what_is_dropped() {
         let (_, edited) = configmap_edited_by_a_foreign_manager();
         let mut with_managed_fields = 0;
         for (name, live) in cases().into_iter().map(|(name, _, live)| (name, live)).chain([("edited", edited)]) {
             let whole: DynamicObject = serde_json::from_value(live).unwrap();
+            with_managed_fields += usize::from(whole.metadata.managed_fields.as_ref().is_some_and(|m| !m.is_empty()));
             let mut cached = whole.clone();
             for_watch_cache(&mut cached);
-            let entries = cached.metadata.managed_fields.as_deref().unwrap_or_default();
-            with_managed_fields += usize::from(!entries.is_empty());
-            assert!(entries.iter().all(|e| e.fields_v1.as_ref().is_none_or(|f| f.0.is_string())), "{name}");
+            // What only a diff reads is in the text, not parsed.
+            let meta = &cached.metadata;
+            assert!(meta.labels.is_none() && meta.annotations.is_none() && meta.managed_fields.is_none(), "{name}");
+            assert_eq!(
+                (&meta.name, &meta.uid, &meta.resource_version),
+                (&whole.metadata.name, &whole.metadata.uid, &whole.metadata.resource_version)
+            );
             let mut expected = whole.clone();
             drop_unread(&mut expected);
             assert_eq!(live_value(&cached), Some(serde_json::to_value(&expected).unwrap()), "{name}");
+            assert_eq!(replicas(&cached), expected.data.pointer("/spec/replicas").and_then(Value::as_i64), "{name}");
         }
         assert!(with_managed_fields >= 4, "the cases must have managedFields");
     }
 
     #[test]
+    fn the_fingerprint_of_a_cached_object_is_that_of_the_object_it_keeps() {
+        for (name, _, live) in cases() {
+            let whole: DynamicObject = serde_json::from_value(live).unwrap();
+            let mut expected = whole.clone();
+            drop_unread(&mut expected);
+            expected.metadata.resource_version = None;
+            expected.metadata.managed_fields = None;
+            let meta = serde_json::to_value(&expected.metadata).unwrap();
+            let fingerprint = crate::gate::writes::fingerprint(&json!([meta, expected.data]));
+            let mut cached = whole.clone();
+            for_watch_cache(&mut cached);
+            assert_eq!(whole_fingerprint(&cached), fingerprint, "{name}");
+            // Another resourceVersion is the same write's object.
+            let mut later = cached.clone();
+            later.metadata.resource_version = Some("999999".into());
+            assert_eq!(whole_fingerprint(&later), fingerprint, "{name}");
+        }
+    }
+
+    #[test]
     fn compacting_twice_is_compacting_once() {
         let mut once: DynamicObject = serde_json::from_str(include_str!("testdata/deployment-live.json")).unwrap();
-        compact_managed_fields(&mut once);
+        for_watch_cache(&mut once);
         let mut twice = once.clone();
-        compact_managed_fields(&mut twice);
-        assert_eq!(once.metadata.managed_fields, twice.metadata.managed_fields);
+        for_watch_cache(&mut twice);
+        assert_eq!(once.metadata, twice.metadata);
+        assert_eq!(once.data, twice.data);
     }
 
     #[test]
@@ -379,15 +399,15 @@ mod tests {
         assert_eq!(revert::applied_object(&declared, Some(&read_back), &ignore), applied);
 
         // The body is text: an object read without live_value does not even
-        // serialize. With the body but not managedFields decoded, the drift
-        // is the same (ownership never makes a field declared), but the
-        // manager an ignore rule names would be invisible and the ignored
-        // field would be applied.
+        // serialize. With the body but not the folded metadata decoded, the
+        // declared labels would read as removed, the manager an ignore rule
+        // names would be invisible and the ignored field would be applied.
         assert!(serde_json::to_value(&cached).is_err());
         let mut undecoded = cached.clone();
         undecoded.data = serde_json::from_str(undecoded.data.as_str().unwrap()).unwrap();
+        undecoded.data.as_object_mut().unwrap().remove("metadata");
         let undecoded = serde_json::to_value(&undecoded).unwrap();
-        assert_eq!(drift::diff(&declared, Some(&undecoded), &options), diff);
+        assert_ne!(drift::diff(&declared, Some(&undecoded), &options), diff);
         assert_ne!(revert::applied_object(&declared, Some(&undecoded), &ignore), applied);
     }
 

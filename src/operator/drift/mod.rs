@@ -9,6 +9,7 @@
 //! what to do, as a value) and [`execute`] (do it, then tell).
 //! A source that does not parse is reported and changes nothing.
 
+mod cache;
 mod changes;
 mod claims;
 mod contest;

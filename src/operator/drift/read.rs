@@ -18,6 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
+use super::cache::Cache;
 use super::memory::{CachedParse, Fingerprint, Memory, Refused};
 use super::plan::Extra;
 use super::watches::{self, WatchKey};
@@ -154,9 +155,9 @@ pub(super) struct Live {
     /// Per declared object: the (older) DesiredState that owns it instead.
     pub owners: Vec<Option<super::claims::Claimant>>,
     /// The declared kinds' caches, which a later pass reads changed objects from.
-    pub stores: HashMap<WatchKey, Store<DynamicObject>>,
+    pub stores: HashMap<WatchKey, Cache<DynamicObject>>,
     /// The caches of kinds watched only for undeclared objects.
-    pub metadata: HashMap<WatchKey, Store<PartialObjectMeta<DynamicObject>>>,
+    pub metadata: HashMap<WatchKey, Cache<PartialObjectMeta<DynamicObject>>>,
     /// The watches whose undeclared objects are `extras`.
     pub extra_keys: HashSet<WatchKey>,
 }
@@ -217,20 +218,11 @@ pub(super) async fn live(
     let forbidden = context.metadata_watches.forbidden(&extra_keys);
     let unwatched =
         forbidden.iter().map(|k| format!("{} in {}", k.plural, k.namespace.as_deref().unwrap_or_default())).collect();
-    let kinds: HashMap<&WatchKey, ApiResource> = keys.iter().map(|key| (key, key.resource())).collect();
     let lives = parsed
         .objects
         .iter()
         .zip(&resources)
-        .map(|(declared, key)| {
-            let key = key.as_ref()?;
-            let reference = ObjectRef::new_with(&declared.key.name, kinds.get(key)?.clone());
-            let reference = match &key.namespace {
-                Some(namespace) => reference.within(namespace),
-                None => reference,
-            };
-            stores.get(key)?.0.get(&reference)
-        })
+        .map(|(declared, key)| stores.get(key.as_ref()?)?.0.get(&declared.key.name))
         .collect();
 
     // Every object of the owned kinds, and which of them no source declares.
@@ -362,8 +354,8 @@ impl Live {
             return Rejudge::Nothing;
         }
         let meta = match (self.stores.get(key), self.metadata.get(key)) {
-            (Some(store), _) => store.get(&key.object_ref(name)).map(|o| o.metadata.clone()),
-            (None, Some(store)) => store.get(&key.object_ref(name)).map(|o| o.metadata.clone()),
+            (Some(store), _) => store.get(name).map(|o| o.metadata.clone()),
+            (None, Some(store)) => store.get(name).map(|o| o.metadata.clone()),
             (None, None) => return Rejudge::Cannot,
         };
         let fresh = meta.as_ref().and_then(|meta| extra_of(key, meta));

@@ -145,7 +145,7 @@ impl Steady {
 
     /// The object as its watch's cache has it now (Some(None): gone).
     fn read(&self, key: &WatchKey, name: &str) -> Option<Option<Arc<DynamicObject>>> {
-        Some(self.live.stores.get(key)?.get(&key.object_ref(name)))
+        Some(self.live.stores.get(key)?.get(name))
     }
 }
 
@@ -153,7 +153,7 @@ impl Steady {
 mod tests {
     use super::*;
     use crate::drift::{DeclaredObject, ObjectKey, Origin, ParsedSources};
-    use kube::runtime::reflector::store::Writer;
+    use crate::operator::drift::cache::Writer;
     use kube::runtime::watcher::Event;
 
     fn key() -> WatchKey {
@@ -212,15 +212,15 @@ mod tests {
 
     /// A full pass over `a` and `b`, both live, and the cache it read.
     fn steady() -> (Steady, Writer<DynamicObject>) {
-        let mut writer = Writer::new(key().resource());
+        let mut writer = Writer::new();
         let (a, b) = (config_map("a", "uid-a", "1"), config_map("b", "uid-b", "2"));
-        writer.apply_watcher_event(&Event::Apply(a.clone()));
-        writer.apply_watcher_event(&Event::Apply(b.clone()));
+        writer.apply(&Event::Apply(a.clone()));
+        writer.apply(&Event::Apply(b.clone()));
         let parsed = parse(&["a", "b"]);
         let live = Live {
             resources: vec![Some(key()), Some(key())],
             lives: vec![Some(Arc::new(a)), Some(Arc::new(b))],
-            stores: [(key(), writer.as_reader())].into(),
+            stores: [(key(), writer.cache())].into(),
             uids: [("uid-a".into(), kind()), ("uid-b".into(), kind())].into(),
             extra_keys: [key()].into(),
             ..Live::default()
@@ -244,7 +244,7 @@ mod tests {
         steady.due = None;
 
         // b is edited: only b is read again.
-        writer.apply_watcher_event(&Event::Apply(config_map("b", "uid-b", "3")));
+        writer.apply(&Event::Apply(config_map("b", "uid-b", "3")));
         assert_eq!(steady.refresh(&changed(&["b"]), &nobody), Some(followed(&[1], Some(&[]))));
         let version =
             |steady: &Steady, i: usize| steady.live.lives[i].as_ref().unwrap().metadata.resource_version.clone();
@@ -256,30 +256,30 @@ mod tests {
         );
 
         // An undeclared object comes and goes: followed into what the plan judges.
-        writer.apply_watcher_event(&Event::Apply(config_map("c", "uid-c", "5")));
+        writer.apply(&Event::Apply(config_map("c", "uid-c", "5")));
         assert_eq!(steady.refresh(&changed(&["c"]), &nobody), Some(followed(&[], Some(&["c"]))), "c alone is judged");
         let extras = |steady: &Steady| steady.live.extras.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
         assert_eq!(extras(&steady), ["c"]);
         assert!(steady.live.uids.contains_key("uid-c"));
-        writer.apply_watcher_event(&Event::Apply(config_map("c", "uid-c", "7")));
+        writer.apply(&Event::Apply(config_map("c", "uid-c", "7")));
         assert_eq!(steady.refresh(&changed(&["c", "b"]), &nobody), Some(followed(&[1], Some(&["c"]))), "edited");
-        writer.apply_watcher_event(&Event::Delete(config_map("c", "uid-c", "5")));
+        writer.apply(&Event::Delete(config_map("c", "uid-c", "5")));
         let all = Some(followed(&[], None));
         assert_eq!(steady.refresh(&changed(&["c"]), &nobody), all, "its uid went: every undeclared object is judged");
         assert!(extras(&steady).is_empty() && !steady.live.uids.contains_key("uid-c"), "its uid vouches for nothing");
         // Another DesiredState's: known by uid, not judged here.
-        writer.apply_watcher_event(&Event::Apply(config_map("d", "uid-d", "6")));
+        writer.apply(&Event::Apply(config_map("d", "uid-d", "6")));
         assert_eq!(steady.refresh(&changed(&["d"]), &|id| id.ends_with("\0d")), Some(followed(&[], Some(&[]))));
         assert!(extras(&steady).is_empty() && steady.live.uids.contains_key("uid-d"));
         // ... and when it goes, only a full read knows what to forget.
-        writer.apply_watcher_event(&Event::Delete(config_map("d", "uid-d", "6")));
+        writer.apply(&Event::Delete(config_map("d", "uid-d", "6")));
         assert_eq!(steady.refresh(&changed(&["d"]), &|id| id.ends_with("\0d")), None);
 
         // A declared object re-created or deleted: not followed.
-        writer.apply_watcher_event(&Event::Apply(config_map("a", "uid-a2", "4")));
+        writer.apply(&Event::Apply(config_map("a", "uid-a2", "4")));
         assert_eq!(steady.refresh(&changed(&["a"]), &nobody), None, "re-created under a new uid");
         let (mut steady, mut writer) = self::steady();
-        writer.apply_watcher_event(&Event::Delete(config_map("a", "uid-a", "1")));
+        writer.apply(&Event::Delete(config_map("a", "uid-a", "1")));
         assert_eq!(steady.refresh(&changed(&["a"]), &nobody), None, "deleted");
     }
 

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::cache::{Cache, Writer};
 use super::changes::Changes;
 use crate::operator::ready::Ready;
 use tokio::task::JoinHandle;
@@ -40,15 +41,6 @@ impl WatchKey {
             kind: resource.kind.clone(),
             plural: resource.plural.clone(),
             namespace,
-        }
-    }
-
-    /// The cache key of the object `name` this watch sees.
-    pub fn object_ref<K: kube::Resource<DynamicType = ApiResource>>(&self, name: &str) -> ObjectRef<K> {
-        let reference = ObjectRef::new_with(name, self.resource());
-        match &self.namespace {
-            Some(namespace) => reference.within(namespace),
-            None => reference,
         }
     }
 
@@ -138,7 +130,7 @@ impl Cached for PartialObjectMeta<DynamicObject> {
 }
 
 struct Running<K: Cached> {
-    store: Store<K>,
+    store: Cache<K>,
     /// Several DesiredStates may wait for one cache at once: see
     /// `operator::ready`. Also ready when the watch is forbidden.
     ready: Ready,
@@ -191,7 +183,7 @@ impl<K: Cached> Watches<K> {
         &self,
         user: &ObjectRef<DesiredState>,
         keys: &BTreeSet<WatchKey>,
-    ) -> HashMap<WatchKey, (Store<K>, Ready)> {
+    ) -> HashMap<WatchKey, (Cache<K>, Ready)> {
         let mut users = lock(&self.users);
         let mut running = lock(&self.running);
         for (key, key_users) in users.iter_mut() {
@@ -244,8 +236,8 @@ impl<K: Cached> Watches<K> {
             Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource),
             None => Api::all_with(self.client.clone(), &resource),
         };
-        let writer = reflector::store::Writer::new(resource.clone());
-        let store = writer.as_reader();
+        let mut writer = Writer::new();
+        let (store, ready, ready_sender) = (writer.cache(), writer.ready(), writer.readiness());
         let write_log = self.write_log.clone();
         let stream = crate::operator::watch::retrying(api, watcher::Config::default())
             .modify(K::for_cache)
@@ -267,18 +259,14 @@ impl<K: Cached> Watches<K> {
                     }
                 }
             })
-            .reflect(writer);
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    writer.apply(event);
+                }
+            });
         let (trigger, users, key) = (self.trigger.clone(), self.users.clone(), key.clone());
         let (pending_since, changes) = (self.pending_since.clone(), self.changes.clone());
         let forbidden = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (ready_sender, ready) = tokio::sync::watch::channel(false);
-        let ready_sender = Arc::new(ready_sender);
-        let listed = (store.clone(), ready_sender.clone());
-        tokio::spawn(async move {
-            if listed.0.wait_until_ready().await.is_ok() {
-                let _ = listed.1.send(true);
-            }
-        });
         let refused = forbidden.clone();
         tracing::info!(kind = %key.kind, namespace = ?key.namespace, "watching");
         let task = tokio::spawn(async move {
@@ -337,7 +325,7 @@ impl<K: Cached> Watches<K> {
                 }
             }
         });
-        Running { store, ready: Ready::from(ready), forbidden, task }
+        Running { store, ready, forbidden, task }
     }
 }
 
@@ -359,7 +347,7 @@ fn is_forbidden(error: &watcher::Error) -> bool {
 }
 
 /// Waits until every cache has listed, or `timeout` passes.
-pub async fn wait_until_ready<K: Cached>(stores: &HashMap<WatchKey, (Store<K>, Ready)>, timeout: Duration) -> bool {
+pub async fn wait_until_ready<K: Cached>(stores: &HashMap<WatchKey, (Cache<K>, Ready)>, timeout: Duration) -> bool {
     let readies: Vec<Ready> = stores.values().map(|(_, ready)| ready.clone()).collect();
     tokio::time::timeout(timeout, crate::operator::ready::all(&readies)).await.is_ok()
 }
