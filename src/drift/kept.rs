@@ -176,7 +176,7 @@ pub fn source_identity(config_map: &mut PartialObjectMeta<ConfigMap>) {
 /// serde_json maps, several times the size of its text, and only the objects
 /// whose live resourceVersion changed are diffed again: [`Declared::object`]
 /// parses those, a few microseconds each.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Declarations {
     /// The Git revision, when the ConfigMaps carry one.
     pub revision: Option<String>,
@@ -185,7 +185,7 @@ pub struct Declarations {
 }
 
 /// A declared object: its identity and origin as parsed, its manifest as text.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Declared {
     pub key: ObjectKey,
     pub origin: Origin,

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use driftwarden::api::DesiredState;
 use driftwarden_dev::controlplane::User;
-use serde_json::json;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
 
 use crate::common::{condition, drift_setup};
 
@@ -184,5 +186,15 @@ spec:
     t.kubectl(&["patch", "deployment/api", "--field-manager=kubectl-edit", "-p", &scale], None);
     let status = t.wait_for_status("hpa", Duration::from_secs(30), |s| s.drifted == Some(1)).await;
     assert_eq!(status.drifted_objects[0].fields, ["/spec/replicas (changed)"]);
-    let _ = User::Admin;
+
+    // The rules change and nothing else does (the sources are not parsed
+    // again for it): every object is judged again under the new rules.
+    let states: Api<DesiredState> = t.env.api(User::Admin).await;
+    let rules = |managers: Value| json!({"spec": {"ignore": [{"jsonPointers": ["/spec/replicas"], "fieldManagers": managers}]}});
+    let patch = |managers: Value| Patch::Merge(rules(managers));
+    states.patch("hpa", &PatchParams::default(), &patch(json!([]))).await.unwrap();
+    t.wait_for_status("hpa", Duration::from_secs(30), |s| s.drifted == Some(0)).await;
+    states.patch("hpa", &PatchParams::default(), &patch(json!(["horizontal-pod-autoscaler"]))).await.unwrap();
+    let status = t.wait_for_status("hpa", Duration::from_secs(30), |s| s.drifted == Some(1)).await;
+    assert_eq!(status.drifted_objects[0].fields, ["/spec/replicas (changed)"]);
 }

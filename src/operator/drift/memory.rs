@@ -14,10 +14,19 @@ use crate::api::{self, DesiredState, DesiredStateStatus};
 use crate::drift::kept::Declarations;
 use crate::drift::{self, signature};
 
-/// What a set of sources is, as far as the caches know: the DesiredState's
-/// generation, each source ConfigMap's resourceVersion, and the trust
-/// anchors' versions.
-pub(super) type Fingerprint = (Option<i64>, SourceVersions, trust::Fingerprint);
+/// What a set of sources is, as far as the caches know: what of the
+/// DesiredState's spec the parse depends on ([`spec_of_sources`]), each
+/// source ConfigMap's resourceVersion, and the trust anchors' versions.
+pub(super) type Fingerprint = (String, SourceVersions, trust::Fingerprint);
+
+/// The fields of a DesiredState's spec its sources' verification and parse
+/// read: which ConfigMaps, and which keys may sign them. A change of any
+/// other field (remediation, ignore rules, undeclared objects) keeps the
+/// parse: at 10,000 objects a parse takes seconds and several times the
+/// memory the kept form does.
+pub(super) fn spec_of_sources(state: &DesiredState) -> String {
+    serde_json::to_string(&(&state.spec.sources, &state.spec.trusted_keys)).unwrap_or_default()
+}
 
 /// The source ConfigMaps found, as (name, resourceVersion).
 pub(super) type SourceVersions = Vec<(String, String)>;
@@ -29,6 +38,23 @@ pub(super) struct CachedParse {
     pub sources: Arc<Declarations>,
     /// The signature that verified (None: verification is off).
     pub signature: Option<signature::Verified>,
+    /// The DesiredState generation these declarations are enforced under.
+    pub generation: Option<i64>,
+}
+
+impl CachedParse {
+    /// The same parse under another generation of the DesiredState: a new
+    /// `Arc` of a copy. What a pass keeps from the last (its diffs, the
+    /// objects it follows, refused reverts) is kept per parse by `Arc`
+    /// identity, and the spec that changed (ignore rules, remediation) may
+    /// change every diff and verdict: a copy makes them all start afresh,
+    /// as a new parse would, without verifying and parsing again.
+    pub fn under(self, generation: Option<i64>) -> Self {
+        if self.generation == generation {
+            return self;
+        }
+        Self { sources: Arc::new(Declarations::clone(&self.sources)), generation, ..self }
+    }
 }
 
 /// Sources that were refused, until they change.

@@ -31,7 +31,8 @@ pub(super) trait Gate {
 /// watch (or the declared kind's watch) has it.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Extra {
-    pub key: WatchKey,
+    /// Shared by every object of the watch (there may be tens of thousands).
+    pub key: Arc<WatchKey>,
     pub name: String,
     pub uid: String,
     pub created: Option<Timestamp>,
@@ -59,7 +60,7 @@ impl Extra {
     /// Where the object of `key` and `name` is (or would go) in `extras`,
     /// which are kept in the order of watch and name.
     pub fn position(extras: &[Extra], key: &WatchKey, name: &str) -> Result<usize, usize> {
-        extras.binary_search_by(|e| (&e.key, e.name.as_str()).cmp(&(key, name)))
+        extras.binary_search_by(|e| (&*e.key, e.name.as_str()).cmp(&(key, name)))
     }
 
     fn candidate(&self) -> undeclared::Candidate<'_> {

@@ -94,7 +94,7 @@ fn key(kind: &str, group: &str, plural: &str) -> WatchKey {
 
 fn extra(kind: &str, group: &str, plural: &str, name: &str, created: Timestamp) -> Extra {
     Extra {
-        key: key(kind, group, plural),
+        key: key(kind, group, plural).into(),
         name: name.into(),
         uid: format!("uid-{name}"),
         created: Some(created),

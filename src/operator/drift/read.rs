@@ -78,7 +78,7 @@ pub(super) async fn sources(
         }
     };
     memory.sources_found = Some((generation, found.clone()));
-    let fingerprint: Fingerprint = (generation, found, context.trust.fingerprint(state));
+    let fingerprint: Fingerprint = (super::memory::spec_of_sources(state), found, context.trust.fingerprint(state));
     let remembered = memory.parsed.clone();
     let still_refused = memory.refused.as_ref().filter(|r| r.fingerprint == fingerprint).map(|r| r.refusal.clone());
     let scope = SourceScope { namespace: &namespace, operator_namespace: &context.settings.operator_namespace };
@@ -90,7 +90,17 @@ pub(super) async fn sources(
         .max(old.signature.as_ref().and_then(|s| u64::try_from(s.sequence).ok()));
     let (current, resolver, refusal) =
         match (remembered.clone().filter(|c| c.fingerprint == fingerprint), still_refused) {
-            (Some(current), _) => (Some(current), Resolver::now(context).await, None),
+            (Some(current), _) => {
+                let current = if current.generation == generation {
+                    current
+                } else {
+                    let renewed = current.under(generation);
+                    memory.parsed = Some(renewed.clone());
+                    memory.new_parse();
+                    renewed
+                };
+                (Some(current), Resolver::now(context).await, None)
+            }
             (None, Some(refusal)) => (None, Resolver::now(context).await, Some(refusal)),
             (None, None) => {
                 let (config_maps, missing) = read_sources(&context.client, &namespace, &state.spec.sources)
@@ -103,7 +113,7 @@ pub(super) async fn sources(
                         if signature.is_some() && known != signature.as_ref() {
                             keep_verified(context, &namespace, &name, &config_maps).await;
                         }
-                        let entry = CachedParse { fingerprint: fingerprint.clone(), sources, signature };
+                        let entry = CachedParse { fingerprint: fingerprint.clone(), sources, signature, generation };
                         memory.parsed = Some(entry.clone());
                         memory.refused = None;
                         memory.new_parse();
@@ -234,7 +244,7 @@ pub(super) async fn live(
     let mut extras = Vec::new();
     let mut uids = HashMap::new();
     let mut watched = HashSet::new();
-    let mut consider = |key: &WatchKey, meta: &ObjectMeta| {
+    let mut consider = |key: &Arc<WatchKey>, meta: &ObjectMeta| {
         let (Some(uid), Some(name)) = (&meta.uid, &meta.name) else { return };
         uids.insert(uid.clone(), KindRef { group: key.group.clone(), kind: key.kind.clone() });
         if declared_names.contains(&(key.group.as_str(), key.kind.as_str(), key.namespace.as_deref(), name.as_str())) {
@@ -246,15 +256,17 @@ pub(super) async fn live(
     for key in &from_declared {
         extra_keys.insert(key.clone());
         watched.insert(KindRef { group: key.group.clone(), kind: key.kind.clone() });
+        let shared = Arc::new(key.clone());
         for object in stores.get(key).map(|(store, _)| store.state()).unwrap_or_default() {
-            consider(key, &object.metadata);
+            consider(&shared, &object.metadata);
         }
     }
     for (key, (store, _)) in metadata.iter().filter(|(key, _)| !forbidden.contains(key)) {
         extra_keys.insert(key.clone());
         watched.insert(KindRef { group: key.group.clone(), kind: key.kind.clone() });
+        let shared = Arc::new(key.clone());
         for object in store.state() {
-            consider(key, &object.metadata);
+            consider(&shared, &object.metadata);
         }
     }
     // Declared by another DesiredState: its, not undeclared.
@@ -313,7 +325,7 @@ pub(super) async fn live(
 }
 
 /// An object of an owned kind as the plan judges it, if it has a name and uid.
-fn extra_of(key: &WatchKey, meta: &ObjectMeta) -> Option<Extra> {
+fn extra_of(key: &Arc<WatchKey>, meta: &ObjectMeta) -> Option<Extra> {
     let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
     Some(Extra {
         key: key.clone(),
@@ -358,7 +370,7 @@ impl Live {
             (None, Some(store)) => store.get(name).map(|o| o.metadata.clone()),
             (None, None) => return Rejudge::Cannot,
         };
-        let fresh = meta.as_ref().and_then(|meta| extra_of(key, meta));
+        let fresh = meta.as_ref().and_then(|meta| extra_of(&Arc::new(key.clone()), meta));
         let known = Extra::position(&self.extras, key, name);
         let id = claims::id_of(&key.group, &key.kind, key.namespace.as_deref(), name);
         match (known, fresh) {
@@ -599,9 +611,10 @@ async fn recover_verified(
     let (parsed, _) = parse(context, &Arc::new(copy), scope).await.ok()?;
     info!(desired_state = %name, %namespace, sequence = verified.sequence, "enforcing the kept copy of the last verified sources");
     let entry = CachedParse {
-        fingerprint: (None, Vec::new(), Vec::new()),
+        fingerprint: (String::new(), Vec::new(), Vec::new()),
         sources: Arc::new(parsed.ok()?),
         signature: Some(verified),
+        generation: state.metadata.generation,
     };
     memory.parsed = Some(entry.clone());
     Some(entry)

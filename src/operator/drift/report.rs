@@ -133,7 +133,7 @@ pub(super) fn remembered(inputs: &Inputs<'_>, plan: Plan, outcome: &Outcome) -> 
         .filter(|(at, _)| !outcome.deleted.contains(at))
         .map(|(_, (index, _))| {
             let extra = &inputs.extras[*index];
-            (extra.uid.clone(), (extra.key.clone(), extra.name.clone()))
+            (extra.uid.clone(), (super::watches::WatchKey::clone(&extra.key), extra.name.clone()))
         })
         .collect();
     LastDiffs {
