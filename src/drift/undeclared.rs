@@ -10,6 +10,7 @@
 //! have made the object, or what the DesiredState's own spec lists.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -128,7 +129,7 @@ pub struct Known<'a> {
     /// one of them that is not found does not exist.
     pub watched: &'a HashSet<KindRef>,
     /// uid -> (group, kind) of every watched object.
-    pub uids: &'a HashMap<String, KindRef>,
+    pub uids: &'a HashMap<String, Arc<KindRef>>,
     /// The spec's ignore list.
     pub ignore: &'a [NamedObject],
     /// (namespace, name) of the RoleBindings the operator keeps for open grants.
@@ -221,7 +222,7 @@ fn controlled(group: &str, kind: &str, owner: &Owner<'_>, known: &Known<'_>) -> 
         // object that is not in the cache does not exist.
         return makes
             && match known.uids.get(owner.uid) {
-                Some(found) => *found == owner_kind,
+                Some(found) => **found == owner_kind,
                 None => !known.watched.contains(&owner_kind),
             };
     }
@@ -232,7 +233,7 @@ fn controlled(group: &str, kind: &str, owner: &Owner<'_>, known: &Known<'_>) -> 
     // operator): left to it. The garbage collector deletes the object when
     // that owner does not exist.
     match known.uids.get(owner.uid) {
-        Some(found) => *found == owner_kind,
+        Some(found) => **found == owner_kind,
         None => !known.watched.contains(&owner_kind),
     }
 }
@@ -247,7 +248,7 @@ mod tests {
 
     struct World {
         watched: HashSet<KindRef>,
-        uids: HashMap<String, KindRef>,
+        uids: HashMap<String, Arc<KindRef>>,
         ignore: Vec<NamedObject>,
         grant_bindings: HashSet<(String, String)>,
         sources: HashSet<(String, String)>,
@@ -263,7 +264,7 @@ mod tests {
                 ("cert-1", ("cert-manager.io", "Certificate")),
             ]
             .into_iter()
-            .map(|(uid, (g, k))| (uid.to_owned(), kind_ref(g, k)))
+            .map(|(uid, (g, k))| (uid.to_owned(), Arc::new(kind_ref(g, k))))
             .collect();
             World {
                 watched,

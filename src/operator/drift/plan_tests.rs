@@ -111,7 +111,7 @@ struct World {
     lives: Vec<Option<Arc<DynamicObject>>>,
     extras: Vec<Extra>,
     watched: HashSet<KindRef>,
-    uids: HashMap<String, KindRef>,
+    uids: HashMap<String, Arc<KindRef>>,
     ignore: Vec<NamedObject>,
     grants: HashSet<(String, String)>,
     sources: HashSet<(String, String)>,
@@ -251,7 +251,7 @@ fn undeclared_objects_are_judged_deleted_held_or_exempt() {
         leaving,
     ];
     let mut world = World::new(lives, extras);
-    world.uids.insert("uid-web".into(), KindRef { group: "apps".into(), kind: "Deployment".into() });
+    world.uids.insert("uid-web".into(), KindRef { group: "apps".into(), kind: "Deployment".into() }.into());
     let mut gate = FixedGate::default();
     let hold = Decision::Hold { request: "alice-fix".into(), class: DriftClass::Authorized, until: at(400) };
     gate.verdicts.insert("backdoor".into(), hold);
@@ -464,7 +464,7 @@ fn a_pass_that_follows_undeclared_changes_judges_those_named_and_those_left() {
     let mut world = World::new(lives, vec![replica_set, backdoor]);
     world.extras.sort_by(|a, b| (&a.key, &a.name).cmp(&(&b.key, &b.name)));
     world.watched.insert(KindRef { group: "apps".into(), kind: "ReplicaSet".into() });
-    world.uids.insert("uid-web".into(), KindRef { group: "apps".into(), kind: "Deployment".into() });
+    world.uids.insert("uid-web".into(), KindRef { group: "apps".into(), kind: "Deployment".into() }.into());
     world.spec.remediation.unauthorized = RemediationAction::Report;
     let mut gate = FixedGate::default();
     let hold = Decision::Hold { request: "alice-fix".into(), class: DriftClass::Authorized, until: at(400) };

@@ -157,7 +157,7 @@ pub(super) struct Live {
     pub extras: Vec<Extra>,
     /// What the exemption rules read besides each object.
     pub watched: HashSet<KindRef>,
-    pub uids: HashMap<String, KindRef>,
+    pub uids: HashMap<String, Arc<KindRef>>,
     pub grant_bindings: HashSet<(String, String)>,
     pub source_config_maps: HashSet<(String, String)>,
     /// Owned kinds the operator may not watch, as `kind in namespace`.
@@ -244,9 +244,9 @@ pub(super) async fn live(
     let mut extras = Vec::new();
     let mut uids = HashMap::new();
     let mut watched = HashSet::new();
-    let mut consider = |key: &Arc<WatchKey>, meta: &ObjectMeta| {
+    let mut consider = |(key, kind): &(Arc<WatchKey>, Arc<KindRef>), meta: &ObjectMeta| {
         let (Some(uid), Some(name)) = (&meta.uid, &meta.name) else { return };
-        uids.insert(uid.clone(), KindRef { group: key.group.clone(), kind: key.kind.clone() });
+        uids.insert(uid.clone(), kind.clone());
         if declared_names.contains(&(key.group.as_str(), key.kind.as_str(), key.namespace.as_deref(), name.as_str())) {
             return;
         }
@@ -256,7 +256,7 @@ pub(super) async fn live(
     for key in &from_declared {
         extra_keys.insert(key.clone());
         watched.insert(KindRef { group: key.group.clone(), kind: key.kind.clone() });
-        let shared = Arc::new(key.clone());
+        let shared = (Arc::new(key.clone()), Arc::new(KindRef { group: key.group.clone(), kind: key.kind.clone() }));
         for object in stores.get(key).map(|(store, _)| store.state()).unwrap_or_default() {
             consider(&shared, &object.metadata);
         }
@@ -264,7 +264,7 @@ pub(super) async fn live(
     for (key, (store, _)) in metadata.iter().filter(|(key, _)| !forbidden.contains(key)) {
         extra_keys.insert(key.clone());
         watched.insert(KindRef { group: key.group.clone(), kind: key.kind.clone() });
-        let shared = Arc::new(key.clone());
+        let shared = (Arc::new(key.clone()), Arc::new(KindRef { group: key.group.clone(), kind: key.kind.clone() }));
         for object in store.state() {
             consider(&shared, &object.metadata);
         }
@@ -405,7 +405,7 @@ impl Live {
         declared_elsewhere: &dyn Fn(&claims::ObjectId) -> bool,
     ) -> Rejudge {
         let kind = KindRef { group: fresh.key.group.clone(), kind: fresh.key.kind.clone() };
-        if self.uids.insert(fresh.uid.clone(), kind).is_some() {
+        if self.uids.insert(fresh.uid.clone(), Arc::new(kind)).is_some() {
             return Rejudge::Cannot;
         }
         if declared_elsewhere(id) {

@@ -221,7 +221,7 @@ mod tests {
             resources: vec![Some(key()), Some(key())],
             lives: vec![Some(Arc::new(a)), Some(Arc::new(b))],
             stores: [(key(), writer.cache())].into(),
-            uids: [("uid-a".into(), kind()), ("uid-b".into(), kind())].into(),
+            uids: [("uid-a".into(), kind().into()), ("uid-b".into(), kind().into())].into(),
             extra_keys: [key()].into(),
             ..Live::default()
         };
