@@ -14,7 +14,7 @@
 //!   operator ([`webhook::Records`]).
 //! - [`publish`], [`local_diff`], [`requests`]: the `publish`/`keygen`, `diff`
 //!   and access request commands; [`connect`]: the cluster they talk to.
-//! - [`cli`], [`commands`], [`telemetry`]: the binary's wiring.
+//! - [`cli`], [`commands`], [`telemetry`], [`process`]: the binary's wiring.
 //!
 //! The local control plane, the quickstart and the benchmarks' binary are
 //! the development harness, in the workspace's `dev` crate: never linked
@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod notify;
 pub mod operator;
 pub mod pki;
+pub mod process;
 pub mod publish;
 pub mod requests;
 pub mod telemetry;

@@ -11,6 +11,8 @@ use driftwarden::cli::Cli;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    driftwarden::process::no_transparent_huge_pages();
+    driftwarden::process::purge_freed_memory_at_once();
     // clap prints a clear message and exits with status 2 on bad arguments.
     let cli = Cli::parse();
     driftwarden::telemetry::init(cli.log_format);
