@@ -120,8 +120,10 @@ fn unfold(object: &DynamicObject) -> Option<(Value, Value)> {
         // Our own encoding of a JSON object: it parses.
         Value::String(text) => {
             let mut body: Value = serde_json::from_str(text).ok()?;
-            if let (Some(folded), Some(meta)) = (body.as_object_mut()?.remove(FOLDED), meta.as_object_mut()) {
-                meta.extend(folded.as_object()?.clone());
+            if let (Some(Value::Object(folded)), Some(meta)) =
+                (body.as_object_mut()?.remove(FOLDED), meta.as_object_mut())
+            {
+                meta.extend(folded);
             }
             body
         }
