@@ -16,6 +16,11 @@ pub fn no_transparent_huge_pages() {
     }
 }
 
+/// `mi_option_purge_delay` in mimalloc 3's mimalloc.h (the Rust binding
+/// does not name it): the 16th option.
+#[cfg(not(feature = "system-allocator"))]
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 /// Makes mimalloc give freed pages back to the system as they are freed.
 /// By default it waits a second, and then purges only when the thread
 /// that freed them allocates again: at rest no thread does, and the
@@ -23,10 +28,6 @@ pub fn no_transparent_huge_pages() {
 /// at rest against 105 MiB purging at once, latencies unchanged; a thread
 /// forcing a collection every 10 s got 112 MiB; docs/BENCHMARKS.md).
 pub fn purge_freed_memory_at_once() {
-    // `mi_option_purge_delay` in mimalloc 3's mimalloc.h (the Rust binding
-    // does not name it): the 16th option.
-    #[cfg(not(feature = "system-allocator"))]
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     #[cfg(not(feature = "system-allocator"))]
     // SAFETY: mi_option_set takes plain values and may be called any time.
     unsafe {
@@ -52,7 +53,7 @@ mod tests {
     #[test]
     fn mimalloc_purges_at_once_afterwards() {
         // SAFETY: mi_option_get takes a plain value.
-        let delay = || unsafe { libmimalloc_sys::mi_option_get(15) };
+        let delay = || unsafe { libmimalloc_sys::mi_option_get(super::PURGE_DELAY) };
         // The option at that index is the purge delay: mimalloc 3's default
         // for it is 1000 ms, and no other option's is.
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {

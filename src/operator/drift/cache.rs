@@ -42,10 +42,6 @@ impl<K> Cache<K> {
         self.read().values().cloned().collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Objects<K>> {
         self.objects.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -140,11 +136,11 @@ mod tests {
         let (cache, ready) = (writer.cache(), writer.ready());
         writer.apply(&Event::Init);
         writer.apply(&Event::InitApply(config_map("a", "1")));
-        assert!(!ready.is_ready() && cache.len() == 0, "half a list is not read");
+        assert!(!ready.is_ready() && cache.state().is_empty(), "half a list is not read");
         writer.apply(&Event::InitApply(config_map("b", "2")));
         writer.apply(&Event::InitDone);
         assert!(ready.is_ready());
-        assert_eq!((version(&cache, "a"), cache.len()), (Some("1".into()), 2));
+        assert_eq!((version(&cache, "a"), cache.state().len()), (Some("1".into()), 2));
 
         writer.apply(&Event::Apply(config_map("a", "3")));
         writer.apply(&Event::Delete(config_map("b", "2")));

@@ -50,9 +50,6 @@ impl CachedParse {
     /// change every diff and verdict: a copy makes them all start afresh,
     /// as a new parse would, without verifying and parsing again.
     pub fn under(self, generation: Option<i64>) -> Self {
-        if self.generation == generation {
-            return self;
-        }
         Self { sources: Arc::new(Declarations::clone(&self.sources)), generation, ..self }
     }
 }

@@ -200,7 +200,7 @@ pub(super) async fn live(
     // The owned kinds, in the namespaces this DesiredState manages: those
     // of declared kinds are in the declared watches already.
     let namespaces = managed_namespaces(state, parsed, &context.settings.operator_namespace);
-    let declared_kinds = keys.iter().map(|k| KindRef { group: k.group.clone(), kind: k.kind.clone() });
+    let declared_kinds = keys.iter().map(WatchKey::kind_ref);
     let owned = undeclared::owned_kinds(&state.spec.undeclared, declared_kinds);
     let mut extra_keys = BTreeSet::new();
     let mut from_declared = Vec::new();
@@ -253,18 +253,20 @@ pub(super) async fn live(
         extras.extend(extra_of(key, meta));
     };
     let mut extra_keys: HashSet<WatchKey> = HashSet::new();
+    // One key and kind per watch, shared by all its objects.
+    let shared = |key: &WatchKey| (Arc::new(key.clone()), Arc::new(key.kind_ref()));
     for key in &from_declared {
         extra_keys.insert(key.clone());
-        watched.insert(KindRef { group: key.group.clone(), kind: key.kind.clone() });
-        let shared = (Arc::new(key.clone()), Arc::new(KindRef { group: key.group.clone(), kind: key.kind.clone() }));
+        watched.insert(key.kind_ref());
+        let shared = shared(key);
         for object in stores.get(key).map(|(store, _)| store.state()).unwrap_or_default() {
             consider(&shared, &object.metadata);
         }
     }
     for (key, (store, _)) in metadata.iter().filter(|(key, _)| !forbidden.contains(key)) {
         extra_keys.insert(key.clone());
-        watched.insert(KindRef { group: key.group.clone(), kind: key.kind.clone() });
-        let shared = (Arc::new(key.clone()), Arc::new(KindRef { group: key.group.clone(), kind: key.kind.clone() }));
+        watched.insert(key.kind_ref());
+        let shared = shared(key);
         for object in store.state() {
             consider(&shared, &object.metadata);
         }
@@ -404,8 +406,7 @@ impl Live {
         id: &claims::ObjectId,
         declared_elsewhere: &dyn Fn(&claims::ObjectId) -> bool,
     ) -> Rejudge {
-        let kind = KindRef { group: fresh.key.group.clone(), kind: fresh.key.kind.clone() };
-        if self.uids.insert(fresh.uid.clone(), Arc::new(kind)).is_some() {
+        if self.uids.insert(fresh.uid.clone(), Arc::new(fresh.key.kind_ref())).is_some() {
             return Rejudge::Cannot;
         }
         if declared_elsewhere(id) {

@@ -44,6 +44,11 @@ impl WatchKey {
         }
     }
 
+    /// The kind this watch sees, as the exemption rules name kinds.
+    pub fn kind_ref(&self) -> crate::api::KindRef {
+        crate::api::KindRef { group: self.group.clone(), kind: self.kind.clone() }
+    }
+
     pub fn resource(&self) -> ApiResource {
         let api_version =
             if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) };
